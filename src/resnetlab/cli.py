@@ -1,0 +1,56 @@
+"""The ``resnetlab`` command: one subcommand per feature, each implemented by its module's ``main(argv)``.
+
+Subcommands are imported only when used, so ``resnetlab --help`` answers at once.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, summary). Each module exposes ``main(argv: list[str]) -> int``.
+COMMANDS = {
+    "demo": ("resnetlab.study", "the main job: a small offline shortcut study with its report"),
+    "summary": ("resnetlab.summary", "layer-by-layer table of shapes, kernels, shortcuts, params, MACs"),
+    "models": ("resnetlab.summary", "list the registered models"),
+    "train": ("resnetlab.train", "train a model (the paper's CIFAR recipe or modern options)"),
+    "eval": ("resnetlab.evaluate", "evaluate checkpoints: top-1/top-5, per class, confusion, ensembles"),
+    "predict": ("resnetlab.evaluate", "top-k classes for image files"),
+    "study": ("resnetlab.study", "plain vs residual, option A vs B vs C: train a grid, write a report"),
+    "analyze": ("resnetlab.analysis", "paths / gradients / responses of a model or checkpoint"),
+    "landscape": ("resnetlab.landscape", "1-D and 2-D filter-normalised loss landscapes"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: resnetlab COMMAND [options]   (resnetlab COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+        print(f"resnetlab {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"resnetlab: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    entry = getattr(module, f"main_{name}", None) or module.main
+    try:
+        return int(entry(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        print("resnetlab: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+        print(f"resnetlab {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

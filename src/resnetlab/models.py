@@ -1,0 +1,273 @@
+"""The ResNet model zoo: a literal registry of frozen specs and ``create_model``.
+
+ImageNet models keep torchvision's parameter names (``conv1``, ``bn1``, ``layer1..4``, ``downsample.0/1``,
+``fc``) so its checkpoints load with ``strict=True``. CIFAR models are the paper's ResNet-(6n+2): a 3x3
+stem with 16 filters and three stages of 16-32-64 filters.
+
+A variant is an option, not a name: ``create_model("resnet56", shortcut="none")`` is the plain-56 twin.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import (SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
+                     PreActBottleneck, _check_choice)
+
+FAMILIES = ("imagenet", "cifar")
+BLOCK_KINDS = ("basic", "bottleneck")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered name means: the architecture and its defaults."""
+
+    name: str
+    family: str  # "imagenet": 7x7 stem + max-pool, 4 stages; "cifar": 3x3 stem, 3 stages
+    block: str  # "basic" or "bottleneck"
+    layers: tuple[int, ...]  # blocks per stage
+    widths: tuple[int, ...]  # planes per stage (bottleneck output is 4x this)
+    shortcut: str = "B"
+    preact: bool = False
+    stride_at: str = "3x3"
+    num_classes: int = 1000
+    image_size: int = 224
+    paper: str = ""
+
+    @property
+    def depth(self) -> int:
+        per_block = 2 if self.block == "basic" else 3
+        return per_block * sum(self.layers) + 2
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options accepted by :func:`create_model`. ``None`` means "the spec's default"."""
+
+    shortcut: str | None = None  # "A" | "B" | "C" | "none"
+    stride_at: str | None = None  # bottleneck stride on the "3x3" (v1.5) or the first "1x1" (paper)
+    preact: bool | None = None  # pre-activation blocks (He et al. 2016)
+    zero_pad: str = "split"  # option A channel padding: "split" (akamaster) or "end" (fb.resnet.torch)
+    zero_init_residual: bool = False  # zero the last BN (pre-act: last conv) of every residual branch
+    shortcut_scale: float = 1.0  # constant scaling of the shortcut
+    num_classes: int | None = None
+    width: int | None = None  # planes of the first stage; later stages double it
+    in_channels: int = 3
+    seed: int | None = None  # seeds every parameter by name: twins share initial weights bit for bit
+
+
+_IMAGENET = dict(family="imagenet", widths=(64, 128, 256, 512), shortcut="B", num_classes=1000, image_size=224)
+_CIFAR = dict(family="cifar", widths=(16, 32, 64), num_classes=10, image_size=32)
+_HE2015 = "He et al. 2015, Deep Residual Learning for Image Recognition"
+_HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks"
+
+
+def _cifar(depth: int, name: str | None = None) -> ModelSpec:
+    n = (depth - 2) // 6
+    return ModelSpec(name or f"resnet{depth}", block="basic", layers=(n, n, n), shortcut="A", paper=_HE2015,
+                     **_CIFAR)
+
+
+def _preact_cifar(depth: int, block: str) -> ModelSpec:
+    n = (depth - 2) // (6 if block == "basic" else 9)
+    return ModelSpec(f"preact-resnet{depth}", block=block, layers=(n, n, n), shortcut="B", preact=True,
+                     paper=_HE2016, **_CIFAR)
+
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("resnet18", block="basic", layers=(2, 2, 2, 2), paper=_HE2015, **_IMAGENET),
+    ModelSpec("resnet34", block="basic", layers=(3, 4, 6, 3), paper=_HE2015, **_IMAGENET),
+    ModelSpec("resnet50", block="bottleneck", layers=(3, 4, 6, 3), paper=_HE2015, **_IMAGENET),
+    ModelSpec("resnet101", block="bottleneck", layers=(3, 4, 23, 3), paper=_HE2015, **_IMAGENET),
+    ModelSpec("resnet152", block="bottleneck", layers=(3, 8, 36, 3), paper=_HE2015, **_IMAGENET),
+    _cifar(20), _cifar(32), _cifar(44), _cifar(56), _cifar(110), _cifar(1202),
+    _preact_cifar(110, "basic"), _preact_cifar(164, "bottleneck"), _preact_cifar(1001, "bottleneck"),
+)}
+
+
+def list_models() -> list[str]:
+    """Registered model names. Any ``resnet{6n+2}`` / ``preact-resnet{9n+2}`` is accepted as well."""
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec for ``name``; CIFAR depths outside the registry are built on demand (6n+2 / 9n+2)."""
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string, got {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    if key in REGISTRY:
+        return REGISTRY[key]
+    m = re.fullmatch(r"(preact-)?resnet-?(\d+)", key)
+    if m:
+        depth = int(m.group(2))
+        if m.group(1):
+            if depth >= 11 and (depth - 2) % 9 == 0:
+                return _preact_cifar(depth, "bottleneck")
+            raise ValueError(f"{name!r}: a pre-activation CIFAR ResNet needs depth 9n+2 (bottleneck), "
+                             f"e.g. 164 or 1001, or one of {', '.join(list_models())}")
+        if depth >= 8 and (depth - 2) % 6 == 0:
+            return _cifar(depth)
+        raise ValueError(f"{name!r}: a CIFAR ResNet needs depth 6n+2 (8, 14, 20, 26, 32, ...), and the "
+                         f"ImageNet depths are 18, 34, 50, 101, 152; registered: {', '.join(list_models())}")
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models())} "
+                     f"(or resnet<6n+2> / preact-resnet<9n+2> for other CIFAR depths)")
+
+
+class ResNet(nn.Module):
+    """A residual (or, with ``shortcut="none"``, plain) network built from a spec and options.
+
+    Attributes ``spec`` and ``options`` record how it was made; ``stages`` lists ``layer1..layerK``.
+    """
+
+    def __init__(self, spec: ModelSpec, options: ModelOptions):
+        super().__init__()
+        self.spec, self.options = spec, options
+        preact = spec.preact if options.preact is None else options.preact
+        shortcut = spec.shortcut if options.shortcut is None else options.shortcut
+        stride_at = spec.stride_at if options.stride_at is None else options.stride_at
+        num_classes = spec.num_classes if options.num_classes is None else options.num_classes
+        widths = spec.widths if options.width is None else tuple(options.width * 2 ** i for i in range(len(spec.widths)))
+        block = {("basic", False): BasicBlock, ("bottleneck", False): Bottleneck,
+                 ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}[(spec.block, preact)]
+        self.preact, self.shortcut, self.stride_at, self.num_classes = preact, shortcut, stride_at, num_classes
+        stem_width = widths[0]
+
+        # Stem. ImageNet: 7x7/2 conv + 3x3/2 max-pool; CIFAR: 3x3 conv. A pre-activated CIFAR net has no
+        # BN-ReLU here: the first block pre-activates its input.
+        if spec.family == "imagenet":
+            self.conv1 = nn.Conv2d(options.in_channels, stem_width, 7, 2, 3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(options.in_channels, stem_width, 3, 1, 1, bias=False)
+        self.stem_norm = not (preact and spec.family == "cifar")
+        if self.stem_norm:
+            self.bn1 = nn.BatchNorm2d(stem_width)
+            self.relu = nn.ReLU()
+        if spec.family == "imagenet":
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+
+        kwargs = dict(shortcut=shortcut, zero_pad=options.zero_pad, shortcut_scale=options.shortcut_scale)
+        if spec.block == "bottleneck":
+            kwargs["stride_at"] = stride_at
+        in_ch = stem_width
+        self.stage_names = []
+        for i, (n, planes) in enumerate(zip(spec.layers, widths)):
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                blocks.append(block(in_ch, planes, stride if j == 0 else 1, **kwargs))
+                in_ch = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.stage_names.append(f"layer{i + 1}")
+        if preact:  # the last block's output has not been normalised yet
+            self.final_bn = nn.BatchNorm2d(in_ch)
+            self.final_relu = nn.ReLU()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.num_features = in_ch
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, n) for n in self.stage_names]
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """``[("layer1.0", block), ...]`` in forward order."""
+        return [(f"{s}.{j}", b) for s in self.stage_names for j, b in enumerate(getattr(self, s))]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, 3, H, W)
+        x = self.conv1(x)  # ImageNet: (N, 64, H/2, W/2); CIFAR: (N, 16, H, W)
+        if self.stem_norm:
+            x = self.relu(self.bn1(x))
+        if self.spec.family == "imagenet":
+            x = self.maxpool(x)  # (N, 64, H/4, W/4)
+        for stage in self.stages:
+            x = stage(x)  # each later stage halves H and W and doubles the width
+        if self.preact:
+            x = self.final_relu(self.final_bn(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)  # (N, C, h, w)
+        x = torch.flatten(self.avgpool(x), 1)  # (N, C)
+        return self.fc(x)  # (N, num_classes)
+
+
+def _param_generator(seed: int, name: str) -> torch.Generator:
+    # Seeding each tensor by its own name (not by creation order) is what makes twins match: a parameter
+    # shared by two shortcut options has the same name in both, whatever extra modules either has.
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 63))
+    return g
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int, zero_init_residual: bool = False) -> None:
+    """He-normal (fan_out) convolutions, unit/zero BN, PyTorch's default uniform for the classifier."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=_param_generator(seed, name + ".weight"))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+            m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.in_features)
+            m.weight.uniform_(-bound, bound, generator=_param_generator(seed, name + ".weight"))
+            m.bias.uniform_(-bound, bound, generator=_param_generator(seed, name + ".bias"))
+    if zero_init_residual:
+        for m in model.modules():
+            if hasattr(m, "last_norm"):
+                m.last_norm().weight.zero_()
+
+
+def _validate(options: ModelOptions) -> None:
+    if options.shortcut is not None:
+        _check_choice("shortcut option", options.shortcut, SHORTCUTS)
+    if options.stride_at is not None:
+        _check_choice("stride_at", options.stride_at, STRIDE_AT)
+    _check_choice("zero_pad", options.zero_pad, ZERO_PADS)
+    for what in ("num_classes", "width", "in_channels"):
+        value = getattr(options, what)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    if options.preact is not None and not isinstance(options.preact, bool):
+        raise ValueError(f"preact must be True or False, got {options.preact!r}")
+    if options.seed is not None and (not isinstance(options.seed, int) or options.seed < 0):
+        raise ValueError(f"seed must be a non-negative integer, got {options.seed!r}")
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ModelOptions))
+
+
+def create_model(name: str, **options) -> ResNet:
+    """Build a registered model. Options are the fields of :class:`ModelOptions`.
+
+    >>> create_model("resnet20", shortcut="B", seed=0)  # doctest: +SKIP
+    """
+    spec = get_spec(name)
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for create_model; valid: {', '.join(OPTION_NAMES)}")
+    opts = ModelOptions(**options)
+    _validate(opts)
+    model = ResNet(spec, opts)
+    seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2 ** 62, (1,)).item())
+    init_weights(model, seed, opts.zero_init_residual)
+    return model
+
+
+def model_config(model: ResNet) -> dict:
+    """``{"name": ..., **options}``: what :func:`create_model` needs to build this model again."""
+    opts = {k: v for k, v in dataclasses.asdict(model.options).items() if v is not None and k != "seed"}
+    return {"name": model.spec.name, **opts}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
