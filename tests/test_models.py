@@ -1,0 +1,222 @@
+"""Blocks, shortcuts and the model zoo: published parameter counts, shapes, twins, pickling."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import resnetlab
+from resnetlab import (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ProjectionShortcut,
+                       ZeroPadShortcut, count_parameters, create_model, list_models)
+
+IMAGENET_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+                   "resnet101": 44_549_160, "resnet152": 60_192_808}
+CIFAR_PARAMS_A = {"resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
+                  "resnet110": 1_727_962, "resnet1202": 19_421_274}
+
+
+@pytest.mark.parametrize("name,expected", sorted(IMAGENET_PARAMS.items()))
+def test_imagenet_parameter_counts(name, expected):
+    assert count_parameters(create_model(name)) == expected
+
+
+@pytest.mark.parametrize("name,expected", sorted(CIFAR_PARAMS_A.items()))
+def test_cifar_parameter_counts_option_a(name, expected):
+    assert count_parameters(create_model(name)) == expected
+
+
+def test_shortcut_option_parameter_counts():
+    assert count_parameters(create_model("resnet20", shortcut="B")) == 272_474
+    assert count_parameters(create_model("resnet20", shortcut="C")) == 283_962
+    assert count_parameters(create_model("resnet34", shortcut="A")) == 21_623_848
+    assert count_parameters(create_model("resnet34", shortcut="B")) == 21_797_672
+    assert count_parameters(create_model("resnet34", shortcut="C")) == 22_716_840
+
+
+def test_option_a_and_none_add_no_parameters():
+    for name in ("resnet20", "resnet56", "resnet34", "resnet50"):
+        a = create_model(name, shortcut="A")
+        plain = create_model(name, shortcut="none")
+        assert count_parameters(a) == count_parameters(plain)
+        assert all(not any(True for _ in b.downsample.parameters()) for _, b in a.blocks())
+        assert all(b.downsample is None and b.add is None for _, b in plain.blocks())
+        assert all(b.shortcut_kind == "none" for _, b in plain.blocks())
+
+
+def test_preact_models():
+    m = create_model("preact-resnet164")
+    assert m.preact and isinstance(m.layer1[0], PreActBottleneck)
+    assert 1.65e6 < count_parameters(m) < 1.75e6  # Identity Mappings, Table 2: 1.7M
+    assert 10.1e6 < count_parameters(create_model("preact-resnet1001")) < 10.4e6  # 10.2M
+    assert isinstance(create_model("preact-resnet110").layer2[0], PreActBasicBlock)
+    assert create_model("preact-resnet164")(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_block_shapes_from_the_issue():
+    block = BasicBlock(64, 128, stride=2)
+    assert block(torch.randn(2, 64, 32, 32)).shape == (2, 128, 16, 16)
+    bottleneck = Bottleneck(64, 32)
+    assert bottleneck(torch.randn(2, 64, 32, 32)).shape == (2, 128, 32, 32)
+    assert isinstance(bottleneck.downsample, ProjectionShortcut)
+    assert bottleneck.shortcut_kind == "projection"
+
+
+@pytest.mark.parametrize("cls", [BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck])
+@pytest.mark.parametrize("option", ["A", "B", "C", "none"])
+def test_every_block_and_option_changes_shape_correctly(cls, option):
+    planes = 8
+    block = cls(6, planes, stride=2, shortcut=option)
+    y = block(torch.randn(3, 6, 9, 9))
+    assert y.shape == (3, planes * cls.expansion, 5, 5)
+    expected = {"A": "zero-pad", "B": "projection", "C": "projection", "none": "none"}[option]
+    assert block.shortcut_kind == expected
+
+
+def test_identity_where_shapes_match():
+    assert BasicBlock(16, 16, shortcut="A").shortcut_kind == "identity"
+    assert BasicBlock(16, 16, shortcut="B").shortcut_kind == "identity"
+    assert BasicBlock(16, 16, shortcut="C").shortcut_kind == "projection"
+
+
+def test_zero_pad_conventions():
+    x = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4, 4)
+    split = ZeroPadShortcut(4, 8, stride=2, pad="split")(x)
+    end = ZeroPadShortcut(4, 8, stride=2, pad="end")(x)
+    sub = x[:, :, ::2, ::2]
+    assert split.shape == end.shape == (2, 8, 2, 2)
+    assert torch.equal(split[:, 2:6], sub) and split[:, :2].abs().sum() == 0 and split[:, 6:].abs().sum() == 0
+    assert torch.equal(end[:, :4], sub) and end[:, 4:].abs().sum() == 0
+    model = create_model("resnet20", zero_pad="end")
+    assert model.layer2[0].downsample.pad == "end"
+
+
+def test_stride_placement():
+    v15 = create_model("resnet50")
+    paper = create_model("resnet50", stride_at="1x1")
+    assert v15.layer2[0].conv2.stride == (2, 2) and v15.layer2[0].conv1.stride == (1, 1)
+    assert paper.layer2[0].conv1.stride == (2, 2) and paper.layer2[0].conv2.stride == (1, 1)
+    assert count_parameters(v15) == count_parameters(paper)
+
+
+def test_zero_init_residual():
+    m = create_model("resnet20", zero_init_residual=True, seed=0)
+    assert all(torch.count_nonzero(b.bn2.weight) == 0 for _, b in m.blocks())
+    assert torch.count_nonzero(m.layer1[0].bn1.weight) > 0
+    # With a zero residual branch every block is its shortcut followed by ReLU.
+    m.eval()
+    block = m.layer1[0]
+    x = torch.rand(2, 16, 8, 8)
+    assert torch.equal(block(x), x)
+
+
+def test_twins_share_initial_weights_bit_for_bit():
+    twins = {opt: create_model("resnet20", shortcut=opt, seed=7) for opt in ("A", "B", "C", "none")}
+    ref = twins["A"].state_dict()
+    for opt, m in twins.items():
+        sd = m.state_dict()
+        shared = set(sd) & set(ref)
+        assert len(shared) == len(ref)  # every A parameter exists in all twins
+        for k in shared:
+            assert torch.equal(sd[k], ref[k]), (opt, k)
+    assert not torch.equal(create_model("resnet20", seed=8).conv1.weight, ref["conv1.weight"])
+    torch.manual_seed(3)
+    a = create_model("resnet20")
+    torch.manual_seed(3)
+    b = create_model("resnet20")
+    assert torch.equal(a.fc.weight, b.fc.weight)  # without seed=: follows torch.manual_seed
+
+
+def test_init_statistics():
+    m = create_model("resnet56", seed=0)
+    w = m.layer3[0].conv2.weight
+    expected_std = (2.0 / (64 * 9)) ** 0.5  # He init, fan_out
+    assert abs(w.std().item() - expected_std) / expected_std < 0.05
+
+
+def test_torchvision_parameter_names():
+    keys = list(create_model("resnet50").state_dict())
+    assert keys[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+                        "bn1.num_batches_tracked"]
+    assert "layer1.0.downsample.0.weight" in keys and "layer1.0.downsample.1.running_var" in keys
+    assert "layer4.2.conv3.weight" in keys and keys[-2:] == ["fc.weight", "fc.bias"]
+    assert len(keys) == 320  # torchvision's resnet50 state_dict has 320 entries
+    assert len(create_model("resnet18").state_dict()) == 122
+
+
+def test_pickle_deepcopy_and_save_load(tmp_path):
+    for opt in ("A", "B", "none"):
+        m = create_model("resnet8", shortcut=opt, seed=0).eval()
+        x = torch.randn(2, 3, 32, 32)
+        y = m(x)
+        assert torch.equal(copy.deepcopy(m)(x), y)
+        assert torch.equal(pickle.loads(pickle.dumps(m))(x), y)
+        path = tmp_path / f"m{opt}.pt"
+        torch.save(m, path)
+        assert torch.equal(torch.load(path, weights_only=False)(x), y)
+
+
+def test_torch_compile():
+    m = create_model("resnet8", width=4, seed=0).eval()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_backward_hooks_work_everywhere():
+    """In-place ops would make full backward hooks raise; every block must accept them."""
+    for name, kw in (("resnet8", {}), ("resnet8", {"shortcut": "B"}), ("preact-resnet11", {}),
+                     ("resnet8", {"shortcut": "none"})):
+        m = create_model(name, seed=0, width=4, **kw)
+        seen = []
+        for mod in m.modules():
+            if mod is not m:
+                mod.register_full_backward_hook(lambda mod, gi, go: seen.append(type(mod).__name__))
+        m(torch.randn(2, 3, 16, 16, requires_grad=True)).sum().backward()
+        assert "ReLU" in seen and "Conv2d" in seen
+    assert not any(getattr(mod, "inplace", False) for mod in create_model("resnet50").modules())
+
+
+def test_shortcut_scale():
+    m = create_model("resnet8", shortcut_scale=0.5, seed=0)
+    assert m.layer1[0].add.scale == 0.5
+    branch, shortcut = torch.ones(1, 2, 2, 2), torch.full((1, 2, 2, 2), 4.0)
+    assert torch.equal(m.layer1[0].add(branch, shortcut), torch.full((1, 2, 2, 2), 3.0))
+
+
+def test_width_num_classes_in_channels():
+    m = create_model("resnet20", width=8, num_classes=100, in_channels=1)
+    assert m.layer3[0].conv1.out_channels == 32 and m.fc.out_features == 100
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 100)
+
+
+def test_registry_lists_and_generic_depths():
+    names = list_models()
+    for n in list(IMAGENET_PARAMS) + list(CIFAR_PARAMS_A) + ["preact-resnet110", "preact-resnet164"]:
+        assert n in names
+    assert create_model("resnet8").spec.layers == (1, 1, 1)
+    assert create_model("resnet26").spec.depth == 26
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: create_model("resnet21"), "6n\\+2"),
+    (lambda: create_model("preact-resnet100"), "9n\\+2"),
+    (lambda: create_model("vgg16"), "unknown model 'vgg16'.*resnet18"),
+    (lambda: create_model("resnet20", shortcut="D"), "unknown shortcut option 'D'; valid: A, B, C, none"),
+    (lambda: create_model("resnet20", dropout=0.1), "unknown option.*dropout.*valid:.*shortcut"),
+    (lambda: create_model("resnet50", stride_at="7x7"), "stride_at"),
+    (lambda: create_model("resnet20", zero_pad="middle"), "zero_pad"),
+    (lambda: create_model("resnet20", num_classes=0), "num_classes"),
+    (lambda: create_model("resnet20", width=-1), "width"),
+    (lambda: ZeroPadShortcut(32, 16), "cannot reduce channels"),
+    (lambda: BasicBlock(16, 0), "positive"),
+])
+def test_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_public_surface():
+    for name in ("create_model", "list_models", "load_weights", "BasicBlock", "Bottleneck"):
+        assert hasattr(resnetlab, name)
