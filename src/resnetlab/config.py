@@ -107,20 +107,18 @@ def load_file(path: str | os.PathLike) -> dict:
     ext = os.path.splitext(path)[1].lower()
     with open(path, "rb") as fh:
         raw = fh.read()
+    if ext not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {path}: unknown extension {ext!r} (use .yaml, .toml or .json)")
     try:
         if ext == ".toml":
             import tomllib
             data = tomllib.loads(raw.decode())
-        elif ext in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(raw) or {}
         elif ext == ".json":
             data = json.loads(raw)
         else:
-            raise ValueError(f"config file {path}: unknown extension {ext!r} (use .yaml, .toml or .json)")
-    except ValueError:
-        raise
-    except Exception as e:  # a parse error from yaml/toml/json
+            import yaml
+            data = yaml.safe_load(raw) or {}
+    except Exception as e:  # a parse error from toml/json/yaml
         raise ValueError(f"config file {path} could not be parsed: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
