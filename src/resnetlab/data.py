@@ -1,0 +1,739 @@
+"""Datasets, preprocessing and the training/evaluation batch streams.
+
+Datasets
+    ``load_dataset(name, data_dir)`` returns ``{"train", "test"[, "val"]}`` of :class:`ArrayDataset` (uint8
+    images in memory) for ``"cifar10"``, ``"cifar100"`` (the official python format: the extracted folder or
+    the ``.tar.gz`` itself, read without extracting) and ``"synthetic"`` (10 classes of coloured shapes made
+    in memory, no files). ``download=True`` fetches the official archive into the cache folder
+    (:func:`download_cifar`). ``val_split=5000`` holds out the paper's 45k/5k train/validation split
+    (stratified by class, seeded by ``split_seed``).
+
+    Image folders (``root/train/<class>/*.jpg``, ``root/val/...``, the ImageNet layout) are decoded with
+    Pillow in DataLoader workers: :func:`load_folder`, :class:`FolderStream`, :func:`folder_eval_batches`.
+
+Preprocessing
+    :class:`Normalization`: ``"pixel"`` subtracts the per-pixel mean image of the training set (the paper's
+    CIFAR preprocessing, on a 0..1 scale, no division); ``"channel"`` subtracts a per-channel mean and divides
+    by a per-channel std. Its ``state_dict()`` goes into checkpoints.
+
+Batches
+    :class:`TrainStream` keeps the whole training set on the training device as uint8 and builds each batch
+    with a handful of tensor ops (one gather does pad-4 + random 32x32 crop + horizontal flip for the whole
+    batch). ``batch(step)`` is a pure function of ``(seed, step)``: resuming at step ``s`` reproduces the
+    exact batches, with no data-loader state to save. :func:`eval_batches` yields the evaluation batches in
+    order.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+CIFAR_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+}
+CIFAR_MD5 = {
+    "cifar10": "c58f30108f718f92721af3b95e74349a",
+    "cifar100": "eb9058c3a382ffc7106e4002c42a8d85",
+}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+DATASETS = ("cifar10", "cifar100", "synthetic")
+
+# The usual ImageNet per-channel statistics (0..1 scale), for image folders of natural photos.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In-memory datasets
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ArrayDataset:
+    """An in-memory image set: ``x`` uint8 ``(N, 3, H, W)`` on the CPU, ``y`` int64 ``(N,)``, class names."""
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
+            raise ValueError(f"ArrayDataset.x must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y.dim() != 1 or len(self.y) != len(self.x):
+            raise ValueError(f"ArrayDataset.y must be (N,) with N={len(self.x)}, got {tuple(self.y.shape)}")
+        self.y = self.y.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x.shape[-1])
+
+    def subset(self, index) -> "ArrayDataset":
+        """The images at ``index`` (a tensor/list of positions), same classes."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return ArrayDataset(self.x[index], self.y[index], list(self.classes))
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixing integer ``parts`` well (distinct tuples give unrelated streams)."""
+    words = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+# Stream tags, so that different uses of the same seed draw independent numbers.
+_TAG_ORDER, _TAG_AUG, _TAG_SPLIT, _TAG_SYNTH, _TAG_FOLDER = 11, 12, 13, 14, 15
+
+
+def split_train_val(data: ArrayDataset, val_split: int, split_seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """Hold out ``val_split`` images of ``data`` as a validation set, stratified by class.
+
+    Each class gives ``val_split * n_class / N`` images (rounded by largest remainder, so the total is
+    exact); which images is drawn with ``split_seed``. Both parts keep the original order of ``data``.
+    CIFAR-10 with ``val_split=5000`` gives 500 validation images per class (the paper's 45k/5k split).
+    """
+    n = len(data)
+    if not 0 < val_split < n:
+        raise ValueError(f"val_split must be between 1 and {n - 1} for a training set of {n}, got {val_split}")
+    g = _generator(split_seed, _TAG_SPLIT)
+    order = torch.randperm(n, generator=g)
+    counts = torch.bincount(data.y, minlength=max(len(data.classes), int(data.y.max()) + 1)).double()
+    share = counts * val_split / n
+    quota = share.floor().long()
+    rest = val_split - int(quota.sum())
+    if rest > 0:  # largest remainders first; ties go to the lower class index
+        frac = share - quota.double()
+        quota[torch.argsort(-frac, stable=True)[:rest]] += 1
+    y_order = data.y[order]
+    val = torch.cat([order[y_order == c][: int(q)] for c, q in enumerate(quota.tolist())])
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val] = False
+    val = val.sort().values
+    return data.subset(torch.nonzero(mask).flatten()), data.subset(val)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The synthetic dataset
+# ----------------------------------------------------------------------------------------------------------
+
+SYNTHETIC_SHAPES = ("disc", "square", "ring", "cross", "triangle")
+SYNTHETIC_CLASSES = [f"{s}-{p}" for p in ("solid", "striped") for s in SYNTHETIC_SHAPES]
+
+
+def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
+    """``n`` images of 10 classes: 5 shapes x 2 fills (solid or striped), deterministic in ``seed``.
+
+    Every image draws its own position, size, colours, stripe angle/period and pixel noise, so the class is
+    carried by the shape and the fill, not by colour; a ResNet-20 learns it well above chance within a few
+    hundred steps. Labels are balanced (``i % 10`` before a seeded shuffle).
+    """
+    g = _generator(seed, _TAG_SYNTH, n, image_size)
+    y = torch.arange(n) % 10
+    y = y[torch.randperm(n, generator=g)]
+    u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+    ax = torch.linspace(-1, 1, image_size)
+    Y, X = torch.meshgrid(ax, ax, indexing="ij")                                  # (S, S)
+    cx, cy = (u(n) - 0.5) * 0.7, (u(n) - 0.5) * 0.7                               # centre
+    s = 0.35 + 0.3 * u(n)                                                          # size
+    dx = (X[None] - cx[:, None, None]) / s[:, None, None]                         # shape coordinates
+    dy = (Y[None] - cy[:, None, None]) / s[:, None, None]
+    r = torch.sqrt(dx * dx + dy * dy)
+    ax_, ay_ = dx.abs(), dy.abs()
+    shape_masks = torch.stack([
+        r < 1.0,                                                                   # disc
+        torch.maximum(ax_, ay_) < 0.8,                                             # square
+        (r > 0.55) & (r < 1.0),                                                    # ring
+        (torch.minimum(ax_, ay_) < 0.3) & (torch.maximum(ax_, ay_) < 1.0),        # cross
+        (dy < 0.75) & (ax_ < (dy + 1.0) * 0.55),                                   # triangle, pointing up
+    ], 1)                                                                          # (n, 5, S, S)
+    shape = y % 5
+    mask = shape_masks[torch.arange(n), shape].float()
+    theta = u(n) * math.pi
+    period = 0.25 + 0.2 * u(n)
+    phase = u(n) * 2 * math.pi
+    t = dx * torch.cos(theta)[:, None, None] + dy * torch.sin(theta)[:, None, None]
+    stripes = (torch.sin(t * (2 * math.pi) / period[:, None, None] * s[:, None, None] + phase[:, None, None]) > 0)
+    striped = (y >= 5)[:, None, None]
+    fg = u(n, 3)
+    bg = torch.remainder(fg + 0.5 + (u(n, 3) - 0.5) * 0.3, 1.0)                    # contrast >= 0.35 per channel
+    fg2 = torch.remainder(fg + 0.33, 1.0)                                          # the stripes' second colour
+    fill = torch.where((striped & stripes)[:, None], fg2[:, :, None, None], fg[:, :, None, None])
+    img = torch.where(mask[:, None] > 0, fill, bg[:, :, None, None].expand(-1, -1, image_size, image_size))
+    img = img + 0.08 * torch.randn(img.shape, generator=g)
+    x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ArrayDataset(x.contiguous(), y.long(), list(SYNTHETIC_CLASSES))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CIFAR in the official python format
+# ----------------------------------------------------------------------------------------------------------
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the official CIFAR files, which hold only dicts, lists, strings and numpy arrays; refuses
+    every other global, so a tampered file cannot run code."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR format")
+
+
+def _unpickle(fh, where: str) -> dict:
+    try:
+        obj = _ArrayUnpickler(fh, encoding="latin1").load()
+    except Exception as e:
+        raise ValueError(f"{where}: not a CIFAR python batch ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: not a CIFAR python batch (a {type(obj).__name__}, not a dict)")
+    # latin1 gives str keys for Python-2 pickles; be lenient with bytes keys from other writers.
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _as_str(v) -> str:
+    return v.decode("latin1") if isinstance(v, bytes) else str(v)
+
+
+class _CifarSource:
+    """Reads the member files of a CIFAR python release from its folder or straight from the tarball."""
+
+    def __init__(self, name: str, path: str):
+        self.name, self.path = name, path
+        self.tar = None
+        if os.path.isfile(path):
+            try:
+                self.tar = tarfile.open(path, "r:*")
+            except (tarfile.TarError, OSError) as e:
+                raise ValueError(f"{path}: not a readable .tar.gz archive ({e})") from None
+            self.members = {m.name.split("/", 1)[-1]: m for m in self.tar.getmembers() if m.isfile()}
+
+    def read(self, member: str) -> dict:
+        where = f"{self.path}:{member}" if self.tar else os.path.join(self.path, member)
+        if self.tar is not None:
+            m = self.members.get(member)
+            if m is None:
+                raise FileNotFoundError(f"{self.path}: the archive has no {CIFAR_FOLDERS[self.name]}/{member}")
+            return _unpickle(self.tar.extractfile(m), where)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"{where} not found (is {self.path} an extracted {self.name} folder?)")
+        with open(where, "rb") as fh:
+            return _unpickle(fh, where)
+
+    def close(self):
+        if self.tar is not None:
+            self.tar.close()
+
+
+def _images(batch: dict, where: str) -> torch.Tensor:
+    data = np.asarray(batch.get("data"))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{where}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    # Each row holds the R, G and B planes of a 32x32 image, row-major: exactly (3, 32, 32).
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+
+
+def _find_cifar(name: str, data_dir: str | os.PathLike) -> str:
+    """The extracted folder or archive of ``name`` at ``data_dir`` (the folder, its parent, or the tarball)."""
+    p = os.fspath(data_dir)
+    folder, archive = CIFAR_FOLDERS[name], CIFAR_ARCHIVES[name]
+    marker = "data_batch_1" if name == "cifar10" else "train"
+    if os.path.isfile(p):
+        return p
+    if os.path.isdir(p):
+        for cand in (p, os.path.join(p, folder)):
+            if os.path.isfile(os.path.join(cand, marker)):
+                return cand
+        if os.path.isfile(os.path.join(p, archive)):
+            return os.path.join(p, archive)
+        raise FileNotFoundError(f"no {name} data in {p}: expected {folder}/ (with {marker}) or {archive}")
+    raise FileNotFoundError(f"{name} data not found at {p}")
+
+
+def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> dict[str, ArrayDataset]:
+    """Read CIFAR-10/100 from the extracted official folder or the ``.tar.gz`` (read in memory).
+
+    CIFAR-100 uses its 100 ``fine`` labels unless ``labels="coarse"`` (the 20 superclasses).
+    """
+    if name not in CIFAR_FOLDERS:
+        raise ValueError(f"unknown CIFAR dataset {name!r}; valid: {', '.join(CIFAR_FOLDERS)}")
+    src = _CifarSource(name, _find_cifar(name, path))
+    try:
+        if name == "cifar10":
+            meta = src.read("batches.meta")
+            classes = [_as_str(c) for c in meta["label_names"]]
+            parts = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+            key = "labels"
+        else:
+            if labels not in ("fine", "coarse"):
+                raise ValueError(f"labels must be 'fine' or 'coarse', got {labels!r}")
+            meta = src.read("meta")
+            classes = [_as_str(c) for c in meta[f"{labels}_label_names"]]
+            parts = {"train": ["train"], "test": ["test"]}
+            key = f"{labels}_labels"
+        out = {}
+        for split, members in parts.items():
+            xs, ys = [], []
+            for m in members:
+                batch = src.read(m)
+                if key not in batch:
+                    raise ValueError(f"{src.path}:{m}: no {key!r} in the batch (keys: {sorted(batch)})")
+                xs.append(_images(batch, f"{src.path}:{m}"))
+                ys.append(torch.as_tensor(np.asarray(batch[key], dtype=np.int64)))
+            x, y = torch.cat(xs), torch.cat(ys)
+            if len(y) != len(x) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
+                raise ValueError(f"{src.path}: {split} labels do not match the {len(classes)} classes")
+            out[split] = ArrayDataset(x, y, classes)
+        return out
+    finally:
+        src.close()
+
+
+def default_cache_dir() -> str:
+    """``$RESNETLAB_CACHE`` or ``~/.cache/resnetlab``."""
+    return os.environ.get("RESNETLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "resnetlab")
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
+                 cache_dir: str | os.PathLike | None = None, val_split: int = 0, split_seed: int = 0,
+                 synthetic_train: int = 5000, synthetic_test: int = 1000, synthetic_seed: int = 0,
+                 labels: str = "fine") -> dict[str, ArrayDataset]:
+    """Load a dataset as ``{"train", "test"}`` (+ ``"val"`` when ``val_split > 0``) of :class:`ArrayDataset`.
+
+    name: ``"cifar10"``, ``"cifar100"`` or ``"synthetic"``.
+    data_dir: the extracted official folder, its parent, or the ``.tar.gz``; when omitted, the cache folder
+        (``cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``) is searched, and with
+        ``download=True`` the official archive is fetched there first if missing.
+    val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
+        stratified by class and drawn with ``split_seed``; 0 trains on all of it.
+    The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, 32x32.
+    """
+    if name == "synthetic":
+        out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed),
+               "test": make_synthetic(synthetic_test, seed=synthetic_seed + 1_000_003)}
+    elif name in CIFAR_FOLDERS:
+        if data_dir is None:
+            cache = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+            try:
+                data_dir = _find_cifar(name, cache)
+            except FileNotFoundError:
+                if not download:
+                    raise FileNotFoundError(
+                        f"{name} not found in the cache {cache}; pass its folder or .tar.gz as data_dir "
+                        f"(--data-dir), or download=True (--download) to fetch it") from None
+                data_dir = download_cifar(name, cache)
+        out = load_cifar(name, data_dir, labels=labels)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)} (image folders: load_folder)")
+    if val_split:
+        out["train"], out["val"] = split_train_val(out["train"], int(val_split), split_seed)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------------------------------------
+
+class Normalization:
+    """Maps images to the network's input scale: ``(x / 255 - mean) / std``.
+
+    mode ``"pixel"``: ``mean`` is the mean training image ``(3, H, W)`` and ``std`` is 1 (the paper: "the
+    per-pixel mean subtracted"). mode ``"channel"``: ``mean``/``std`` are per-channel ``(3,)``, given or
+    computed on the training set. Values are on the 0..1 scale.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, mode: str):
+        if mode not in ("pixel", "channel"):
+            raise ValueError(f"normalization mode must be 'pixel' or 'channel', got {mode!r}")
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.as_tensor(std, dtype=torch.float32)
+        if mode == "channel" and (mean.dim() != 1 or std.dim() != 1):
+            raise ValueError("channel normalization needs per-channel mean and std vectors")
+        if mode == "pixel" and mean.dim() != 3:
+            raise ValueError("pixel normalization needs a (C, H, W) mean image")
+        if bool((std <= 0).any()):
+            raise ValueError("normalization std must be positive")
+        self.mode, self.mean, self.std = mode, mean, std
+        self._cache = {}
+
+    @classmethod
+    def fit(cls, x_uint8: torch.Tensor, mode: str = "channel") -> "Normalization":
+        """Statistics of a uint8 ``(N, C, H, W)`` training set (computed in float64 over chunks)."""
+        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
+            raise ValueError(f"Normalization.fit needs uint8 (N, C, H, W) images, got {x_uint8.dtype} "
+                             f"{tuple(x_uint8.shape)}")
+        if mode not in ("pixel", "channel"):
+            raise ValueError(f"normalization mode must be 'pixel' or 'channel', got {mode!r}")
+        n, c = x_uint8.shape[:2]
+        s1 = torch.zeros(x_uint8.shape[1:], dtype=torch.float64)
+        s2 = torch.zeros(c, dtype=torch.float64)
+        for i in range(0, n, 4096):
+            chunk = x_uint8[i:i + 4096].double()
+            s1 += chunk.sum(0)
+            s2 += chunk.square().sum((0, 2, 3))
+        mean_img = s1 / n / 255.0
+        if mode == "pixel":
+            return cls(mean_img.float(), torch.ones(()), "pixel")
+        m = mean_img.mean((1, 2))
+        count = n * x_uint8.shape[2] * x_uint8.shape[3]
+        var = s2 / count / 255.0 ** 2 - m * m
+        return cls(m.float(), var.clamp_min(1e-12).sqrt().float(), "channel")
+
+    @classmethod
+    def from_values(cls, mean, std) -> "Normalization":
+        """Explicit per-channel values on the 0..1 scale, e.g. ``IMAGENET_MEAN, IMAGENET_STD``."""
+        return cls(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32), "channel")
+
+    def _params(self, device, dtype=torch.float32):
+        """(scale, shift) so that ``x_uint8 * scale - shift`` = ``(x / 255 - mean) / std``, broadcastable."""
+        key = (str(device), dtype)
+        if key not in self._cache:
+            std = self.std.double()
+            mean = self.mean.double()
+            if self.mode == "channel":
+                mean, std = mean[:, None, None], std[:, None, None]
+            scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype)
+            shift = (mean / std).to(device=device, dtype=dtype)
+            if scale.dim() == 0:
+                scale = scale.reshape(1, 1, 1)
+            self._cache[key] = (scale, shift)
+        return self._cache[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` in 0..255, or float in 0..1, to normalised float32."""
+        if x.dim() != 4:
+            raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.mode == "pixel" and tuple(x.shape[1:]) != tuple(self.mean.shape):
+            raise ValueError(f"pixel normalization was fitted on {tuple(self.mean.shape)} images, "
+                             f"got {tuple(x.shape[1:])}")
+        if self.mode == "channel" and x.shape[1] != len(self.mean):
+            raise ValueError(f"normalization has {len(self.mean)} channels, images have {x.shape[1]}")
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        scale, shift = self._params(x.device, dtype)
+        if x.is_floating_point():
+            scale = scale * 255.0
+        return torch.addcmul(-shift, x.to(dtype), scale)
+
+    def state_dict(self) -> dict:
+        """``{"mode": str, "mean": tensor, "std": tensor}`` (fits a weights_only checkpoint)."""
+        return {"mode": self.mode, "mean": self.mean.detach().cpu().clone(), "std": self.std.detach().cpu().clone()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "Normalization":
+        try:
+            return cls(d["mean"], d["std"], d["mode"])
+        except (KeyError, TypeError):
+            raise ValueError(f"not a Normalization state dict: {d!r:.200}") from None
+
+    def to(self, device) -> "Normalization":
+        """A copy whose statistics live on ``device`` (the cached scale/shift are made there anyway)."""
+        return Normalization(self.mean.to(device), self.std.to(device), self.mode)
+
+    def __repr__(self) -> str:
+        if self.mode == "pixel":
+            return f"Normalization(pixel, mean image {tuple(self.mean.shape)})"
+        return f"Normalization(channel, mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches for training and evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits ``n`` examples: a permutation seeded by (seed, epoch)."""
+    return torch.randperm(n, generator=_generator(seed, _TAG_ORDER, epoch))
+
+
+class TrainStream:
+    """Augmented training batches made with whole-batch tensor ops on the training device.
+
+    ``batch(step)`` takes the ``step``-th slice of the permutation of epoch ``step // steps_per_epoch``
+    (seeded by ``(seed, epoch)``); then, with numbers drawn from a generator seeded by ``(seed, step)``, it
+    pads ``pad`` pixels on each side, crops a random ``H x W`` window and mirrors it with probability 1/2,
+    and normalises. A pure function of ``(seed, step)``: nothing to save for resuming, and the same batches
+    on every device.
+
+    How: the training set is padded once and stored on ``device`` as uint8 together with its mirror image
+    (image ``N + i`` is image ``i`` flipped), so an augmented crop is ``H`` runs of ``W`` consecutive bytes
+    per channel. One ``index_select`` over a strided "every run of W bytes" view copies the whole batch;
+    the flip is a choice of source image, not an extra pass. Indices are computed on the CPU and sent in
+    one transfer. No per-image Python, no data-loader workers.
+
+    ``padding``: the value of the border.
+        ``"black"`` (default): pixel value 0 before normalisation, like ``RandomCrop(32, padding=4)`` on the
+        raw image followed by ``ToTensor``/``Normalize`` (torchvision, akamaster's CIFAR ResNets).
+        ``"mean"``: 0 after normalisation, i.e. the image is normalised first and then padded with zeros
+        (the Caffe/Torch pipelines of the paper's era); with ``"pixel"`` normalisation the mean image is
+        subtracted at the pixels the crop came from.
+    ``augment=False`` gives the same order without pad/crop/flip. The last ``len(data) % batch_size``
+    images of each epoch's order are left out (a different set each epoch).
+    """
+
+    def __init__(self, data: ArrayDataset, batch_size: int, *, device="cpu", seed: int = 0,
+                 normalization: Normalization | None = None, augment: bool = True, channels_last: bool = False,
+                 pad: int = 4, padding: str = "black"):
+        if not 1 <= batch_size <= len(data):
+            raise ValueError(f"batch_size must be between 1 and the dataset size {len(data)}, got {batch_size}")
+        if padding not in ("black", "mean"):
+            raise ValueError(f"padding must be 'black' or 'mean', got {padding!r}")
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        self.device = torch.device(device)
+        self.batch_size, self.seed, self.augment, self.pad = int(batch_size), int(seed), bool(augment), int(pad)
+        self.channels_last, self.padding = bool(channels_last), padding
+        self.normalization = normalization if normalization is not None else Normalization.fit(data.x, "channel")
+        self.n, self.classes = len(data), list(data.classes)
+        self.steps_per_epoch = self.n // self.batch_size
+        n, c, h, w = data.x.shape
+        p = self.pad
+        hp, wp = h + 2 * p, w + 2 * p
+        self.shape, self._hw_pad = (c, h, w), (hp, wp)
+        x = data.x.to(self.device)
+        xp = torch.zeros((2 * n, c, hp, wp), dtype=torch.uint8, device=self.device)
+        xp[:n, :, p:p + h, p:p + w] = x
+        xp[n:, :, p:p + h, p:p + w] = x.flip(-1)
+        del x
+        self.x = xp                                      # (2N, C, H+2p, W+2p): padded images, then mirrors
+        self.y = data.y.clone()                          # labels stay on the CPU, sent with the indices
+        flat = xp.view(-1)
+        # Row k of this view is the run of W bytes starting at flat position k (a view, no copy).
+        self._runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
+        self._img_stride = c * hp * wp
+        # Offset of the start of (channel, row) of a crop at (0, 0), relative to the image start.
+        self._rel = ((torch.arange(c) * (hp * wp))[:, None] + torch.arange(h)[None, :] * wp).view(1, c, h)
+        self._norm_shift = None
+        if padding == "mean":
+            # The normalisation shift (mean / std) laid out like a padded image and its mirror, 0 in the
+            # border: out = raw * scale - shift_crop is then 0 (the mean colour) in the border.
+            _, shift = self.normalization._params("cpu")
+            t = torch.zeros((2, c, hp, wp))
+            t[0, :, p:p + h, p:p + w] = shift.expand(c, h, w)
+            t[1] = t[0].flip(-1)
+            t = t.to(self.device)
+            self._norm_shift = t.view(-1).as_strided((t.numel() - w + 1, w), (1, 1))
+            self._shift_keep = t
+        self._epoch, self._order = None, None
+        self._pin = self.device.type == "cuda"
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The permutation of epoch ``epoch`` (CPU; the current one is cached)."""
+        if self._epoch != epoch:
+            self._order = epoch_order(self.n, self.seed, epoch)
+            self._epoch = epoch
+        return self._order
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Dataset positions of the images of batch ``step`` (CPU int64)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        epoch, i = divmod(int(step), self.steps_per_epoch)
+        return self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def augmentation(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(dy, dx, flip)`` of each image of batch ``step``: the crop's top-left corner in the padded
+        image (``0..2*pad``) and the mirror flag, drawn from the generator seeded by (seed, step)."""
+        b = self.batch_size
+        if not self.augment:
+            return (torch.full((b,), self.pad), torch.full((b,), self.pad), torch.zeros(b, dtype=torch.bool))
+        g = _generator(self.seed, _TAG_AUG, step)
+        off = torch.randint(0, 2 * self.pad + 1, (2, b), generator=g)
+        flip = torch.randint(0, 2, (b,), generator=g).bool()
+        return off[0], off[1], flip
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: x float32 ``(B, C, H, W)`` normalised (augmented if ``augment``), y int64 ``(B,)``."""
+        idx = self.indices(step)
+        dy, dx, flip = self.augmentation(step)
+        c, h, w = self.shape
+        wp = self._hw_pad[1]
+        flip = flip.long()
+        # The mirror of the crop at column dx of image i is the crop at column 2p - dx of image N + i.
+        col = torch.where(flip.bool(), 2 * self.pad - dx, dx)
+        corner = dy * wp + col                                          # (B,)
+        start = ((idx + self.n * flip) * self._img_stride + corner)[:, None, None] + self._rel   # (B, C, H)
+        parts = [start.view(-1), self.y[idx]]
+        if self._norm_shift is not None:
+            parts.append(((flip * self._img_stride + corner)[:, None, None] + self._rel).view(-1))
+        packed = torch.cat(parts)
+        if self.device.type != "cpu":
+            packed = (packed.pin_memory() if self._pin else packed).to(self.device, non_blocking=True)
+        nr = start.numel()
+        b = len(idx)
+        raw = self._runs.index_select(0, packed[:nr]).view(b, c, h, w)
+        y = packed[nr:nr + b]
+        if self._norm_shift is None:
+            x = self.normalization(raw)
+        else:
+            scale, _ = self.normalization._params(self.device)
+            shift = self._norm_shift.index_select(0, packed[nr + b:]).view(b, c, h, w)
+            x = torch.addcmul(-shift, raw.float(), scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+
+def eval_batches(data: ArrayDataset, batch_size: int, *, device="cpu", normalization: Normalization,
+                 flip: bool = False, channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """All of ``data`` in order, in batches of ``batch_size`` (the last one may be smaller), normalised,
+    not augmented; ``flip=True`` mirrors every image (for flip test-time averaging)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    for i in range(0, len(data), batch_size):
+        raw = data.x[i:i + batch_size]
+        if device.type == "cuda":
+            raw = raw.pin_memory()
+        raw = raw.to(device, non_blocking=True)
+        if flip:
+            raw = raw.flip(-1)
+        x = normalization(raw)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, data.y[i:i + batch_size].to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Downloading the official archives
+# ----------------------------------------------------------------------------------------------------------
+
+def _progress(done: int, total: int | None, t0: float, label: str, final: bool = False) -> None:
+    rate = done / max(time.perf_counter() - t0, 1e-9)
+    if total:
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        msg = f"\r{label}: {done / 2**20:7.1f}/{total / 2**20:.1f} MiB ({100 * done / total:5.1f}%) " \
+              f"{rate / 2**20:6.2f} MiB/s ETA {eta:5.0f}s"
+    else:
+        msg = f"\r{label}: {done / 2**20:7.1f} MiB {rate / 2**20:6.2f} MiB/s"
+    sys.stderr.write(msg + ("\n" if final else ""))
+    sys.stderr.flush()
+
+
+def _check_members(tar: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
+    """The archive's members if every one is a plain file or folder inside the extraction folder."""
+    members = tar.getmembers()
+    for m in members:
+        name = m.name
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+            raise ValueError(f"{archive}: refusing to extract {name!r}: absolute path")
+        if ".." in parts:
+            raise ValueError(f"{archive}: refusing to extract {name!r}: path leaves the extraction folder")
+        if not (m.isfile() or m.isdir()):
+            raise ValueError(f"{archive}: refusing to extract {name!r}: links and special files are not allowed")
+    return members
+
+
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Extract a tar archive into ``dest`` after checking every member (no absolute paths, no ``..``, no
+    links or devices); also uses tarfile's ``"data"`` filter where Python has it."""
+    archive, dest = os.fspath(archive), os.fspath(dest)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = _check_members(tar, archive)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # pragma: no cover - Python without extraction filters
+                tar.extractall(dest, members=members)
+    except tarfile.TarError as e:
+        raise ValueError(f"{archive}: not a readable tar archive ({e})") from None
+
+
+def _md5(path: str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url: str | None = None,
+                   md5: str | None = None, quiet: bool = False) -> str:
+    """Fetch and extract the official CIFAR-10/100 python archive; returns the extracted folder.
+
+    The archive is downloaded to a temporary file in ``cache_dir`` (default ``$RESNETLAB_CACHE`` or
+    ``~/.cache/resnetlab``) with a progress line on stderr, its MD5 checked (a mismatch deletes it and raises
+    ``ValueError`` naming both sums), renamed into place, then extracted member-checked into a temporary
+    folder that is renamed into place: an interrupted run leaves no half-written archive or folder.
+    ``url``/``md5`` override the official ones (a mirror). Already there: nothing is fetched.
+    """
+    if name not in CIFAR_URLS:
+        raise ValueError(f"unknown CIFAR dataset {name!r}; valid: {', '.join(CIFAR_URLS)}")
+    cache = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+    url = url or CIFAR_URLS[name]
+    md5 = (md5 or CIFAR_MD5[name]).lower()
+    folder = os.path.join(cache, CIFAR_FOLDERS[name])
+    marker = "data_batch_1" if name == "cifar10" else "train"
+    if os.path.isfile(os.path.join(folder, marker)):
+        return folder
+    os.makedirs(cache, exist_ok=True)
+    archive = os.path.join(cache, CIFAR_ARCHIVES[name])
+    if not (os.path.isfile(archive) and _md5(archive) == md5):
+        fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=cache)
+        try:
+            h = hashlib.md5()
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    resp = urllib.request.urlopen(url, timeout=60)
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"could not download {name} from {url}: {e}") from None
+                with resp:
+                    total = int(resp.headers.get("Content-Length") or 0) or None
+                    done, t0, last = 0, time.perf_counter(), 0.0
+                    while True:
+                        chunk = resp.read(1 << 20)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        now = time.perf_counter()
+                        if not quiet and now - last > 0.5:
+                            _progress(done, total, t0, f"downloading {CIFAR_ARCHIVES[name]}")
+                            last = now
+                    if not quiet:
+                        _progress(done, total, t0, f"downloading {CIFAR_ARCHIVES[name]}", final=True)
+                    if total is not None and done != total:
+                        raise ValueError(f"download of {url} stopped after {done} of {total} bytes")
+            actual = h.hexdigest()
+            if actual != md5:
+                raise ValueError(f"MD5 mismatch for {url}: expected {md5}, got {actual}; the download was "
+                                 f"deleted (a corrupted or different file)")
+            os.replace(tmp, archive)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    work = tempfile.mkdtemp(prefix=".extract-", dir=cache)
+    try:
+        safe_extract(archive, work)
+        extracted = os.path.join(work, CIFAR_FOLDERS[name])
+        if not os.path.isfile(os.path.join(extracted, marker)):
+            raise ValueError(f"{archive}: no {CIFAR_FOLDERS[name]}/{marker} inside (not the {name} archive?)")
+        if os.path.isdir(folder):  # an incomplete folder from elsewhere: replace it
+            shutil.rmtree(folder)
+        os.replace(extracted, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
