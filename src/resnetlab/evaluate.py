@@ -1,0 +1,783 @@
+"""Evaluate checkpoints and predict the classes of image files.
+
+``resnetlab eval`` reports top-1/top-5 accuracy (and error), the loss, per-class accuracy and the confusion
+matrix of one checkpoint, or of an *ensemble* of several (their softmax probabilities averaged), optionally
+with flip test-time augmentation (the probabilities of each image and its mirror averaged)::
+
+    resnetlab eval --weights runs/a/best.pt runs/b/best.pt --data cifar10 --data-dir ~/data --tta flip
+
+``resnetlab predict`` prints the top-k classes of image files::
+
+    resnetlab predict cat.png dog.jpg --weights runs/a/best.pt --top-k 3
+
+Our checkpoints carry their preprocessing (``normalization``), class names and image size. Weights from
+other projects (torchvision ``.pth``, akamaster ``.th``, ``.safetensors``) need the architecture
+(``--model NAME [--shortcut ...]``) and the preprocessing (``--mean R,G,B --std R,G,B`` or ``--pixel-mean``).
+
+Python API: :func:`load_for_eval`, :func:`evaluate`, :func:`load_image`, :func:`predict`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import config as configlib
+from .blocks import SHORTCUTS
+from .checkpoint import FORMAT, unwrap
+from .config import opt
+
+DATASETS = ("cifar10", "cifar100", "synthetic", "folder")
+SPLITS = ("test", "val", "train")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading models for evaluation
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation and what is known about its inputs and outputs."""
+
+    model: nn.Module
+    normalization: object | None  # a resnetlab.data.Normalization; None: unknown (foreign weights)
+    classes: list[str] | None  # class names in output order, when the checkpoint records them
+    image_size: int  # the side the model was trained on (32 for CIFAR, 224 for ImageNet)
+    family: str  # "cifar" | "imagenet": how predict resizes images
+    path: str
+    description: str  # e.g. "resnet20 (A)"
+    checkpoint: dict | None  # our checkpoint's entries without the weights; None for foreign files
+
+    @property
+    def num_classes(self) -> int | None:
+        return _num_outputs(self.model)
+
+
+def _peek_ours(path: str) -> dict | None:
+    """Our checkpoint dict if ``path`` is one, else None (a foreign file: leave it to load_weights)."""
+    if path.lower().endswith(".safetensors"):
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+
+
+def _describe(model: nn.Module) -> str:
+    m = unwrap(model)
+    if hasattr(m, "spec"):
+        extra = f"{m.shortcut}" + (", pre-act" if m.preact and not m.spec.preact else "")
+        return f"{m.spec.name} ({extra})"
+    return type(m).__name__
+
+
+def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes: int | None = None,
+                  normalization=None) -> LoadedModel:
+    """Load a checkpoint for evaluation or prediction.
+
+    ``path``: one of our checkpoints, or (with ``model``) a torchvision ``.pth``, akamaster ``.th`` or
+    ``.safetensors`` file. ``model``: None (our checkpoints rebuild their own architecture), a model name
+    for :func:`resnetlab.create_model` (built with ``shortcut`` and ``num_classes``; for our checkpoints the
+    weights must fit it, else the error lists the mismatched keys) or an ``nn.Module`` to load into.
+    ``normalization`` overrides the checkpoint's own preprocessing (with a warning when it has one).
+    The model is returned on the CPU in eval mode.
+    """
+    from .data import Normalization
+    from .models import create_model, get_spec
+    from .weights import load_state_dict_strict
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = _peek_ours(path)
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut option {shortcut!r}; valid: {', '.join(SHORTCUTS)}")
+
+    def build(name: str, default_classes: int | None) -> nn.Module:
+        options = {}
+        if shortcut is not None:
+            options["shortcut"] = shortcut
+        if num_classes is not None or default_classes is not None:
+            options["num_classes"] = num_classes if num_classes is not None else default_classes
+        return create_model(name, **options)
+
+    if ckpt is not None:
+        recorded = ckpt.get("model_config") or {}
+        if model is None:
+            net = create_model(**recorded)
+        elif isinstance(model, str):
+            net = build(model, recorded.get("num_classes"))
+        else:
+            net = model
+        try:
+            load_state_dict_strict(unwrap(net), ckpt["model"], source=path)
+        except ValueError as e:
+            raise ValueError(f"{e}\n  (the checkpoint was trained as {_config_text(recorded)})") from None
+        norm = ckpt.get("normalization")
+        norm = Normalization.from_state_dict(norm) if norm is not None else None
+        if normalization is not None:
+            if norm is not None:
+                warnings.warn(f"{path}: replacing the normalization recorded in the checkpoint by the one "
+                              f"given; the model was trained with the recorded one", stacklevel=2)
+            norm = normalization
+        classes = ckpt.get("classes")
+        data_info = ckpt.get("data") or {}
+        meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
+    else:
+        if model is None:
+            raise ValueError(f"{path} is not a resnetlab checkpoint; for weights from another project "
+                             f"(torchvision .pth, akamaster .th, .safetensors) give the architecture "
+                             f"(--model NAME [--shortcut A|B|C|none]) and the preprocessing "
+                             f"(--mean R,G,B --std R,G,B or --pixel-mean)")
+        net = build(model, None) if isinstance(model, str) else model
+        from . import load_weights
+        load_weights(unwrap(net), path)
+        norm, classes, data_info, meta = normalization, None, {}, None
+
+    inner = unwrap(net)
+    spec = getattr(inner, "spec", None)
+    image_size = int(data_info.get("image_size") or (spec.image_size if spec is not None else 32))
+    family = spec.family if spec is not None else ("cifar" if image_size <= 64 else "imagenet")
+    net.eval().requires_grad_(False)
+    return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
+                       image_size=image_size, family=family, path=path, description=_describe(net),
+                       checkpoint=meta)
+
+
+def _config_text(model_config: dict) -> str:
+    if not model_config:
+        return "an unrecorded architecture"
+    rest = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "name")
+    return f"{model_config.get('name')}" + (f" with {rest}" if rest else "")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    m = unwrap(model)
+    if isinstance(getattr(m, "num_classes", None), int):
+        return m.num_classes
+    fc = getattr(m, "fc", None)
+    return fc.out_features if isinstance(fc, nn.Linear) else None
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"``/None -> CUDA when available, else the CPU; otherwise ``torch.device(device)``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+class _Progress:
+    """A progress line on stderr (images done, rate, ETA), redrawn at most twice a second."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.5 and done < self.total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        print(f"\r{self.label}: {done}/{self.total} images  {rate:,.0f} img/s  ETA {eta:4.0f}s",
+              end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.last > self.start:
+            print(file=sys.stderr, flush=True)
+
+
+def _log_probs(model: nn.Module, x: torch.Tensor, tta_flip: bool, autocast: bool) -> torch.Tensor:
+    """Log of the softmax probabilities (B, K) in float32, averaged over x and its mirror with ``tta_flip``."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        logp = F.log_softmax(model(x).float(), dim=1)
+        if tta_flip:
+            # average the probabilities (not the logits) of the image and its left-right mirror
+            mirror = F.log_softmax(model(x.flip(3)).float(), dim=1)
+            logp = torch.logsumexp(torch.stack([logp, mirror]), dim=0) - math.log(2)
+    return logp
+
+
+class _Tally:
+    """Running top-1/top-5 counts and summed loss of one set of predictions."""
+
+    def __init__(self, num_classes: int, device, confusion: bool = False):
+        self.k = min(5, num_classes)
+        self.num_classes = num_classes
+        self.n = 0
+        self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
+        self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
+        self.nll = torch.zeros((), dtype=torch.float64, device=device)
+        self.confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+                          if confusion else None)
+
+    def add(self, logp: torch.Tensor, y: torch.Tensor) -> None:
+        pred = logp.argmax(dim=1)
+        self.n += len(y)
+        self.correct1 += (pred == y).sum()
+        self.correct5 += (logp.topk(self.k, dim=1).indices == y[:, None]).any(dim=1).sum()
+        self.nll += F.nll_loss(logp, y, reduction="sum").double()
+        if self.confusion is not None:
+            # rows: true class, columns: predicted class
+            self.confusion += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2)
+
+    def summary(self) -> dict:
+        n = max(self.n, 1)
+        top1, top5 = self.correct1.item() / n, self.correct5.item() / n
+        return {"top1": top1, "top5": top5, "error": 1.0 - top1, "top5_error": 1.0 - top5,
+                "loss": self.nll.item() / n}
+
+
+def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None, tta_flip: bool = False,
+             precision: str = "auto", progress: bool = False) -> dict:
+    """Evaluate one model or an ensemble on ``data`` (a :class:`resnetlab.data.ArrayDataset`).
+
+    ``models``: an ``nn.Module`` or a list of them (an ensemble: their softmax probabilities are averaged).
+    ``normalization``: one :class:`resnetlab.data.Normalization` for all, or a list with one per model.
+    ``device``: None keeps the first model's device; "auto" picks CUDA when available. ``precision``:
+    "auto" is bf16 autocast on CUDA and fp32 on the CPU. ``tta_flip`` averages the probabilities of each
+    image and its mirror. Models are put in eval mode (their training flag is restored afterwards).
+
+    Returns a dict of plain Python values: ``n``, ``num_classes``, ``classes``, ``top1``, ``top5``,
+    ``error``, ``top5_error`` (fractions), ``loss`` (mean negative log of the averaged probability of the
+    true class), ``per_class`` (one dict per class: ``class``, ``n``, ``correct``, ``accuracy``),
+    ``confusion`` (rows: true class, columns: predicted; counts), ``members`` (``top1``, ``top5``,
+    ``error``, ``top5_error``, ``loss`` of each model alone, with the same TTA) and ``tta``.
+    """
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    if not models:
+        raise ValueError("evaluate needs at least one model")
+    norms = list(normalization) if isinstance(normalization, (list, tuple)) else [normalization] * len(models)
+    if len(norms) != len(models):
+        raise ValueError(f"{len(norms)} normalizations given for {len(models)} models")
+    if any(n is None for n in norms):
+        raise ValueError("every model needs a normalization (the preprocessing its training used)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    x_all, y_all = data.x, data.y
+    if x_all.dim() != 4 or x_all.shape[1] != 3 or len(x_all) != len(y_all):
+        raise ValueError(f"expected images (N, 3, H, W) and N labels, got {tuple(x_all.shape)} and "
+                         f"{tuple(y_all.shape)}")
+    if len(y_all) == 0:
+        raise ValueError("the dataset to evaluate is empty")
+    num_classes = len(data.classes)
+    outputs = [_num_outputs(m) for m in models]
+    known = sorted({k for k in outputs if k is not None})
+    if len(known) > 1:
+        raise ValueError(f"the ensemble members have different class counts: {outputs}")
+    if known and known[0] != num_classes:
+        raise ValueError(f"the model has {known[0]} outputs but the dataset has {num_classes} classes")
+    if int(y_all.min()) < 0 or int(y_all.max()) >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {int(y_all.min())}..{int(y_all.max())}")
+
+    if device is None:
+        first = next(iter(models[0].parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    else:
+        device = resolve_device(device)
+    autocast = device.type == "cuda" and precision in ("auto", "bf16")
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError("bf16 evaluation is supported on CUDA only (use precision fp32 or auto on the CPU)")
+    was_training = [m.training for m in models]
+    for m in models:
+        m.to(device).eval()
+    norms = [n.to(device) for n in norms]
+
+    members = [_Tally(num_classes, device) for _ in models]
+    ensemble = _Tally(num_classes, device, confusion=True)
+    bar = _Progress(len(y_all), "eval", progress)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(y_all), batch_size):
+                xb = x_all[start:start + batch_size].to(device, non_blocking=True)
+                yb = y_all[start:start + batch_size].to(device, non_blocking=True).long()
+                logps = []
+                for model, norm, tally in zip(models, norms, members):
+                    logp = _log_probs(model, norm(xb), tta_flip, autocast)
+                    tally.add(logp, yb)
+                    logps.append(logp)
+                if len(logps) > 1:
+                    # the ensemble's probabilities are the mean of the members' probabilities
+                    logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+                ensemble.add(logp, yb)
+                bar.update(min(start + batch_size, len(y_all)))
+    finally:
+        bar.close()
+        for m, flag in zip(models, was_training):
+            m.train(flag)
+
+    confusion = ensemble.confusion.view(num_classes, num_classes).cpu()
+    counts, correct = confusion.sum(dim=1), confusion.diagonal()
+    per_class = [{"class": name, "n": int(c), "correct": int(k), "accuracy": (int(k) / int(c) if c else None)}
+                 for name, c, k in zip(data.classes, counts, correct)]
+    return {"n": ensemble.n, "num_classes": num_classes, "classes": list(data.classes),
+            **ensemble.summary(), "per_class": per_class, "confusion": confusion.tolist(),
+            "members": [t.summary() for t in members], "tta": "flip" if tta_flip else "none"}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Prediction on image files
+
+
+def _to_rgb(im):
+    """Any Pillow image -> 8-bit RGB. Transparent pixels are composited onto white."""
+    from PIL import Image
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if im.mode.startswith("I;16") or (im.mode == "I" and arr.max() > 255):
+            arr = arr / 257.0  # 16-bit range -> 8-bit range
+        elif im.mode == "F" and arr.max() <= 1.0:
+            arr = arr * 255.0
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tensor:
+    """Decode an image file (any mode -> RGB) into uint8 (3, S, S), S = ``image_size``.
+
+    CIFAR-style models: the whole image is resized to S x S. ImageNet-style: the shorter side is resized
+    to S * 256 / 224 and the centre S x S is cropped (the usual single-crop evaluation).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = _to_rgb(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
+    if family == "cifar":
+        if im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), bilinear)
+    else:
+        short = int(round(image_size * 256 / 224))
+        w, h = im.size
+        if w <= h:
+            size = (short, max(short, int(short * h / w)))
+        else:
+            size = (max(short, int(short * w / h)), short)
+        if size != (w, h):
+            im = im.resize(size, bilinear)
+        w, h = im.size
+        left, top = int(round((w - image_size) / 2)), int(round((h - image_size) / 2))
+        im = im.crop((left, top, left + image_size, top + image_size))
+    arr = np.asarray(im, dtype=np.uint8)  # (S, S, 3)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto") -> list[dict]:
+    """Top-k classes of image files. ``models``: a :class:`LoadedModel` or a list (an ensemble: softmax
+    probabilities averaged; each member sees the image preprocessed its own way).
+
+    Returns one dict per image: ``image`` (the path), ``top`` (``[{"class", "index", "prob"}]``, best
+    first) and ``probabilities`` (all classes, summing to 1).
+    """
+    members = [models] if isinstance(models, LoadedModel) else list(models)
+    if not members:
+        raise ValueError("predict needs at least one model")
+    if top_k < 1:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    if any(m.normalization is None for m in members):
+        missing = [m.path for m in members if m.normalization is None]
+        raise ValueError(f"no preprocessing known for {', '.join(missing)}: give --mean R,G,B --std R,G,B")
+    counts = {m.num_classes for m in members}
+    if len(counts) > 1:
+        raise ValueError(f"the ensemble members have different class counts: "
+                         f"{[(m.path, m.num_classes) for m in members]}")
+    _check_same_classes(members)
+    images = [os.fspath(p) for p in images]
+    if not images:
+        raise ValueError("no image files given")
+    device = resolve_device(device if device is not None else "auto")
+    autocast = device.type == "cuda" and precision in ("auto", "bf16")
+    cache: dict[tuple[int, str], torch.Tensor] = {}
+    probs = None
+    with torch.inference_mode():
+        for m in members:
+            key = (m.image_size, m.family)
+            if key not in cache:  # decode each image once per preprocessing
+                cache[key] = torch.stack([load_image(p, m.image_size, m.family) for p in images])
+            x = m.normalization.to(device)(cache[key].to(device))
+            model = m.model.to(device).eval()
+            logp = _log_probs(model, x, False, autocast)
+            p = logp.exp().cpu()
+            probs = p if probs is None else probs + p
+    probs = probs / len(members)
+    classes = next((m.classes for m in members if m.classes is not None), None)
+    k = min(top_k, probs.shape[1])
+    results = []
+    for path, row in zip(images, probs):
+        values, indices = row.topk(k)
+        top = [{"class": classes[i] if classes else str(int(i)), "index": int(i), "prob": float(v)}
+               for v, i in zip(values, indices)]
+        results.append({"image": path, "top": top, "probabilities": row.tolist()})
+    return results
+
+
+def _check_same_classes(members: list[LoadedModel]) -> None:
+    named = [m for m in members if m.classes is not None]
+    for m in named[1:]:
+        if m.classes != named[0].classes:
+            raise ValueError(f"{m.path} and {named[0].path} name their classes differently (or in another "
+                             f"order); averaging their probabilities would mix classes")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass(frozen=True)
+class ForeignWeights:
+    """Options for weights that are not resnetlab checkpoints (and overrides for ours)."""
+
+    model: str | None = opt(None, "architecture to build (e.g. resnet20, resnet18): needed for weights "
+                                  "from other projects; with our checkpoints, their weights must fit it")
+    shortcut: str = opt("default", "shortcut option of --model (default: the model's own)",
+                        choices=("default",) + SHORTCUTS)
+    num_classes: int | None = opt(None, "classifier outputs of --model (eval default: the dataset's "
+                                        "class count; predict default: the model's)")
+    mean: tuple[float, ...] | None = opt(None, "per-channel input mean R,G,B on the 0..1 scale (replaces "
+                                               "a checkpoint's own normalization, with a warning)")
+    std: tuple[float, ...] | None = opt(None, "per-channel input std R,G,B on the 0..1 scale (with --mean)")
+
+
+@dataclass(frozen=True)
+class EvalConfig(ForeignWeights):
+    """Evaluate checkpoints: top-1/top-5, loss, per-class accuracy, confusion matrix; several checkpoints
+    are evaluated as an ensemble (their softmax probabilities averaged)."""
+
+    weights: tuple[str, ...] = opt((), "checkpoint file(s); several form an ensemble")
+    data: str = opt("cifar10", "dataset", choices=DATASETS)
+    data_dir: str | None = opt(None, "dataset folder (or its .tar.gz); not needed for synthetic")
+    split: str = opt("test", "split to evaluate", choices=SPLITS)
+    val_split: int | None = opt(None, "training images held out as the val split (default: as recorded "
+                                      "in the checkpoint's training config)")
+    split_seed: int | None = opt(None, "seed of the train/val split (default: as recorded, else 0)")
+    batch_size: int = opt(1000, "images per forward pass")
+    limit: int | None = opt(None, "evaluate only the first N images of the split")
+    tta: str = opt("none", "test-time augmentation: flip averages each image's and its mirror's "
+                           "probabilities", choices=("none", "flip"))
+    pixel_mean: bool = opt(False, "preprocess by subtracting the per-pixel mean of the training split "
+                                  "(the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)")
+    device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
+    precision: str = opt("auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS)
+    json: str | None = opt(None, "write all results (confusion matrix included) to this JSON file")
+    quiet: bool = opt(False, "no progress line")
+
+
+@dataclass(frozen=True)
+class PredictConfig(ForeignWeights):
+    """Print the top-k classes of image files (decoded with Pillow, resized as the model expects)."""
+
+    images: tuple[str, ...] = opt((), "image files (PNG, JPEG, ... any mode)")
+    weights: tuple[str, ...] = opt((), "checkpoint file(s); several form an ensemble")
+    top_k: int = opt(5, "classes to show per image")
+    device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
+    json: str | None = opt(None, "also write the predictions to this JSON file")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become ValueErrors, which ``resnetlab.cli`` prints as one clear line (exit 2)."""
+
+    def error(self, message):
+        raise ValueError(f"{message}\n{self.format_usage().rstrip()}")
+
+
+def _parse(cls, prog: str, argv, positional_images: bool = False):
+    parser = _Parser(prog=prog, description=cls.__doc__)
+    if positional_images:
+        parser.add_argument("images", nargs="*", metavar="IMAGE", default=argparse.SUPPRESS,
+                            help="image files (PNG, JPEG, ... any mode)")
+    if positional_images:  # one file per flag, so that images may follow: --weights A --weights B
+        parser.add_argument("--weights", action="append", metavar="CKPT", default=argparse.SUPPRESS,
+                            help="checkpoint file; repeat the flag for an ensemble (probabilities averaged)")
+    else:
+        parser.add_argument("--weights", nargs="+", metavar="CKPT", default=argparse.SUPPRESS,
+                            help="checkpoint file(s); several form an ensemble (probabilities averaged)")
+    configlib.add_arguments(parser, cls, skip=("weights", "images"))
+    args = parser.parse_args(argv)
+    return configlib.parse_config(cls, args)
+
+
+def _explicit_normalization(cfg):
+    """The normalization given by --mean/--std, or None."""
+    if cfg.mean is None and cfg.std is None:
+        return None
+    if cfg.mean is None or cfg.std is None:
+        raise ValueError("--mean and --std go together (per-channel values R,G,B on the 0..1 scale)")
+    for what, values in (("--mean", cfg.mean), ("--std", cfg.std)):
+        if len(values) not in (1, 3):
+            raise ValueError(f"{what} needs 3 values R,G,B (or one for all channels), got {len(values)}")
+    if any(s <= 0 for s in cfg.std):
+        raise ValueError(f"--std values must be positive, got {cfg.std}")
+    if max(cfg.mean) > 1.5 or max(cfg.std) > 1.5:
+        raise ValueError("--mean/--std are on the 0..1 scale (divide 0..255 values by 255)")
+    from .data import Normalization
+    expand = (lambda v: tuple(v) * 3 if len(v) == 1 else tuple(v))
+    return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
+
+
+def _check_files(paths) -> list[str]:
+    if not paths:
+        raise ValueError("give at least one checkpoint: --weights CKPT [CKPT ...]")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+    return list(paths)
+
+
+def _json_text(obj, indent: int = 0) -> str:
+    """Indented JSON in which lists of numbers or strings stay on one line (a confusion matrix row per line)."""
+    pad, inner = " " * indent, " " * (indent + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj and not all(
+            v is None or isinstance(v, (int, float, str, bool)) for v in obj):
+        return "[\n" + ",\n".join(inner + _json_text(v, indent + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
+def _write_json(obj, path: str) -> None:
+    """Write JSON atomically (a temporary file renamed over ``path``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(_json_text(obj) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _Warnings:
+    """Print warnings as ``resnetlab CMD: warning: ...`` lines on stderr while the command runs."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.context = warnings.catch_warnings()
+
+    def __enter__(self):
+        self.context.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = (lambda message, *a, **k:
+                                print(f"resnetlab {self.command}: warning: {message}", file=sys.stderr))
+        return self
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc)
+
+
+def _load_split(cfg: EvalConfig, first_ckpt: dict | None):
+    """(evaluation split, training split or None) as ArrayDatasets."""
+    from . import data as datalib
+    if cfg.data not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.data!r}; valid: {', '.join(DATASETS)}")
+    if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
+        raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist")
+    if cfg.data == "folder":
+        return _load_folder_split(cfg)
+    recorded = (first_ckpt or {}).get("config") or {}
+    val_split = cfg.val_split if cfg.val_split is not None else int(recorded.get("val_split") or 0)
+    split_seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("split_seed") or 0)
+    if cfg.split == "val" and val_split <= 0:
+        raise ValueError("--split val needs --val-split N (no val split is recorded in the checkpoint)")
+    if cfg.split != "val":
+        val_split = 0  # the test split does not depend on it; the train split is then the whole set
+    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed)
+    if cfg.split not in sets:
+        raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
+    return sets[cfg.split], sets.get("train")
+
+
+def _load_folder_split(cfg: EvalConfig):
+    """An image-folder split (``ROOT/<split>/<class>/*``) as an in-memory ArrayDataset."""
+    from . import data as datalib
+    if cfg.data_dir is None:
+        raise ValueError("--data folder needs --data-dir ROOT (with ROOT/<split>/<class>/<image files>)")
+    loader = getattr(datalib, "load_folder", None)
+    if loader is None:
+        raise ValueError("image-folder datasets are not supported by this version of resnetlab.data")
+    raise ValueError("image-folder evaluation: not wired yet")
+
+
+def _pct(v) -> str:
+    return "   -  " if v is None else f"{100 * v:6.2f}%"
+
+
+def format_report(result: dict, members: list[str], header: str) -> str:
+    """The human-readable report printed by ``resnetlab eval``."""
+    lines = [header, ""]
+    width = max([len(m) for m in members] + [14])
+    lines.append(f"  {'':<{width}}   top-1    top-5     loss")
+    for name, m in zip(members, result["members"]):
+        lines.append(f"  {name:<{width}} {_pct(m['top1'])}  {_pct(m['top5'])}  {m['loss']:7.4f}")
+    if len(members) > 1:
+        name = f"ensemble of {len(members)}"
+        lines.append(f"  {name:<{width}} {_pct(result['top1'])}  {_pct(result['top5'])}  {result['loss']:7.4f}")
+    lines += ["", f"top-1 {100 * result['top1']:.2f}% (error {100 * result['error']:.2f}%)   "
+                  f"top-5 {100 * result['top5']:.2f}% (error {100 * result['top5_error']:.2f}%)   "
+                  f"loss {result['loss']:.4f}   on {result['n']} images", ""]
+    per_class, confusion, classes = result["per_class"], result["confusion"], result["classes"]
+    if len(classes) <= 20:
+        lines.append("per-class accuracy:")
+        name_w = min(16, max(len(c) for c in classes))
+        cells = [f"{c['class'][:name_w]:>{name_w}} {_pct(c['accuracy'])}" for c in per_class]
+        lines += ["  " + "  ".join(cells[i:i + 4]) for i in range(0, len(cells), 4)]
+        lines += ["", "confusion matrix (rows: true class, columns: predicted class by number; counts):"]
+        cw = max(4, len(str(max(max(r) for r in confusion))) + 1)
+        lines.append(f"  {'':<{name_w + 3}}" + "".join(f"{j:>{cw}}" for j in range(len(classes))))
+        for i, (name, row) in enumerate(zip(classes, confusion)):
+            lines.append(f"  {i:>2} {name[:name_w]:<{name_w}}" + "".join(f"{v:>{cw}}" for v in row))
+    else:
+        ranked = sorted((c for c in per_class if c["accuracy"] is not None), key=lambda c: c["accuracy"])
+        lines.append("lowest per-class accuracy:  " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
+                                                              for c in ranked[:5]))
+        lines.append("highest per-class accuracy: " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
+                                                              for c in ranked[::-1][:5]))
+        pairs = sorted(((v, i, j) for i, row in enumerate(confusion) for j, v in enumerate(row) if i != j and v),
+                       reverse=True)[:10]
+        lines.append("most frequent confusions (true -> predicted: count): " +
+                     ", ".join(f"{classes[i]} -> {classes[j]}: {v}" for v, i, j in pairs))
+        lines.append("(the full confusion matrix is in the --json output)")
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """``resnetlab eval`` as a function: load, evaluate, print, write the JSON; returns the results."""
+    paths = _check_files(cfg.weights)
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"--limit must be positive, got {cfg.limit}")
+    override = _explicit_normalization(cfg)
+    if override is not None and cfg.pixel_mean:
+        raise ValueError("give either --mean/--std or --pixel-mean, not both")
+    device = resolve_device(cfg.device)
+    first_ckpt = _peek_ours(paths[0])
+    data, train = _load_split(cfg, first_ckpt)
+    if cfg.pixel_mean:
+        from .data import Normalization
+        if train is None:
+            raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
+        override = Normalization.fit(train.x, mode="pixel")
+    if cfg.limit is not None and cfg.limit < len(data.y):
+        data = dataclasses.replace(data, x=data.x[:cfg.limit], y=data.y[:cfg.limit])
+
+    shortcut = None if cfg.shortcut == "default" else cfg.shortcut
+    num_classes = cfg.num_classes if cfg.num_classes is not None else (len(data.classes) if cfg.model else None)
+    members = [load_for_eval(p, cfg.model, shortcut=shortcut, num_classes=num_classes, normalization=override)
+               for p in paths]
+    counts = [m.num_classes for m in members]
+    if len(set(counts)) > 1:
+        raise ValueError("the checkpoints have different class counts: " +
+                         ", ".join(f"{m.path}: {m.num_classes}" for m in members))
+    if counts[0] is not None and counts[0] != len(data.classes):
+        raise ValueError(f"{members[0].path} has {counts[0]} classes but {cfg.data} has {len(data.classes)}")
+    missing = [m.path for m in members if m.normalization is None]
+    if missing:
+        raise ValueError(f"no preprocessing known for {', '.join(missing)} (not a resnetlab checkpoint): "
+                         f"give --mean R,G,B --std R,G,B (0..1 scale) or --pixel-mean")
+    _check_same_classes(members)
+    for m in members:
+        if m.classes is not None and list(m.classes) != list(data.classes):
+            warnings.warn(f"{m.path} was trained on classes {m.classes[:4]}... but {cfg.data} has "
+                          f"{data.classes[:4]}...; outputs are compared by index")
+        if m.image_size != data.x.shape[-1]:
+            warnings.warn(f"{m.path} was trained on {m.image_size}x{m.image_size} images, "
+                          f"{cfg.data} has {data.x.shape[-1]}x{data.x.shape[-2]}")
+
+    start = time.perf_counter()
+    result = evaluate([m.model for m in members], data, [m.normalization for m in members],
+                      batch_size=cfg.batch_size, device=device, tta_flip=cfg.tta == "flip",
+                      precision=cfg.precision, progress=not cfg.quiet)
+    seconds = time.perf_counter() - start
+    autocast = device.type == "cuda" and cfg.precision in ("auto", "bf16")
+    header = (f"{cfg.data} {cfg.split}: {result['n']} images, {result['num_classes']} classes | "
+              f"tta: {cfg.tta} | {device} {'bf16' if autocast else 'fp32'} | {seconds:.1f}s")
+    names = [f"{m.path} [{m.description}]" for m in members]
+    print(format_report(result, names, header))
+    for entry, m in zip(result["members"], members):
+        entry.update({"path": m.path, "model": m.description})
+    result = {"command": "eval", "config": configlib.to_dict(cfg), "data": cfg.data, "split": cfg.split,
+              "device": str(device), "precision": "bf16" if autocast else "fp32", "seconds": seconds, **result}
+    if cfg.json:
+        _write_json(result, cfg.json)
+        print(f"\nwrote {cfg.json}")
+    return result
+
+
+def main_eval(argv: list[str] | None = None) -> int:
+    """``resnetlab eval --weights CKPT [CKPT ...] --data cifar10 --data-dir DIR [--tta flip] [--json OUT]``."""
+    cfg = _parse(EvalConfig, "resnetlab eval", sys.argv[1:] if argv is None else argv)
+    with _Warnings("eval"):
+        run_eval(cfg)
+    return 0
+
+
+def run_predict(cfg: PredictConfig) -> list[dict]:
+    """``resnetlab predict`` as a function: prints the top-k classes per image; returns the predictions."""
+    paths = _check_files(cfg.weights)
+    if not cfg.images:
+        raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
+    for p in cfg.images:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"image not found: {p}")
+    override = _explicit_normalization(cfg)
+    shortcut = None if cfg.shortcut == "default" else cfg.shortcut
+    members = [load_for_eval(p, cfg.model, shortcut=shortcut, num_classes=cfg.num_classes,
+                             normalization=override) for p in paths]
+    results = predict(members, cfg.images, top_k=cfg.top_k, device=cfg.device)
+    for r in results:
+        print(r["image"])
+        for rank, t in enumerate(r["top"], 1):
+            print(f"  {rank:>2}. {t['prob']:7.4f}  {t['class']}")
+    if cfg.json:
+        _write_json({"command": "predict", "weights": paths,
+                     "predictions": [{k: v for k, v in r.items() if k != "probabilities"} for r in results]},
+                    cfg.json)
+    return results
+
+
+def main_predict(argv: list[str] | None = None) -> int:
+    """``resnetlab predict IMAGE [IMAGE ...] --weights CKPT [--top-k 5] [--json OUT]``."""
+    cfg = _parse(PredictConfig, "resnetlab predict", sys.argv[1:] if argv is None else argv,
+                 positional_images=True)
+    with _Warnings("predict"):
+        run_predict(cfg)
+    return 0
+
+
+main = main_eval

@@ -1,0 +1,396 @@
+"""Evaluation and prediction: metrics equal a direct computation, ensembles and flip TTA average
+probabilities, predict decodes image files, and bad inputs give clear errors (exit code 2 on the CLI)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resnetlab import cli, create_model
+from resnetlab.checkpoint import atomic_save, make_checkpoint
+from resnetlab.data import ArrayDataset, Normalization, load_dataset
+from resnetlab.evaluate import evaluate, load_for_eval, load_image, predict
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def tiny_model(seed, num_classes=10, **kw):
+    """A resnet8 of width 4 whose classifier is scaled up, so that its predictions vary between images."""
+    torch.manual_seed(seed)
+    model = create_model("resnet8", width=4, num_classes=num_classes, seed=seed, **kw)
+    with torch.no_grad():
+        model.fc.weight.mul_(40.0)
+    return model.eval()
+
+
+def tiny_data(n=70, seed=0, num_classes=10, size=32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return ArrayDataset(x, y, [f"c{i}" for i in range(num_classes)])
+
+
+def save_ckpt(model, path, norm, classes=CLASSES):
+    atomic_save(make_checkpoint(model, normalization=norm.state_dict(), classes=list(classes),
+                                data={"name": "synthetic", "image_size": 32}, step=0, config={}), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_data()
+
+
+@pytest.fixture(scope="module")
+def norm(data):
+    return Normalization.fit(data.x, "channel")
+
+
+def direct_log_probs(model, norm, x, flip=False):
+    with torch.no_grad():
+        logp = F.log_softmax(model(norm(x)), dim=1)
+        if flip:
+            p = (logp.exp() + F.softmax(model(norm(x.flip(3))), dim=1)) / 2
+            logp = p.log()
+    return logp
+
+
+def metrics(logp, y):
+    top5 = logp.topk(5, dim=1).indices
+    return {"top1": (logp.argmax(1) == y).float().mean().item(),
+            "top5": (top5 == y[:, None]).any(1).float().mean().item(),
+            "loss": F.nll_loss(logp, y).item()}
+
+
+def assert_metrics(result, expected, n):
+    # accuracies are counts over n images: compare the counts exactly
+    assert round(result["top1"] * n) == round(expected["top1"] * n)
+    assert round(result["top5"] * n) == round(expected["top5"] * n)
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_top1_top5_loss_equal_direct_computation(data, norm):
+    model = tiny_model(0)
+    expected = metrics(direct_log_probs(model, norm, data.x), data.y)
+    assert 0.0 < expected["top1"] < expected["top5"] < 1.0  # the numbers below are not trivial
+    result = evaluate(model, data, norm, batch_size=32, device="cpu")  # 70 = 32 + 32 + 6: a ragged batch
+    assert result["n"] == len(data.y)
+    assert_metrics(result, expected, len(data.y))
+    assert result["error"] == pytest.approx(1 - result["top1"])
+    assert result["top5_error"] == pytest.approx(1 - result["top5"])
+    assert result["members"][0]["top1"] == result["top1"]
+    assert model.training is False
+
+
+def test_confusion_rows_and_diagonal(data, norm):
+    model = tiny_model(1)
+    result = evaluate(model, data, norm, batch_size=25)
+    conf = torch.tensor(result["confusion"])
+    assert conf.shape == (10, 10)
+    counts = torch.bincount(data.y, minlength=10)
+    assert conf.sum(1).tolist() == counts.tolist()
+    pred = direct_log_probs(model, norm, data.x).argmax(1)
+    assert conf.sum(0).tolist() == torch.bincount(pred, minlength=10).tolist()
+    for i, entry in enumerate(result["per_class"]):
+        assert entry["class"] == f"c{i}"
+        assert entry["n"] == counts[i].item()
+        assert entry["correct"] == conf[i, i].item() == ((pred == i) & (data.y == i)).sum().item()
+        if entry["n"]:
+            assert entry["accuracy"] == pytest.approx(entry["correct"] / entry["n"])
+    assert conf.diagonal().sum().item() == round(result["top1"] * len(data.y))
+
+
+def test_training_flag_restored(data, norm):
+    model = tiny_model(0).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, data, norm)
+    assert model.training
+    # eval mode during evaluation: BN running statistics are untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ensemble_of_same_checkpoint_equals_single(tmp_path, data, norm):
+    path = save_ckpt(tiny_model(2), tmp_path / "a.pt", norm)
+    a, b = load_for_eval(path), load_for_eval(path)
+    single = evaluate(a.model, data, a.normalization)
+    double = evaluate([a.model, b.model], data, [a.normalization, b.normalization])
+    for key in ("top1", "top5", "confusion", "per_class"):
+        assert double[key] == single[key]
+    assert double["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    assert len(double["members"]) == 2 and double["members"][0]["top1"] == double["members"][1]["top1"]
+
+
+def test_ensemble_averages_probabilities(data, norm):
+    m1, m2 = tiny_model(3), tiny_model(4)
+    pixel = Normalization.fit(data.x, "pixel")  # members may have their own preprocessing
+    p = (direct_log_probs(m1, norm, data.x).exp() + direct_log_probs(m2, pixel, data.x).exp()) / 2
+    expected = metrics(p.log(), data.y)
+    result = evaluate([m1, m2], data, [norm, pixel], batch_size=40)
+    assert_metrics(result, expected, len(data.y))
+    assert_metrics(result["members"][0], metrics(direct_log_probs(m1, norm, data.x), data.y), len(data.y))
+    assert_metrics(result["members"][1], metrics(direct_log_probs(m2, pixel, data.x), data.y), len(data.y))
+    conf = torch.zeros(10, 10, dtype=torch.long)
+    for t, q in zip(data.y, p.argmax(1)):
+        conf[t, q] += 1
+    assert result["confusion"] == conf.tolist()
+
+
+def test_flip_tta_averages_image_and_mirror(data, norm):
+    model = tiny_model(5)
+    expected = metrics(direct_log_probs(model, norm, data.x, flip=True), data.y)
+    plain = metrics(direct_log_probs(model, norm, data.x), data.y)
+    assert expected["loss"] != pytest.approx(plain["loss"], rel=1e-3)  # the mirror changes the outputs
+    result = evaluate(model, data, norm, batch_size=32, tta_flip=True)
+    assert result["tta"] == "flip"
+    assert_metrics(result, expected, len(data.y))
+
+
+def test_flip_tta_on_flip_invariant_inputs_changes_nothing(norm):
+    x = tiny_data(30, seed=3).x
+    x = torch.cat([x[..., :16], x[..., :16].flip(3)], dim=3)  # every image is its own mirror
+    sym = ArrayDataset(x, tiny_data(30, seed=3).y, CLASSES)
+    model = tiny_model(6)
+    a = evaluate(model, sym, norm)
+    b = evaluate(model, sym, norm, tta_flip=True)
+    assert a["top1"] == b["top1"] and a["confusion"] == b["confusion"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_load_for_eval_restores_normalization_and_classes(tmp_path, data, norm):
+    model = tiny_model(7)
+    path = save_ckpt(model, tmp_path / "m.pt", norm)
+    loaded = load_for_eval(path)
+    assert loaded.classes == CLASSES and loaded.image_size == 32 and loaded.family == "cifar"
+    assert loaded.num_classes == 10 and loaded.description == "resnet8 (A)"
+    assert torch.equal(loaded.normalization(data.x[:4]), norm(data.x[:4]))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(norm(data.x[:8])), model(norm(data.x[:8])))
+    other = Normalization.from_values((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with pytest.warns(UserWarning, match="replacing the normalization"):
+        overridden = load_for_eval(path, normalization=other)
+    assert overridden.normalization is other
+
+
+def test_load_for_eval_errors(tmp_path, norm):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_for_eval(tmp_path / "nope.pt")
+    path = save_ckpt(tiny_model(0), tmp_path / "m.pt", norm)
+    with pytest.raises(ValueError, match=r"missing keys .*layer1\.1\.conv1\.weight") as e:
+        load_for_eval(path, "resnet14")  # deeper than the checkpoint
+    assert "trained as resnet8" in str(e.value)
+    with pytest.raises(ValueError, match="mis-shaped"):
+        load_for_eval(path, "resnet8")  # default width 16, the checkpoint has width 4
+    foreign = tmp_path / "plain.pth"
+    torch.save(tiny_model(0).state_dict(), foreign)
+    with pytest.raises(ValueError, match="not a resnetlab checkpoint.*--model"):
+        load_for_eval(foreign)
+
+
+def test_foreign_state_dict_with_model_and_explicit_preprocessing(tmp_path, data):
+    from resnetlab import weights
+    if not hasattr(weights, "load_weights"):
+        pytest.skip("resnetlab.weights.load_weights not available yet")
+    model = create_model("resnet20", seed=0).eval()
+    path = tmp_path / "torchvision_style.pth"
+    torch.save(model.state_dict(), path)
+    norm = Normalization.from_values((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}, "best_prec1": 91.0},
+               tmp_path / "akamaster_style.th")
+    with torch.no_grad():
+        reference = model(norm(data.x[:4]))
+    for name in ("torchvision_style.pth", "w.safetensors", "akamaster_style.th"):
+        loaded = load_for_eval(tmp_path / name, "resnet20", shortcut="A", normalization=norm)
+        assert loaded.checkpoint is None and loaded.classes is None and loaded.normalization is norm
+        with torch.no_grad():
+            assert torch.equal(loaded.model(norm(data.x[:4])), reference)
+    with pytest.raises(ValueError, match="mis-shaped"):
+        load_for_eval(path, "resnet20", num_classes=100, normalization=norm)
+
+
+def test_class_count_mismatch(tmp_path, data, norm):
+    with pytest.raises(ValueError, match="different class counts"):
+        evaluate([tiny_model(0), tiny_model(1, num_classes=5)], data, norm)
+    with pytest.raises(ValueError, match="5 outputs but the dataset has 10 classes"):
+        evaluate(tiny_model(1, num_classes=5), data, norm)
+    a = save_ckpt(tiny_model(0), tmp_path / "a.pt", norm)
+    b = save_ckpt(tiny_model(1, num_classes=5), tmp_path / "b.pt", norm, classes=CLASSES[:5])
+    code, err = run_cli(["eval", "--weights", a, b, "--data", "synthetic", "--quiet"])
+    assert code == 2 and "different class counts" in err and "b.pt: 5" in err
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+def write_png(path, arr, mode):
+    from PIL import Image
+    Image.fromarray(arr, mode=mode).save(path)
+    return str(path)
+
+
+def test_predict_png_modes(tmp_path, data, norm):
+    model = tiny_model(8)
+    ckpt = save_ckpt(model, tmp_path / "m.pt", norm)
+    rgb = data.x[:3].permute(0, 2, 3, 1).numpy()  # (3, 32, 32, 3) uint8
+    gray = rgb[1, :, :, 0]
+    rgba = np.concatenate([rgb[2], np.full((32, 32, 1), 255, np.uint8)], axis=2)
+    files = [write_png(tmp_path / "rgb.png", rgb[0], "RGB"), write_png(tmp_path / "gray.png", gray, "L"),
+             write_png(tmp_path / "rgba.png", rgba, "RGBA")]
+    expected_inputs = torch.stack([data.x[0], torch.from_numpy(gray).expand(3, 32, 32), data.x[2]])
+    for f, x in zip(files, expected_inputs):
+        assert torch.equal(load_image(f, 32, "cifar"), x)
+    with torch.no_grad():
+        expected = F.softmax(model(norm(expected_inputs)), dim=1)
+    results = predict(load_for_eval(ckpt), files, top_k=3, device="cpu")
+    for r, f, p in zip(results, files, expected):
+        assert r["image"] == f
+        assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert r["top"][0]["index"] == int(p.argmax())
+        assert r["top"][0]["class"] == CLASSES[int(p.argmax())]
+        assert r["top"][0]["prob"] == pytest.approx(float(p.max()), rel=1e-5)
+        assert len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
+
+    out = tmp_path / "pred.json"
+    code, _ = run_cli(["predict", *files, "--weights", ckpt, "--top-k", "2", "--json", str(out)])
+    assert code == 0
+    saved = json.loads(out.read_text())["predictions"]
+    assert [s["top"][0]["index"] for s in saved] == [r["top"][0]["index"] for r in results]
+    assert all(len(s["top"]) == 2 for s in saved)
+
+
+def test_load_image_resizing(tmp_path):
+    from PIL import Image
+    arr = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    path = write_png(tmp_path / "big.png", arr, "RGB")
+    assert tuple(load_image(path, 32, "cifar").shape) == (3, 32, 32)
+    crop = load_image(path, 56, "imagenet")  # shorter side -> 64, centre 56x56 crop
+    assert tuple(crop.shape) == (3, 56, 56)
+    resized = np.asarray(Image.fromarray(arr).resize((85, 64), Image.BILINEAR))
+    assert torch.equal(crop, torch.from_numpy(resized[4:60, 14:70].copy()).permute(2, 0, 1))
+    palette = Image.fromarray(arr[:40, :40]).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert tuple(load_image(tmp_path / "p.png", 32).shape) == (3, 32, 32)
+
+
+def test_predict_unreadable_image(tmp_path, norm):
+    ckpt = save_ckpt(tiny_model(0), tmp_path / "m.pt", norm)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        load_image(bad)
+    code, err = run_cli(["predict", str(bad), "--weights", ckpt])
+    assert code == 2 and "broken.png" in err
+    code, err = run_cli(["predict", str(tmp_path / "absent.jpg"), "--weights", ckpt])
+    assert code == 2 and "absent.jpg" in err
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def run_cli(argv, capsys=None):
+    """(exit code, stderr) of ``resnetlab.cli.main(argv)``, stderr captured by redirecting sys.stderr."""
+    import contextlib
+    import io
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = cli.main(argv)
+    return code, err.getvalue()
+
+
+def test_cli_eval_synthetic_matches_api(tmp_path):
+    sets = load_dataset("synthetic")
+    norm = Normalization.fit(sets["train"].x, "channel")
+    a = save_ckpt(tiny_model(9), tmp_path / "a.pt", norm, classes=sets["test"].classes)
+    b = save_ckpt(tiny_model(10), tmp_path / "b.pt", norm, classes=sets["test"].classes)
+    out = tmp_path / "res" / "eval.json"
+    code, err = run_cli(["eval", "--weights", a, b, "--data", "synthetic", "--limit", "300", "--batch-size",
+                         "128", "--tta", "flip", "--json", str(out), "--quiet"])
+    assert code == 0, err
+    saved = json.loads(out.read_text())
+    test = ArrayDataset(sets["test"].x[:300], sets["test"].y[:300], sets["test"].classes)
+    expected = evaluate([load_for_eval(a).model, load_for_eval(b).model], test, norm, tta_flip=True)
+    assert saved["n"] == 300 and saved["tta"] == "flip"
+    for key in ("top1", "top5", "confusion", "per_class"):
+        assert saved[key] == expected[key]
+    assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert [m["path"] for m in saved["members"]] == [a, b]
+    assert saved["members"][0]["top1"] == expected["members"][0]["top1"]
+
+
+def test_cli_eval_prints_report(tmp_path, capsys):
+    sets = load_dataset("synthetic", synthetic_train=100, synthetic_test=10)
+    norm = Normalization.fit(sets["train"].x)
+    a = save_ckpt(tiny_model(11), tmp_path / "a.pt", norm, classes=sets["test"].classes)
+    assert cli.main(["eval", "--weights", a, "--data", "synthetic", "--limit", "50", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "confusion matrix" in text and "triangle-striped" in text
+
+
+def test_cli_bad_inputs_exit_2(tmp_path, norm):
+    ckpt = save_ckpt(tiny_model(0), tmp_path / "m.pt", norm)
+    cases = [
+        (["eval", "--weights", str(tmp_path / "missing.pt"), "--data", "synthetic"], "missing.pt"),
+        (["eval", "--weights", ckpt, "--data", "imagenet21k"], "imagenet21k"),
+        (["eval", "--weights", ckpt, "--data", "cifar10", "--data-dir", str(tmp_path)], str(tmp_path)),
+        (["eval", "--weights", ckpt, "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere")], "nowhere"),
+        (["eval", "--weights", ckpt, "--data", "synthetic", "--model", "resnet14"], "missing keys"),
+        (["eval", "--data", "synthetic"], "--weights"),
+        (["eval", "--weights", ckpt, "--data", "synthetic", "--mean", "0.5,0.5,0.5"], "--std"),
+        (["eval", "--weights", ckpt, "--data", "synthetic", "--split", "val"], "--val-split"),
+        (["eval", "--weights", ckpt, "--data", "synthetic", "--batch-size", "0"], "batch-size"),
+        (["predict", "--weights", ckpt], "image"),
+    ]
+    for argv, needle in cases:
+        code, err = run_cli(argv)
+        assert code == 2, (argv, err)
+        assert needle in err and "error" in err, (argv, err)
+
+
+def test_cli_foreign_weights_need_preprocessing(tmp_path):
+    from resnetlab import weights
+    if not hasattr(weights, "load_weights"):
+        pytest.skip("resnetlab.weights.load_weights not available yet")
+    path = tmp_path / "foreign.pth"
+    torch.save(create_model("resnet8", seed=0).state_dict(), path)
+    code, err = run_cli(["eval", "--weights", str(path), "--data", "synthetic", "--quiet"])
+    assert code == 2 and "--model" in err
+    code, err = run_cli(["eval", "--weights", str(path), "--data", "synthetic", "--model", "resnet8",
+                         "--quiet"])
+    assert code == 2 and "--mean" in err
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "tools", "cifar10_fixture.py")),
+                    reason="../shared (the CIFAR-10 fixture tool) is not available")
+def test_cli_eval_real_cifar10_fixture(tmp_path):
+    tool = os.path.join(SHARED, "tools", "cifar10_fixture.py")
+    subprocess.run([sys.executable, tool, "batches", str(tmp_path / "cifar"), "--per-class", "20"], check=True,
+                   capture_output=True)
+    sets = load_dataset("cifar10", tmp_path / "cifar")
+    norm = Normalization.fit(sets["train"].x, "pixel")
+    ckpt = save_ckpt(tiny_model(12), tmp_path / "m.pt", norm, classes=sets["test"].classes)
+    out = tmp_path / "eval.json"
+    code, err = run_cli(["eval", "--weights", ckpt, "--data", "cifar10", "--data-dir", str(tmp_path / "cifar"),
+                         "--json", str(out), "--quiet"])
+    assert code == 0, err
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 40 and saved["classes"][0] == "airplane"
+    assert [sum(row) for row in saved["confusion"]] == [4] * 10
+    expected = metrics(direct_log_probs(load_for_eval(ckpt).model, norm, sets["test"].x), sets["test"].y)
+    assert_metrics(saved, expected, 40)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_close_to_cpu(data, norm):
+    model = tiny_model(13)
+    cpu = evaluate(model, data, norm, device="cpu")
+    gpu = evaluate(model, data, norm, device="cuda", tta_flip=False)
+    assert abs(gpu["top1"] - cpu["top1"]) <= 0.05
+    assert gpu["loss"] == pytest.approx(cpu["loss"], rel=0.05)
+    exact = evaluate(model, data, norm, device="cuda", precision="fp32")
+    assert exact["loss"] == pytest.approx(cpu["loss"], rel=1e-3)
