@@ -1,0 +1,813 @@
+"""Why do shortcuts work? Measurements on any model, fresh or trained.
+
+Every analysis is a plain function on a model and tensors, and a subcommand of ``resnetlab analyze``:
+
+* :func:`path_stats` — per block, how much of the output comes through the residual branch ``F(x)`` and
+  how much through the shortcut: the norm ratio ``||F(x)|| / ||s * shortcut(x)||`` and their cosine
+  (``s`` is ``ResidualAdd.scale``). :func:`projection_stats` — for 1x1 projection shortcuts (options
+  B/C): how close the learned map, with its BN folded in, stays to the identity/zero-pad map of option A.
+* :func:`gradient_norms` / :func:`block_gradient_norms` — the loss gradient's norm per conv/linear weight
+  and per block; :func:`lesion` — the accuracy when one block's residual branch is removed at test time
+  (Veit et al. 2016).
+* :func:`layer_responses` — the paper's Figure 7: the standard deviation of every 3x3 layer's response.
+
+Definitions (the numbers depend on them):
+
+* Paths and responses run the model in **eval mode** (BN uses its running statistics), without gradients.
+  The ratio and cosine are computed **per sample** over the flattened ``(C, H, W)`` tensors, then
+  averaged over all samples; ``ratio_batch`` is the same ratio over the whole batch at once.
+* Gradients run in **train mode** (BN uses batch statistics, as in training), cross-entropy loss
+  averaged over the batch; BN running statistics are restored afterwards, and no ``.grad`` is left.
+* A response is the output of the BN that directly consumes a 3x3 conv's output (post-activation blocks:
+  ``bn1``/``bn2``; pre-activation blocks: the next block-internal BN), or the conv's own output when no
+  BN consumes it (the last conv of a pre-activation branch, which feeds the addition). ``std`` is the
+  population standard deviation over all its elements ``(N, C, H, W)``; ``channel_std`` is the std over
+  ``(N, H, W)`` per channel, averaged over channels.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import BLOCKS, ProjectionShortcut
+from .config import add_arguments, opt, parse_config
+
+ANALYSES = ("paths", "gradients", "responses")
+DATASETS = ("synthetic", "cifar10", "cifar100")
+
+
+# --------------------------------------------------------------------------------------------------
+# Model structure helpers
+# --------------------------------------------------------------------------------------------------
+
+def model_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[(name, block), ...]`` in forward order: ``model.blocks()`` for a ResNet, else every block module
+    found in ``model`` (a bare block is named ``"block"``)."""
+    if hasattr(model, "blocks") and callable(model.blocks):
+        return list(model.blocks())
+    return [(name or "block", m) for name, m in model.named_modules() if isinstance(m, BLOCKS)]
+
+
+def _batches(x) -> Iterator[torch.Tensor]:
+    """A tensor, or an iterable of tensors or of ``(x, y)`` pairs, as a stream of input tensors."""
+    if isinstance(x, torch.Tensor):
+        yield x
+        return
+    for item in x:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+class _EvalMode:
+    """Context: the model in eval (or train) mode, restored on exit."""
+
+    def __init__(self, model: nn.Module, train: bool = False):
+        self.model, self.train = model, train
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.train(self.train)
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, mode in self.modes:
+            m.training = mode
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths: residual branch vs shortcut
+# --------------------------------------------------------------------------------------------------
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def path_stats(model: nn.Module, x) -> list[dict]:
+    """Per block: ``{"block", "kind", "ratio", "cosine", "ratio_batch", "branch_rms", "shortcut_rms",
+    "samples"}``, measured in eval mode on ``x`` (a batch, or an iterable of batches / ``(x, y)`` pairs).
+
+    ``ratio`` is the mean over samples of ``||F(x_i)|| / ||s * shortcut(x_i)||``, ``cosine`` the mean over
+    samples of their cosine (0 where either is zero); ``ratio_batch`` divides the norms over all samples.
+    Plain blocks (no shortcut) get ``kind="none"`` and ``None`` for every number.
+    """
+    blocks = model_blocks(model)
+    acc = {name: {"ratio": 0.0, "cosine": 0.0, "f2": 0.0, "s2": 0.0, "n": 0, "numel": 0} for name, _ in blocks}
+    handles = []
+
+    def hook(name):
+        def fn(module, inputs, output):
+            branch, shortcut = inputs
+            shortcut = shortcut * module.scale  # the add scales inside forward: report what is added
+            f = branch.flatten(1).double()
+            s = shortcut.flatten(1).double()
+            fn_, sn_ = f.norm(dim=1), s.norm(dim=1)
+            a = acc[name]
+            a["ratio"] += (fn_ / sn_.clamp_min(1e-300)).sum().item()
+            dot = (f * s).sum(dim=1)
+            denom = fn_ * sn_
+            a["cosine"] += torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot)).sum().item()
+            a["f2"] += (fn_ ** 2).sum().item()
+            a["s2"] += (sn_ ** 2).sum().item()
+            a["n"] += f.shape[0]
+            a["numel"] += f.numel()
+        return fn
+
+    for name, block in blocks:
+        if block.add is not None:
+            handles.append(block.add.register_forward_hook(hook(name)))
+    device = _device_of(model)
+    try:
+        with _EvalMode(model):
+            for xb in _batches(x):
+                model(xb.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name, block in blocks:
+        a = acc[name]
+        row = {"block": name, "kind": block.shortcut_kind, "samples": a["n"]}
+        if block.add is None or a["n"] == 0:
+            row.update(ratio=None, cosine=None, ratio_batch=None, branch_rms=None, shortcut_rms=None)
+        else:
+            row.update(ratio=a["ratio"] / a["n"], cosine=a["cosine"] / a["n"],
+                       ratio_batch=math.sqrt(a["f2"]) / max(math.sqrt(a["s2"]), 1e-300),
+                       branch_rms=math.sqrt(a["f2"] / a["numel"]), shortcut_rms=math.sqrt(a["s2"] / a["numel"]))
+        rows.append(row)
+    return rows
+
+
+def identity_mask(out_channels: int, in_channels: int, zero_pad: str = "split") -> torch.Tensor:
+    """``(Cout, Cin)`` 0/1 mask of the entries an option-A shortcut carries: input channel ``i`` goes to
+    output channel ``i + offset``, where ``offset = (Cout - Cin) // 2`` for the "split" zero-pad and 0
+    for "end" (as :class:`resnetlab.blocks.ZeroPadShortcut` pads)."""
+    offset = (out_channels - in_channels) // 2 if zero_pad == "split" else 0
+    mask = torch.zeros(out_channels, in_channels)
+    for i in range(in_channels):
+        if 0 <= i + offset < out_channels:
+            mask[i + offset, i] = 1.0
+    return mask
+
+
+@torch.no_grad()
+def folded_projection(shortcut: ProjectionShortcut) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_eff, b_eff)`` of a projection shortcut in eval mode: the 1x1 weight ``(Cout, Cin)`` with its
+    BN folded in, ``W_eff = gamma / sqrt(var + eps) * W`` and ``b_eff = beta - gamma * mean / sqrt(var + eps)``
+    (no BN, as in pre-activation nets: ``W`` and zero)."""
+    conv = shortcut[0]
+    w = conv.weight.detach().double().flatten(1)  # (Cout, Cin * 1 * 1)
+    if len(shortcut) > 1:
+        bn = shortcut[1]
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        return scale[:, None] * w, bn.bias.detach().double() - scale * bn.running_mean.double()
+    return w, torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+
+
+def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict]:
+    """For every block with a 1x1 projection shortcut (options B/C): how identity-like is its folded map?
+
+    Returns ``{"block", "in_channels", "out_channels", "stride", "singular_values", "sv_max", "sv_min",
+    "identity_energy", "other_energy", "identity_mean", "identity_distance", "bias_norm"}`` per block:
+    ``identity_energy`` is the fraction of ``||W_eff||_F^2`` on the (out, in) pairs an option-A shortcut
+    would carry (:func:`identity_mask`, with the model's ``zero_pad`` convention), ``other_energy`` the
+    rest; ``identity_mean`` the mean of those entries (1 for option A itself); ``identity_distance``
+    ``||W_eff - M||_F / ||M||_F``. Models without projections give ``[]``.
+    """
+    if zero_pad is None:
+        zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
+    rows = []
+    for name, block in model_blocks(model):
+        if not isinstance(block.downsample, ProjectionShortcut):
+            continue
+        w, b = folded_projection(block.downsample)
+        mask = identity_mask(w.shape[0], w.shape[1], zero_pad).to(w)
+        sv = torch.linalg.svdvals(w)
+        total = (w ** 2).sum().item()
+        on = (w ** 2 * mask).sum().item()
+        rows.append({
+            "block": name, "in_channels": w.shape[1], "out_channels": w.shape[0],
+            "stride": block.downsample[0].stride[0],
+            "singular_values": [float(v) for v in sv],
+            "sv_max": float(sv[0]), "sv_min": float(sv[-1]),
+            "identity_energy": on / total if total > 0 else 0.0,
+            "other_energy": (total - on) / total if total > 0 else 0.0,
+            "identity_mean": float((w * mask).sum() / mask.sum()),
+            "identity_distance": float(torch.linalg.norm(w - mask) / torch.linalg.norm(mask)),
+            "bias_norm": float(b.norm()),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradients and lesions
+# --------------------------------------------------------------------------------------------------
+
+def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, list[str], float]:
+    """``({param name: grad}, conv/linear module names in forward order, loss)`` in train mode.
+
+    BN running statistics are restored afterwards and no ``.grad`` is written (``torch.autograd.grad``).
+    """
+    device = _device_of(model)
+    x, y = x.to(device), y.to(device)
+    order: list[str] = []
+    handles = []
+    for mname, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    try:
+        with _EvalMode(model, train=True), torch.enable_grad():
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():  # train-mode BN updated its running statistics: put them back
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    out = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(named, grads)}
+    return out, order, loss.item()
+
+
+def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """L2 norm of the cross-entropy loss gradient of every conv/linear weight, in forward order, keyed by
+    parameter name (``"conv1.weight"``, ``"layer1.0.conv1.weight"``, ..., ``"fc.weight"``). Train mode."""
+    grads, order, _ = _loss_grads(model, x, y)
+    return {f"{m}.weight": grads[f"{m}.weight"].norm().item() for m in order if f"{m}.weight" in grads}
+
+
+def _group_norms(model: nn.Module, grads: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+    blocks = model_blocks(model)
+    groups: dict[str, float] = {"stem": 0.0}
+    groups.update({name: 0.0 for name, _ in blocks})
+    head: dict[str, float] = {}
+    prefixes = [(name + ".", name) for name, _ in blocks]
+    for k, g in grads.items():
+        sq = float(g.double().pow(2).sum())
+        group = next((name for pre, name in prefixes if k.startswith(pre)), None)
+        if group is None:
+            top = k.split(".")[0]
+            if top == "fc":
+                group = "fc"
+            elif top.startswith("final_"):
+                group = "final_bn"
+            else:
+                group = "stem"
+            target = groups if group == "stem" else head
+            target[group] = target.get(group, 0.0) + sq
+        else:
+            groups[group] += sq
+    ordered = list(groups.items()) + sorted(head.items(), key=lambda kv: kv[0] != "final_bn")
+    return [(k, math.sqrt(v)) for k, v in ordered]
+
+
+def block_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
+    """Gradient norm of all parameters of each group, in forward order: ``"stem"`` (conv1/bn1), every block
+    (all its convs, BNs and projection), ``"final_bn"`` (pre-activation nets) and ``"fc"``. Train mode."""
+    grads, _, _ = _loss_grads(model, x, y)
+    return _group_norms(model, grads)
+
+
+def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    correct = total = 0
+    for xb, yb in batches:
+        correct += (model(xb).argmax(1) == yb).sum().item()
+        total += yb.numel()
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
+           max_batches: int | None = None, device=None, quiet: bool = True) -> list[dict]:
+    """Remove one block at a time at test time and measure the accuracy (Veit et al. 2016).
+
+    ``data`` is an :class:`resnetlab.data.ArrayDataset` (normalised with ``normalization``) or an
+    iterable of already normalised ``(x, y)`` batches. A lesioned block's residual branch outputs zero,
+    so the block returns its (scaled) shortcut, passed through the final ReLU in post-activation blocks
+    (identity shortcuts: exactly ``x``). Plain blocks whose shape is kept are replaced by ``x``; plain
+    blocks that change the shape cannot be removed (``"accuracy": None``, "n/a" in tables).
+
+    Returns ``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]`` (``delta = accuracy - baseline``).
+    """
+    device = torch.device(device) if device is not None else _device_of(model)
+    batches = list(_iter_labelled(data, normalization, batch_size, device, max_batches))
+    blocks = model_blocks(model)
+    rows = []
+    with _EvalMode(model):
+        baseline = _accuracy(model, batches)
+        progress = Progress(len(blocks), "lesion", "blocks", quiet=quiet)
+        for name, block in blocks:
+            row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline}
+            if block.add is not None:
+                h = block.add.register_forward_hook(lambda m, inp, out: inp[1] * m.scale)
+            elif block.stride == 1 and block.in_channels == block.out_channels:
+                h = block.register_forward_hook(lambda m, inp, out: inp[0])
+            else:
+                h = None
+            if h is None:
+                row.update(accuracy=None, delta=None)
+            else:
+                try:
+                    acc = _accuracy(model, batches)
+                finally:
+                    h.remove()
+                row.update(accuracy=acc, delta=acc - baseline)
+            rows.append(row)
+            progress.step()
+        progress.done()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Responses (Figure 7)
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def layer_response_stats(model: nn.Module, x) -> list[dict]:
+    """Per 3x3 conv, in forward order: ``{"layer", "source", "std", "channel_std", "mean"}`` of its
+    response (see the module docstring), in eval mode on ``x`` (a batch or an iterable of batches)."""
+    convs = {m: name for name, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)}
+    norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    stats: dict[str, dict] = {}
+    order: list[str] = []
+    handles = []
+
+    def run_batch(xb):
+        pending: dict[int, tuple[str, torch.Tensor]] = {}  # id(conv output) -> (conv name, output)
+        chosen: dict[str, tuple[str, torch.Tensor]] = {}
+
+        def conv_hook(mod, inp, out):
+            name = convs[mod]
+            if name not in order:
+                order.append(name)
+            pending[id(out)] = (name, out)
+            chosen[name] = (name, out)
+
+        def bn_hook(mod, inp, out):
+            hit = pending.get(id(inp[0]))
+            if hit is not None and hit[1] is inp[0]:
+                chosen[hit[0]] = (norms[mod], out)
+
+        for m in convs:
+            handles.append(m.register_forward_hook(conv_hook))
+        for m in norms:
+            handles.append(m.register_forward_hook(bn_hook))
+        try:
+            model(xb)
+        finally:
+            while handles:
+                handles.pop().remove()
+        for name, (source, t) in chosen.items():
+            t = t.double()
+            s = stats.setdefault(name, {"source": source, "n": 0, "sum": 0.0, "sq": 0.0,
+                                        "csum": 0.0, "csq": 0.0, "cn": 0})
+            s["n"] += t.numel()
+            s["sum"] += t.sum().item()
+            s["sq"] += (t * t).sum().item()
+            s["csum"] = s["csum"] + t.sum(dim=(0, 2, 3))
+            s["csq"] = s["csq"] + (t * t).sum(dim=(0, 2, 3))
+            s["cn"] += t.numel() // t.shape[1]
+
+    device = _device_of(model)
+    with _EvalMode(model):
+        for xb in _batches(x):
+            run_batch(xb.to(device))
+    rows = []
+    for name in order:
+        s = stats[name]
+        mean = s["sum"] / s["n"]
+        cmean = s["csum"] / s["cn"]
+        cstd = torch.sqrt((s["csq"] / s["cn"] - cmean ** 2).clamp_min(0))
+        rows.append({"layer": name, "source": s["source"], "mean": mean,
+                     "std": math.sqrt(max(s["sq"] / s["n"] - mean * mean, 0.0)),
+                     "channel_std": float(cstd.mean())})
+    return rows
+
+
+def layer_responses(model: nn.Module, x) -> list[tuple[str, float]]:
+    """Figure 7 of He et al. 2015: ``[(conv name, std of its response), ...]`` for every 3x3 conv in forward
+    order; the response is its BN's output before ReLU/addition (see :func:`layer_response_stats`)."""
+    return [(r["layer"], r["std"]) for r in layer_response_stats(model, x)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared command-line plumbing (also used by resnetlab.landscape)
+# --------------------------------------------------------------------------------------------------
+
+class Progress:
+    """A progress line with rate and ETA on stderr (at most twice a second)."""
+
+    def __init__(self, total: int, label: str, unit: str = "it", quiet: bool = False):
+        self.total, self.label, self.unit, self.quiet = total, label, unit, quiet
+        self.n, self.start, self.last = 0, time.perf_counter(), 0.0
+
+    def step(self, k: int = 1) -> None:
+        self.n += k
+        now = time.perf_counter()
+        if self.quiet or (now - self.last < 0.5 and self.n < self.total):
+            return
+        self.last = now
+        rate = self.n / max(now - self.start, 1e-9)
+        eta = (self.total - self.n) / rate if rate > 0 else 0.0
+        print(f"\r{self.label}: {self.n}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s, "
+              f"ETA {eta:.0f}s   ", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if not self.quiet and self.total:
+            print(f"\r{self.label}: {self.n}/{self.total} {self.unit} in "
+                  f"{time.perf_counter() - self.start:.1f}s" + " " * 20, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"bad device {name!r}: {e}") from None
+
+
+MODEL_OPTION_FIELDS = ("shortcut", "preact", "zero_pad", "zero_init_residual", "shortcut_scale", "width",
+                       "num_classes")
+
+
+def _looks_like_path(source: str) -> bool:
+    return os.path.exists(source) or os.sep in source or source.endswith((".pt", ".pth"))
+
+
+def load_model(source: str, model: str | None = None, seed: int = 0, **options):
+    """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
+
+    ``source`` is a checkpoint path or a registered model name (a fresh model built with ``seed`` and
+    ``options``). With a checkpoint, ``model`` (``--model``) names the architecture it must fit: a
+    checkpoint of another architecture is an error; ``options`` then override the checkpoint's own.
+    """
+    from .checkpoint import load_checkpoint
+    from .models import create_model, get_spec
+    from .weights import load_state_dict_strict
+    options = {k: v for k, v in options.items() if v is not None}
+    if not _looks_like_path(source):
+        return create_model(source, seed=seed, **options), None
+    ckpt = load_checkpoint(source)
+    config = dict(ckpt.get("model_config") or {})
+    if model is None:
+        if options:
+            raise ValueError(f"model options ({', '.join('--' + k.replace('_', '-') for k in options)}) apply to "
+                             f"fresh models; {source} already records its architecture (add --model NAME to "
+                             f"load it into another configuration)")
+        net = create_model(**config)
+    else:
+        wanted = get_spec(model).name
+        saved = config.pop("name", "?")
+        config.update(options)
+        if saved != wanted:
+            raise ValueError(f"checkpoint {source} holds a {saved}, not the {wanted} given with --model")
+        net = create_model(wanted, **config)
+    load_state_dict_strict(net, ckpt["model"], source=source)
+    return net, ckpt
+
+
+def load_data(name: str, data_dir: str | None, ckpt: dict | None):
+    """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
+    per-channel mean/std fitted on the training split)."""
+    from . import data as D
+    splits = D.load_dataset(name, data_dir)
+    norm_state = (ckpt or {}).get("normalization")
+    if norm_state:
+        norm = D.Normalization.from_state_dict(norm_state)
+    else:
+        norm = D.Normalization.fit(splits["train"].x, mode="channel")
+    return splits, norm
+
+
+def seeded_subset(ds, n: int, seed: int):
+    """The first ``n`` images of a permutation of ``ds`` seeded by ``seed`` (all when ``n >= len``)."""
+    from .data import ArrayDataset
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds.y), generator=g)[: max(1, min(n, len(ds.y)))]
+    return ArrayDataset(x=ds.x[idx], y=ds.y[idx], classes=list(ds.classes))
+
+
+def _iter_labelled(data, normalization, batch_size, device, max_batches=None):
+    """Batches ``(x, y)`` on ``device`` from an ArrayDataset or from an iterable of ``(x, y)`` pairs."""
+    if hasattr(data, "x") and hasattr(data, "y"):
+        from .data import eval_batches
+        norm = normalization.to(device) if normalization is not None else None
+        source = eval_batches(data, batch_size, device=device, normalization=norm)
+    else:
+        source = data
+    for i, (xb, yb) in enumerate(source):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield xb.to(device), yb.to(device)
+
+
+def write_json(obj, path: str) -> None:
+    """Write JSON atomically (a temporary file renamed over ``path``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path: str) -> None:
+    """Save a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _fmt(v, spec=".4f") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Fixed-width text table; ``columns`` = ``[(key, header, format spec), ...]``."""
+    cells = [[h for _, h, _ in columns]] + [[_fmt(r.get(k), f) for k, _, f in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# resnetlab analyze
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Options of ``resnetlab analyze``."""
+
+    model: str | None = opt(None, "with a checkpoint: the architecture it must hold (an error otherwise)")
+    data: str = opt("synthetic", "data set the measurements run on", choices=DATASETS)
+    data_dir: str | None = opt(None, "folder (or .tar.gz) of the data set; not needed for synthetic")
+    batches: int = opt(4, "batches of data to measure on (lesion: 0 = the whole test split)")
+    batch_size: int = opt(128, "images per batch")
+    seed: int = opt(0, "seed of a fresh model (MODEL given by name)")
+    shortcut: str | None = opt(None, "fresh model: shortcut option A|B|C|none", choices=("A", "B", "C", "none"))
+    preact: bool | None = opt(None, "fresh model: pre-activation blocks")
+    zero_pad: str | None = opt(None, "fresh model: option A channel padding", choices=("split", "end"))
+    zero_init_residual: bool | None = opt(None, "fresh model: zero the last BN of every branch")
+    shortcut_scale: float | None = opt(None, "fresh model: constant scaling of the shortcut")
+    width: int | None = opt(None, "fresh model: planes of the first stage")
+    num_classes: int | None = opt(None, "fresh model: number of classes")
+    lesion: bool = opt(False, "gradients: also drop each block at test time and report the accuracy change")
+    json: str | None = opt(None, "write the results as JSON to this file")
+    plot: str | None = opt(None, "draw the results into this PNG file")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    quiet: bool = opt(False, "no progress line on stderr")
+
+
+def _analyze_parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"resnetlab analyze {name}", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", metavar="MODEL|CKPT", help="registered model name (fresh) or checkpoint path")
+    add_arguments(p, AnalyzeConfig)
+    return p
+
+
+def _validate(cfg: AnalyzeConfig) -> None:
+    if cfg.batches < 0:
+        raise ValueError(f"--batches must be >= 0, got {cfg.batches}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.plot and not cfg.plot.lower().endswith(".png"):
+        raise ValueError(f"--plot must name a .png file, got {cfg.plot!r}")
+
+
+def _plot_paths(result: dict, path: str, title: str) -> None:
+    plt = pyplot()
+    rows = [r for r in result["paths"] if r["ratio"] is not None]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(result["paths"]) + 2), 6), sharex=True)
+    names = [r["block"] for r in result["paths"]]
+    xs = list(range(len(names)))
+    ax1.bar([names.index(r["block"]) for r in rows], [r["ratio"] for r in rows], color="tab:blue",
+            label="||F(x)|| / ||shortcut(x)|| (mean per sample)")
+    ax1.set_ylabel("norm ratio")
+    ax1.set_title(title)
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.plot([names.index(r["block"]) for r in rows], [r["cosine"] for r in rows], "o-", color="tab:orange",
+             label="cos(F(x), shortcut(x))")
+    ax2.axhline(0, color="gray", lw=0.8)
+    ax2.set_ylabel("cosine")
+    ax2.set_xlabel("block")
+    ax2.set_xticks(xs)
+    ax2.set_xticklabels(names, rotation=90, fontsize=7)
+    ax2.legend(loc="upper left", fontsize=8)
+    save_figure(fig, path)
+
+
+def _plot_gradients(result: dict, path: str, title: str) -> None:
+    plt = pyplot()
+    layers = result["layers"]
+    blocks = result["blocks"]
+    n_panels = 3 if result.get("lesion") else 2
+    fig, axes = plt.subplots(n_panels, 1, figsize=(max(6, 0.2 * len(layers) + 2), 3 * n_panels))
+    axes[0].semilogy(range(len(layers)), [r["grad_norm"] for r in layers], "o-", ms=3, label="||dL/dW||")
+    axes[0].set_xlabel("conv/linear layer (forward order)")
+    axes[0].set_ylabel("gradient norm")
+    axes[0].set_title(title)
+    axes[0].legend(fontsize=8)
+    axes[1].semilogy(range(len(blocks)), [r["grad_norm"] for r in blocks], "s-", ms=3, color="tab:green",
+                     label="all parameters of the group")
+    axes[1].set_xticks(range(len(blocks)))
+    axes[1].set_xticklabels([r["group"] for r in blocks], rotation=90, fontsize=7)
+    axes[1].set_xlabel("group")
+    axes[1].set_ylabel("gradient norm")
+    axes[1].legend(fontsize=8)
+    if result.get("lesion"):
+        rows = result["lesion"]
+        ok = [(i, r["delta"]) for i, r in enumerate(rows) if r["delta"] is not None]
+        axes[2].bar([i for i, _ in ok], [100 * d for _, d in ok], color="tab:red", label="accuracy change")
+        axes[2].set_xticks(range(len(rows)))
+        axes[2].set_xticklabels([r["block"] for r in rows], rotation=90, fontsize=7)
+        axes[2].set_xlabel("dropped block")
+        axes[2].set_ylabel("accuracy change (points)")
+        axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_responses(result: dict, path: str, title: str) -> None:
+    plt = pyplot()
+    stds = [r["std"] for r in result["responses"]]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
+    xs = range(1, len(stds) + 1)
+    ax1.plot(xs, stds, "o-", ms=3, label=title)
+    ax1.set_xlabel("layer index (original order)")
+    ax1.set_ylabel("std")
+    ax1.set_title("std of the 3x3 layer responses (He et al. 2015, Fig. 7)")
+    ax1.legend(fontsize=8)
+    ax2.plot(xs, sorted(stds, reverse=True), "o-", ms=3, label=title)
+    ax2.set_xlabel("layer index (sorted by magnitude)")
+    ax2.set_ylabel("std")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
+    """Run one analysis as the command does and return its JSON-ready result."""
+    if name not in ANALYSES:
+        raise ValueError(f"unknown analysis {name!r}; valid: {', '.join(ANALYSES)}")
+    _validate(cfg)
+    device = resolve_device(cfg.device)
+    options = {k: getattr(cfg, k) for k in MODEL_OPTION_FIELDS}
+    model, ckpt = load_model(source, cfg.model, cfg.seed, **options)
+    model.to(device)
+    splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
+    norm = norm.to(device)
+    from .models import model_config
+    result = {"analysis": name, "source": source, "model_config": model_config(model),
+              "data": {"name": cfg.data, "batches": cfg.batches, "batch_size": cfg.batch_size}}
+    nb = cfg.batches or None
+    if name == "paths":
+        batches = [xb for xb, _ in _iter_labelled(splits["test"], norm, cfg.batch_size, device, nb)]
+        result["data"]["split"] = "test"
+        result["paths"] = path_stats(model, batches)
+        result["projections"] = projection_stats(model)
+    elif name == "responses":
+        batches = [xb for xb, _ in _iter_labelled(splits["test"], norm, cfg.batch_size, device, nb)]
+        result["data"]["split"] = "test"
+        rows = layer_response_stats(model, batches)
+        result["responses"] = rows
+        result["sorted"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["std"])]
+    else:  # gradients: train split, train-mode BN, mean over batches of the per-batch norms
+        train = seeded_subset(splits["train"], cfg.batch_size * max(cfg.batches, 1), cfg.seed)
+        batches = list(_iter_labelled(train, norm, cfg.batch_size, device, None))
+        layer_sums: dict[str, float] = {}
+        group_sums: dict[str, float] = {}
+        losses = []
+        for xb, yb in batches:
+            grads, order, loss = _loss_grads(model, xb, yb)
+            losses.append(loss)
+            for m in order:
+                if f"{m}.weight" in grads:
+                    k = f"{m}.weight"
+                    layer_sums[k] = layer_sums.get(k, 0.0) + grads[k].norm().item()
+            for g, v in _group_norms(model, grads):
+                group_sums[g] = group_sums.get(g, 0.0) + v
+        n = len(batches)
+        result["data"]["split"] = "train (seeded subset)"
+        result["loss"] = sum(losses) / n
+        result["layers"] = [{"param": k, "grad_norm": v / n} for k, v in layer_sums.items()]
+        result["blocks"] = [{"group": k, "grad_norm": v / n} for k, v in group_sums.items()]
+        result["first_layer"] = result["layers"][0]
+        if cfg.lesion:
+            result["lesion"] = lesion(model, splits["test"], norm, batch_size=cfg.batch_size,
+                                      max_batches=nb, device=device, quiet=cfg.quiet)
+    return result
+
+
+def format_result(result: dict) -> str:
+    """The printed tables of one analysis result."""
+    name = result["analysis"]
+    head = f"{result['analysis']}: {result['source']} ({result['model_config']['name']}, " \
+           f"data {result['data']['name']} {result['data'].get('split', '')})"
+    parts = [head]
+    if name == "paths":
+        parts.append(format_table(result["paths"], [
+            ("block", "block", ""), ("kind", "shortcut", ""), ("ratio", "|F|/|s|", ".4f"),
+            ("cosine", "cos(F,s)", ".4f"), ("ratio_batch", "ratio(batch)", ".4f"),
+            ("branch_rms", "rms F", ".4f"), ("shortcut_rms", "rms s", ".4f")]))
+        if result["projections"]:
+            parts.append("projection shortcuts (1x1 conv with BN folded in; identity = option-A entries):")
+            parts.append(format_table(result["projections"], [
+                ("block", "block", ""), ("in_channels", "Cin", ""), ("out_channels", "Cout", ""),
+                ("identity_energy", "energy on id", ".4f"), ("other_energy", "energy off id", ".4f"),
+                ("identity_mean", "mean id entry", ".4f"), ("identity_distance", "|W-M|/|M|", ".4f"),
+                ("sv_max", "sv max", ".4f"), ("sv_min", "sv min", ".4f")]))
+    elif name == "responses":
+        rows = result["responses"]
+        parts.append(format_table(rows, [("layer", "3x3 layer", ""), ("source", "response of", ""),
+                                         ("std", "std", ".4f"), ("channel_std", "channel std", ".4f")]))
+        parts.append("sorted by std: " + ", ".join(result["sorted"]))
+    else:
+        parts.append(f"loss {result['loss']:.4f} (train mode, mean over {result['data']['batches']} batch(es))")
+        parts.append(format_table(result["layers"], [("param", "weight", ""), ("grad_norm", "grad norm", ".3e")]))
+        parts.append(format_table(result["blocks"], [("group", "group", ""), ("grad_norm", "grad norm", ".3e")]))
+        if "lesion" in result:
+            rows = result["lesion"]
+            parts.append(f"lesion (baseline accuracy {rows[0]['baseline']:.4f}):" if rows else "lesion: no blocks")
+            parts.append(format_table(rows, [("block", "dropped block", ""), ("kind", "shortcut", ""),
+                                             ("accuracy", "accuracy", ".4f"), ("delta", "change", "+.4f")]))
+    return "\n".join(parts)
+
+
+def main_analyze(argv: list[str] | None = None) -> int:
+    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [options]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [options]\n\n"
+              "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
+              "  gradients  per-layer and per-block gradient norms (--lesion: accuracy without each block)\n"
+              "  responses  std of every 3x3 layer's response (He et al. 2015, Fig. 7)\n\n"
+              "resnetlab analyze NAME --help for the options")
+        return 0
+    name = argv[0]
+    if name not in ANALYSES:
+        raise ValueError(f"unknown analysis {name!r}; valid: {', '.join(ANALYSES)}")
+    args = _analyze_parser(name).parse_args(argv[1:])
+    cfg = parse_config(AnalyzeConfig, args)
+    if cfg.lesion and name != "gradients":
+        raise ValueError("--lesion belongs to 'analyze gradients'")
+    result = run_analysis(name, cfg, args.source)
+    print(format_result(result))
+    if cfg.json:
+        write_json(result, cfg.json)
+    if cfg.plot:
+        title = f"{result['model_config']['name']} (shortcut {result['model_config'].get('shortcut', 'default')})"
+        {"paths": _plot_paths, "gradients": _plot_gradients, "responses": _plot_responses}[name](
+            result, cfg.plot, title)
+    return 0
+
+
+main = main_analyze

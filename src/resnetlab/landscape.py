@@ -1,0 +1,624 @@
+"""Loss landscapes along filter-normalised random directions (Li et al. 2018), and curvature at the minimum.
+
+``loss(theta + a * d1 + b * d2)`` is evaluated on a grid of ``(a, b)`` in ``[-span, span]^2``.
+
+Definitions (the numbers depend on them):
+
+* **Directions.** Each direction holds one tensor per parameter. Raw directions are Gaussian, each tensor
+  drawn from a generator seeded by ``(seed, parameter name, direction index)``: two models that share a
+  parameter name (twins that differ only in their shortcut) get the same raw draw for it, and a
+  parameter only one of them has (a projection shortcut) gets its own seeded draw. **Filter
+  normalisation** then rescales every filter of the direction — the slice of one output unit of a conv
+  or linear weight, ``d[o]`` — to the norm of the same filter of the model's weight, ``||theta[o]||``.
+  One-dimensional parameters (BN weights and biases, the classifier's bias) get zero: they are not moved.
+  Buffers (BN running statistics) are never moved.
+* **Shared direction files** (``--directions FILE``) store the raw directions by parameter name. Loaded
+  into a twin, shared parameters get exactly the stored tensors; parameters missing from the file get
+  the seeded draw for their name (with the file's seed); then the directions are filter-normalised to
+  the model they are applied to (filter normalisation keeps each filter's direction, so twins share the
+  direction of every shared filter; its length follows each model's own weights).
+* **Evaluation.** The model runs in **eval mode** with its own (the checkpoint's) BN running statistics,
+  on a fixed subset of the training split drawn with ``seed``; loss is the mean cross-entropy over the
+  subset, accuracy the fraction of correct top-1 predictions. The model's weights are never modified:
+  perturbed weights are passed with ``torch.func.functional_call``.
+* **Curvature.** The Hessian of the same loss with respect to all trainable parameters (BN included),
+  via Hessian-vector products (double backward), by Lanczos with full re-orthogonalisation (or power
+  iteration with deflation): the largest eigenvalue and the smallest Ritz value after ``iters`` steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .analysis import (DATASETS, MODEL_OPTION_FIELDS, Progress, load_data, load_model, pyplot, resolve_device,
+                       save_figure, seeded_subset, write_json)
+from .config import add_arguments, opt, parse_config, to_dict
+
+DIRECTIONS_FORMAT = "resnetlab-directions"
+
+
+# --------------------------------------------------------------------------------------------------
+# Directions
+# --------------------------------------------------------------------------------------------------
+
+def _direction_generator(seed: int, name: str, index: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(f"{name}#direction{index}".encode())) % (2 ** 63))
+    return g
+
+
+def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
+    """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
+    out = []
+    for i in range(n):
+        d = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                d[name] = torch.randn(p.shape, generator=_direction_generator(seed, name, i))
+        out.append(d)
+    return out
+
+
+@torch.no_grad()
+def filter_normalize(direction: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rescale every filter ``d[o]`` of a conv/linear weight direction to ``||theta[o]||`` (Li et al. 2018);
+    zeros for 1-D parameters (BN weights/biases, biases). Returns a new dict on the model's device."""
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() <= 1:
+            out[name] = torch.zeros_like(p)
+            continue
+        if name not in direction:
+            raise ValueError(f"direction has no tensor for parameter {name!r}")
+        d = direction[name].to(device=p.device, dtype=p.dtype)
+        if d.shape != p.shape:
+            raise ValueError(f"direction for {name!r} has shape {tuple(d.shape)}, parameter {tuple(p.shape)}")
+        w_norm = p.detach().flatten(1).norm(dim=1)  # (Cout,): the norm of each output unit's filter
+        d_norm = d.flatten(1).norm(dim=1)
+        scale = w_norm / d_norm.clamp_min(1e-12)
+        out[name] = d * scale.view(-1, *([1] * (p.dim() - 1)))
+    return out
+
+
+def random_directions(model: nn.Module, seed: int, n: int = 2,
+                      base: list[dict[str, torch.Tensor]] | None = None,
+                      base_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """``n`` filter-normalised random directions for ``model``.
+
+    With ``base`` (raw directions from :func:`load_directions`), shared parameter names take the stored
+    tensors; the others get the seeded draw for their name with ``base_seed`` (default ``seed``).
+    """
+    raw = raw_directions(model, seed if base_seed is None else base_seed, n)
+    if base is not None:
+        if len(base) < n:
+            raise ValueError(f"the direction file holds {len(base)} direction(s); {n} are needed")
+        shapes = dict((k, p.shape) for k, p in model.named_parameters())
+        for i in range(n):
+            for name, t in base[i].items():
+                if name in shapes:
+                    if tuple(t.shape) != tuple(shapes[name]):
+                        raise ValueError(f"stored direction for {name!r} has shape {tuple(t.shape)}, "
+                                         f"the model's parameter {tuple(shapes[name])}: not a twin of this model")
+                    raw[i][name] = t
+    return [filter_normalize(d, model) for d in raw]
+
+
+def save_directions(directions: list[dict[str, torch.Tensor]], path: str, seed: int | None = None,
+                    meta: dict | None = None) -> None:
+    """Save directions (a list of ``{parameter name: tensor}``) atomically, with their seed and ``meta``."""
+    from .checkpoint import atomic_save
+    atomic_save({"format": DIRECTIONS_FORMAT, "seed": seed, "meta": json.dumps(meta or {}),
+                 "directions": [{k: v.detach().cpu() for k, v in d.items()} for d in directions]}, path)
+
+
+def load_directions(path: str) -> tuple[list[dict[str, torch.Tensor]], int | None]:
+    """``(directions, seed)`` from a file written by :func:`save_directions`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"direction file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable direction file ({e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != DIRECTIONS_FORMAT:
+        raise ValueError(f"{path} is not a resnetlab direction file (no 'format: {DIRECTIONS_FORMAT}')")
+    return obj["directions"], obj.get("seed")
+
+
+# --------------------------------------------------------------------------------------------------
+# Landscapes
+# --------------------------------------------------------------------------------------------------
+
+def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
+    if batch_size is None or batch_size >= len(y):
+        return [(x, y)]
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, params: dict | None, batches) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` with ``params`` substituted (eval mode)."""
+    loss_sum = 0.0
+    correct = total = 0
+    for xb, yb in batches:
+        logits = model(xb) if params is None else functional_call(model, params, (xb,))
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+        total += yb.numel()
+    return loss_sum / total, correct / total
+
+
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = 256):
+    """``(loss, accuracy)`` of the model as it is, in eval mode, in batches (the landscape's origin)."""
+    was = model.training
+    model.eval()
+    try:
+        dev = next(model.parameters()).device
+        return _evaluate(model, None, _as_batches(x.to(dev), y.to(dev), batch_size))
+    finally:
+        model.train(was)
+
+
+def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label):
+    dev = next(model.parameters()).device
+    batches = _as_batches(x.to(dev), y.to(dev), batch_size)
+    base = {k: p.detach() for k, p in model.named_parameters()}
+    dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]
+    was = model.training
+    model.eval()
+    losses, accs = [], []
+    progress = Progress(len(coords), label, "points", quiet=quiet)
+    try:
+        for c in coords:
+            params = {}
+            for k, w in base.items():
+                if k in dirs[0]:
+                    shifted = w
+                    for a, d in zip(c, dirs):
+                        shifted = shifted + a * d[k]
+                    params[k] = shifted
+                else:
+                    params[k] = w
+            loss, acc = _evaluate(model, params, batches)
+            losses.append(loss)
+            accs.append(acc)
+            progress.step()
+        progress.done()
+    finally:
+        model.train(was)
+    return np.array(losses), np.array(accs)
+
+
+def _check_grid(span: float, steps: int) -> None:
+    if not (isinstance(span, (int, float)) and span > 0 and math.isfinite(span)):
+        raise ValueError(f"span must be a positive number, got {span!r}")
+    if not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+
+
+def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: dict[str, torch.Tensor],
+                 span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True) -> dict:
+    """Loss and accuracy at ``theta + a * d`` for ``steps`` values of ``a`` in ``[-span, span]``.
+
+    Returns ``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``;
+    ``loss0``/``acc0`` are measured at ``a = 0`` (the model itself).
+    """
+    _check_grid(span, steps)
+    if isinstance(direction, (list, tuple)):
+        direction = direction[0]
+    alphas = np.linspace(-span, span, steps)
+    loss, acc = _grid_eval(model, x, y, [direction], [(float(a),) for a in alphas], batch_size, quiet,
+                           "landscape 1-D")
+    loss0, acc0 = evaluate_loss(model, x, y, batch_size)
+    return {"kind": "1d", "alphas": alphas, "loss": loss, "acc": acc, "loss0": loss0, "acc0": acc0,
+            "span": float(span), "steps": steps}
+
+
+def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: list[dict[str, torch.Tensor]],
+                 span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True) -> dict:
+    """Loss and accuracy at ``theta + a * d1 + b * d2`` on a ``steps x steps`` grid over ``[-span, span]^2``.
+
+    Returns ``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``; the grids
+    are indexed ``[i, j]`` = ``(alphas[i], betas[j])``.
+    """
+    _check_grid(span, steps)
+    if len(directions) < 2:
+        raise ValueError(f"landscape_2d needs two directions, got {len(directions)}")
+    alphas = np.linspace(-span, span, steps)
+    betas = np.linspace(-span, span, steps)
+    coords = [(float(a), float(b)) for a in alphas for b in betas]
+    loss, acc = _grid_eval(model, x, y, directions[:2], coords, batch_size, quiet, "landscape 2-D")
+    loss0, acc0 = evaluate_loss(model, x, y, batch_size)
+    return {"kind": "2d", "alphas": alphas, "betas": betas, "loss": loss.reshape(steps, steps),
+            "acc": acc.reshape(steps, steps), "loss0": loss0, "acc0": acc0, "span": float(span), "steps": steps}
+
+
+# --------------------------------------------------------------------------------------------------
+# Hessian
+# --------------------------------------------------------------------------------------------------
+
+def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
+    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``, eval mode."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    dev = params[0].device
+    batches = _as_batches(x.to(dev), y.to(dev), batch_size)
+    n = len(y)
+
+    def grads_of(xb, yb):
+        loss = F.cross_entropy(model(xb), yb, reduction="sum") / n
+        return torch.autograd.grad(loss, params, create_graph=True)
+
+    cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        chunks, i = [], 0
+        for p in params:
+            chunks.append(v[i:i + p.numel()].view_as(p).to(p.dtype))
+            i += p.numel()
+        total = torch.zeros(v.shape, dtype=torch.float64, device=v.device)
+        for xb, yb in batches:
+            g = cached if cached is not None else grads_of(xb, yb)
+            hv = torch.autograd.grad(g, params, grad_outputs=chunks, retain_graph=cached is not None)
+            total += torch.cat([h.reshape(-1) for h in hv]).double()
+        return total
+
+    return hvp, sum(p.numel() for p in params), dev
+
+
+def _lanczos(hvp, n: int, iters: int, generator: torch.Generator, device) -> np.ndarray:
+    """Ritz values (ascending) of a symmetric operator after ``iters`` Lanczos steps (full re-orthog.)."""
+    m = min(iters, n)
+    q = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+    q /= q.norm()
+    basis = [q]
+    alphas, betas = [], []
+    for j in range(m):
+        w = hvp(basis[j])
+        a = torch.dot(w, basis[j]).item()
+        alphas.append(a)
+        # Full re-orthogonalisation (twice) against all previous vectors keeps the Ritz values honest
+        # in floating point at these small iteration counts.
+        for _ in range(2):
+            for b in basis:
+                w = w - torch.dot(w, b) * b
+        beta = w.norm().item()
+        if j == m - 1 or beta < 1e-10:
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    k = len(alphas)
+    t = np.diag(alphas) + np.diag(betas[: k - 1], 1) + np.diag(betas[: k - 1], -1)
+    return np.linalg.eigvalsh(t)
+
+
+def _power(hvp, n: int, iters: int, k: int, generator: torch.Generator, device) -> list[float]:
+    """Top-``k`` eigenvalues by magnitude by power iteration with deflation."""
+    found: list[tuple[float, torch.Tensor]] = []
+    for _ in range(k):
+        v = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+        v /= v.norm()
+        lam = 0.0
+        for _ in range(iters):
+            w = hvp(v)
+            for val, u in found:  # deflate: (H - sum lam u u^T) v
+                w = w - val * torch.dot(u, v) * u
+            lam = torch.dot(w, v).item()
+            norm = w.norm()
+            if norm == 0:
+                break
+            v = w / norm
+        found.append((lam, v))
+    return sorted((val for val, _ in found), reverse=True)
+
+
+def hessian_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
+                 batch_size: int | None = None) -> np.ndarray:
+    """Ritz values (ascending) of the loss Hessian after ``iters`` Lanczos steps: the extremes converge
+    first, so ``[-1]`` estimates the top eigenvalue and ``[0]`` the smallest."""
+    was = model.training
+    model.eval()
+    try:
+        hvp, n, dev = _hvp_fn(model, x, y, batch_size)
+        return _lanczos(hvp, n, iters, torch.Generator().manual_seed(seed), dev)
+    finally:
+        model.train(was)
+
+
+def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 1, iters: int = 20,
+                     seed: int = 0, method: str = "lanczos", batch_size: int | None = None) -> list[float]:
+    """The ``k`` largest Hessian eigenvalues (descending) of the mean cross-entropy on ``(x, y)`` with
+    respect to all trainable parameters, model in eval mode. ``method="lanczos"`` (largest algebraic) or
+    ``"power"`` (power iteration with deflation: largest in magnitude, ``iters`` steps each)."""
+    if k < 1 or iters < 1:
+        raise ValueError(f"k and iters must be >= 1, got k={k}, iters={iters}")
+    if method == "lanczos":
+        return [float(v) for v in hessian_eigs(model, x, y, iters, seed, batch_size)[::-1][:k]]
+    if method != "power":
+        raise ValueError(f"unknown method {method!r}; valid: lanczos, power")
+    was = model.training
+    model.eval()
+    try:
+        hvp, n, dev = _hvp_fn(model, x, y, batch_size)
+        return _power(hvp, n, iters, k, torch.Generator().manual_seed(seed), dev)
+    finally:
+        model.train(was)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flatness summary
+# --------------------------------------------------------------------------------------------------
+
+def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float, py: float) -> float:
+    i = int(np.clip(np.searchsorted(xs, px) - 1, 0, len(xs) - 2))
+    j = int(np.clip(np.searchsorted(ys, py) - 1, 0, len(ys) - 2))
+    tx = (px - xs[i]) / (xs[i + 1] - xs[i])
+    ty = (py - ys[j]) / (ys[j + 1] - ys[j])
+    return float((1 - tx) * (1 - ty) * grid[i, j] + tx * (1 - ty) * grid[i + 1, j]
+                 + (1 - tx) * ty * grid[i, j + 1] + tx * ty * grid[i + 1, j + 1])
+
+
+def flatness(result: dict, radius: float | None = None) -> dict:
+    """Scalar flatness summaries of a landscape result (``landscape_1d``/``_2d``, or ``{"1d", "2d", "hessian"}``).
+
+    * ``rise_at_r``: mean of ``loss - loss0`` at distance ``r`` from the origin (1-D: at ``-r`` and ``+r``;
+      2-D: 64 points on the circle), linearly interpolated on the grid; ``r`` defaults to ``span / 2``.
+    * ``mean_rise_within_r``: mean of ``loss - loss0`` over the grid points within distance ``r``.
+    * ``max_rise``: the largest ``loss - loss0`` on the grid.
+    * with Hessian values: ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = min / max``.
+    """
+    out: dict = {}
+    parts = {"1d": result.get("1d"), "2d": result.get("2d")} if "kind" not in result else {result["kind"]: result}
+    for key, res in parts.items():
+        if res is None:
+            continue
+        r = float(radius if radius is not None else res["span"] / 2)
+        loss, loss0 = np.asarray(res["loss"]), res["loss0"]
+        if key == "1d":
+            xs = np.asarray(res["alphas"])
+            at = [np.interp(s * r, xs, loss) for s in (-1, 1)]
+            within = loss[np.abs(xs) <= r + 1e-12]
+        else:
+            xs, ys = np.asarray(res["alphas"]), np.asarray(res["betas"])
+            angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+            at = [_bilinear(loss, xs, ys, r * math.cos(t), r * math.sin(t)) for t in angles]
+            dist = np.sqrt(xs[:, None] ** 2 + ys[None, :] ** 2)
+            within = loss[dist <= r + 1e-12]
+        out[key] = {"radius": r, "loss0": float(loss0), "acc0": float(res["acc0"]),
+                    "rise_at_r": float(np.mean(at) - loss0),
+                    "mean_rise_within_r": float(np.mean(within) - loss0) if within.size else None,
+                    "max_rise": float(loss.max() - loss0)}
+    hess = result.get("hessian")
+    if hess:
+        out["hessian_max"] = hess["max"]
+        out["hessian_min"] = hess["min"]
+        out["hessian_min_max_ratio"] = hess["min"] / hess["max"] if hess["max"] else None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+def plot_1d(res: dict, path: str, title: str) -> None:
+    plt = pyplot()
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(res["alphas"], res["loss"], "-", color="tab:blue", label="loss")
+    ax1.set_xlabel("step along the filter-normalised direction")
+    ax1.set_ylabel("cross-entropy loss")
+    ax2 = ax1.twinx()
+    ax2.plot(res["alphas"], 100 * np.asarray(res["acc"]), "--", color="tab:red", label="accuracy")
+    ax2.set_ylabel("accuracy (%)")
+    lines = ax1.get_lines() + ax2.get_lines()
+    ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper center", fontsize=8)
+    ax1.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None:
+    plt = pyplot()
+    a, b = np.meshgrid(res["alphas"], res["betas"], indexing="ij")
+    loss = np.asarray(res["loss"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10 * max(np.ptp(loss) / 10, 1e-6)), 25)
+    cs = ax.contour(a, b, loss, levels=levels, cmap="viridis")
+    ax.clabel(cs, inline=True, fontsize=6, fmt="%.2f")
+    ax.plot([0], [0], "r+", ms=10, label="the model")
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_title(title + ": loss contours")
+    ax.legend(fontsize=8)
+    fig.colorbar(cs, ax=ax, label="loss")
+    save_figure(fig, contour_path)
+
+    fig = plt.figure(figsize=(6, 5))
+    ax = fig.add_subplot(projection="3d")
+    surf = ax.plot_surface(a, b, loss, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_zlabel("loss")
+    ax.set_title(title + ": loss surface")
+    fig.colorbar(surf, ax=ax, shrink=0.6, label="loss")
+    save_figure(fig, surface_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# resnetlab landscape
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    """Options of ``resnetlab landscape``."""
+
+    model: str | None = opt(None, "with a checkpoint: the architecture it must hold (an error otherwise)")
+    data: str = opt("synthetic", "data set (the training split is used)", choices=DATASETS)
+    data_dir: str | None = opt(None, "folder (or .tar.gz) of the data set; not needed for synthetic")
+    subset: int = opt(2048, "training images in the fixed evaluation subset")
+    seed: int = opt(0, "seed of the subset and of the directions (and of a fresh model)")
+    dims: int = opt(2, "1: a curve along one direction; 2: also the surface over two", choices=(1, 2))
+    span: float = opt(1.0, "the grid covers [-span, span] along each direction")
+    steps: int = opt(21, "grid points along each direction (odd puts the model itself on the grid)")
+    directions: str | None = opt(None, "direction file: used if it exists (twins share it), else written")
+    out: str = opt("landscape", "output folder")
+    batch_size: int = opt(512, "images per forward pass")
+    hessian_iters: int = opt(20, "Lanczos steps for the Hessian's extreme eigenvalues (0: skip)")
+    hessian_samples: int = opt(512, "subset images used for the Hessian")
+    radius: float | None = opt(None, "distance at which flatness is measured (default span / 2)")
+    shortcut: str | None = opt(None, "fresh model: shortcut option A|B|C|none", choices=("A", "B", "C", "none"))
+    preact: bool | None = opt(None, "fresh model: pre-activation blocks")
+    zero_pad: str | None = opt(None, "fresh model: option A channel padding", choices=("split", "end"))
+    zero_init_residual: bool | None = opt(None, "fresh model: zero the last BN of every branch")
+    shortcut_scale: float | None = opt(None, "fresh model: constant scaling of the shortcut")
+    width: int | None = opt(None, "fresh model: planes of the first stage")
+    num_classes: int | None = opt(None, "fresh model: number of classes")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    quiet: bool = opt(False, "no progress line on stderr")
+
+
+def _validate(cfg: LandscapeConfig) -> None:
+    _check_grid(cfg.span, cfg.steps)
+    for what in ("subset", "batch_size", "hessian_samples"):
+        if getattr(cfg, what) < 1:
+            raise ValueError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(cfg, what)}")
+    if cfg.hessian_iters < 0:
+        raise ValueError(f"--hessian-iters must be >= 0, got {cfg.hessian_iters}")
+    if cfg.radius is not None and not cfg.radius > 0:
+        raise ValueError(f"--radius must be positive, got {cfg.radius}")
+
+
+def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
+    """Compute everything ``resnetlab landscape`` writes; returns the result dict (numpy grids)."""
+    _validate(cfg)
+    device = resolve_device(cfg.device)
+    model, ckpt = load_model(source, cfg.model, cfg.seed, **{k: getattr(cfg, k) for k in MODEL_OPTION_FIELDS})
+    model.to(device).eval()
+    splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
+    sub = seeded_subset(splits["train"], cfg.subset, cfg.seed)
+    x = norm.to(device)(sub.x.to(device))
+    y = sub.y.to(device)
+
+    if cfg.directions and os.path.isfile(cfg.directions):
+        base, file_seed = load_directions(cfg.directions)
+        dirs = random_directions(model, cfg.seed, cfg.dims, base=base,
+                                 base_seed=file_seed if file_seed is not None else cfg.seed)
+        directions_from = cfg.directions
+    else:
+        base, file_seed, directions_from = None, cfg.seed, None
+        dirs = random_directions(model, cfg.seed, cfg.dims)
+
+    from .models import model_config
+    settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
+                "dims": cfg.dims, "data": cfg.data, "directions_file": directions_from,
+                "model_config": model_config(model), "config": to_dict(cfg)}
+    result: dict = {"settings": settings}
+    result["1d"] = landscape_1d(model, x, y, dirs[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet)
+    if cfg.dims == 2:
+        result["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet)
+    if cfg.hessian_iters:
+        m = min(cfg.hessian_samples, len(y))
+        ritz = hessian_eigs(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
+                            batch_size=cfg.batch_size)
+        result["hessian"] = {"max": float(ritz[-1]), "min": float(ritz[0]), "iters": cfg.hessian_iters,
+                             "samples": m}
+    result["flatness"] = flatness(result, cfg.radius)
+    # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
+    raw = raw_directions(model, file_seed if file_seed is not None else cfg.seed, cfg.dims)
+    if base is not None:
+        for i in range(cfg.dims):
+            raw[i].update({k: v for k, v in base[i].items()})
+    result["raw_directions"] = raw
+    result["directions_seed"] = file_seed if file_seed is not None else cfg.seed
+    return result
+
+
+def write_outputs(result: dict, out: str, directions_file: str | None = None) -> list[str]:
+    """``landscape.npz``, ``flatness.json``, ``directions.pt`` and the PNG plots into ``out``."""
+    os.makedirs(out, exist_ok=True)
+    s = result["settings"]
+    arrays = {"alphas_1d": result["1d"]["alphas"], "loss_1d": result["1d"]["loss"], "acc_1d": result["1d"]["acc"],
+              "loss0": np.array(result["1d"]["loss0"]), "acc0": np.array(result["1d"]["acc0"]),
+              "seed": np.array(s["seed"]), "span": np.array(s["span"]), "steps": np.array(s["steps"]),
+              "subset": np.array(s["subset"]), "settings": np.array(json.dumps(s)),
+              "flatness": np.array(json.dumps(result["flatness"]))}
+    if "2d" in result:
+        arrays.update(alphas_2d=result["2d"]["alphas"], betas_2d=result["2d"]["betas"],
+                      loss_2d=result["2d"]["loss"], acc_2d=result["2d"]["acc"])
+    npz = os.path.join(out, "landscape.npz")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=out)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, npz)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    written = [npz]
+    summary = {"settings": s, "flatness": result["flatness"], "hessian": result.get("hessian")}
+    write_json(summary, os.path.join(out, "flatness.json"))
+    written.append(os.path.join(out, "flatness.json"))
+    dpath = os.path.join(out, "directions.pt")
+    save_directions(result["raw_directions"], dpath, seed=result["directions_seed"], meta=s["model_config"])
+    written.append(dpath)
+    if directions_file and not os.path.isfile(directions_file):
+        save_directions(result["raw_directions"], directions_file, seed=result["directions_seed"],
+                        meta=s["model_config"])
+        written.append(directions_file)
+    mc = s["model_config"]
+    title = f"{mc['name']} (shortcut {mc.get('shortcut', 'default')})"
+    plot_1d(result["1d"], os.path.join(out, "landscape_1d.png"), title)
+    written.append(os.path.join(out, "landscape_1d.png"))
+    if "2d" in result:
+        plot_2d(result["2d"], os.path.join(out, "landscape_2d_contour.png"),
+                os.path.join(out, "landscape_2d_surface.png"), title)
+        written += [os.path.join(out, "landscape_2d_contour.png"), os.path.join(out, "landscape_2d_surface.png")]
+    return written
+
+
+def format_summary(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"landscape of {s['source']} ({s['model_config']['name']}): {s['subset']} training images of "
+             f"{s['data']}, span {s['span']}, {s['steps']} steps, seed {s['seed']}"]
+    fl = result["flatness"]
+    for key in ("1d", "2d"):
+        if key in fl:
+            f = fl[key]
+            lines.append(f"  {key}: loss(0) {f['loss0']:.4f}  acc(0) {f['acc0']:.4f}  rise at r={f['radius']:g} "
+                         f"{f['rise_at_r']:.4f}  mean rise within r {f['mean_rise_within_r']:.4f}  "
+                         f"max rise {f['max_rise']:.4f}")
+    if "hessian_max" in fl:
+        ratio = fl["hessian_min_max_ratio"]
+        lines.append(f"  Hessian ({result['hessian']['iters']} Lanczos steps, {result['hessian']['samples']} images): "
+                     f"max {fl['hessian_max']:.4g}  min {fl['hessian_min']:.4g}  "
+                     f"min/max {ratio:.4g}" if ratio is not None else "")
+    return "\n".join(lines)
+
+
+def main_landscape(argv: list[str] | None = None) -> int:
+    """``resnetlab landscape CKPT|MODEL [options]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="resnetlab landscape", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", metavar="CKPT|MODEL", help="checkpoint path, or a registered model name (fresh)")
+    add_arguments(p, LandscapeConfig)
+    args = p.parse_args(argv)
+    cfg = parse_config(LandscapeConfig, args)
+    result = run_landscape(cfg, args.source)
+    written = write_outputs(result, cfg.out, cfg.directions)
+    print(format_summary(result))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+main = main_landscape
