@@ -213,6 +213,12 @@ def test_foreign_state_dict_with_model_and_explicit_preprocessing(tmp_path, data
             assert torch.equal(loaded.model(norm(data.x[:4])), reference)
     with pytest.raises(ValueError, match="mis-shaped"):
         load_for_eval(path, "resnet20", num_classes=100, normalization=norm)
+    # safetensors written by resnetlab record their architecture: no --model needed
+    weights.save_weights(model, tmp_path / "ours.safetensors")
+    loaded = load_for_eval(tmp_path / "ours.safetensors", normalization=norm)
+    assert loaded.description == "resnet20 (A)"
+    with torch.no_grad():
+        assert torch.equal(loaded.model(norm(data.x[:4])), reference)
 
 
 def test_class_count_mismatch(tmp_path, data, norm):
@@ -329,6 +335,40 @@ def test_cli_eval_prints_report(tmp_path, capsys):
     assert cli.main(["eval", "--weights", a, "--data", "synthetic", "--limit", "50", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "top-1" in text and "confusion matrix" in text and "triangle-striped" in text
+
+
+def test_cli_preprocessing_override_and_val_split(tmp_path):
+    sets = load_dataset("synthetic", val_split=500)
+    channel = Normalization.fit(sets["train"].x, "channel")
+    ckpt = tmp_path / "m.pt"
+    atomic_save(make_checkpoint(tiny_model(14), normalization=channel.state_dict(), classes=sets["val"].classes,
+                                data={"name": "synthetic", "image_size": 32}, step=0,
+                                config={"val_split": 500}), ckpt)
+    model = load_for_eval(ckpt).model
+
+    out = tmp_path / "val.json"  # the val split is re-derived from the checkpoint's training config
+    code, err = run_cli(["eval", "--weights", str(ckpt), "--data", "synthetic", "--split", "val", "--json",
+                         str(out), "--quiet"])
+    assert code == 0, err
+    saved, expected = json.loads(out.read_text()), evaluate(model, sets["val"], channel)
+    assert saved["n"] == 500 and saved["confusion"] == expected["confusion"]
+
+    full = load_dataset("synthetic")  # --pixel-mean: the per-pixel mean of the whole training split
+    pixel = Normalization.fit(full["train"].x, "pixel")
+    test = ArrayDataset(full["test"].x[:200], full["test"].y[:200], full["test"].classes)
+    code, err = run_cli(["eval", "--weights", str(ckpt), "--data", "synthetic", "--limit", "200", "--pixel-mean",
+                         "--json", str(out), "--quiet"])
+    assert code == 0 and "warning" in err and "replacing the normalization" in err
+    saved, expected = json.loads(out.read_text()), evaluate(model, test, pixel)
+    assert saved["confusion"] == expected["confusion"]
+    assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert expected["loss"] != pytest.approx(evaluate(model, test, channel)["loss"], rel=1e-3)  # it mattered
+
+    code, err = run_cli(["eval", "--weights", str(ckpt), "--data", "synthetic", "--limit", "200", "--mean",
+                         "0.5,0.5,0.5", "--std", "0.25", "--json", str(out), "--quiet"])
+    assert code == 0 and "replacing the normalization" in err
+    explicit = Normalization.from_values((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert json.loads(out.read_text())["confusion"] == evaluate(model, test, explicit)["confusion"]
 
 
 def test_cli_bad_inputs_exit_2(tmp_path, norm):

@@ -76,6 +76,18 @@ def _peek_ours(path: str) -> dict | None:
     return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
 
 
+def _safetensors_model_config(path: str) -> dict:
+    """The ``model_config`` metadata of a safetensors file saved by resnetlab, else ``{}``."""
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+        config = json.loads(meta.get("model_config", "{}"))
+        return config if isinstance(config, dict) else {}
+    except Exception:  # not a safetensors file, or no usable metadata
+        return {}
+
+
 def _describe(model: nn.Module) -> str:
     m = unwrap(model)
     if hasattr(m, "spec"):
@@ -137,6 +149,9 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
         data_info = ckpt.get("data") or {}
         meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     else:
+        recorded = _safetensors_model_config(path) if model is None else {}
+        if recorded.get("name"):  # a safetensors file written by resnetlab.weights.save_weights
+            model = create_model(**recorded)
         if model is None:
             raise ValueError(f"{path} is not a resnetlab checkpoint; for weights from another project "
                              f"(torchvision .pth, akamaster .th, .safetensors) give the architecture "
@@ -462,7 +477,7 @@ class ForeignWeights:
 
     model: str | None = opt(None, "architecture to build (e.g. resnet20, resnet18): needed for weights "
                                   "from other projects; with our checkpoints, their weights must fit it")
-    shortcut: str = opt("default", "shortcut option of --model (default: the model's own)",
+    shortcut: str = opt("default", "shortcut option of --model: A | B | C | none; 'default' keeps the model's own",
                         choices=("default",) + SHORTCUTS)
     num_classes: int | None = opt(None, "classifier outputs of --model (eval default: the dataset's "
                                         "class count; predict default: the model's)")
@@ -477,20 +492,20 @@ class EvalConfig(ForeignWeights):
     are evaluated as an ensemble (their softmax probabilities averaged)."""
 
     weights: tuple[str, ...] = opt((), "checkpoint file(s); several form an ensemble")
-    data: str = opt("cifar10", "dataset", choices=DATASETS)
+    data: str = opt("cifar10", "dataset: cifar10 | cifar100 | synthetic | folder", choices=DATASETS)
     data_dir: str | None = opt(None, "dataset folder (or its .tar.gz); not needed for synthetic")
-    split: str = opt("test", "split to evaluate", choices=SPLITS)
+    split: str = opt("test", "split to evaluate: test | val | train", choices=SPLITS)
     val_split: int | None = opt(None, "training images held out as the val split (default: as recorded "
                                       "in the checkpoint's training config)")
     split_seed: int | None = opt(None, "seed of the train/val split (default: as recorded, else 0)")
     batch_size: int = opt(1000, "images per forward pass")
     limit: int | None = opt(None, "evaluate only the first N images of the split")
     tta: str = opt("none", "test-time augmentation: flip averages each image's and its mirror's "
-                           "probabilities", choices=("none", "flip"))
+                           "probabilities (none | flip)", choices=("none", "flip"))
     pixel_mean: bool = opt(False, "preprocess by subtracting the per-pixel mean of the training split "
                                   "(the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)")
     device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
-    precision: str = opt("auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", choices=PRECISIONS)
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16", choices=PRECISIONS)
     json: str | None = opt(None, "write all results (confusion matrix included) to this JSON file")
     quiet: bool = opt(False, "no progress line")
 
