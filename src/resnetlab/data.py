@@ -737,3 +737,257 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return folder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image folders (ImageNet layout), decoded with Pillow in DataLoader workers
+# ----------------------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images in ``root/<class>/<file>``; classes are the sorted sub-folder names (or ``classes``).
+
+    Items are ``(uint8 (3, S, S), label)``. ``train=True``: random-resized crop (area ``scale`` of the image,
+    aspect ``ratio``) to ``S x S`` and a random horizontal flip, drawn from the per-item seed the sampler
+    passes (``dataset[(index, seed)]``); ``train=False``: resize the shorter side to ``resize`` (default
+    ``S * 256 / 224``) and take the centre ``S x S``. Grey, palette, CMYK and RGBA images become RGB (alpha
+    dropped). An unreadable or truncated file raises ``ValueError`` naming it (``on_bad_image="error"``) or
+    is skipped and reported (``"skip"``).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, train: bool = False,
+                 image_size: int = 224, resize: int | None = None, on_bad_image: str = "error",
+                 scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image folder {root} not found")
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if classes is None:
+            classes = found
+        else:
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                raise ValueError(f"{root}: class folder(s) {', '.join(extra[:5])} are not among the "
+                                 f"{len(classes)} training classes")
+        if not classes:
+            raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
+        self.root, self.classes = root, list(classes)
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = os.path.join(root, name)
+            if not os.path.isdir(folder):
+                continue
+            for dirpath, _, files in sorted(os.walk(folder)):
+                for f in sorted(files):
+                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, f), label))
+        if not self.samples:
+            raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+        self.train, self.image_size, self.on_bad_image = bool(train), int(image_size), on_bad_image
+        self.resize = int(resize) if resize else int(round(image_size * 256 / 224))
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def _open(self, path: str):
+        from PIL import Image
+        try:
+            with Image.open(path) as img:
+                img.load()   # decode now: a truncated file fails here, with its path known
+                return img.convert("RGB")
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
+            raise ValueError(f"unreadable image {path}: {type(e).__name__}: {e}") from None
+
+    def _train_box(self, w: int, h: int, rng) -> tuple[float, float, float, float]:
+        """A random crop box covering ``scale`` of the area with aspect ``ratio`` (10 tries, then centre)."""
+        area = w * h
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            a = area * rng.uniform(*self.scale)
+            r = math.exp(rng.uniform(lo, hi))
+            cw, ch = math.sqrt(a * r), math.sqrt(a / r)
+            if cw <= w and ch <= h:
+                left, top = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+                return left, top, left + cw, top + ch
+        side = min(w, h)  # fallback: the largest centred square
+        return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
+
+    def load(self, index: int, seed: int | None = None) -> torch.Tensor:
+        """Image ``index`` transformed: uint8 ``(3, S, S)`` (raises ``ValueError`` with the path if broken)."""
+        import random
+
+        from PIL import Image
+        path = self.samples[index][0]
+        img = self._open(path)
+        w, h = img.size
+        s = self.image_size
+        if self.train:
+            rng = random.Random(seed if seed is not None else index)
+            box = self._train_box(w, h, rng)
+            img = img.resize((s, s), Image.BILINEAR, box=box)  # crop and resize in one resampling
+            if rng.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            # Resize the shorter side to `resize`, then take the centre s x s: one resampling of the box of
+            # the original image that maps onto that centre square.
+            f = self.resize / min(w, h)
+            cw, ch = s / f, s / f
+            box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+            img = img.resize((s, s), Image.BILINEAR, box=box)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            return self.load(index, seed), self.samples[index][1]
+        except ValueError:
+            if self.on_bad_image == "error":
+                raise
+            return None, self.samples[index][0]   # skipped: the collate function reports the path
+
+
+def _collate_images(items):
+    """(x uint8 (b, 3, S, S), y int64 (b,), paths of skipped images)."""
+    good = [(x, y) for x, y in items if x is not None]
+    bad = [p for x, p in items if x is None]
+    if not good:
+        return None, None, bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.int64), bad
+
+
+def load_folder(root: str | os.PathLike, *, image_size: int = 224, resize: int | None = None,
+                on_bad_image: str = "error") -> dict[str, ImageFolder]:
+    """``root/train`` (training transforms) and ``root/val`` and/or ``root/test`` (evaluation transforms)
+    as :class:`ImageFolder` datasets sharing the training classes; keys are the folder names found."""
+    root = os.fspath(root)
+    if not os.path.isdir(os.path.join(root, "train")):
+        raise FileNotFoundError(f"{root}: no train/ folder (expected the layout root/train/<class>/*.jpg, "
+                                f"root/val/<class>/*.jpg)")
+    out = {"train": ImageFolder(os.path.join(root, "train"), train=True, image_size=image_size, resize=resize,
+                                on_bad_image=on_bad_image)}
+    for split in ("val", "test"):
+        if os.path.isdir(os.path.join(root, split)):
+            out[split] = ImageFolder(os.path.join(root, split), classes=out["train"].classes, train=False,
+                                     image_size=image_size, resize=resize, on_bad_image=on_bad_image)
+    return out
+
+
+def _report_skipped(paths: list[str], where: str) -> None:
+    for p in paths:
+        print(f"warning: skipped unreadable image {p} ({where})", file=sys.stderr)
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Yields the items of batches ``start, start + 1, ...`` of a :class:`FolderStream`."""
+
+    def __init__(self, stream: "FolderStream", start: int):
+        self.stream, self.start = stream, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield self.stream.items(step)
+            step += 1
+
+
+class FolderStream:
+    """Training batches from an :class:`ImageFolder` with the interface of :class:`TrainStream`.
+
+    ``batch(step)`` is a pure function of ``(seed, step)``: the epoch order is the permutation seeded by
+    ``(seed, epoch)`` and each image's crop/flip is seeded by ``(seed, step, position)``, so the result does
+    not depend on the number of workers. Sequential steps come from one running DataLoader (workers decode
+    ahead); asking for another step restarts it there. Skipped images (``on_bad_image="skip"``) make that
+    batch smaller; their paths are in ``skipped`` and reported on stderr.
+    """
+
+    def __init__(self, data: ImageFolder, batch_size: int, *, device="cpu", seed: int = 0,
+                 normalization: Normalization | None = None, num_workers: int = 2, channels_last: bool = False,
+                 prefetch_factor: int = 2):
+        if not 1 <= batch_size <= len(data):
+            raise ValueError(f"batch_size must be between 1 and the dataset size {len(data)}, got {batch_size}")
+        self.data, self.batch_size, self.seed = data, int(batch_size), int(seed)
+        self.device = torch.device(device)
+        self.normalization = normalization or Normalization.from_values(IMAGENET_MEAN, IMAGENET_STD)
+        self.num_workers, self.channels_last, self.prefetch_factor = int(num_workers), channels_last, prefetch_factor
+        self.n, self.classes = len(data), list(data.classes)
+        self.steps_per_epoch = self.n // self.batch_size
+        self.skipped: list[str] = []
+        self._it, self._next, self._epoch, self._order = None, None, None, None
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def items(self, step: int) -> list[tuple[int, int]]:
+        """``(index, seed)`` of each image of batch ``step``."""
+        epoch, i = divmod(int(step), self.steps_per_epoch)
+        if self._epoch != epoch:
+            self._order, self._epoch = epoch_order(self.n, self.seed, epoch), epoch
+        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        return [(j, _seed(self.seed, _TAG_FOLDER, step, k)) for k, j in enumerate(idx)]
+
+    def _start(self, step: int) -> None:
+        self.close()
+        kw = {}
+        if self.num_workers > 0:
+            kw["prefetch_factor"] = self.prefetch_factor
+        loader = torch.utils.data.DataLoader(self.data, batch_sampler=_StepBatches(self, step),
+                                             num_workers=self.num_workers, collate_fn=_collate_images,
+                                             pin_memory=self.device.type == "cuda", **kw)
+        self._it, self._next = iter(loader), step
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if self._it is None or step != self._next:
+            self._start(step)
+        x, y, bad = next(self._it)
+        self._next = step + 1
+        if bad:
+            self.skipped.extend(bad)
+            _report_skipped(bad, f"training batch {step}")
+        if x is None:
+            raise ValueError(f"every image of training batch {step} was unreadable: {', '.join(bad[:3])}")
+        x = self.normalization(x.to(self.device, non_blocking=True))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the DataLoader workers (also done when the stream is garbage-collected)."""
+        self._it = None
+
+    def __del__(self):
+        self.close()
+
+
+def folder_eval_batches(data: ImageFolder, batch_size: int, *, device="cpu", normalization: Normalization,
+                        num_workers: int = 2, flip: bool = False, channels_last: bool = False,
+                        skipped: list | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """All images of an :class:`ImageFolder` in order, with its (evaluation) transforms, normalised;
+    ``flip=True`` mirrors them. Paths of skipped images are appended to ``skipped`` and reported."""
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate_images, pin_memory=device.type == "cuda")
+    for x, y, bad in loader:
+        if bad:
+            if skipped is not None:
+                skipped.extend(bad)
+            _report_skipped(bad, "evaluation")
+        if x is None:
+            continue
+        x = x.to(device, non_blocking=True)
+        if flip:
+            x = x.flip(-1)
+        x = normalization(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y.to(device, non_blocking=True)
