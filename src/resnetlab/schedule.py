@@ -1,0 +1,130 @@
+"""Training recipes and learning-rate schedules, all defined in iterations (optimizer steps).
+
+A recipe is a named set of defaults for the fields of :class:`resnetlab.train.TrainConfig` that are left
+unset (``None``). ``he2016-cifar`` is the CIFAR-10 recipe of He et al., "Deep Residual Learning for Image
+Recognition" (CVPR 2016), Sec. 4.2: SGD with momentum 0.9, weight decay 1e-4, batch 128, learning rate 0.1
+divided by 10 at 32k and 48k iterations, stopped at 64k; for ResNet-110 (and 1202) the rate is first 0.01
+until the training error is below 80% (about 400 iterations), then back to 0.1.
+
+When a run is shortened or lengthened with ``iterations``, recipe milestones keep their fractions of the
+recipe's length (32k/64k = 0.5, 48k/64k = 0.75): 2000 iterations decay at 1000 and 1500.
+
+:class:`Schedule` maps a step to its learning rate as a pure function, so that a resumed run, a plot and
+a test all read the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+WARMUPS = ("auto", "none", "he2016", "linear")
+
+# Each recipe sets every field of TrainConfig that defaults to None ("the recipe's").
+RECIPES: dict[str, dict] = {
+    "he2016-cifar": dict(
+        iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+        decay_norm_and_bias=True,  # the paper's Torch/Caffe code decays every parameter
+        schedule="step", milestones=(32000, 48000), gamma=0.1,
+        warmup="auto",  # "he2016" for depth >= 110, "none" below
+        warmup_lr=0.01, warmup_steps=400, warmup_error=0.8,
+        label_smoothing=0.0, grad_clip=0.0, normalization="pixel", padding="mean",
+    ),
+    "modern-cifar": dict(
+        iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+        decay_norm_and_bias=False, schedule="cosine", milestones=(), gamma=0.1,
+        warmup="linear", warmup_lr=0.0, warmup_steps=1000, warmup_error=0.8,
+        label_smoothing=0.1, grad_clip=0.0, normalization="channel", padding="black",
+    ),
+}
+RECIPE_LENGTH = {name: r["iterations"] for name, r in RECIPES.items()}
+
+
+def get_recipe(name: str) -> dict:
+    """The defaults of recipe ``name``; a clear error for unknown names."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    return dict(RECIPES[name])
+
+
+def scale_milestones(milestones: tuple[int, ...], recipe_iterations: int, iterations: int) -> tuple[int, ...]:
+    """Milestones of a recipe of ``recipe_iterations`` steps moved to the same fractions of ``iterations``."""
+    return tuple(int(round(m * iterations / recipe_iterations)) for m in milestones)
+
+
+def resolve_warmup(warmup: str, depth: int) -> str:
+    """``"auto"`` means the paper's rule: the 0.01 warm-up for networks of 110 layers or more."""
+    if warmup not in WARMUPS:
+        raise ValueError(f"unknown warmup {warmup!r}; valid: {', '.join(WARMUPS)}")
+    if warmup == "auto":
+        return "he2016" if depth >= 110 else "none"
+    return warmup
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate at every step of a run.
+
+    schedule: ``"step"`` (multiply by ``gamma`` at each milestone), ``"cosine"`` (from ``lr`` to ``min_lr``
+    over the run, after the warm-up), ``"onecycle"`` (cosine up from ``lr/div`` over ``pct_start`` of the run,
+    then cosine down to ``lr/(div*final_div)``: PyTorch's ``OneCycleLR``), ``"constant"``.
+    warmup: ``"none"``; ``"he2016"``: ``warmup_lr`` until the run reports ``warmup_end`` (the step at which
+    training error fell below the threshold) or ``warmup_steps``, whichever comes first; ``"linear"``: a ramp
+    from ``warmup_lr`` to ``lr`` over ``warmup_steps`` (cosine then starts after it).
+    """
+
+    lr: float
+    iterations: int
+    schedule: str = "step"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup: str = "none"
+    warmup_lr: float = 0.01
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    pct_start: float = 0.3
+    div: float = 25.0
+    final_div: float = 1e4
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.warmup not in WARMUPS or self.warmup == "auto":
+            raise ValueError(f"warmup must be one of none, he2016, linear (resolved), got {self.warmup!r}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+
+    def in_warmup(self, step: int, warmup_end: int | None = None) -> bool:
+        """Whether ``step`` is still in the he2016/linear warm-up."""
+        if self.warmup == "he2016":
+            end = self.warmup_steps if warmup_end is None else min(warmup_end, self.warmup_steps)
+            return step < end
+        return self.warmup == "linear" and step < self.warmup_steps
+
+    def __call__(self, step: int, warmup_end: int | None = None) -> float:
+        """Learning rate for optimizer step ``step`` (0-based). ``warmup_end``: see the class docstring."""
+        if self.warmup == "he2016" and self.in_warmup(step, warmup_end):
+            return self.warmup_lr
+        if self.warmup == "linear" and step < self.warmup_steps:
+            return self.warmup_lr + (self.lr - self.warmup_lr) * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "step":
+            # The paper counts milestones from step 0, warm-up included.
+            return self.lr * self.gamma ** sum(1 for m in self.milestones if step >= m)
+        if self.schedule == "cosine":
+            start = self.warmup_steps if self.warmup == "linear" else 0
+            t = min(max(step - start, 0) / max(self.iterations - start, 1), 1.0)
+            return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+        # onecycle, as torch.optim.lr_scheduler.OneCycleLR (two phases, cosine annealing)
+        initial, final = self.lr / self.div, self.lr / (self.div * self.final_div)
+        up_end = float(self.pct_start * self.iterations) - 1
+        down_end = float(self.iterations - 1)
+        if step <= up_end:
+            start, end, pct = initial, self.lr, step / up_end if up_end > 0 else 1.0
+        else:
+            start, end = self.lr, final
+            pct = min((step - up_end) / max(down_end - up_end, 1e-12), 1.0)
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)

@@ -1,0 +1,606 @@
+"""Training: ``resnetlab train`` and :func:`train`, one readable loop that is fast and exactly resumable.
+
+    resnetlab train --model resnet20 --data cifar10 --data-dir DIR --out runs/r20 --recipe he2016-cifar
+    resnetlab train --out runs/r20 --resume          # continue after an interruption, bit for bit on CPU
+
+The run folder ``--out`` receives ``config.json``, ``metrics.jsonl``/``metrics.csv``, ``last.pt`` (every
+``checkpoint_every`` steps and at the end), ``best.pt`` (best validation error), ``step_<N>.pt`` (for
+``save_at``) and, last of all, ``final.json``.
+
+Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.data.TrainStream`), the learning
+rate a pure function of the step (:class:`resnetlab.schedule.Schedule`), and a checkpoint holds everything
+else that evolves (weights, BN statistics, momentum buffers, warm-up state, the running log sums, every RNG),
+so a CPU run killed at any moment and resumed from its last checkpoint ends with the same weights, bit for
+bit, as one that was never interrupted.
+
+Speed: no host synchronisation inside a step except at log steps (losses and errors are summed on the
+device); bf16 autocast + channels_last where the hardware has fast bf16 (``precision="auto"``); optional
+``torch.compile``; evaluation in large batches without autograd.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt_io
+from .config import add_arguments, opt, parse_config, to_dict
+from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
+    scale_milestones
+
+PRECISIONS = ("auto", "fp32", "bf16")
+RESUMABLE = "last.pt"
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or a weight) became NaN or infinite; the run folder keeps the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Fields left at ``None`` take the recipe's value."""
+
+    # --- model
+    model: str = opt("resnet20", "model name (resnet20/32/44/56/110/1202, resnet<6n+2>, preact-resnet110, ...)")
+    shortcut: str | None = opt(None, "shortcut option A|B|C|none (default: the model's)")
+    preact: bool | None = opt(None, "pre-activation blocks (default: the model's)")
+    zero_init_residual: bool = opt(False, "zero the last BN of every residual branch")
+    shortcut_scale: float = opt(1.0, "constant scaling of the shortcut")
+    width: int | None = opt(None, "planes of the first stage (default: the model's, 16 for CIFAR)")
+    seed: int = opt(0, "seeds model init AND data order: runs with the same seed see the same batches")
+    # --- data
+    data: str = opt("cifar10", "dataset: cifar10 | cifar100 | synthetic")
+    data_dir: str | None = opt(None, "dataset folder or .tar.gz (default: the cache folder)")
+    download: bool = opt(False, "download the dataset into the cache folder if it is missing")
+    val_split: int = opt(0, "training images held out for validation (the paper: 5000)")
+    split_seed: int = opt(0, "seed of the train/val split (kept apart from --seed so twins share it)")
+    augment: bool = opt(True, "pad-4 random crop + horizontal flip")
+    normalization: str | None = opt(None, "input normalization: pixel (mean image) | channel (mean/std)")
+    padding: str | None = opt(None, "crop border: black (0 before normalising) | mean (0 after)")
+    # --- run folder
+    out: str | None = opt(None, "run folder (config.json, metrics, checkpoints, final.json)")
+    resume: bool = opt(False, "continue the run in --out from its last.pt")
+    # --- recipe and optimiser
+    recipe: str = opt("he2016-cifar", "preset for the fields left unset", choices=tuple(RECIPES))
+    iterations: int | None = opt(None, "optimizer steps (recipe milestones scale with it)")
+    batch_size: int | None = opt(None, "global batch size")
+    lr: float | None = opt(None, "peak learning rate")
+    momentum: float | None = opt(None, "SGD momentum")
+    nesterov: bool | None = opt(None, "Nesterov momentum")
+    weight_decay: float | None = opt(None, "L2 weight decay")
+    decay_norm_and_bias: bool | None = opt(None, "also decay BN weights and biases (parameters with ndim <= 1)")
+    schedule: str | None = opt(None, "lr schedule: " + " | ".join(SCHEDULES))
+    milestones: tuple[int, ...] | None = opt(None, "steps where the step schedule multiplies lr by gamma")
+    gamma: float | None = opt(None, "step schedule factor")
+    warmup: str | None = opt(None, "warm-up: auto (he2016 for depth >= 110) | none | he2016 | linear")
+    warmup_lr: float | None = opt(None, "lr during the he2016 warm-up / start of the linear ramp")
+    warmup_steps: int | None = opt(None, "he2016: most steps of warm-up; linear: ramp length")
+    warmup_error: float | None = opt(None, "he2016 warm-up ends once the training error is below this")
+    label_smoothing: float | None = opt(None, "label smoothing of the training loss")
+    grad_clip: float | None = opt(None, "clip the global gradient norm to this (0: off)")
+    # --- logging, evaluation, checkpoints
+    log_every: int = opt(100, "steps between log lines / metrics (the only host syncs of the loop)")
+    eval_every: int = opt(2000, "steps between val/test evaluations (and at the end)")
+    eval_batch_size: int = opt(1000, "batch size of evaluation")
+    checkpoint_every: int = opt(1000, "steps between last.pt checkpoints (and at the end)")
+    save_at: tuple[int, ...] = opt((), "steps at which to keep step_<N>.pt")
+    tensorboard: bool = opt(False, "also write TensorBoard logs to OUT/tb (needs the tensorboard package)")
+    quiet: bool = opt(False, "no progress lines")
+    # --- speed
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = opt("auto", "auto (bf16 where fast: AVX512-BF16/AMX CPUs, CUDA) | fp32 | bf16",
+                         choices=PRECISIONS)
+    channels_last: bool | None = opt(None, "channels_last memory format (default: on with bf16)")
+    compile: bool = opt(False, "torch.compile the model")
+    compile_mode: str = opt("default", "torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
+    threads: int | None = opt(None, "CPU threads (default: the physical cores available)")
+    deterministic: bool = opt(False, "deterministic algorithms (CUDA: slower; CPU runs are exact anyway)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration resolution
+# ----------------------------------------------------------------------------------------------------------
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Fill the ``None`` fields from the recipe (scaling its milestones to ``iterations``) and validate."""
+    from .models import get_spec
+    recipe = get_recipe(cfg.recipe)
+    spec = get_spec(cfg.model)
+    values = {}
+    for key, default in recipe.items():
+        if getattr(cfg, key) is None:
+            values[key] = default
+    iterations = cfg.iterations if cfg.iterations is not None else recipe["iterations"]
+    if cfg.milestones is None:
+        values["milestones"] = scale_milestones(recipe["milestones"], RECIPE_LENGTH[cfg.recipe], iterations)
+    cfg = dataclasses.replace(cfg, **values)
+    warmup = resolve_warmup(cfg.warmup, spec.depth)
+    cfg = dataclasses.replace(cfg, warmup=warmup)
+    checks = [
+        (cfg.iterations >= 1, f"iterations must be >= 1, got {cfg.iterations}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}"),
+        (cfg.warmup in WARMUPS, f"unknown warmup {cfg.warmup!r}; valid: {', '.join(WARMUPS)}"),
+        (cfg.normalization in ("pixel", "channel"), f"normalization must be pixel or channel, got {cfg.normalization!r}"),
+        (cfg.padding in ("black", "mean"), f"padding must be black or mean, got {cfg.padding!r}"),
+        (cfg.log_every >= 1 and cfg.eval_every >= 1 and cfg.checkpoint_every >= 1,
+         "log_every, eval_every and checkpoint_every must be >= 1"),
+        (0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+        (cfg.grad_clip >= 0, f"grad_clip must be >= 0, got {cfg.grad_clip}"),
+        (cfg.val_split >= 0, f"val_split must be >= 0, got {cfg.val_split}"),
+        (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
+        (cfg.out is not None and str(cfg.out).strip() != "", "a run folder is required: --out RUN_DIR"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return cfg
+
+
+def make_schedule(cfg: TrainConfig) -> Schedule:
+    """The :class:`Schedule` of a resolved config."""
+    return Schedule(lr=cfg.lr, iterations=cfg.iterations, schedule=cfg.schedule, milestones=tuple(cfg.milestones),
+                    gamma=cfg.gamma, warmup=cfg.warmup, warmup_lr=cfg.warmup_lr, warmup_steps=cfg.warmup_steps)
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """SGD parameter groups. Without ``decay_norm_and_bias``, parameters of rank <= 1 (BN scales and shifts,
+    biases) get no weight decay: decaying them only shrinks the scale BN is free to choose."""
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads share a core's vector units)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as fh:
+                cores.add(fh.read().strip())
+        except OSError:
+            cores.add(str(c))
+    return max(1, len(cores))
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions run faster than fp32 on this CPU."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
+
+def resolve_precision(precision: str, device: torch.device, channels_last: bool | None) -> tuple[bool, bool]:
+    """``(bf16 autocast?, channels_last?)``: ``auto`` picks bf16 + channels_last where bf16 is fast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+        else:
+            bf16 = device.type == "cpu" and cpu_has_fast_bf16()
+    else:
+        bf16 = precision == "bf16"
+    return bf16, (bf16 if channels_last is None else bool(channels_last))
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by ``torchrun``), start the process group when there
+    is more than one process (NCCL on CUDA, gloo on CPU) and pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        dev = torch.device("cuda", local) if (world > 1 or device == "cuda") else torch.device(device)
+        torch.cuda.set_device(dev)
+    elif device == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces of state the loop saves and restores
+# ----------------------------------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every generator's state, as tensors and numbers (loadable with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict:
+    from . import __version__
+    return {"resnetlab": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}
+
+
+METRIC_COLUMNS = ("step", "kind", "split", "loss", "error", "top5_error", "lr", "img_per_s", "time")
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per event) and the same events as ``metrics.csv``."""
+
+    def __init__(self, folder: str, enabled: bool = True, tensorboard: bool = False):
+        self.jsonl, self.csv = os.path.join(folder, "metrics.jsonl"), os.path.join(folder, "metrics.csv")
+        self.enabled, self.tb = enabled, None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            self.tb = SummaryWriter(os.path.join(folder, "tb"))
+
+    def events(self) -> list[dict]:
+        if not os.path.exists(self.jsonl):
+            return []
+        with open(self.jsonl) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def keep_until(self, step: int) -> None:
+        """Drop events after ``step`` (written by a run that was later interrupted) and rebuild the CSV."""
+        if not self.enabled:
+            return
+        kept = [e for e in self.events() if e["step"] <= step]
+        with open(self.jsonl, "w") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in kept)
+        with open(self.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def write(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl, "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+        new = not os.path.exists(self.csv)
+        with open(self.csv, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(event)
+        if self.tb is not None:
+            tag = event["kind"] if event["kind"] == "train" else event["split"]
+            for k in ("loss", "error", "top5_error", "lr", "img_per_s"):
+                if event.get(k) is not None:
+                    self.tb.add_scalar(f"{tag}/{k}", event[k], event["step"])
+            self.tb.flush()
+
+
+@torch.no_grad()
+def evaluate_arrays(model: nn.Module, data, normalization, *, device, batch_size: int = 1000,
+                    bf16: bool = False, channels_last: bool = False) -> dict:
+    """Loss, top-1 and top-5 error of ``model`` on an ArrayDataset, in large batches; one host sync."""
+    from .data import eval_batches
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    wrong1 = torch.zeros((), device=device, dtype=torch.int64)
+    wrong5 = torch.zeros((), device=device, dtype=torch.int64)
+    for x, y in eval_batches(data, batch_size, device=device, normalization=normalization,
+                             channels_last=channels_last):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        logits = logits.float()
+        loss += F.cross_entropy(logits, y, reduction="sum").double()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        wrong1 += (top[:, 0] != y).sum()
+        wrong5 += (~(top == y[:, None]).any(1)).sum()
+    model.train(was_training)
+    n = len(data)
+    return {"loss": loss.item() / n, "error": wrong1.item() / n, "top5_error": wrong5.item() / n}
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -> None:
+    """A checkpoint can only continue the same architecture on the same data."""
+    diff = [f"{k}: {ckpt['model_config'].get(k)!r} in the checkpoint vs {model_cfg.get(k)!r} now"
+            for k in sorted(set(ckpt["model_config"]) | set(model_cfg))
+            if ckpt["model_config"].get(k) != model_cfg.get(k)]
+    if ckpt.get("data", {}).get("name") != cfg.data:
+        diff.append(f"data: {ckpt.get('data', {}).get('name')!r} in the checkpoint vs {cfg.data!r} now")
+    if diff:
+        raise ValueError(f"cannot resume {path}: it was trained with a different model or data:\n  "
+                         + "\n  ".join(diff) + "\nuse another --out for a new run")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------------
+
+def train(config: TrainConfig) -> dict:
+    """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
+    from .data import Normalization, TrainStream, load_dataset
+    from .models import count_parameters, create_model, get_spec, model_config
+
+    cfg = resolve_config(config)
+    dist = setup_distributed(cfg.device)
+    device, main = dist.device, dist.main
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (main and not cfg.quiet) else (lambda *a: None)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or physical_cores())
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2 ** 32)
+    out = os.fspath(cfg.out)
+    last_path = os.path.join(out, RESUMABLE)
+    if not cfg.resume and (os.path.exists(last_path) or os.path.exists(os.path.join(out, "final.json"))):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if cfg.data != "synthetic" and cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
+        raise FileNotFoundError(f"data folder not found: {cfg.data_dir}")
+
+    # 1. Data: the (seeded) split, normalisation statistics of the training images, the batch stream.
+    data = load_dataset(cfg.data, cfg.data_dir, download=cfg.download, val_split=cfg.val_split,
+                        split_seed=cfg.split_seed)
+    train_set = data["train"]
+    normalization = Normalization.fit(train_set.x, cfg.normalization)
+    bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
+    stream = TrainStream(train_set, cfg.batch_size, device=device, seed=cfg.seed, normalization=normalization,
+                         augment=cfg.augment, channels_last=channels_last, padding=cfg.padding)
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
+
+    # 2. Model, optimiser, schedule.
+    options = {k: getattr(cfg, k) for k in ("shortcut", "preact", "width") if getattr(cfg, k) is not None}
+    model = create_model(cfg.model, zero_init_residual=cfg.zero_init_residual, shortcut_scale=cfg.shortcut_scale,
+                         num_classes=len(train_set.classes), seed=cfg.seed, **options)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.nesterov)
+    schedule = make_schedule(cfg)
+    n_params = count_parameters(model)
+
+    # 3. Resume: everything that evolves during training comes back from last.pt.
+    start, warmup_end, elapsed, best_val = 0, None, 0.0, math.inf
+    loss_sum = torch.zeros((), device=device)   # sums since the last log step, kept on the device
+    err_sum = torch.zeros((), device=device)
+    warm_err = torch.zeros((), device=device)   # he2016 warm-up: errors of the current check window
+    seen = 0                                    # steps in loss_sum
+    log = MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard and main)
+    if cfg.resume and os.path.exists(last_path):
+        ck = ckpt_io.load_checkpoint(last_path, map_location="cpu")
+        _check_resumable(ck, model_config(model), cfg, last_path)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"])
+        start, warmup_end, elapsed = ck["step"], ck["schedule"]["warmup_end"], ck["elapsed"]
+        best_val = ck["best_val_error"] if ck["best_val_error"] is not None else math.inf
+        acc = ck["accumulators"]
+        loss_sum.fill_(acc["loss_sum"]), err_sum.fill_(acc["err_sum"]), warm_err.fill_(acc["warm_err"])
+        seen = acc["seen"]
+        log.keep_until(start)
+        say(f"resuming {last_path} at step {start}")
+        if main and os.path.exists(os.path.join(out, "final.json")):
+            os.remove(os.path.join(out, "final.json"))
+    elif main:
+        os.makedirs(out, exist_ok=True)
+        log.keep_until(-1)
+    if main:
+        _write_json(os.path.join(out, "config.json"),
+                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions()})
+
+    # 4. Wrappers: DDP across processes, torch.compile. Checkpoints always save the plain `model`.
+    net = model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+
+    def checkpoint(step: int) -> dict:
+        return ckpt_io.make_checkpoint(
+            model, normalization=normalization.state_dict(), classes=list(train_set.classes),
+            data={"name": cfg.data, "image_size": int(train_set.x.shape[-1])}, step=step, config=to_dict(cfg),
+            optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
+            accumulators={"loss_sum": loss_sum.item(), "err_sum": err_sum.item(), "warm_err": warm_err.item(),
+                          "seen": seen},
+            elapsed=elapsed + time.perf_counter() - t0, best_val_error=None if best_val == math.inf else best_val,
+            versions=versions())
+
+    def check_finite(step: int, loss_value: float, what: str) -> None:
+        weights_ok = bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
+        if not (math.isfinite(loss_value) and weights_ok):
+            where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
+                "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged at step {step}: {what} = {loss_value} "
+                                   f"{'' if weights_ok else '(and non-finite weights) '}; {where}. "
+                                   f"Lower --lr or use a warm-up.")
+
+    steps_per_epoch = stream.steps_per_epoch
+    say(f"{cfg.model} on {cfg.data}: {len(train_set)} training images, batch {cfg.batch_size}, "
+        f"{steps_per_epoch} steps/epoch; {cfg.iterations} iterations = {cfg.iterations / steps_per_epoch:.1f} epochs")
+    say(f"lr {cfg.lr} {cfg.schedule}" + (f" x{cfg.gamma} at {', '.join(map(str, cfg.milestones))}"
+                                         if cfg.schedule == "step" else "")
+        + f", warm-up {cfg.warmup}; {'bf16 autocast' if bf16 else 'fp32'}"
+        + f"{' + channels_last' if channels_last else ''} on {device}"
+        + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+        + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
+
+    # 5. The loop. Host syncs happen only at log/eval/checkpoint steps.
+    t0 = time.perf_counter()
+    t_log, step_log = t0, start
+    lr = None
+    local = slice(dist.rank * cfg.batch_size // dist.world_size, (dist.rank + 1) * cfg.batch_size // dist.world_size)
+    net.train()
+    for step in range(start, cfg.iterations):
+        new_lr = schedule(step, warmup_end)
+        if new_lr != lr:
+            lr = new_lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        x, y = stream.batch(step)
+        x, y = x[local], y[local]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        errors = (logits.detach().argmax(1) != y).sum().float() / y.shape[0]
+        loss_sum += loss.detach()
+        err_sum += errors
+        seen += 1
+        done = step + 1
+
+        # The he2016 warm-up: every 10 steps, look at the mean training error of those steps.
+        if cfg.warmup == "he2016" and warmup_end is None and schedule.in_warmup(done):
+            warm_err += errors
+            if done % 10 == 0:
+                if warm_err.item() / 10 < cfg.warmup_error:
+                    warmup_end = done
+                    say(f"warm-up over at step {done}: training error {warm_err.item() / 10:.1%}")
+                warm_err.zero_()
+
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            sums = torch.stack([loss_sum, err_sum])
+            if dist.world_size > 1:
+                torch.distributed.all_reduce(sums)
+                sums /= dist.world_size
+            train_loss, train_error = (sums / seen).tolist()
+            check_finite(done, train_loss, f"mean training loss since step {done - seen}")
+            now = time.perf_counter()
+            rate = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
+            log.write({"step": done, "kind": "train", "loss": train_loss, "error": train_error, "lr": lr,
+                       "img_per_s": rate, "time": elapsed + now - t0})
+            eta = (cfg.iterations - done) * cfg.batch_size / max(rate, 1e-9)
+            say(f"step {done}/{cfg.iterations} ({done / steps_per_epoch:.1f} ep) loss {train_loss:.4f} "
+                f"err {train_error:.2%} lr {lr:.4g} | {rate:.0f} img/s | ETA {_fmt_time(eta)}")
+            loss_sum.zero_(), err_sum.zero_()
+            seen, t_log, step_log = 0, now, done
+
+        t_pause = time.perf_counter()  # evaluation and checkpoints do not count in img/s
+        if (done % cfg.eval_every == 0 or done == cfg.iterations) and main:
+            results = {}
+            for split in ("val", "test"):
+                if split in data:
+                    r = evaluate_arrays(model if dist.world_size > 1 else net, data[split], normalization,
+                                        device=device, batch_size=cfg.eval_batch_size, bf16=bf16,
+                                        channels_last=channels_last)
+                    results[split] = r
+                    log.write({"step": done, "kind": "eval", "split": split, **r})
+            say("eval " + ", ".join(f"{s} err {r['error']:.2%}" for s, r in results.items()))
+            if "val" in results and results["val"]["error"] < best_val:
+                best_val = results["val"]["error"]
+                check_finite(done, results["val"]["loss"], "validation loss")
+                ckpt_io.atomic_save(checkpoint(done), os.path.join(out, "best.pt"))
+
+        if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
+            pending = loss_sum.item() / seen if seen else 0.0
+            check_finite(done, pending, f"mean training loss since step {done - seen}")
+            state = checkpoint(done)
+            if done in cfg.save_at:
+                ckpt_io.atomic_save(state, os.path.join(out, f"step_{done}.pt"))
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                ckpt_io.atomic_save(state, last_path)
+        t_log += time.perf_counter() - t_pause
+
+    # 6. Final metrics, written last: final.json means "finished".
+    events = log.events() if main else []
+    last_train = next((e for e in reversed(events) if e["kind"] == "train"), {})
+    last_eval = {e["split"]: e for e in events if e["kind"] == "eval" and e["step"] == cfg.iterations}
+    final = {"steps": cfg.iterations, "train_loss": last_train.get("loss"), "train_error": last_train.get("error"),
+             "val_error": last_eval.get("val", {}).get("error"), "test_error": last_eval.get("test", {}).get("error"),
+             "test_top5_error": last_eval.get("test", {}).get("top5_error"),
+             "wall_time_s": elapsed + time.perf_counter() - t0, "params": n_params}
+    if main:
+        _write_json(os.path.join(out, "final.json"), final)
+    if log.tb is not None:
+        log.tb.close()
+    return final
+
+
+def _write_json(path: str, obj) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    """``resnetlab train``: train a model; ``--resume`` continues the run in ``--out``."""
+    parser = argparse.ArgumentParser(prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser, TrainConfig)
+    args = parser.parse_args(argv)
+    base = None
+    out = getattr(args, "out", None)
+    if getattr(args, "resume", False) and out and os.path.exists(os.path.join(out, "config.json")):
+        # Resuming: the run's own resolved config is the base; flags given now override it.
+        with open(os.path.join(out, "config.json")) as fh:
+            base = json.load(fh)["config"]
+    cfg = parse_config(TrainConfig, args, base=base)
+    final = train(cfg)
+    print(json.dumps(final))
+    return 0
+
+
+main = main_train

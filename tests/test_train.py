@@ -1,0 +1,193 @@
+"""The training loop: run folder contract, exact resume after SIGKILL, divergence stop, clear errors.
+
+All runs use a tiny ResNet-8 (width 4) on the in-memory synthetic data, fp32, one thread.
+"""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.train import TrainConfig, TrainingDiverged, main_train, train
+
+TINY = dict(model="resnet8", width=4, data="synthetic", batch_size=32, precision="fp32", threads=1, quiet=True)
+TINY_FLAGS = ["--model", "resnet8", "--width", "4", "--data", "synthetic", "--batch-size", "32",
+              "--precision", "fp32", "--threads", "1"]
+
+
+def events(run):
+    with open(os.path.join(run, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A short run with a validation split, a kept step checkpoint and an lr milestone."""
+    out = str(tmp_path_factory.mktemp("run") / "r")
+    final = train(TrainConfig(**TINY, out=out, iterations=40, log_every=10, eval_every=20, checkpoint_every=20,
+                              val_split=500, save_at=(30,)))
+    return out, final
+
+
+def test_run_folder_contract(finished_run):
+    out, final = finished_run
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "step_30.pt", "final.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "config.json")) as fh:
+        cfg = json.load(fh)
+    assert set(cfg) == {"config", "model_config", "versions"}
+    assert cfg["config"]["milestones"] == [20, 30] and cfg["config"]["lr"] == 0.1  # resolved recipe, scaled
+    assert cfg["model_config"]["name"] == "resnet8" and cfg["model_config"]["width"] == 4
+    with open(os.path.join(out, "final.json")) as fh:
+        assert json.load(fh) == final
+    assert set(final) == {"steps", "train_loss", "train_error", "val_error", "test_error", "test_top5_error",
+                          "wall_time_s", "params"}
+    assert final["steps"] == 40 and 0 <= final["test_error"] <= 1 and 0 <= final["val_error"] <= 1
+    ev = events(out)
+    train_ev = [e for e in ev if e["kind"] == "train"]
+    assert [e["step"] for e in train_ev] == [10, 20, 30, 40]
+    assert set(train_ev[0]) == {"step", "kind", "loss", "error", "lr", "img_per_s", "time"}
+    assert [e["lr"] for e in train_ev] == pytest.approx([0.1, 0.1, 0.01, 0.001])  # lr of the step logged
+    evals = [e for e in ev if e["kind"] == "eval"]
+    assert [(e["step"], e["split"]) for e in evals] == [(20, "val"), (20, "test"), (40, "val"), (40, "test")]
+    assert set(evals[0]) == {"step", "kind", "split", "loss", "error", "top5_error"}
+    assert final["test_error"] == evals[-1]["error"] and final["train_loss"] == train_ev[-1]["loss"]
+    with open(os.path.join(out, "metrics.csv")) as fh:
+        assert len(fh.read().strip().splitlines()) == 1 + len(ev)
+    ck = load_checkpoint(os.path.join(out, "last.pt"))  # weights_only=True
+    for key in ("model_config", "model", "normalization", "classes", "data", "step", "config", "optimizer",
+                "rng", "schedule", "versions"):
+        assert key in ck, key
+    assert ck["step"] == 40 and ck["data"] == {"name": "synthetic", "image_size": 32}
+    assert load_checkpoint(os.path.join(out, "step_30.pt"))["step"] == 30
+    assert load_checkpoint(os.path.join(out, "best.pt"))["best_val_error"] == min(
+        e["error"] for e in evals if e["split"] == "val")
+
+
+def test_refuses_to_overwrite_and_checks_architecture_on_resume(finished_run):
+    out, _ = finished_run
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(**TINY, out=out, iterations=40))
+    wrong = {**TINY, "model": "resnet14"}
+    with pytest.raises(ValueError, match=r"different model(.|\n)*resnet8(.|\n)*resnet14"):
+        train(TrainConfig(**wrong, out=out, iterations=40, resume=True))
+    with pytest.raises(ValueError, match="width"):
+        train(TrainConfig(**{**TINY, "width": 8}, out=out, iterations=40, resume=True))
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "resnetlab", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    n, every = 90, 30
+    flags = TINY_FLAGS + ["--iterations", str(n), "--log-every", "5", "--checkpoint-every", str(every),
+                          "--eval-every", "1000", "--quiet"]
+    ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+    p_cut = _cli(flags + ["--out", cut])
+    # Kill `cut` once a checkpoint exists and the log has moved past it: between two checkpoints.
+    deadline, killed_after = time.time() + 120, None
+    while time.time() < deadline and p_cut.poll() is None:
+        if os.path.exists(os.path.join(cut, "last.pt")):
+            ck_step = load_checkpoint(os.path.join(cut, "last.pt"))["step"]
+            logged = [e["step"] for e in events(cut) if e["kind"] == "train"]
+            if logged and logged[-1] > ck_step and logged[-1] % every != 0:
+                p_cut.send_signal(signal.SIGKILL)
+                p_cut.wait()
+                killed_after = (ck_step, logged[-1])
+                break
+        time.sleep(0.01)
+    assert killed_after is not None, "the run ended before it could be killed between checkpoints"
+    assert not os.path.exists(os.path.join(cut, "final.json"))
+    resumed = _cli(["--out", cut, "--resume"])  # the config comes back from the run folder
+    # Meanwhile, the uninterrupted reference run, through the Python API.
+    train(TrainConfig(**TINY, out=ref, iterations=n, log_every=5, checkpoint_every=every, eval_every=1000))
+    r_out, r_err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, r_err
+    a = load_checkpoint(os.path.join(ref, "last.pt"))
+    b = load_checkpoint(os.path.join(cut, "last.pt"))
+    assert a["step"] == b["step"] == n
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:  # weights, BN running statistics and counters
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, state in a["optimizer"]["state"].items():  # momentum buffers
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"]), i
+    # The log was cut back to the checkpoint and continued: same events, same losses, no duplicates.
+    ta = [(e["step"], e["loss"], e["error"]) for e in events(ref) if e["kind"] == "train"]
+    tb = [(e["step"], e["loss"], e["error"]) for e in events(cut) if e["kind"] == "train"]
+    assert ta == tb and [s for s, _, _ in tb] == list(range(5, n + 1, 5))
+    with open(os.path.join(cut, "final.json")) as fh:
+        assert json.load(fh)["test_error"] == json.loads(r_out.strip().splitlines()[-1])["test_error"]
+
+
+def test_divergence_stops_with_last_good_checkpoint(tmp_path):
+    out = str(tmp_path / "nan")
+    # lr 0.05 until step 20, then 0.05 * 1e30: the loss blows up right after the step-20 checkpoint.
+    cfg = TrainConfig(**TINY, out=out, iterations=100, log_every=5, checkpoint_every=10, eval_every=1000,
+                      lr=0.05, milestones=(20,), gamma=1e30)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step (2[5-9]|[3-9]\d)") as info:
+        train(cfg)
+    assert "last.pt" in str(info.value) and ("nan" in str(info.value) or "inf" in str(info.value))
+    ck = load_checkpoint(os.path.join(out, "last.pt"))
+    assert ck["step"] == 20
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not os.path.exists(os.path.join(out, "final.json"))
+    assert all(e["step"] < 25 or e["kind"] != "train" or e["loss"] == e["loss"] for e in events(out))
+
+
+def test_he2016_warmup_ends_on_training_error(tmp_path):
+    # warmup_error 2.0: any error is "below" it, so the warm-up ends at the first check (step 10);
+    # warmup_error 0.0: never, so it lasts warmup_steps (30).
+    for threshold, last_warm_log in ((2.0, 10), (0.0, 30)):
+        out = str(tmp_path / f"w{threshold}")
+        train(TrainConfig(**TINY, out=out, iterations=50, log_every=10, eval_every=1000, warmup="he2016",
+                          schedule="constant",
+                          warmup_steps=30, warmup_error=threshold, checkpoint_every=1000))
+        lrs = {e["step"]: e["lr"] for e in events(out) if e["kind"] == "train"}
+        assert all(lr == 0.01 for s, lr in lrs.items() if s <= last_warm_log), lrs
+        assert all(lr == 0.1 for s, lr in lrs.items() if s > last_warm_log), lrs
+        assert load_checkpoint(os.path.join(out, "last.pt"))["schedule"]["warmup_end"] == (
+            10 if threshold == 2.0 else None)
+
+
+def test_clear_errors(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        train(TrainConfig(**{**TINY, "data": "cifar10"}, data_dir=str(tmp_path / "missing"), out=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        train(TrainConfig(**{**TINY, "data": "mnist"}, out=str(tmp_path / "b")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises((ValueError, FileNotFoundError)):
+        train(TrainConfig(**{**TINY, "data": "cifar10"}, data_dir=str(empty), out=str(tmp_path / "c")))
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main_train(["--recipe", "he2099", "--out", str(tmp_path / "d")])
+    assert "he2099" in capsys.readouterr().err
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match="tensorboard"):
+            train(TrainConfig(**TINY, out=str(tmp_path / "e"), iterations=2, tensorboard=True))
+    from resnetlab.cli import main as cli_main
+    assert cli_main(["train", "--data", "nope", "--out", str(tmp_path / "f")]) == 2
+    assert "error: unknown dataset" in capsys.readouterr().err
+
+
+def test_config_file_and_modern_options(tmp_path):
+    conf = tmp_path / "run.yaml"
+    conf.write_text("model: resnet8\nwidth: 4\ndata: synthetic\nbatch_size: 32\nprecision: fp32\nthreads: 1\n"
+                    "recipe: modern-cifar\niterations: 20\nlog_every: 10\neval_every: 1000\nquiet: true\n"
+                    "grad_clip: 1.0\nschedule: onecycle\n")
+    out = str(tmp_path / "m")
+    assert main_train(["--config", str(conf), "--out", out, "--label-smoothing", "0.2"]) == 0
+    with open(os.path.join(out, "config.json")) as fh:
+        c = json.load(fh)["config"]
+    assert (c["schedule"], c["nesterov"], c["label_smoothing"], c["grad_clip"]) == ("onecycle", True, 0.2, 1.0)
+    assert c["decay_norm_and_bias"] is False
+    ck = load_checkpoint(os.path.join(out, "last.pt"))
+    groups = ck["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0] and groups[0]["nesterov"]
