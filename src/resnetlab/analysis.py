@@ -449,6 +449,14 @@ MODEL_OPTION_FIELDS = ("shortcut", "preact", "zero_pad", "zero_init_residual", "
                        "num_classes")
 
 
+def model_options(cfg) -> dict:
+    """The model options set on the command line (``None``/"default" = not set)."""
+    opts = {k: getattr(cfg, k) for k in MODEL_OPTION_FIELDS}
+    if opts.get("shortcut") == "default":
+        opts["shortcut"] = None
+    return {k: v for k, v in opts.items() if v is not None}
+
+
 def _looks_like_path(source: str) -> bool:
     return os.path.exists(source) or os.sep in source or source.endswith((".pt", ".pth"))
 
@@ -485,11 +493,19 @@ def load_model(source: str, model: str | None = None, seed: int = 0, **options):
     return net, ckpt
 
 
+_SYNTHETIC: dict = {}
+
+
 def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""
     from . import data as D
-    splits = D.load_dataset(name, data_dir)
+    if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
+        if "synthetic" not in _SYNTHETIC:
+            _SYNTHETIC["synthetic"] = D.load_dataset(name)
+        splits = _SYNTHETIC["synthetic"]
+    else:
+        splits = D.load_dataset(name, data_dir)
     norm_state = (ckpt or {}).get("normalization")
     if norm_state:
         norm = D.Normalization.from_state_dict(norm_state)
@@ -593,7 +609,8 @@ class AnalyzeConfig:
     batches: int = opt(4, "batches of data to measure on (lesion: 0 = the whole test split)")
     batch_size: int = opt(128, "images per batch")
     seed: int = opt(0, "seed of a fresh model (MODEL given by name)")
-    shortcut: str | None = opt(None, "fresh model: shortcut option A|B|C|none", choices=("A", "B", "C", "none"))
+    shortcut: str = opt("default", "fresh model: shortcut option (default: the model's own)",
+                        choices=("default", "A", "B", "C", "none"))
     preact: bool | None = opt(None, "fresh model: pre-activation blocks")
     zero_pad: str | None = opt(None, "fresh model: option A channel padding", choices=("split", "end"))
     zero_init_residual: bool | None = opt(None, "fresh model: zero the last BN of every branch")
@@ -667,6 +684,9 @@ def _plot_gradients(result: dict, path: str, title: str) -> None:
         rows = result["lesion"]
         ok = [(i, r["delta"]) for i, r in enumerate(rows) if r["delta"] is not None]
         axes[2].bar([i for i, _ in ok], [100 * d for _, d in ok], color="tab:red", label="accuracy change")
+        for i, r in enumerate(rows):
+            if r["delta"] is None:
+                axes[2].text(i, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
         axes[2].set_xticks(range(len(rows)))
         axes[2].set_xticklabels([r["block"] for r in rows], rotation=90, fontsize=7)
         axes[2].set_xlabel("dropped block")
@@ -700,13 +720,14 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         raise ValueError(f"unknown analysis {name!r}; valid: {', '.join(ANALYSES)}")
     _validate(cfg)
     device = resolve_device(cfg.device)
-    options = {k: getattr(cfg, k) for k in MODEL_OPTION_FIELDS}
+    options = model_options(cfg)
     model, ckpt = load_model(source, cfg.model, cfg.seed, **options)
     model.to(device)
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     norm = norm.to(device)
     from .models import model_config
     result = {"analysis": name, "source": source, "model_config": model_config(model),
+              "shortcut": getattr(model, "shortcut", None),
               "data": {"name": cfg.data, "batches": cfg.batches, "batch_size": cfg.batch_size}}
     nb = cfg.batches or None
     if name == "paths":
@@ -804,7 +825,7 @@ def main_analyze(argv: list[str] | None = None) -> int:
     if cfg.json:
         write_json(result, cfg.json)
     if cfg.plot:
-        title = f"{result['model_config']['name']} (shortcut {result['model_config'].get('shortcut', 'default')})"
+        title = f"{result['model_config']['name']} (shortcut {result['shortcut']})"
         {"paths": _plot_paths, "gradients": _plot_gradients, "responses": _plot_responses}[name](
             result, cfg.plot, title)
     return 0

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .analysis import (DATASETS, MODEL_OPTION_FIELDS, Progress, load_data, load_model, pyplot, resolve_device,
+from .analysis import (DATASETS, Progress, model_options, load_data, load_model, pyplot, resolve_device,
                        save_figure, seeded_subset, write_json)
 from .config import add_arguments, opt, parse_config, to_dict
 
@@ -467,7 +467,7 @@ class LandscapeConfig:
     data_dir: str | None = opt(None, "folder (or .tar.gz) of the data set; not needed for synthetic")
     subset: int = opt(2048, "training images in the fixed evaluation subset")
     seed: int = opt(0, "seed of the subset and of the directions (and of a fresh model)")
-    dims: int = opt(2, "1: a curve along one direction; 2: also the surface over two", choices=(1, 2))
+    dims: int = opt(2, "1: a curve along one direction; 2: also the surface over two")
     span: float = opt(1.0, "the grid covers [-span, span] along each direction")
     steps: int = opt(21, "grid points along each direction (odd puts the model itself on the grid)")
     directions: str | None = opt(None, "direction file: used if it exists (twins share it), else written")
@@ -476,7 +476,8 @@ class LandscapeConfig:
     hessian_iters: int = opt(20, "Lanczos steps for the Hessian's extreme eigenvalues (0: skip)")
     hessian_samples: int = opt(512, "subset images used for the Hessian")
     radius: float | None = opt(None, "distance at which flatness is measured (default span / 2)")
-    shortcut: str | None = opt(None, "fresh model: shortcut option A|B|C|none", choices=("A", "B", "C", "none"))
+    shortcut: str = opt("default", "fresh model: shortcut option (default: the model's own)",
+                        choices=("default", "A", "B", "C", "none"))
     preact: bool | None = opt(None, "fresh model: pre-activation blocks")
     zero_pad: str | None = opt(None, "fresh model: option A channel padding", choices=("split", "end"))
     zero_init_residual: bool | None = opt(None, "fresh model: zero the last BN of every branch")
@@ -489,6 +490,8 @@ class LandscapeConfig:
 
 def _validate(cfg: LandscapeConfig) -> None:
     _check_grid(cfg.span, cfg.steps)
+    if cfg.dims not in (1, 2):
+        raise ValueError(f"--dims must be 1 or 2, got {cfg.dims}")
     for what in ("subset", "batch_size", "hessian_samples"):
         if getattr(cfg, what) < 1:
             raise ValueError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(cfg, what)}")
@@ -502,7 +505,7 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     """Compute everything ``resnetlab landscape`` writes; returns the result dict (numpy grids)."""
     _validate(cfg)
     device = resolve_device(cfg.device)
-    model, ckpt = load_model(source, cfg.model, cfg.seed, **{k: getattr(cfg, k) for k in MODEL_OPTION_FIELDS})
+    model, ckpt = load_model(source, cfg.model, cfg.seed, **model_options(cfg))
     model.to(device).eval()
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     sub = seeded_subset(splits["train"], cfg.subset, cfg.seed)
@@ -521,7 +524,8 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     from .models import model_config
     settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
                 "dims": cfg.dims, "data": cfg.data, "directions_file": directions_from,
-                "model_config": model_config(model), "config": to_dict(cfg)}
+                "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),
+                "config": to_dict(cfg)}
     result: dict = {"settings": settings}
     result["1d"] = landscape_1d(model, x, y, dirs[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet)
     if cfg.dims == 2:
@@ -577,7 +581,7 @@ def write_outputs(result: dict, out: str, directions_file: str | None = None) ->
                         meta=s["model_config"])
         written.append(directions_file)
     mc = s["model_config"]
-    title = f"{mc['name']} (shortcut {mc.get('shortcut', 'default')})"
+    title = f"{mc['name']} (shortcut {s.get('shortcut')})"
     plot_1d(result["1d"], os.path.join(out, "landscape_1d.png"), title)
     written.append(os.path.join(out, "landscape_1d.png"))
     if "2d" in result:
