@@ -480,3 +480,15 @@ def test_folder_stream_skips_bad_images_and_is_deterministic(image_folder):
     assert not torch.equal(a.batch(3)[0][:4], seen[0][0][:4])  # next epoch: new order and crops
     a.close()
     b.close()
+
+
+def test_folder_arrays_match_the_cifar_pixels(image_folder, capsys):
+    root, bad, _ = image_folder
+    sets = D.load_folder_arrays(root, image_size=32, on_bad_image="skip")
+    assert sets["train"].x.shape == (23, 3, 32, 32) and sets["test"].x.shape == (10, 3, 32, 32)
+    assert str(bad) in capsys.readouterr().err
+    ref = D.load_folder(root, image_size=32, resize=32)["test"]
+    for i in (0, 9):
+        assert torch.equal(sets["test"].x[i], ref.load(i)) and int(sets["test"].y[i]) == ref.samples[i][1]
+    with pytest.raises(ValueError, match="zz_truncated.png"):
+        D.load_folder_arrays(root, image_size=32)

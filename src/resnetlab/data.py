@@ -140,11 +140,13 @@ SYNTHETIC_CLASSES = [f"{s}-{p}" for p in ("solid", "striped") for s in SYNTHETIC
 
 
 def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
-    """``n`` images of 10 classes: 5 shapes x 2 fills (solid or striped), deterministic in ``seed``.
+    """``n`` images of 10 classes: 5 shapes (disc, square, ring, cross, triangle) x 2 fills (solid, or
+    striped with the background colour), deterministic in ``seed``.
 
-    Every image draws its own position, size, colours, stripe angle/period and pixel noise, so the class is
-    carried by the shape and the fill, not by colour; a ResNet-20 learns it well above chance within a few
-    hundred steps. Labels are balanced (``i % 10`` before a seeded shuffle).
+    Every image draws its own position, size, colours (a light shape on a dark background), stripe
+    angle/period and pixel noise, so the class is carried by the shape and the fill, not by colour. A
+    ResNet-20 (SGD 0.05, batch 32, CPU) reaches about 75% test accuracy after 200 steps and keeps improving:
+    quick to learn, not trivial. Labels are balanced (``i % 10`` before a seeded shuffle).
     """
     g = _generator(seed, _TAG_SYNTH, n, image_size)
     y = torch.arange(n) % 10
@@ -152,8 +154,8 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
     ax = torch.linspace(-1, 1, image_size)
     Y, X = torch.meshgrid(ax, ax, indexing="ij")                                  # (S, S)
-    cx, cy = (u(n) - 0.5) * 0.7, (u(n) - 0.5) * 0.7                               # centre
-    s = 0.35 + 0.3 * u(n)                                                          # size
+    cx, cy = (u(n) - 0.5) * 0.6, (u(n) - 0.5) * 0.6                               # centre
+    s = 0.4 + 0.35 * u(n)                                                          # size
     dx = (X[None] - cx[:, None, None]) / s[:, None, None]                         # shape coordinates
     dy = (Y[None] - cy[:, None, None]) / s[:, None, None]
     r = torch.sqrt(dx * dx + dy * dy)
@@ -168,14 +170,14 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     shape = y % 5
     mask = shape_masks[torch.arange(n), shape].float()
     theta = u(n) * math.pi
-    period = 0.25 + 0.2 * u(n)
+    period = 0.35 + 0.2 * u(n)
     phase = u(n) * 2 * math.pi
     t = dx * torch.cos(theta)[:, None, None] + dy * torch.sin(theta)[:, None, None]
     stripes = (torch.sin(t * (2 * math.pi) / period[:, None, None] * s[:, None, None] + phase[:, None, None]) > 0)
     striped = (y >= 5)[:, None, None]
-    fg = u(n, 3)
-    bg = torch.remainder(fg + 0.5 + (u(n, 3) - 0.5) * 0.3, 1.0)                    # contrast >= 0.35 per channel
-    fg2 = torch.remainder(fg + 0.33, 1.0)                                          # the stripes' second colour
+    fg = 0.5 + 0.5 * u(n, 3)                                                       # a light shape...
+    bg = 0.4 * u(n, 3)                                                             # ...on a dark background
+    fg2 = bg                                                                       # stripes cut to the background
     fill = torch.where((striped & stripes)[:, None], fg2[:, :, None, None], fg[:, :, None, None])
     img = torch.where(mask[:, None] > 0, fill, bg[:, :, None, None].expand(-1, -1, image_size, image_size))
     img = img + 0.08 * torch.randn(img.shape, generator=g)
@@ -991,3 +993,28 @@ def folder_eval_batches(data: ImageFolder, batch_size: int, *, device="cpu", nor
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x, y.to(device, non_blocking=True)
+
+
+def load_folder_arrays(root: str | os.PathLike, *, image_size: int = 32, resize: int | None = None,
+                       on_bad_image: str = "error", num_workers: int = 0) -> dict[str, ArrayDataset]:
+    """An image-folder tree (``root/train``, ``root/val`` and/or ``root/test``) decoded into memory as
+    :class:`ArrayDataset` splits, for small images that fit in memory (then :class:`TrainStream` does the
+    augmentation, as for CIFAR). Each image: shorter side resized to ``resize`` (default ``image_size``),
+    centre ``image_size`` square; CIFAR-sized PNGs come back pixel for pixel. Skipped images are reported."""
+    sets = load_folder(root, image_size=image_size, resize=resize or image_size, on_bad_image=on_bad_image)
+    out = {}
+    for split, ds in sets.items():
+        ds.train = False   # the deterministic resize + centre crop for every split
+        loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False, num_workers=num_workers,
+                                             collate_fn=_collate_images)
+        xs, ys, bad = [], [], []
+        for x, y, b in loader:
+            bad += b
+            if x is not None:
+                xs.append(x)
+                ys.append(y)
+        _report_skipped(bad, f"{split} split of {root}")
+        if not xs:
+            raise ValueError(f"{os.path.join(os.fspath(root), split)}: no readable images")
+        out[split] = ArrayDataset(torch.cat(xs), torch.cat(ys), list(ds.classes))
+    return out
