@@ -5,13 +5,13 @@
 average pool and the classifier. :func:`diff` compares two models row by row and parameter by parameter.
 
 By default the forward pass runs on PyTorch's ``meta`` device: tensors there have shapes but no data, so
-the pass costs no arithmetic and no memory (ResNet-152 at 224x224 in well under a second) and never
-touches the model's own weights. ``shape_only=False`` runs a real forward pass on a zero input instead.
+the pass costs no arithmetic and no memory (ResNet-152 at 224x224 in about a second) and never touches
+the model's own weights. ``shape_only=False`` runs a real forward pass on a zero input instead.
 
 Multiply-adds (MACs) are counted per image for convolutions (``Cout*Hout*Wout * Cin/groups * kh*kw``)
 and linear layers (``in * out``) only, the convention of torchvision's model table. BatchNorm (which
 folds into the preceding convolution at inference), ReLU, the residual additions and the pooling layers
-are not counted; they add well under 1% for these networks.
+are not counted: at one operation per element they would add 0.35% (ResNet-18) to 1.2% (ResNet-20).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -132,7 +133,7 @@ class Summary:
                 "notes": list(self.notes)}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return _dumps(self.to_dict(), indent)
 
     def format(self, fmt: str = "text") -> str:
         """``"text"``, ``"markdown"`` or ``"json"``."""
@@ -140,6 +141,14 @@ class Summary:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+def _dumps(d: dict, indent: int | None) -> str:
+    """JSON with short lists of numbers (shapes) kept on one line."""
+    text = json.dumps(d, indent=indent)
+    if indent is None:
+        return text
+    return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
 
 def _format(obj, fmt: str) -> str:
@@ -550,7 +559,7 @@ class Diff:
                 "total_macs": [self.a.total_macs, self.b.total_macs], "macs_delta": self.macs_delta}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return _dumps(self.to_dict(), indent)
 
     def format(self, fmt: str = "text") -> str:
         return _format(self, fmt)
@@ -596,6 +605,8 @@ _OPTION_HELP = {
     "width": "planes of the first stage; later stages double it",
     "in_channels": "input channels",
 }
+_METAVARS = {"shortcut": "A|B|C|none", "stride_at": "3x3|1x1", "zero_pad": "split|end", "num_classes": "N",
+             "width": "N", "in_channels": "N"}
 _SKIP = ("seed", "zero_init_residual", "shortcut_scale")  # they change no shape, parameter count or MAC
 
 
@@ -621,7 +632,9 @@ def _model_parser(prog: str, description: str) -> argparse.ArgumentParser:
     config.add_arguments(parser, ModelOptions, skip=_SKIP)
     for action in parser._actions:
         if action.dest in _OPTION_HELP:
-            action.help = _OPTION_HELP[action.dest] + " " + (action.help or "").strip()
+            own = (action.help or "").strip().replace("(default: None)", "(default: the model's own)")
+            action.help = f"{_OPTION_HELP[action.dest]} {own}"
+            action.metavar = _METAVARS.get(action.dest, action.metavar)
     return parser
 
 
@@ -647,7 +660,7 @@ def main_summary(argv: list[str] | None = None) -> int:
     """``resnetlab summary MODEL [options]``: the layer-by-layer table of a model."""
     parser = _model_parser(
         "resnetlab summary",
-        "Layer-by-layer table of a model: input and output shape of every layer and residual block, "
+        "Layer-by-layer table of a model: input and output shape of every layer and residual block,\n"
         "kernels, stride, shortcut kind, parameters and multiply-adds (conv + linear, per image).",
     )
     parser.epilog = ("diff: --diff MODEL_B[:key=value,...] compares MODEL (with its options) against MODEL_B,\n"
@@ -655,9 +668,9 @@ def main_summary(argv: list[str] | None = None) -> int:
                      "  resnetlab summary resnet20 --diff resnet20:shortcut=B\n"
                      "  resnetlab summary resnet50 --diff resnet50:stride_at=1x1")
     parser.add_argument("model", help="registered model name (resnetlab models), or resnet<6n+2>")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
                         help="input height and width (default: 224 ImageNet models, 32 CIFAR models)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the input (default: 1)")
+    parser.add_argument("--batch", type=int, default=1, metavar="N", help="batch size of the input (default: 1)")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
                         help="output format (default: text)")
     parser.add_argument("--diff", metavar="MODEL_B[:key=value,...]", default=None,
