@@ -147,6 +147,27 @@ def test_input_errors():
         summarize(net)
 
 
+class _ReadsValues(nn.Module):
+    """A forward pass that looks at tensor values, which the shape-only (meta) pass cannot do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if float(y.abs().sum()) >= 0:
+            y = y.mean((2, 3))
+        return self.fc(y)
+
+
+def test_falls_back_to_a_real_forward_pass():
+    s = summarize(_ReadsValues(), 8)
+    assert [(r.name, r.output_shape, r.macs) for r in s.rows] == [
+        ("conv", (1, 4, 6, 6), 4 * 36 * 27), ("fc", (1, 2), 8)]
+
+
 def test_formats():
     s = summarize(build_model("resnet20"))
     assert human(11_689_512) == "11.7M" and human(1_814_073_344) == "1.81G" and human(464) == "464"

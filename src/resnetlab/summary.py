@@ -354,13 +354,19 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(post_hook))
+    on_meta = any(p.is_meta for p in model.parameters())
     try:
         try:
             _forward(model, shape, shape_only)
-        except NotImplementedError:  # an operation without a meta kernel: run it for real
-            stack.clear()
+        except (RuntimeError, NotImplementedError):
+            if not shape_only or on_meta:
+                raise
+            # Meta tensors have no values: an op without a meta kernel, or code that reads a value
+            # (``.item()``), fails there. The real forward pass decides.
+            for partial in (stack, records, pending_macs):
+                partial.clear()
             _forward(model, shape, shape_only=False)
-    except RuntimeError as e:
+    except (RuntimeError, NotImplementedError) as e:
         failing = stack[-1] if stack else None
         where = f"layer {names.get(failing)!r} ({type(failing).__name__})" if failing is not None \
             else "the forward pass"
