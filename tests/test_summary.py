@@ -223,6 +223,15 @@ def test_cli_summary(capsys):
     assert "PreActBasicBlock" in out and "1x100" in out and "final_bn" in out
 
 
+def test_cli_config_file(tmp_path, capsys):
+    (tmp_path / "model.yaml").write_text("shortcut: B\nwidth: 8\n")
+    assert cli.main(["summary", "resnet20", "--config", str(tmp_path / "model.yaml"), "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["shortcut"] == "B" and d["config"]["width"] == 8
+    assert d["rows"][0]["output_shape"] == [1, 8, 32, 32]
+    assert d["total_params"] == count_parameters(create_model("resnet20", shortcut="B", width=8))
+
+
 def test_cli_diff(capsys):
     assert cli.main(["summary", "resnet20", "--shortcut", "A", "--diff", "resnet20:shortcut=B"]) == 0
     out = capsys.readouterr().out
@@ -238,7 +247,8 @@ def test_cli_diff(capsys):
 
 def test_cli_errors(capsys):
     assert cli.main(["summary", "resnet19"]) == 2
-    assert "resnet summary: error" not in (err := capsys.readouterr().err) and "6n+2" in err
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab summary: error:") and "6n+2" in err
     assert cli.main(["summary", "nosuchnet"]) == 2
     assert "unknown model 'nosuchnet'" in capsys.readouterr().err
     assert cli.main(["summary", "resnet18", "--image-size", "0"]) == 2
