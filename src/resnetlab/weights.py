@@ -92,7 +92,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
         sd, kind = obj["model"], "resnetlab checkpoint"
     elif isinstance(obj.get("state_dict"), dict):
         sd, kind = obj["state_dict"], "state_dict wrapper"
-    elif isinstance(obj.get("model"), dict) and not isinstance(obj.get("model"), torch.Tensor):
+    elif isinstance(obj.get("model"), dict):
         sd, kind = obj["model"], "model wrapper"
     else:
         sd, kind = obj, "plain state_dict"
