@@ -217,6 +217,8 @@ def test_download_extract_and_load(cifar_tar, cifar_batches, tmp_path, monkeypat
         d2 = load_dataset("cifar10", download=True)
         assert torch.equal(d2["test"].x, d["test"].x)
         assert (tmp_path / "envcache" / "cifar-10-batches-py" / "test_batch").is_file()
+        d3 = load_dataset("cifar10", tmp_path / "given", download=True)   # into the folder given
+        assert torch.equal(d3["train"].y, d["train"].y) and (tmp_path / "given" / "cifar-10-batches-py").is_dir()
 
 
 @needs_shared

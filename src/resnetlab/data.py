@@ -324,8 +324,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
 
     name: ``"cifar10"``, ``"cifar100"`` or ``"synthetic"``.
     data_dir: the extracted official folder, its parent, or the ``.tar.gz``; when omitted, the cache folder
-        (``cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``) is searched, and with
-        ``download=True`` the official archive is fetched there first if missing.
+        (``cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``) is searched. With
+        ``download=True`` the official archive is fetched (into ``data_dir`` if given, else the cache) when
+        the data is not there.
     val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
         stratified by class and drawn with ``split_seed``; 0 trains on all of it.
     The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, 32x32.
@@ -344,6 +345,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                         f"{name} not found in the cache {cache}; pass its folder or .tar.gz as data_dir "
                         f"(--data-dir), or download=True (--download) to fetch it") from None
                 data_dir = download_cifar(name, cache)
+        elif download and not os.path.isfile(data_dir):
+            try:
+                _find_cifar(name, data_dir)
+            except FileNotFoundError:  # download into the folder given (created if needed)
+                data_dir = download_cifar(name, data_dir)
         out = load_cifar(name, data_dir, labels=labels)
     else:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)} (image folders: load_folder)")
@@ -406,9 +412,11 @@ class Normalization:
         """Explicit per-channel values on the 0..1 scale, e.g. ``IMAGENET_MEAN, IMAGENET_STD``."""
         return cls(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32), "channel")
 
-    def _params(self, device, dtype=torch.float32):
-        """(scale, shift) so that ``x_uint8 * scale - shift`` = ``(x / 255 - mean) / std``, broadcastable."""
-        key = (str(device), dtype)
+    def _params(self, device, dtype=torch.float32, hw: tuple[int, int] | None = None):
+        """(scale, shift) so that ``x_uint8 * scale - shift`` = ``(x / 255 - mean) / std``; with ``hw``, both
+        are full contiguous ``(C, H, W)`` tensors (an elementwise op on equal shapes runs faster on the CPU
+        than one that broadcasts a ``(C, 1, 1)``)."""
+        key = (str(device), dtype, hw)
         if key not in self._cache:
             std = self.std.double()
             mean = self.mean.double()
@@ -418,6 +426,10 @@ class Normalization:
             shift = (mean / std).to(device=device, dtype=dtype)
             if scale.dim() == 0:
                 scale = scale.reshape(1, 1, 1)
+            if hw is not None:
+                c = len(self.mean) if self.mode == "channel" else self.mean.shape[0]
+                scale = scale.expand(c, *hw).contiguous()
+                shift = shift.expand(c, *hw).contiguous()
             self._cache[key] = (scale, shift)
         return self._cache[key]
 
@@ -430,11 +442,11 @@ class Normalization:
                              f"got {tuple(x.shape[1:])}")
         if self.mode == "channel" and x.shape[1] != len(self.mean):
             raise ValueError(f"normalization has {len(self.mean)} channels, images have {x.shape[1]}")
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        scale, shift = self._params(x.device, dtype)
         if x.is_floating_point():
-            scale = scale * 255.0
-        return torch.addcmul(-shift, x.to(dtype), scale)
+            scale, shift = self._params(x.device, x.dtype, tuple(x.shape[-2:]))
+            return x.mul(scale * 255.0).sub_(shift)
+        scale, shift = self._params(x.device, torch.float32, tuple(x.shape[-2:]))
+        return x.float().mul_(scale).sub_(shift)
 
     def state_dict(self) -> dict:
         """``{"mode": str, "mean": tensor, "std": tensor}`` (fits a weights_only checkpoint)."""
@@ -589,9 +601,9 @@ class TrainStream:
         if self._norm_shift is None:
             x = self.normalization(raw)
         else:
-            scale, _ = self.normalization._params(self.device)
+            scale, _ = self.normalization._params(self.device, torch.float32, (h, w))
             shift = self._norm_shift.index_select(0, packed[nr + b:]).view(b, c, h, w)
-            x = torch.addcmul(-shift, raw.float(), scale)
+            x = raw.float().mul_(scale).sub_(shift)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
