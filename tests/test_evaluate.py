@@ -404,6 +404,34 @@ def test_cli_foreign_weights_need_preprocessing(tmp_path):
     assert code == 2 and "--mean" in err
 
 
+def test_cli_eval_image_folder_with_a_broken_file(tmp_path, norm):
+    from PIL import Image
+    data = tiny_data(40, seed=4, num_classes=3)
+    for split in ("train", "test"):
+        for c in data.classes:
+            os.makedirs(tmp_path / "root" / split / c)
+    for i, (x, y) in enumerate(zip(data.x, data.y)):
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(tmp_path / "root" / "test" / f"c{y}" / f"{i:03d}.png")
+    Image.fromarray(data.x[0].permute(1, 2, 0).numpy()).save(tmp_path / "root" / "train" / "c0" / "a.png")
+    (tmp_path / "root" / "test" / "c1" / "999_broken.png").write_bytes(b"\x89PNG but truncated")
+    model = tiny_model(15, num_classes=3)
+    ckpt = save_ckpt(model, tmp_path / "m.pt", norm, classes=data.classes)
+    out = tmp_path / "folder.json"
+    code, err = run_cli(["eval", "--weights", ckpt, "--data", "folder", "--data-dir", str(tmp_path / "root"),
+                         "--workers", "0", "--batch-size", "16", "--json", str(out), "--quiet"])
+    assert code == 0, err
+    assert "1 unreadable image(s) skipped" in err and "999_broken.png" in err
+    saved = json.loads(out.read_text())
+    order = sorted(range(40), key=lambda i: (int(data.y[i]), i))  # the folder lists classes, then files
+    expected = evaluate(model, ArrayDataset(data.x[order], data.y[order], data.classes), norm)
+    assert saved["n"] == 40 and saved["skipped"][0].endswith("999_broken.png")
+    assert saved["confusion"] == expected["confusion"]
+    assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    code, err = run_cli(["eval", "--weights", ckpt, "--data", "folder", "--data-dir", str(tmp_path / "root"),
+                         "--split", "val"])
+    assert code == 2 and "val" in err and "not found" in err
+
+
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "tools", "cifar10_fixture.py")),
                     reason="../shared (the CIFAR-10 fixture tool) is not available")
 def test_cli_eval_real_cifar10_fixture(tmp_path):
@@ -422,6 +450,15 @@ def test_cli_eval_real_cifar10_fixture(tmp_path):
     assert [sum(row) for row in saved["confusion"]] == [4] * 10
     expected = metrics(direct_log_probs(load_for_eval(ckpt).model, norm, sets["test"].x), sets["test"].y)
     assert_metrics(saved, expected, 40)
+    # the same images as an image-folder tree (lossless PNG) give the same per-class results
+    subprocess.run([sys.executable, tool, "folder", str(tmp_path / "tree"), "--per-class", "20"], check=True,
+                   capture_output=True)
+    code, err = run_cli(["eval", "--weights", ckpt, "--data", "folder", "--data-dir", str(tmp_path / "tree"),
+                         "--workers", "0", "--json", str(out), "--quiet"])
+    assert code == 0, err
+    from_folder = json.loads(out.read_text())
+    assert from_folder["classes"] == saved["classes"] and from_folder["per_class"] == saved["per_class"]
+    assert from_folder["confusion"] == saved["confusion"]
 
 
 @pytest.mark.gpu

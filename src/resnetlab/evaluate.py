@@ -65,15 +65,24 @@ class LoadedModel:
         return _num_outputs(self.model)
 
 
-def _peek_ours(path: str) -> dict | None:
-    """Our checkpoint dict if ``path`` is one, else None (a foreign file: leave it to load_weights)."""
+def _peek(path: str) -> tuple[dict | None, str | None]:
+    """``(checkpoint, None)`` if ``path`` is one of ours; ``(None, why not readable)`` or ``(None, None)``
+    for other files (foreign weights are left to :func:`resnetlab.load_weights`)."""
     if path.lower().endswith(".safetensors"):
-        return None
+        return None, None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+    except Exception as e:  # not a pickle, or one holding objects that weights_only refuses
+        text = str(e)
+        if "WeightsUnpickler error:" in text:  # keep PyTorch's reason, drop its boilerplate
+            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return None, (lines[0] if lines else type(e).__name__)
+    return (obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None), None
+
+
+def _peek_ours(path: str) -> dict | None:
+    return _peek(path)[0]
 
 
 def _safetensors_model_config(path: str) -> dict:
@@ -114,7 +123,7 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = _peek_ours(path)
+    ckpt, unreadable = _peek(path)
     if shortcut is not None and shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut option {shortcut!r}; valid: {', '.join(SHORTCUTS)}")
 
@@ -152,6 +161,9 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
         recorded = _safetensors_model_config(path) if model is None else {}
         if recorded.get("name"):  # a safetensors file written by resnetlab.weights.save_weights
             model = create_model(**recorded)
+        if model is None and unreadable:
+            raise ValueError(f"{path} could not be read safely with torch.load(weights_only=True): "
+                             f"{unreadable}")
         if model is None:
             raise ValueError(f"{path} is not a resnetlab checkpoint; for weights from another project "
                              f"(torchvision .pth, akamaster .th, .safetensors) give the architecture "
@@ -264,9 +276,32 @@ class _Tally:
                 "loss": self.nll.item() / n}
 
 
+def _collate(items):
+    good = [(x, y) for x, y in items if x is not None]
+    bad = [y for x, y in items if x is None]  # skipped items carry their path
+    x = torch.stack([x for x, _ in good]) if good else None
+    return x, torch.tensor([y for _, y in good], dtype=torch.int64), bad
+
+
+def _raw_batches(data, batch_size: int, num_workers: int, skipped: list):
+    """uint8 image batches and labels, in order, on the CPU: slices of an ArrayDataset, or an ImageFolder
+    decoded by DataLoader workers (unreadable images skipped by the folder are collected in ``skipped``)."""
+    if hasattr(data, "x"):
+        for i in range(0, len(data.y), batch_size):
+            yield data.x[i:i + batch_size], data.y[i:i + batch_size]
+        return
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate, pin_memory=torch.cuda.is_available())
+    for x, y, bad in loader:
+        skipped.extend(bad)
+        if x is not None:
+            yield x, y
+
+
 def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None, tta_flip: bool = False,
-             precision: str = "auto", progress: bool = False) -> dict:
-    """Evaluate one model or an ensemble on ``data`` (a :class:`resnetlab.data.ArrayDataset`).
+             precision: str = "auto", progress: bool = False, num_workers: int = 2) -> dict:
+    """Evaluate one model or an ensemble on ``data``: a :class:`resnetlab.data.ArrayDataset`, or a
+    :class:`resnetlab.data.ImageFolder` (decoded in ``num_workers`` DataLoader workers).
 
     ``models``: an ``nn.Module`` or a list of them (an ensemble: their softmax probabilities are averaged).
     ``normalization``: one :class:`resnetlab.data.Normalization` for all, or a list with one per model.
@@ -278,7 +313,8 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
     ``error``, ``top5_error`` (fractions), ``loss`` (mean negative log of the averaged probability of the
     true class), ``per_class`` (one dict per class: ``class``, ``n``, ``correct``, ``accuracy``),
     ``confusion`` (rows: true class, columns: predicted; counts), ``members`` (``top1``, ``top5``,
-    ``error``, ``top5_error``, ``loss`` of each model alone, with the same TTA) and ``tta``.
+    ``error``, ``top5_error``, ``loss`` of each model alone, with the same TTA), ``tta`` and ``skipped``
+    (paths of unreadable images an ImageFolder skipped).
     """
     models = [models] if isinstance(models, nn.Module) else list(models)
     if not models:
@@ -292,11 +328,12 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    x_all, y_all = data.x, data.y
-    if x_all.dim() != 4 or x_all.shape[1] != 3 or len(x_all) != len(y_all):
-        raise ValueError(f"expected images (N, 3, H, W) and N labels, got {tuple(x_all.shape)} and "
-                         f"{tuple(y_all.shape)}")
-    if len(y_all) == 0:
+    in_memory = hasattr(data, "x")
+    labels = data.y if in_memory else torch.as_tensor(data.targets, dtype=torch.int64)
+    if in_memory and (data.x.dim() != 4 or data.x.shape[1] != 3 or len(data.x) != len(labels)):
+        raise ValueError(f"expected images (N, 3, H, W) and N labels, got {tuple(data.x.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if len(labels) == 0:
         raise ValueError("the dataset to evaluate is empty")
     num_classes = len(data.classes)
     outputs = [_num_outputs(m) for m in models]
@@ -305,8 +342,8 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
         raise ValueError(f"the ensemble members have different class counts: {outputs}")
     if known and known[0] != num_classes:
         raise ValueError(f"the model has {known[0]} outputs but the dataset has {num_classes} classes")
-    if int(y_all.min()) < 0 or int(y_all.max()) >= num_classes:
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {int(y_all.min())}..{int(y_all.max())}")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
 
     if device is None:
         first = next(iter(models[0].parameters()), None)
@@ -323,12 +360,14 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
 
     members = [_Tally(num_classes, device) for _ in models]
     ensemble = _Tally(num_classes, device, confusion=True)
-    bar = _Progress(len(y_all), "eval", progress)
+    bar = _Progress(len(labels), "eval", progress)
+    skipped: list[str] = []
+    done = 0
     try:
         with torch.inference_mode():
-            for start in range(0, len(y_all), batch_size):
-                xb = x_all[start:start + batch_size].to(device, non_blocking=True)
-                yb = y_all[start:start + batch_size].to(device, non_blocking=True).long()
+            for xb, yb in _raw_batches(data, batch_size, num_workers, skipped):
+                xb = xb.to(device, non_blocking=True)
+                yb = yb.to(device, non_blocking=True).long()
                 logps = []
                 for model, norm, tally in zip(models, norms, members):
                     logp = _log_probs(model, norm(xb), tta_flip, autocast)
@@ -338,7 +377,8 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
                     # the ensemble's probabilities are the mean of the members' probabilities
                     logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
                 ensemble.add(logp, yb)
-                bar.update(min(start + batch_size, len(y_all)))
+                done += len(yb)
+                bar.update(done)
     finally:
         bar.close()
         for m, flag in zip(models, was_training):
@@ -348,7 +388,11 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
     counts, correct = confusion.sum(dim=1), confusion.diagonal()
     per_class = [{"class": name, "n": int(c), "correct": int(k), "accuracy": (int(k) / int(c) if c else None)}
                  for name, c, k in zip(data.classes, counts, correct)]
-    return {"n": ensemble.n, "num_classes": num_classes, "classes": list(data.classes),
+    if ensemble.n == 0:
+        raise ValueError("no image could be evaluated (all were skipped as unreadable)")
+    if skipped:
+        warnings.warn(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}")
+    return {"n": ensemble.n, "num_classes": num_classes, "classes": list(data.classes), "skipped": skipped,
             **ensemble.summary(), "per_class": per_class, "confusion": confusion.tolist(),
             "members": [t.summary() for t in members], "tta": "flip" if tta_flip else "none"}
 
@@ -492,8 +536,10 @@ class EvalConfig(ForeignWeights):
     are evaluated as an ensemble (their softmax probabilities averaged)."""
 
     weights: tuple[str, ...] = opt((), "checkpoint file(s); several form an ensemble")
-    data: str = opt("cifar10", "dataset: cifar10 | cifar100 | synthetic | folder", choices=DATASETS)
-    data_dir: str | None = opt(None, "dataset folder (or its .tar.gz); not needed for synthetic")
+    data: str | None = opt(None, "dataset: cifar10 | cifar100 | synthetic | folder (default: the one the "
+                                 "first checkpoint was trained on)", choices=DATASETS)
+    data_dir: str | None = opt(None, "dataset folder (or its .tar.gz); default: the training run's, else the "
+                                     "cache folder; not needed for synthetic")
     split: str = opt("test", "split to evaluate: test | val | train", choices=SPLITS)
     val_split: int | None = opt(None, "training images held out as the val split (default: as recorded "
                                       "in the checkpoint's training config)")
@@ -502,6 +548,7 @@ class EvalConfig(ForeignWeights):
     limit: int | None = opt(None, "evaluate only the first N images of the split")
     tta: str = opt("none", "test-time augmentation: flip averages each image's and its mirror's "
                            "probabilities (none | flip)", choices=("none", "flip"))
+    workers: int = opt(2, "DataLoader workers decoding image folders (--data folder)")
     pixel_mean: bool = opt(False, "preprocess by subtracting the per-pixel mean of the training split "
                                   "(the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)")
     device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
@@ -616,15 +663,23 @@ class _Warnings:
 
 
 def _load_split(cfg: EvalConfig, first_ckpt: dict | None):
-    """(evaluation split, training split or None) as ArrayDatasets."""
+    """(config with the dataset filled in, evaluation split, training split or None)."""
     from . import data as datalib
+    recorded = (first_ckpt or {}).get("config") or {}
+    trained_on = ((first_ckpt or {}).get("data") or {}).get("name")
+    if cfg.data is None:
+        if trained_on is None:
+            raise ValueError(f"give the dataset: --data {' | '.join(DATASETS)} (the checkpoint does not record it)")
+        cfg = dataclasses.replace(cfg, data=trained_on)
     if cfg.data not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.data!r}; valid: {', '.join(DATASETS)}")
+    if cfg.data_dir is None and cfg.data == trained_on and recorded.get("data_dir") \
+            and os.path.exists(recorded["data_dir"]):
+        cfg = dataclasses.replace(cfg, data_dir=recorded["data_dir"])
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist")
     if cfg.data == "folder":
-        return _load_folder_split(cfg)
-    recorded = (first_ckpt or {}).get("config") or {}
+        return _load_folder_split(cfg, *_input_geometry(cfg, first_ckpt))
     val_split = cfg.val_split if cfg.val_split is not None else int(recorded.get("val_split") or 0)
     split_seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("split_seed") or 0)
     if cfg.split == "val" and val_split <= 0:
@@ -634,18 +689,50 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None):
     sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed)
     if cfg.split not in sets:
         raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
-    return sets[cfg.split], sets.get("train")
+    return cfg, sets[cfg.split], sets.get("train")
 
 
-def _load_folder_split(cfg: EvalConfig):
-    """An image-folder split (``ROOT/<split>/<class>/*``) as an in-memory ArrayDataset."""
+def _input_geometry(cfg: EvalConfig, first_ckpt: dict | None) -> tuple[int, str]:
+    """(image size, family) the first model expects, known before loading it (for image folders)."""
+    from .models import get_spec
+    name = cfg.model or ((first_ckpt or {}).get("model_config") or {}).get("name")
+    spec = get_spec(name) if name else None
+    size = ((first_ckpt or {}).get("data") or {}).get("image_size") or (spec.image_size if spec else 32)
+    return int(size), (spec.family if spec else "cifar")
+
+
+def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
+    """``ROOT/<split>/<class>/<images>`` as an ImageFolder (decoded lazily, in workers), with the classes
+    of ``ROOT/train`` when it exists. CIFAR-style models: shorter side resized to the image size (CIFAR-sized
+    files pass unchanged); ImageNet-style: shorter side to size * 256 / 224, centre crop."""
     from . import data as datalib
     if cfg.data_dir is None:
         raise ValueError("--data folder needs --data-dir ROOT (with ROOT/<split>/<class>/<image files>)")
-    loader = getattr(datalib, "load_folder", None)
-    if loader is None:
-        raise ValueError("image-folder datasets are not supported by this version of resnetlab.data")
-    raise ValueError("image-folder evaluation: not wired yet")
+    split_dir = os.path.join(cfg.data_dir, cfg.split)
+    if not os.path.isdir(split_dir):
+        raise FileNotFoundError(f"{split_dir} not found: --data folder expects the layout "
+                                f"ROOT/{cfg.split}/<class>/<image files> (ROOT = --data-dir)")
+    train_dir = os.path.join(cfg.data_dir, "train")
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir()) if os.path.isdir(train_dir) else None
+    options = dict(classes=classes, train=False, image_size=image_size,
+                   resize=image_size if family == "cifar" else None, on_bad_image="skip")
+    split = datalib.ImageFolder(split_dir, **options)
+    train = None
+    if cfg.pixel_mean and cfg.split != "train" and os.path.isdir(train_dir):
+        train = datalib.ImageFolder(train_dir, **{**options, "classes": split.classes})
+    return cfg, split, (split if cfg.split == "train" else train)
+
+
+def _pixel_mean(train, batch_size: int, num_workers: int):
+    """The per-pixel mean image of a training split (in memory or an image folder) as a Normalization."""
+    from .data import Normalization
+    if hasattr(train, "x"):
+        return Normalization.fit(train.x, mode="pixel")
+    total, n = None, 0
+    for x, _ in _raw_batches(train, batch_size, num_workers, []):
+        part = x.double().sum(0)
+        total, n = (part if total is None else total + part), n + len(x)
+    return Normalization((total / n / 255.0).float(), torch.ones(()), "pixel")
 
 
 def _pct(v) -> str:
@@ -702,14 +789,16 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ValueError("give either --mean/--std or --pixel-mean, not both")
     device = resolve_device(cfg.device)
     first_ckpt = _peek_ours(paths[0])
-    data, train = _load_split(cfg, first_ckpt)
+    cfg, data, train = _load_split(cfg, first_ckpt)  # fills in the dataset recorded in the checkpoint
     if cfg.pixel_mean:
-        from .data import Normalization
         if train is None:
             raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
-        override = Normalization.fit(train.x, mode="pixel")
-    if cfg.limit is not None and cfg.limit < len(data.y):
-        data = dataclasses.replace(data, x=data.x[:cfg.limit], y=data.y[:cfg.limit])
+        override = _pixel_mean(train, cfg.batch_size, cfg.workers)
+    if cfg.limit is not None and cfg.limit < len(data):
+        if hasattr(data, "x"):
+            data = dataclasses.replace(data, x=data.x[:cfg.limit], y=data.y[:cfg.limit])
+        else:  # an ImageFolder: keep its first files
+            data.samples = data.samples[:cfg.limit]
 
     shortcut = None if cfg.shortcut == "default" else cfg.shortcut
     num_classes = cfg.num_classes if cfg.num_classes is not None else (len(data.classes) if cfg.model else None)
@@ -730,14 +819,15 @@ def run_eval(cfg: EvalConfig) -> dict:
         if m.classes is not None and list(m.classes) != list(data.classes):
             warnings.warn(f"{m.path} was trained on classes {m.classes[:4]}... but {cfg.data} has "
                           f"{data.classes[:4]}...; outputs are compared by index")
-        if m.image_size != data.x.shape[-1]:
+        side = data.x.shape[-1] if hasattr(data, "x") else data.image_size
+        if m.image_size != side:
             warnings.warn(f"{m.path} was trained on {m.image_size}x{m.image_size} images, "
-                          f"{cfg.data} has {data.x.shape[-1]}x{data.x.shape[-2]}")
+                          f"the {cfg.data} images are {side}x{side}")
 
     start = time.perf_counter()
     result = evaluate([m.model for m in members], data, [m.normalization for m in members],
                       batch_size=cfg.batch_size, device=device, tta_flip=cfg.tta == "flip",
-                      precision=cfg.precision, progress=not cfg.quiet)
+                      precision=cfg.precision, progress=not cfg.quiet, num_workers=cfg.workers)
     seconds = time.perf_counter() - start
     autocast = device.type == "cuda" and cfg.precision in ("auto", "bf16")
     header = (f"{cfg.data} {cfg.split}: {result['n']} images, {result['num_classes']} classes | "
