@@ -93,17 +93,19 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     p_cut = _cli(flags + ["--out", cut])
     # Kill `cut` once a checkpoint exists and the log has moved past it: between two checkpoints.
-    deadline, killed_after = time.time() + 120, None
+    deadline, killed_after, seen = time.time() + 240, None, None
     while time.time() < deadline and p_cut.poll() is None:
-        if os.path.exists(os.path.join(cut, "last.pt")):
-            ck_step = load_checkpoint(os.path.join(cut, "last.pt"))["step"]
+        last = os.path.join(cut, "last.pt")
+        if os.path.exists(last):
+            if os.stat(last).st_mtime_ns != seen:  # read a checkpoint once, not at every poll
+                seen, ck_step = os.stat(last).st_mtime_ns, load_checkpoint(last)["step"]
             logged = [e["step"] for e in events(cut) if e["kind"] == "train"]
             if logged and logged[-1] > ck_step and logged[-1] % every != 0:
                 p_cut.send_signal(signal.SIGKILL)
                 p_cut.wait()
                 killed_after = (ck_step, logged[-1])
                 break
-        time.sleep(0.01)
+        time.sleep(0.02)
     assert killed_after is not None, "the run ended before it could be killed between checkpoints"
     assert not os.path.exists(os.path.join(cut, "final.json"))
     resumed = _cli(["--out", cut, "--resume"])  # the config comes back from the run folder

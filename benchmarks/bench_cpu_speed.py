@@ -1,0 +1,109 @@
+"""CPU training speed: a plain fp32 eager loop (the baseline) vs resnetlab's default training path.
+
+    python benchmarks/bench_cpu_speed.py [--model resnet20] [--batch 128] [--steps 8] [--repeats 5]
+
+baseline  a plain loop: fp32, NCHW, eager, SGD(momentum, weight decay), one fixed random batch.
+plain-bf16 the same loop with bf16 autocast + channels_last (what a user could write by hand).
+ours      ``resnetlab.train.train`` itself with ``precision="auto"`` on the synthetic data set (its real
+          batches, augmentation included): img/s as logged by the run over ``--steps`` steps, after
+          ``--steps`` warm-up steps.
+
+The three are run in turn, ``--repeats`` times (interleaved, so that load from other processes hits all of
+them alike); the medians and the ratio to the baseline are printed. On a shared machine, trust the ratio
+more than the absolute numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.models import create_model
+from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train
+
+
+def plain_loop(model_name: str, batch: int, bf16: bool, seed: int = 0):
+    """A step function of the hand-written loop, and its warm-up."""
+    model = create_model(model_name, seed=seed)
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), generator=g)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def time_plain(step, steps: int, batch: int) -> float:
+    step().item()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def time_ours(model_name: str, batch: int, steps: int, threads: int, folder: str, precision: str) -> float:
+    out = tempfile.mkdtemp(dir=folder)
+    cfg = TrainConfig(model=model_name, data="synthetic", out=os.path.join(out, "run"), iterations=2 * steps,
+                      batch_size=batch, log_every=steps, eval_every=10 ** 9, checkpoint_every=10 ** 9,
+                      threads=threads, quiet=True, precision=precision, schedule="constant")
+    train(cfg)
+    with open(os.path.join(out, "run", "metrics.jsonl")) as fh:
+        logs = [json.loads(line) for line in fh if '"train"' in line]
+    return logs[1]["img_per_s"]  # the second interval: warm-up excluded
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="auto", help="precision of 'ours' (auto: the default path)")
+    args = p.parse_args(argv)
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
+    bf16, cl = resolve_precision(args.precision, torch.device("cpu"), None)
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+          f"ours = precision {args.precision} -> {'bf16 autocast' if bf16 else 'fp32'}"
+          f"{' + channels_last' if cl else ''}", flush=True)
+    runs = {"baseline fp32 eager": [], "plain bf16+channels_last": [], "ours (train(), default)": []}
+    base, hand = plain_loop(args.model, args.batch, False), plain_loop(args.model, args.batch, True)
+    with tempfile.TemporaryDirectory() as folder:
+        for r in range(args.repeats):
+            runs["baseline fp32 eager"].append(time_plain(base, args.steps, args.batch))
+            runs["plain bf16+channels_last"].append(time_plain(hand, args.steps, args.batch))
+            runs["ours (train(), default)"].append(time_ours(args.model, args.batch, args.steps, threads, folder,
+                                                             args.precision))
+            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()),
+                  file=sys.stderr, flush=True)
+    ref = statistics.median(runs["baseline fp32 eager"])
+    print(f"\n{args.model}, batch {args.batch}, median of {args.repeats} interleaved repeats of {args.steps} steps "
+          f"(load now {os.getloadavg()[0]:.1f})")
+    print(f"{'path':<28} {'img/s':>8} {'ratio':>7}   all repeats")
+    for name, values in runs.items():
+        med = statistics.median(values)
+        print(f"{name:<28} {med:8.1f} {med / ref:6.2f}x   {' '.join(f'{v:.0f}' for v in values)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

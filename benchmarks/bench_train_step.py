@@ -1,0 +1,114 @@
+"""Train-step and evaluation throughput, eager vs ``torch.compile``, for CIFAR ResNets.
+
+    python benchmarks/bench_train_step.py [--models resnet20,resnet56,resnet110] [--device cpu|cuda]
+                                          [--precision auto] [--steps 5] [--repeats 3] [--mode default]
+
+Each model is timed in four ways: train eager, train compiled, eval eager, eval compiled (eval: batch
+``--eval-batch`` under ``torch.no_grad``). The step is the one ``resnetlab.train`` runs: autocast per
+``--precision`` (auto: bf16 + channels_last where bf16 is fast), SGD with momentum and weight decay.
+Eager and compiled are interleaved ``--repeats`` times; medians, the compile (warm-up) time and the
+compiled/eager ratio are printed. Without CUDA, ``--device cuda`` is skipped with a message.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from resnetlab.models import create_model
+from resnetlab.train import physical_cores, resolve_precision
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make(model_name, device, bf16, cl, compiled, mode, batch, eval_batch):
+    model = create_model(model_name, seed=0).to(device, memory_format=torch.channels_last if cl else
+                                                torch.contiguous_format)
+    net = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
+    xe = torch.randn(eval_batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+
+    def train_step():
+        net.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def eval_step():
+        net.eval()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            net(xe)
+    return train_step, eval_step
+
+
+def rate(fn, steps, n, device):
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return steps * n / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="resnet20,resnet56,resnet110")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--eval-batch", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--mode", default="default", help="torch.compile mode")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("CUDA not available: skipped")
+        return 0
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or physical_cores())
+    bf16, cl = resolve_precision(args.precision, device, None)
+    print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads, load "
+          f"{os.getloadavg()[0]:.1f}); {'bf16 autocast' if bf16 else 'fp32'}{' + channels_last' if cl else ''}; "
+          f"compile mode {args.mode}", flush=True)
+    print(f"{'model':<10} {'what':<6} {'eager img/s':>12} {'compiled img/s':>15} {'ratio':>6} {'compile s':>10}")
+    for name in args.models.split(","):
+        fns, warm = {}, {}
+        for compiled in (False, True):
+            t = time.perf_counter()
+            tr, ev = make(name, device, bf16, cl, compiled, args.mode, args.batch, args.eval_batch)
+            for _ in range(2):  # compile / autotune / first-call allocation
+                tr()
+                ev()
+            sync(device)
+            fns[compiled], warm[compiled] = (tr, ev), time.perf_counter() - t
+        res = {(c, w): [] for c in (False, True) for w in ("train", "eval")}
+        for _ in range(args.repeats):
+            for c in (False, True):
+                res[(c, "train")].append(rate(fns[c][0], args.steps, args.batch, device))
+                res[(c, "eval")].append(rate(fns[c][1], max(1, args.steps // 2), args.eval_batch, device))
+        for what in ("train", "eval"):
+            e, c = statistics.median(res[(False, what)]), statistics.median(res[(True, what)])
+            print(f"{name:<10} {what:<6} {e:12.1f} {c:15.1f} {c / e:5.2f}x {warm[True] - warm[False]:10.1f}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
