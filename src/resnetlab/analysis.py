@@ -420,17 +420,19 @@ class Progress:
     def step(self, k: int = 1) -> None:
         self.n += k
         now = time.perf_counter()
-        if self.quiet or (now - self.last < 0.5 and self.n < self.total):
+        tty = sys.stderr.isatty()
+        # A terminal gets one line rewritten in place; a log file a new line every 10 s.
+        if self.quiet or self.n >= self.total or now - self.last < (0.5 if tty else 10.0):
             return
         self.last = now
         rate = self.n / max(now - self.start, 1e-9)
         eta = (self.total - self.n) / rate if rate > 0 else 0.0
-        print(f"\r{self.label}: {self.n}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s, "
-              f"ETA {eta:.0f}s   ", end="", file=sys.stderr, flush=True)
+        print(f"{chr(13) if tty else ''}{self.label}: {self.n}/{self.total} {self.unit}, {rate:.2f} "
+              f"{self.unit}/s, ETA {eta:.0f}s   ", end="" if tty else "\n", file=sys.stderr, flush=True)
 
     def done(self) -> None:
         if not self.quiet and self.total:
-            print(f"\r{self.label}: {self.n}/{self.total} {self.unit} in "
+            print(f"{chr(13) if sys.stderr.isatty() else ''}{self.label}: {self.n}/{self.total} {self.unit} in "
                   f"{time.perf_counter() - self.start:.1f}s" + " " * 20, file=sys.stderr, flush=True)
 
 
