@@ -170,6 +170,13 @@ def test_missing_and_unknown_datasets(tmp_path):
         load_dataset("cifar10", tmp_path)
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("mnist")
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(ValueError, match="not a readable .tar.gz"):
+        load_dataset("cifar10", tmp_path)
+    with tarfile.open(tmp_path / "partial.tar.gz", "w:gz") as t:
+        t.add(__file__, arcname="cifar-10-batches-py/readme.html")
+    with pytest.raises(FileNotFoundError, match="the archive has no cifar-10-batches-py/batches.meta"):
+        load_dataset("cifar10", tmp_path / "partial.tar.gz")
 
 
 # ---------------------------------------------------------------------------------------------- download

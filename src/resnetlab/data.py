@@ -217,34 +217,43 @@ def _as_str(v) -> str:
     return v.decode("latin1") if isinstance(v, bytes) else str(v)
 
 
+_CIFAR_MEMBERS = {"cifar10": ("batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                 "data_batch_5", "test_batch"),
+                   "cifar100": ("meta", "train", "test")}
+
+
 class _CifarSource:
-    """Reads the member files of a CIFAR python release from its folder or straight from the tarball."""
+    """Reads the member files of a CIFAR python release from its folder or straight from the tarball (in one
+    sequential pass: a gzip stream is slow to seek backwards, and the official archive is not in order)."""
 
     def __init__(self, name: str, path: str):
         self.name, self.path = name, path
-        self.tar = None
+        self.blobs = None
         if os.path.isfile(path):
+            wanted = set(_CIFAR_MEMBERS[name])
+            self.blobs = {}
             try:
-                self.tar = tarfile.open(path, "r:*")
-            except (tarfile.TarError, OSError) as e:
+                with tarfile.open(path, "r:*") as tar:
+                    for m in tar:
+                        base = m.name.rstrip("/").rsplit("/", 1)[-1]
+                        if m.isfile() and base in wanted and base not in self.blobs:
+                            self.blobs[base] = tar.extractfile(m).read()
+            except (tarfile.TarError, OSError, EOFError) as e:
                 raise ValueError(f"{path}: not a readable .tar.gz archive ({e})") from None
-            self.members = {m.name.split("/", 1)[-1]: m for m in self.tar.getmembers() if m.isfile()}
 
     def read(self, member: str) -> dict:
-        where = f"{self.path}:{member}" if self.tar else os.path.join(self.path, member)
-        if self.tar is not None:
-            m = self.members.get(member)
-            if m is None:
+        if self.blobs is not None:
+            if member not in self.blobs:
                 raise FileNotFoundError(f"{self.path}: the archive has no {CIFAR_FOLDERS[self.name]}/{member}")
-            return _unpickle(self.tar.extractfile(m), where)
+            return _unpickle(io.BytesIO(self.blobs[member]), f"{self.path}:{member}")
+        where = os.path.join(self.path, member)
         if not os.path.isfile(where):
             raise FileNotFoundError(f"{where} not found (is {self.path} an extracted {self.name} folder?)")
         with open(where, "rb") as fh:
             return _unpickle(fh, where)
 
     def close(self):
-        if self.tar is not None:
-            self.tar.close()
+        self.blobs = None
 
 
 def _images(batch: dict, where: str) -> torch.Tensor:
