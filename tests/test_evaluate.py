@@ -353,9 +353,9 @@ def test_cli_preprocessing_override_and_val_split(tmp_path):
     saved, expected = json.loads(out.read_text()), evaluate(model, sets["val"], channel)
     assert saved["n"] == 500 and saved["confusion"] == expected["confusion"]
 
-    full = load_dataset("synthetic")  # --pixel-mean: the per-pixel mean of the whole training split
-    pixel = Normalization.fit(full["train"].x, "pixel")
-    test = ArrayDataset(full["test"].x[:200], full["test"].y[:200], full["test"].classes)
+    # --pixel-mean: the per-pixel mean of the whole training split (train + val above, in another order)
+    pixel = Normalization.fit(torch.cat([sets["train"].x, sets["val"].x]), "pixel")
+    test = ArrayDataset(sets["test"].x[:200], sets["test"].y[:200], sets["test"].classes)
     code, err = run_cli(["eval", "--weights", str(ckpt), "--data", "synthetic", "--limit", "200", "--pixel-mean",
                          "--json", str(out), "--quiet"])
     assert code == 0 and "warning" in err and "replacing the normalization" in err

@@ -662,9 +662,8 @@ class _Warnings:
         return self.context.__exit__(*exc)
 
 
-def _load_split(cfg: EvalConfig, first_ckpt: dict | None):
-    """(config with the dataset filled in, evaluation split, training split or None)."""
-    from . import data as datalib
+def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
+    """Fill in the dataset (and its folder) the first checkpoint was trained on, when not given."""
     recorded = (first_ckpt or {}).get("config") or {}
     trained_on = ((first_ckpt or {}).get("data") or {}).get("name")
     if cfg.data is None:
@@ -678,18 +677,40 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None):
         cfg = dataclasses.replace(cfg, data_dir=recorded["data_dir"])
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist")
+    return cfg
+
+
+def _class_count(cfg: EvalConfig) -> int | None:
+    """The dataset's class count without loading it (the default classifier size for --model)."""
+    from . import data as datalib
+    if cfg.data == "folder":
+        for split in ("train", cfg.split):
+            folder = os.path.join(cfg.data_dir or "", split)
+            if cfg.data_dir and os.path.isdir(folder):
+                return sum(1 for e in os.scandir(folder) if e.is_dir())
+        return None
+    return {"cifar10": 10, "cifar100": 100, "synthetic": len(datalib.SYNTHETIC_CLASSES)}.get(cfg.data)
+
+
+def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
+    """(evaluation split, training split or None): ArrayDatasets, or ImageFolders for --data folder."""
+    from . import data as datalib
     if cfg.data == "folder":
         return _load_folder_split(cfg, *_input_geometry(cfg, first_ckpt))
+    recorded = (first_ckpt or {}).get("config") or {}
     val_split = cfg.val_split if cfg.val_split is not None else int(recorded.get("val_split") or 0)
     split_seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("split_seed") or 0)
     if cfg.split == "val" and val_split <= 0:
         raise ValueError("--split val needs --val-split N (no val split is recorded in the checkpoint)")
-    if cfg.split != "val":
-        val_split = 0  # the test split does not depend on it; the train split is then the whole set
-    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed)
+    options = {}
+    if cfg.split == "test":
+        val_split = 0  # the test split does not depend on it
+        if cfg.data == "synthetic" and not need_train:
+            options["synthetic_train"] = 10  # generated independently of the test images: skip the work
+    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed, **options)
     if cfg.split not in sets:
         raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
-    return cfg, sets[cfg.split], sets.get("train")
+    return sets[cfg.split], (sets.get("train") if need_train else None)
 
 
 def _input_geometry(cfg: EvalConfig, first_ckpt: dict | None) -> tuple[int, str]:
@@ -720,7 +741,7 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
     train = None
     if cfg.pixel_mean and cfg.split != "train" and os.path.isdir(train_dir):
         train = datalib.ImageFolder(train_dir, **{**options, "classes": split.classes})
-    return cfg, split, (split if cfg.split == "train" else train)
+    return split, (split if cfg.split == "train" else train)
 
 
 def _pixel_mean(train, batch_size: int, num_workers: int):
@@ -789,31 +810,39 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ValueError("give either --mean/--std or --pixel-mean, not both")
     device = resolve_device(cfg.device)
     first_ckpt = _peek_ours(paths[0])
-    cfg, data, train = _load_split(cfg, first_ckpt)  # fills in the dataset recorded in the checkpoint
-    if cfg.pixel_mean:
-        if train is None:
-            raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
-        override = _pixel_mean(train, cfg.batch_size, cfg.workers)
-    if cfg.limit is not None and cfg.limit < len(data):
-        if hasattr(data, "x"):
-            data = dataclasses.replace(data, x=data.x[:cfg.limit], y=data.y[:cfg.limit])
-        else:  # an ImageFolder: keep its first files
-            data.samples = data.samples[:cfg.limit]
+    cfg = _resolve_data(cfg, first_ckpt)
 
+    # The checkpoints first (fast, and most mistakes are there), then the data.
     shortcut = None if cfg.shortcut == "default" else cfg.shortcut
-    num_classes = cfg.num_classes if cfg.num_classes is not None else (len(data.classes) if cfg.model else None)
+    num_classes = cfg.num_classes if cfg.num_classes is not None else (_class_count(cfg) if cfg.model else None)
     members = [load_for_eval(p, cfg.model, shortcut=shortcut, num_classes=num_classes, normalization=override)
                for p in paths]
     counts = [m.num_classes for m in members]
     if len(set(counts)) > 1:
         raise ValueError("the checkpoints have different class counts: " +
                          ", ".join(f"{m.path}: {m.num_classes}" for m in members))
-    if counts[0] is not None and counts[0] != len(data.classes):
-        raise ValueError(f"{members[0].path} has {counts[0]} classes but {cfg.data} has {len(data.classes)}")
     missing = [m.path for m in members if m.normalization is None]
-    if missing:
+    if missing and not cfg.pixel_mean:
         raise ValueError(f"no preprocessing known for {', '.join(missing)} (not a resnetlab checkpoint): "
                          f"give --mean R,G,B --std R,G,B (0..1 scale) or --pixel-mean")
+
+    data, train = _load_split(cfg, first_ckpt, need_train=cfg.pixel_mean)
+    if counts[0] is not None and counts[0] != len(data.classes):
+        raise ValueError(f"{members[0].path} has {counts[0]} classes but {cfg.data} has {len(data.classes)}")
+    if cfg.pixel_mean:
+        if train is None:
+            raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
+        pixel = _pixel_mean(train, cfg.batch_size, cfg.workers)
+        for m in members:
+            if m.normalization is not None:
+                warnings.warn(f"{m.path}: replacing the normalization recorded in the checkpoint by the "
+                              f"per-pixel mean; the model was trained with the recorded one")
+            m.normalization = pixel
+    if cfg.limit is not None and cfg.limit < len(data):
+        if hasattr(data, "x"):
+            data = dataclasses.replace(data, x=data.x[:cfg.limit], y=data.y[:cfg.limit])
+        else:  # an ImageFolder: keep its first files
+            data.samples = data.samples[:cfg.limit]
     _check_same_classes(members)
     for m in members:
         if m.classes is not None and list(m.classes) != list(data.classes):
