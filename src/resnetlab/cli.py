@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     entry = getattr(module, f"main_{name}", None) or module.main
     try:
         return int(entry(argv[1:]) or 0)
+    except SystemExit as e:  # argparse: --help (0) or a bad flag (2, message already printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BrokenPipeError:  # e.g. `resnetlab summary resnet152 | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)
         return 130

@@ -137,7 +137,7 @@ def from_dict(cls, data: dict, where: str = "config"):
         k = k.replace("-", "_")
         values[k] = _convert(k, hints[k], v)
         choices = next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == k)
-        if choices and values[k] not in choices:
+        if choices and values[k] is not None and values[k] not in choices:
             raise ValueError(f"{where}: {k}={values[k]!r} is not one of {', '.join(map(str, choices))}")
     return cls(**values)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import opt
 from .blocks import (SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
                      PreActBottleneck, _check_choice)
 
@@ -50,16 +51,19 @@ class ModelSpec:
 class ModelOptions:
     """Options accepted by :func:`create_model`. ``None`` means "the spec's default"."""
 
-    shortcut: str | None = None  # "A" | "B" | "C" | "none"
-    stride_at: str | None = None  # bottleneck stride on the "3x3" (v1.5) or the first "1x1" (paper)
-    preact: bool | None = None  # pre-activation blocks (He et al. 2016)
-    zero_pad: str = "split"  # option A channel padding: "split" (akamaster) or "end" (fb.resnet.torch)
-    zero_init_residual: bool = False  # zero the last BN (pre-act: last conv) of every residual branch
-    shortcut_scale: float = 1.0  # constant scaling of the shortcut
-    num_classes: int | None = None
-    width: int | None = None  # planes of the first stage; later stages double it
-    in_channels: int = 3
-    seed: int | None = None  # seeds every parameter by name: twins share initial weights bit for bit
+    shortcut: str | None = opt(None, "shortcut option: A (zero-pad identity), B (projection where shapes "
+                               "change), C (projection everywhere) or none (the plain net)", choices=SHORTCUTS)
+    stride_at: str | None = opt(None, "bottleneck stride on the 3x3 (torchvision v1.5) or the first 1x1 "
+                                "(the paper)", choices=STRIDE_AT)
+    preact: bool | None = opt(None, "pre-activation blocks (He et al. 2016)")
+    zero_pad: str = opt("split", "option A channel padding: split (akamaster) or end (fb.resnet.torch)",
+                        choices=ZERO_PADS)
+    zero_init_residual: bool = opt(False, "zero the last BN (pre-act: last conv) of every residual branch")
+    shortcut_scale: float = opt(1.0, "constant scaling of the shortcut (Identity Mappings, Sec. 3.1)")
+    num_classes: int | None = opt(None, "classifier outputs")
+    width: int | None = opt(None, "planes of the first stage; later stages double it")
+    in_channels: int = opt(3, "input channels")
+    seed: int | None = opt(None, "seeds every parameter by name: twins share initial weights bit for bit")
 
 
 _IMAGENET = dict(family="imagenet", widths=(64, 128, 256, 512), shortcut="B", num_classes=1000, image_size=224)
@@ -227,7 +231,8 @@ def init_weights(model: nn.Module, seed: int, zero_init_residual: bool = False) 
                 m.last_norm().weight.zero_()
 
 
-def _validate(options: ModelOptions) -> None:
+def validate_options(options: ModelOptions) -> None:
+    """Raise ``ValueError`` naming the first invalid option."""
     if options.shortcut is not None:
         _check_choice("shortcut option", options.shortcut, SHORTCUTS)
     if options.stride_at is not None:
@@ -256,7 +261,7 @@ def create_model(name: str, **options) -> ResNet:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for create_model; valid: {', '.join(OPTION_NAMES)}")
     opts = ModelOptions(**options)
-    _validate(opts)
+    validate_options(opts)
     model = ResNet(spec, opts)
     seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2 ** 62, (1,)).item())
     init_weights(model, seed, opts.zero_init_residual)

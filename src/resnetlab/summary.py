@@ -600,17 +600,6 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
 # --------------------------------------------------------------------------------------------------------
 # command line
 
-# Help for the model options (ModelOptions' fields carry no help text of their own).
-_OPTION_HELP = {
-    "shortcut": "shortcut option: A (zero-pad), B (projection where shapes change), C (projection "
-                "everywhere) or none (the plain net)",
-    "stride_at": "bottleneck stride on the 3x3 (torchvision v1.5) or the first 1x1 (the paper)",
-    "preact": "pre-activation blocks (He et al. 2016)",
-    "zero_pad": "option A channel padding: split (akamaster) or end (fb.resnet.torch)",
-    "num_classes": "classifier outputs",
-    "width": "planes of the first stage; later stages double it",
-    "in_channels": "input channels",
-}
 _METAVARS = {"shortcut": "A|B|C|none", "stride_at": "3x3|1x1", "zero_pad": "split|end", "num_classes": "N",
              "width": "N", "in_channels": "N"}
 _SKIP = ("seed", "zero_init_residual", "shortcut_scale")  # they change no shape, parameter count or MAC
@@ -625,7 +614,7 @@ def build_model(name: str, **options) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(models.OPTION_NAMES)}")
     opts = models.ModelOptions(**options)
-    models._validate(opts)
+    models.validate_options(opts)
     with torch.device("meta"):
         return models.ResNet(spec, opts)
 
@@ -637,10 +626,9 @@ def _model_parser(prog: str, description: str) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(parser, ModelOptions, skip=_SKIP)
     for action in parser._actions:
-        if action.dest in _OPTION_HELP:
-            own = (action.help or "").strip().replace("(default: None)", "(default: the model's own)")
-            action.help = f"{_OPTION_HELP[action.dest]} {own}"
-            action.metavar = _METAVARS.get(action.dest, action.metavar)
+        if action.dest in _METAVARS:
+            action.help = (action.help or "").replace("(default: None)", "(default: the model's own)")
+            action.metavar = _METAVARS[action.dest]
     return parser
 
 
