@@ -243,10 +243,15 @@ def test_cli_paths_and_responses_on_a_checkpoint(checkpoint, tmp_path, capsys):
     assert result["paths"][0]["samples"] == 16
     assert (tmp_path / "paths.png").stat().st_size > 1000
     assert "energy on id" in capsys.readouterr().out
-    assert cli_main(["analyze", "responses", "resnet8", "--width", "2", "--shortcut", "none", "--batches", "1",
-                     "--batch-size", "8", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert len(result["responses"]) == 7 and result["shortcut"] == "none"
+    # Two fresh models at once (a plain-8 and a plain-14): both tables, one JSON, one overlaid figure.
+    assert cli_main(["analyze", "responses", "resnet8", "resnet14", "--width", "2", "--shortcut", "none",
+                     "--batches", "1", "--batch-size", "8", "--json", str(tmp_path / "r.json"), "--quiet",
+                     "--plot", str(tmp_path / "r.png")]) == 0
+    both = json.loads((tmp_path / "r.json").read_text())
+    assert [len(r["responses"]) for r in both["results"]] == [7, 13]
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    result = both["results"][0]
+    assert result["shortcut"] == "none" and result["analysis"] == "responses"
     assert sorted(r["std"] for r in result["responses"])[::-1] == \
         [next(r["std"] for r in result["responses"] if r["layer"] == n) for n in result["sorted"]]
 

@@ -628,7 +628,8 @@ class AnalyzeConfig:
 
 def _analyze_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"resnetlab analyze {name}", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", metavar="MODEL|CKPT", help="registered model name (fresh) or checkpoint path")
+    p.add_argument("source", metavar="MODEL|CKPT", nargs="+",
+                   help="registered model name (fresh) or checkpoint path; several (twins) are drawn together")
     add_arguments(p, AnalyzeConfig)
     return p
 
@@ -642,78 +643,104 @@ def _validate(cfg: AnalyzeConfig) -> None:
         raise ValueError(f"--plot must name a .png file, got {cfg.plot!r}")
 
 
-def _plot_paths(result: dict, path: str, title: str) -> None:
+def result_label(result: dict) -> str:
+    """A legend label for one result: the model and its shortcut option."""
+    return f"{result['model_config']['name']} (shortcut {result.get('shortcut')}): {result['source']}"
+
+
+def _plot_paths(results: list[dict], path: str) -> None:
     plt = pyplot()
-    rows = [r for r in result["paths"] if r["ratio"] is not None]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(result["paths"]) + 2), 6), sharex=True)
-    names = [r["block"] for r in result["paths"]]
-    xs = list(range(len(names)))
-    ax1.bar([names.index(r["block"]) for r in rows], [r["ratio"] for r in rows], color="tab:blue",
-            label="||F(x)|| / ||shortcut(x)|| (mean per sample)")
-    ax1.set_ylabel("norm ratio")
-    ax1.set_title(title)
-    ax1.legend(loc="upper left", fontsize=8)
-    ax2.plot([names.index(r["block"]) for r in rows], [r["cosine"] for r in rows], "o-", color="tab:orange",
-             label="cos(F(x), shortcut(x))")
+    names = [r["block"] for r in results[0]["paths"]]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
+    for res in results:
+        rows = [(names.index(r["block"]), r) for r in res["paths"] if r["ratio"] is not None and r["block"] in names]
+        label = result_label(res)
+        ax1.plot([i for i, _ in rows], [r["ratio"] for _, r in rows], "o-", ms=4, label=label)
+        ax2.plot([i for i, _ in rows], [r["cosine"] for _, r in rows], "o-", ms=4, label=label)
+    ax1.axhline(1, color="gray", lw=0.8)
+    ax1.set_ylabel("||F(x)|| / ||shortcut(x)||")
+    ax1.set_title("residual branch vs shortcut, per block (mean over samples)")
+    ax1.legend(loc="best", fontsize=7)
     ax2.axhline(0, color="gray", lw=0.8)
-    ax2.set_ylabel("cosine")
+    ax2.set_ylabel("cos(F(x), shortcut(x))")
     ax2.set_xlabel("block")
-    ax2.set_xticks(xs)
+    ax2.set_xticks(range(len(names)))
     ax2.set_xticklabels(names, rotation=90, fontsize=7)
-    ax2.legend(loc="upper left", fontsize=8)
-    save_figure(fig, path)
-
-
-def _plot_gradients(result: dict, path: str, title: str) -> None:
-    plt = pyplot()
-    layers = result["layers"]
-    blocks = result["blocks"]
-    n_panels = 3 if result.get("lesion") else 2
-    fig, axes = plt.subplots(n_panels, 1, figsize=(max(6, 0.2 * len(layers) + 2), 3 * n_panels))
-    axes[0].semilogy(range(len(layers)), [r["grad_norm"] for r in layers], "o-", ms=3, label="||dL/dW||")
-    axes[0].set_xlabel("conv/linear layer (forward order)")
-    axes[0].set_ylabel("gradient norm")
-    axes[0].set_title(title)
-    axes[0].legend(fontsize=8)
-    axes[1].semilogy(range(len(blocks)), [r["grad_norm"] for r in blocks], "s-", ms=3, color="tab:green",
-                     label="all parameters of the group")
-    axes[1].set_xticks(range(len(blocks)))
-    axes[1].set_xticklabels([r["group"] for r in blocks], rotation=90, fontsize=7)
-    axes[1].set_xlabel("group")
-    axes[1].set_ylabel("gradient norm")
-    axes[1].legend(fontsize=8)
-    if result.get("lesion"):
-        rows = result["lesion"]
-        ok = [(i, r["delta"]) for i, r in enumerate(rows) if r["delta"] is not None]
-        axes[2].bar([i for i, _ in ok], [100 * d for _, d in ok], color="tab:red", label="accuracy change")
-        for i, r in enumerate(rows):
-            if r["delta"] is None:
-                axes[2].text(i, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
-        axes[2].set_xticks(range(len(rows)))
-        axes[2].set_xticklabels([r["block"] for r in rows], rotation=90, fontsize=7)
-        axes[2].set_xlabel("dropped block")
-        axes[2].set_ylabel("accuracy change (points)")
-        axes[2].legend(fontsize=8)
+    ax2.legend(loc="best", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def _plot_responses(result: dict, path: str, title: str) -> None:
+def _plot_gradients(results: list[dict], path: str) -> None:
     plt = pyplot()
-    stds = [r["std"] for r in result["responses"]]
+    lesions = [r for r in results if r.get("lesion")]
+    n_panels = 3 if lesions else 2
+    width = max(6, 0.2 * max(len(r["layers"]) for r in results) + 2)
+    fig, axes = plt.subplots(n_panels, 1, figsize=(width, 3 * n_panels))
+    for res in results:
+        label = result_label(res)
+        axes[0].semilogy(range(len(res["layers"])), [r["grad_norm"] for r in res["layers"]], "o-", ms=3,
+                         label=label)
+        axes[1].semilogy(range(len(res["blocks"])), [r["grad_norm"] for r in res["blocks"]], "s-", ms=3,
+                         label=label)
+    axes[0].set_xlabel("conv/linear layer (forward order)")
+    axes[0].set_ylabel("||dL/dW||")
+    axes[0].set_title("gradient norms (train-mode BN, cross-entropy)")
+    axes[0].legend(fontsize=7)
+    groups = [r["group"] for r in results[0]["blocks"]]
+    axes[1].set_xticks(range(len(groups)))
+    axes[1].set_xticklabels(groups, rotation=90, fontsize=7)
+    axes[1].set_xlabel("group (all its parameters)")
+    axes[1].set_ylabel("gradient norm")
+    axes[1].legend(fontsize=7)
+    if lesions:
+        blocks = [r["block"] for r in lesions[0]["lesion"]]
+        bar = 0.8 / len(lesions)
+        for k, res in enumerate(lesions):
+            rows = res["lesion"]
+            xs = [i + (k - (len(lesions) - 1) / 2) * bar for i in range(len(rows))]
+            ok = [(x, r["delta"]) for x, r in zip(xs, rows) if r["delta"] is not None]
+            axes[2].bar([x for x, _ in ok], [100 * d for _, d in ok], width=bar, label=result_label(res))
+            for x, r in zip(xs, rows):
+                if r["delta"] is None:
+                    axes[2].text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
+        axes[2].axhline(0, color="gray", lw=0.8)
+        axes[2].set_xticks(range(len(blocks)))
+        axes[2].set_xticklabels(blocks, rotation=90, fontsize=7)
+        axes[2].set_xlabel("dropped block")
+        axes[2].set_ylabel("test accuracy change (points)")
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_responses(results: list[dict], path: str) -> None:
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
-    xs = range(1, len(stds) + 1)
-    ax1.plot(xs, stds, "o-", ms=3, label=title)
+    for res in results:
+        stds = [r["std"] for r in res["responses"]]
+        xs = range(1, len(stds) + 1)
+        ax1.plot(xs, stds, "o-", ms=3, label=result_label(res))
+        ax2.plot(xs, sorted(stds, reverse=True), "o-", ms=3, label=result_label(res))
     ax1.set_xlabel("layer index (original order)")
     ax1.set_ylabel("std")
     ax1.set_title("std of the 3x3 layer responses (He et al. 2015, Fig. 7)")
-    ax1.legend(fontsize=8)
-    ax2.plot(xs, sorted(stds, reverse=True), "o-", ms=3, label=title)
+    ax1.legend(fontsize=7)
     ax2.set_xlabel("layer index (sorted by magnitude)")
     ax2.set_ylabel("std")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_results(results: list[dict], path: str) -> None:
+    """Draw one or more results of the same analysis (twins overlaid, one legend entry each) into a PNG."""
+    if not results:
+        raise ValueError("nothing to plot")
+    kinds = {r["analysis"] for r in results}
+    if len(kinds) != 1:
+        raise ValueError(f"cannot draw different analyses into one figure: {', '.join(sorted(kinds))}")
+    {"paths": _plot_paths, "gradients": _plot_gradients, "responses": _plot_responses}[kinds.pop()](results, path)
 
 
 def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
@@ -806,10 +833,13 @@ def format_result(result: dict) -> str:
 
 
 def main_analyze(argv: list[str] | None = None) -> int:
-    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [options]``."""
+    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]``.
+
+    Each source gets its table; ``--json`` holds the result (several sources: ``{"analysis", "results": [...]}``)
+    and ``--plot`` draws all of them overlaid (plain vs residual twins in one figure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [options]\n\n"
+        print("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]\n\n"
               "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
               "  gradients  per-layer and per-block gradient norms (--lesion: accuracy without each block)\n"
               "  responses  std of every 3x3 layer's response (He et al. 2015, Fig. 7)\n\n"
@@ -822,14 +852,14 @@ def main_analyze(argv: list[str] | None = None) -> int:
     cfg = parse_config(AnalyzeConfig, args)
     if cfg.lesion and name != "gradients":
         raise ValueError("--lesion belongs to 'analyze gradients'")
-    result = run_analysis(name, cfg, args.source)
-    print(format_result(result))
+    results = []
+    for source in args.source:
+        results.append(run_analysis(name, cfg, source))
+        print(format_result(results[-1]))
     if cfg.json:
-        write_json(result, cfg.json)
+        write_json(results[0] if len(results) == 1 else {"analysis": name, "results": results}, cfg.json)
     if cfg.plot:
-        title = f"{result['model_config']['name']} (shortcut {result['shortcut']})"
-        {"paths": _plot_paths, "gradients": _plot_gradients, "responses": _plot_responses}[name](
-            result, cfg.plot, title)
+        plot_results(results, cfg.plot)
     return 0
 
 
