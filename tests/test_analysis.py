@@ -272,6 +272,7 @@ def test_cli_gradients_with_lesion(tmp_path):
     (["analyze", "paths", "no/such/file.pt"], "not found"),
     (["analyze", "paths", "resnet8", "--plot", "out.svg"], ".png"),
     (["analyze", "paths", "resnet8", "--lesion"], "--lesion belongs to"),
+    (["analyze", "paths", "resnet8", "--model", "resnet8"], "not a checkpoint path"),
 ])
 def test_cli_bad_input_gives_clear_errors(argv, message, capsys):
     assert cli_main(argv) == 2

@@ -466,7 +466,7 @@ def _looks_like_path(source: str) -> bool:
 def load_model(source: str, model: str | None = None, seed: int = 0, **options):
     """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
 
-    ``source`` is a checkpoint path or a registered model name (a fresh model built with ``seed`` and
+    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model name (a fresh model built with ``seed`` and
     ``options``). With a checkpoint, ``model`` (``--model``) names the architecture it must fit: a
     checkpoint of another architecture is an error; ``options`` then override the checkpoint's own.
     """
@@ -475,7 +475,14 @@ def load_model(source: str, model: str | None = None, seed: int = 0, **options):
     from .weights import load_state_dict_strict
     options = {k: v for k, v in options.items() if v is not None}
     if not _looks_like_path(source):
+        if model is not None:
+            raise ValueError(f"--model names the architecture of a checkpoint; {source!r} is a model name, "
+                             f"not a checkpoint path")
         return create_model(source, seed=seed, **options), None
+    if os.path.isdir(source):  # a training run folder: its latest checkpoint
+        if not os.path.isfile(os.path.join(source, "last.pt")):
+            raise FileNotFoundError(f"{source} is a folder without a last.pt checkpoint")
+        source = os.path.join(source, "last.pt")
     ckpt = load_checkpoint(source)
     config = dict(ckpt.get("model_config") or {})
     if model is None:
