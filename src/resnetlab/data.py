@@ -52,7 +52,7 @@ CIFAR_MD5 = {
 }
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
-DATASETS = ("cifar10", "cifar100", "synthetic")
+DATASETS = ("cifar10", "cifar100", "synthetic", "folder")
 
 # The usual ImageNet per-channel statistics (0..1 scale), for image folders of natural photos.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -328,7 +328,7 @@ def default_cache_dir() -> str:
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
                  cache_dir: str | os.PathLike | None = None, val_split: int = 0, split_seed: int = 0,
                  synthetic_train: int = 5000, synthetic_test: int = 1000, synthetic_seed: int = 0,
-                 labels: str = "fine") -> dict[str, ArrayDataset]:
+                 labels: str = "fine", image_size: int = 32) -> dict[str, ArrayDataset]:
     """Load a dataset as ``{"train", "test"}`` (+ ``"val"`` when ``val_split > 0``) of :class:`ArrayDataset`.
 
     name: ``"cifar10"``, ``"cifar100"`` or ``"synthetic"``.
@@ -339,6 +339,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
         stratified by class and drawn with ``split_seed``; 0 trains on all of it.
     The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, 32x32.
+    ``"folder"``: a tree of small images (``data_dir/train/<class>/*``, ``data_dir/test`` or ``data_dir/val``)
+    decoded into memory at ``image_size`` (:func:`load_folder_arrays`); ``val/`` serves as ``"test"`` when
+    there is no ``test/``. Large images (ImageNet) stream from disk instead: :func:`load_folder`.
     """
     if name == "synthetic":
         out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed),
@@ -360,8 +363,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             except FileNotFoundError:  # download into the folder given (created if needed)
                 data_dir = download_cifar(name, data_dir)
         out = load_cifar(name, data_dir, labels=labels)
+    elif name == "folder":
+        if data_dir is None:
+            raise ValueError("the folder dataset needs data_dir (--data-dir ROOT with ROOT/train/<class>/*)")
+        out = load_folder_arrays(data_dir, image_size=image_size)
+        if "test" not in out and "val" in out:
+            out["test"] = out.pop("val")
+        if "test" not in out:
+            raise FileNotFoundError(f"{data_dir}: no test/ or val/ folder next to train/")
+        if val_split and "val" in out:
+            raise ValueError(f"{data_dir} has its own val/ folder; use val_split=0")
     else:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)} (image folders: load_folder)")
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if val_split:
         out["train"], out["val"] = split_train_val(out["train"], int(val_split), split_seed)
     return out
