@@ -181,7 +181,8 @@ def bench_training(data, args, device, norm):
         results["TrainStream"].append((time.perf_counter() - t0) / args.steps)
         cpu["TrainStream"].append((time.process_time() - c0) / args.steps)
         step += args.steps
-        print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {v[-1] * 1e3:.1f} ms/step" for n, v in results.items()),
+        print(f"  repeat {r + 1}/{args.repeats}: "
+              + ", ".join(f"{n} {v[-1] * 1e3:.1f} ms/step" for n, v in results.items()),
               file=sys.stderr)
     return ({n: statistics.median(v) for n, v in results.items()}, {n: statistics.median(v) for n, v in cpu.items()},
             statistics.median(share))
@@ -211,7 +212,8 @@ def main(argv=None):
     sets, what = get_data(args)
     data = sets["train"]
     norm = Normalization.fit(data.x, "channel")
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}), "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads")
     print(f"data: {what}, {len(data)} training images; batch {args.batch_size}; {args.repeats} interleaved repeats")
     print(f"command: python benchmarks/bench_pipeline.py {' '.join(argv if argv is not None else sys.argv[1:])}")
