@@ -264,8 +264,9 @@ def _images(batch: dict, where: str) -> torch.Tensor:
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
 
 
-def _find_cifar(name: str, data_dir: str | os.PathLike) -> str:
-    """The extracted folder or archive of ``name`` at ``data_dir`` (the folder, its parent, or the tarball)."""
+def find_cifar(name: str, data_dir: str | os.PathLike) -> str:
+    """The extracted folder or archive of ``name`` at ``data_dir`` (the folder, its parent, or the tarball);
+    ``FileNotFoundError`` if it is not there. ``find_cifar(name, default_cache_dir())`` checks the cache."""
     p = os.fspath(data_dir)
     folder, archive = CIFAR_FOLDERS[name], CIFAR_ARCHIVES[name]
     marker = "data_batch_1" if name == "cifar10" else "train"
@@ -279,6 +280,9 @@ def _find_cifar(name: str, data_dir: str | os.PathLike) -> str:
             return os.path.join(p, archive)
         raise FileNotFoundError(f"no {name} data in {p}: expected {folder}/ (with {marker}) or {archive}")
     raise FileNotFoundError(f"{name} data not found at {p}")
+
+
+_find_cifar = find_cifar   # (older name)
 
 
 def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> dict[str, ArrayDataset]:
