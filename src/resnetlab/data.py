@@ -9,7 +9,8 @@ Datasets
     (stratified by class, seeded by ``split_seed``).
 
     Image folders (``root/train/<class>/*.jpg``, ``root/val/...``, the ImageNet layout) are decoded with
-    Pillow in DataLoader workers: :func:`load_folder`, :class:`FolderStream`, :func:`folder_eval_batches`.
+    Pillow: small images once into memory (``load_dataset("folder", root)``), large ones in DataLoader
+    workers at every step (:func:`load_folder`, :class:`FolderStream`, :func:`folder_eval_batches`).
 
 Preprocessing
     :class:`Normalization`: ``"pixel"`` subtracts the per-pixel mean image of the training set (the paper's
@@ -18,8 +19,8 @@ Preprocessing
 
 Batches
     :class:`TrainStream` keeps the whole training set on the training device as uint8 and builds each batch
-    with a handful of tensor ops (one gather does pad-4 + random 32x32 crop + horizontal flip for the whole
-    batch). ``batch(step)`` is a pure function of ``(seed, step)``: resuming at step ``s`` reproduces the
+    with a handful of tensor ops (one ``index_select`` does pad-4 + random 32x32 crop + horizontal flip for
+    the whole batch). ``batch(step)`` is a pure function of ``(seed, step)``: resuming at step ``s`` reproduces the
     exact batches, with no data-loader state to save. :func:`eval_batches` yields the evaluation batches in
     order.
 """
