@@ -213,6 +213,12 @@ def test_download_extract_and_load(cifar_tar, cifar_batches, tmp_path, monkeypat
         assert Path(folder) == cache / "cifar-10-batches-py"
         assert "downloading cifar-10-python.tar.gz" in capsys.readouterr().err
         assert sorted(os.listdir(cache)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+        # already there: nothing fetched (the address is unreachable); a verified archive is re-extracted
+        assert download_cifar("cifar10", cache, url="http://127.0.0.1:9/none", md5=_md5(cifar_tar)) == folder
+        import shutil
+        shutil.rmtree(folder)
+        assert download_cifar("cifar10", cache, url="http://127.0.0.1:9/none", md5=_md5(cifar_tar)) == folder
+        assert sorted(os.listdir(folder)) == sorted(os.listdir(cifar_batches))
         # found in the cache from now on, no download
         d = load_dataset("cifar10", cache_dir=cache)
         (xtr, ytr), _, _ = _reference_batches(cifar_batches)
