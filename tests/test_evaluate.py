@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from resnetlab import cli, create_model
 from resnetlab.checkpoint import atomic_save, make_checkpoint
-from resnetlab.data import ArrayDataset, Normalization, load_dataset
+from resnetlab.data import ArrayDataset, ImageFolder, Normalization, load_dataset
 from resnetlab.evaluate import evaluate, load_for_eval, load_image, predict
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
@@ -272,13 +272,21 @@ def test_predict_png_modes(tmp_path, data, norm):
 
 def test_load_image_resizing(tmp_path):
     from PIL import Image
-    arr = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:300, 0:400]  # a smooth picture, so that resampling methods nearly agree
+    arr = np.stack([xx * 255 / 400, yy * 255 / 300, 128 + 100 * np.sin(xx / 30) * np.cos(yy / 40)], axis=2)
+    arr = arr.round().astype(np.uint8)
     path = write_png(tmp_path / "big.png", arr, "RGB")
     assert tuple(load_image(path, 32, "cifar").shape) == (3, 32, 32)
     crop = load_image(path, 56, "imagenet")  # shorter side -> 64, centre 56x56 crop
     assert tuple(crop.shape) == (3, 56, 56)
-    resized = np.asarray(Image.fromarray(arr).resize((85, 64), Image.BILINEAR))
-    assert torch.equal(crop, torch.from_numpy(resized[4:60, 14:70].copy()).permute(2, 0, 1))
+    # predict sees the pixels that `eval --data folder` sees
+    os.makedirs(tmp_path / "folder" / "only")
+    os.replace(path, tmp_path / "folder" / "only" / "big.png")
+    assert torch.equal(crop, ImageFolder(tmp_path / "folder", image_size=56).load(0))
+    # against the two-step reference (resize to 85x64, crop the centre): equal up to resampling details
+    resized = np.asarray(Image.fromarray(arr).resize((85, 64), Image.BILINEAR)).astype(np.int16)
+    assert np.abs(crop.permute(1, 2, 0).numpy() - resized[4:60, 14:70]).mean() < 2.0
+    assert np.abs(crop.permute(1, 2, 0).numpy() - resized[4:60, 10:66]).mean() > 10  # an off-centre crop differs
     palette = Image.fromarray(arr[:40, :40]).convert("P")
     palette.save(tmp_path / "p.png")
     assert tuple(load_image(tmp_path / "p.png", 32).shape) == (3, 32, 32)

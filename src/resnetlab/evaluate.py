@@ -439,17 +439,12 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
         if im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), bilinear)
     else:
-        short = int(round(image_size * 256 / 224))
+        # Shorter side to S * 256 / 224, centre S x S, done as one resampling of the matching box of the
+        # original (as resnetlab.data.ImageFolder does for evaluation, so eval and predict see the same pixels).
         w, h = im.size
-        if w <= h:
-            size = (short, max(short, int(short * h / w)))
-        else:
-            size = (max(short, int(short * w / h)), short)
-        if size != (w, h):
-            im = im.resize(size, bilinear)
-        w, h = im.size
-        left, top = int(round((w - image_size) / 2)), int(round((h - image_size) / 2))
-        im = im.crop((left, top, left + image_size, top + image_size))
+        side = image_size * min(w, h) / int(round(image_size * 256 / 224))
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        im = im.resize((image_size, image_size), bilinear, box=box)
     arr = np.asarray(im, dtype=np.uint8)  # (S, S, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
