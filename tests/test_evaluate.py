@@ -262,6 +262,13 @@ def test_predict_png_modes(tmp_path, data, norm):
         assert r["top"][0]["prob"] == pytest.approx(float(p.max()), rel=1e-5)
         assert len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] >= r["top"][2]["prob"]
 
+    other = load_for_eval(save_ckpt(tiny_model(9), tmp_path / "other.pt", norm))
+    both = predict([load_for_eval(ckpt), other], files, device="cpu")
+    alone = predict(other, files, device="cpu")
+    for r, a, b in zip(both, results, alone):  # an ensemble averages the members' probabilities
+        avg = (torch.tensor(a["probabilities"]) + torch.tensor(b["probabilities"])) / 2
+        assert torch.allclose(torch.tensor(r["probabilities"]), avg, atol=1e-6)
+
     out = tmp_path / "pred.json"
     code, _ = run_cli(["predict", *files, "--weights", ckpt, "--top-k", "2", "--json", str(out)])
     assert code == 0

@@ -117,7 +117,7 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
     The model is returned on the CPU in eval mode.
     """
     from .data import Normalization
-    from .models import create_model, get_spec
+    from .models import create_model
     from .weights import load_state_dict_strict
 
     path = os.fspath(path)
@@ -178,7 +178,7 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
     spec = getattr(inner, "spec", None)
     image_size = int(data_info.get("image_size") or (spec.image_size if spec is not None else 32))
     family = spec.family if spec is not None else ("cifar" if image_size <= 64 else "imagenet")
-    net.eval().requires_grad_(False)
+    net.eval()
     return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
                        image_size=image_size, family=family, path=path, description=_describe(net),
                        checkpoint=meta)
@@ -449,7 +449,8 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto") -> list[dict]:
+def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto",
+            batch_size: int = 256) -> list[dict]:
     """Top-k classes of image files. ``models``: a :class:`LoadedModel` or a list (an ensemble: softmax
     probabilities averaged; each member sees the image preprocessed its own way).
 
@@ -481,10 +482,9 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
             key = (m.image_size, m.family)
             if key not in cache:  # decode each image once per preprocessing
                 cache[key] = torch.stack([load_image(p, m.image_size, m.family) for p in images])
-            x = m.normalization.to(device)(cache[key].to(device))
-            model = m.model.to(device).eval()
-            logp = _log_probs(model, x, False, autocast)
-            p = logp.exp().cpu()
+            norm, model = m.normalization.to(device), m.model.to(device).eval()
+            p = torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
+                           for chunk in cache[key].split(batch_size)])
             probs = p if probs is None else probs + p
     probs = probs / len(members)
     classes = next((m.classes for m in members if m.classes is not None), None)
