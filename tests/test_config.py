@@ -73,6 +73,17 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
         _parse(["--learning-rate", "1"])
 
 
+def test_none_is_a_value_of_string_fields():
+    """`--shortcut none` means the plain net, never "unset" (which would silently give option A)."""
+    from resnetlab.models import ModelOptions
+    from resnetlab.train import TrainConfig
+    assert from_dict(ModelOptions, {"shortcut": "none"}).shortcut == "none"
+    assert from_dict(TrainConfig, {"shortcut": "none"}).shortcut == "none"
+    assert from_dict(Demo, {"out": "none"}).out == "none"
+    assert from_dict(ModelOptions, {"width": "none"}).width is None
+    assert from_dict(ModelOptions, {"shortcut": None}).shortcut is None
+
+
 def test_round_trip_through_dict():
     cfg = Demo(lr=0.3, milestones=(1, 2))
     assert from_dict(Demo, to_dict(cfg)) == cfg

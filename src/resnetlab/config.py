@@ -47,7 +47,10 @@ def _field_types(cls) -> dict[str, Any]:
 def _convert(name: str, annotation, value):
     """Convert a file or flag value to the field's type, with an error that names the key."""
     base, optional = _base_type(annotation)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+    # "none" is a real value of some string fields (shortcut="none": the plain net), so only non-string
+    # optional fields read "none"/"null"/"" as unset.
+    unset_words = ("none", "null", "") if base is not str else ()
+    if value is None or (optional and isinstance(value, str) and value.lower() in unset_words):
         if optional:
             return None
         raise ValueError(f"{name}: a value is required")
