@@ -88,6 +88,18 @@ def test_top1_top5_loss_equal_direct_computation(data, norm):
     assert model.training is False
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_agrees_with_the_training_loop_evaluation(data, norm, precision):
+    from resnetlab.train import evaluate_arrays  # what train.py logs as the test error
+    model = tiny_model(16)
+    ours = evaluate(model, data, norm, batch_size=32, device="cpu", precision=precision)
+    theirs = evaluate_arrays(model, data, norm, device=torch.device("cpu"), batch_size=32,
+                             bf16=precision == "bf16")
+    assert ours["error"] == pytest.approx(theirs["error"])
+    assert ours["top5_error"] == pytest.approx(theirs["top5_error"])
+    assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
 def test_confusion_rows_and_diagonal(data, norm):
     model = tiny_model(1)
     result = evaluate(model, data, norm, batch_size=25)

@@ -235,9 +235,16 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 autocast? "auto": on CUDA only (exact fp32 on the CPU); "bf16": on any device; "fp32": never."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def _log_probs(model: nn.Module, x: torch.Tensor, tta_flip: bool, autocast: bool) -> torch.Tensor:
     """Log of the softmax probabilities (B, K) in float32, averaged over x and its mirror with ``tta_flip``."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         logp = F.log_softmax(model(x).float(), dim=1)
         if tta_flip:
             # average the probabilities (not the logits) of the image and its left-right mirror
@@ -350,9 +357,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
         device = first.device if first is not None else torch.device("cpu")
     else:
         device = resolve_device(device)
-    autocast = device.type == "cuda" and precision in ("auto", "bf16")
-    if precision == "bf16" and device.type != "cuda":
-        raise ValueError("bf16 evaluation is supported on CUDA only (use precision fp32 or auto on the CPU)")
+    autocast = use_bf16(device, precision)
     was_training = [m.training for m in models]
     for m in models:
         m.to(device).eval()
@@ -474,7 +479,7 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
     if not images:
         raise ValueError("no image files given")
     device = resolve_device(device if device is not None else "auto")
-    autocast = device.type == "cuda" and precision in ("auto", "bf16")
+    autocast = use_bf16(device, precision)
     cache: dict[tuple[int, str], torch.Tensor] = {}
     probs = None
     with torch.inference_mode():
@@ -547,7 +552,8 @@ class EvalConfig(ForeignWeights):
     pixel_mean: bool = opt(False, "preprocess by subtracting the per-pixel mean of the training split "
                                   "(the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)")
     device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16", choices=PRECISIONS)
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (also on "
+                                       "the CPU, as training does on CPUs with fast bf16)", choices=PRECISIONS)
     json: str | None = opt(None, "write all results (confusion matrix included) to this JSON file")
     quiet: bool = opt(False, "no progress line")
 
@@ -853,7 +859,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                       batch_size=cfg.batch_size, device=device, tta_flip=cfg.tta == "flip",
                       precision=cfg.precision, progress=not cfg.quiet, num_workers=cfg.workers)
     seconds = time.perf_counter() - start
-    autocast = device.type == "cuda" and cfg.precision in ("auto", "bf16")
+    autocast = use_bf16(device, cfg.precision)
     header = (f"{cfg.data} {cfg.split}: {result['n']} images, {result['num_classes']} classes | "
               f"tta: {cfg.tta} | {device} {'bf16' if autocast else 'fp32'} | {seconds:.1f}s")
     names = [f"{m.path} [{m.description}]" for m in members]
