@@ -1,0 +1,652 @@
+"""The study report: figures (matplotlib, Agg), ``report.md``, a self-contained ``report.html`` and raw results.
+
+Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study` collects them::
+
+    {"name": "resnet20-A-r0", "model": "resnet20", "depth": 20, "option": "A", "repeat": 0, "seed": 0,
+     "dir": "runs/resnet20-A-r0",                 # relative to the report folder
+     "final": {...final.json...}, "events": [...metrics.jsonl...],
+     "analysis": {"layer_responses": [[layer, std], ...],
+                  "grad_norms": {"0": [[block, norm], ...], "100": [...]},   # by training step
+                  "path_stats": [{...}, ...], "projection_stats": [{...}, ...]}}
+
+:func:`write_report` turns them into the report folder. Every section is built once as plain data (text,
+tables, images) and rendered twice, to Markdown and to HTML, so the two always say the same thing.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+FIG_DPI = 110
+DEPTH_COLORS = ("tab:orange", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+FAMILY_COLORS = {"plain": "black", "residual-A": "tab:blue", "residual-B": "tab:red", "residual-C": "tab:green"}
+DEPTH_STYLES = ("-", "--", ":", "-.")
+
+
+# --------------------------------------------------------------------------------------------- naming
+
+def family(option: str) -> str:
+    """``"plain"`` for the net without shortcuts, ``"residual-<option>"`` otherwise."""
+    return "plain" if option == "none" else f"residual-{option}"
+
+
+def net_label(depth: int, option: str) -> str:
+    """The paper's names: ``plain-20``, ``ResNet-20 (A)``."""
+    return f"plain-{depth}" if option == "none" else f"ResNet-{depth} ({option})"
+
+
+def _family_order(options) -> list[str]:
+    order = ["none", "A", "B", "C"]
+    return sorted(set(options), key=lambda o: order.index(o) if o in order else len(order))
+
+
+def _groups(records) -> dict[tuple[int, str], list[dict]]:
+    """(depth, option) -> records of its repeats, in a stable order (depth, then plain/A/B/C)."""
+    out = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r["depth"], r["repeat"])):
+        out[(r["depth"], r["option"])].append(r)
+    fam = _family_order([o for _, o in out])
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], fam.index(kv[0][1]))))
+
+
+def _style(depth: int, option: str, depths: list[int]) -> dict:
+    i = sorted(depths).index(depth)
+    return dict(color=FAMILY_COLORS.get(family(option), "tab:purple"),
+                linestyle=DEPTH_STYLES[i % len(DEPTH_STYLES)], label=net_label(depth, option))
+
+
+# --------------------------------------------------------------------------------------------- numbers
+
+def mean_std(values) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for a single value); None when no value is known."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    arr = np.asarray(vals, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _fmt_mean(values, scale=100.0, digits=2) -> str:
+    ms = mean_std(values)
+    if ms is None:
+        return "n/a"
+    m, s = ms
+    if len([v for v in values if v is not None]) == 1:
+        return f"{scale * m:.{digits}f}"
+    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def _fmt_best(values) -> str:
+    """The paper's "best (mean±std)" for errors over repeats; a single value when there is one run."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return _pct(vals[0])
+    m, s = mean_std(vals)
+    return f"{100 * min(vals):.2f} ({100 * m:.2f}±{100 * s:.2f})"
+
+
+def results_rows(records) -> list[dict]:
+    """One flat row per run: what ``results.csv`` holds."""
+    rows = []
+    for r in sorted(records, key=lambda r: (r["depth"], _family_order(["none", "A", "B", "C", r["option"]])
+                                            .index(r["option"]), r["repeat"])):
+        f = r["final"]
+        rows.append({"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
+                     "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
+                     "params": f.get("params"), "steps": f.get("steps"), "train_loss": f.get("train_loss"),
+                     "train_error": f.get("train_error"), "val_error": f.get("val_error"),
+                     "test_error": f.get("test_error"), "test_top5_error": f.get("test_top5_error"),
+                     "wall_time_s": f.get("wall_time_s"), "dir": r["dir"]})
+    return rows
+
+
+def summary_rows(records) -> list[dict]:
+    """One row per (depth, option), aggregated over repeats."""
+    rows = []
+    for (depth, option), runs in _groups(records).items():
+        finals = [r["final"] for r in runs]
+        rows.append({"depth": depth, "option": option, "network": net_label(depth, option),
+                     "params": finals[0].get("params"), "repeats": len(runs),
+                     "train_error": mean_std([f.get("train_error") for f in finals]),
+                     "val_error": mean_std([f.get("val_error") for f in finals]),
+                     "test_error": mean_std([f.get("test_error") for f in finals]),
+                     "best_test_error": min((f["test_error"] for f in finals if f.get("test_error") is not None),
+                                            default=None),
+                     "wall_time_s": mean_std([f.get("wall_time_s") for f in finals])})
+    return rows
+
+
+def results_table(records) -> tuple[list[str], list[list[str]]]:
+    """The main table: errors in %, mean ± std over repeats; test error as best (mean±std)."""
+    head = ["depth", "network", "params", "train error (%)", "val error (%)", "test error (%)",
+            "wall time (s)", "runs"]
+    rows = []
+    for (depth, option), runs in _groups(records).items():
+        finals = [r["final"] for r in runs]
+        params = finals[0].get("params")
+        rows.append([str(depth), net_label(depth, option), f"{params:,}" if params is not None else "n/a",
+                     _fmt_mean([f.get("train_error") for f in finals]),
+                     _fmt_mean([f.get("val_error") for f in finals]),
+                     _fmt_best([f.get("test_error") for f in finals]),
+                     _fmt_mean([f.get("wall_time_s") for f in finals], scale=1.0, digits=1),
+                     ", ".join(f"[{r['name']}]({r['dir']}/)" for r in runs)])
+    return head, rows
+
+
+def degradation_text(records) -> list[str]:
+    """In words: does the deeper plain net train worse than the shallower one, and the residual nets?"""
+    agg = {(r["depth"], r["option"]): r for r in summary_rows(records)}
+    depths = sorted({d for d, _ in agg})
+    if len(depths) < 2:
+        return ["Only one depth was trained, so degradation cannot be judged."]
+    lo, hi = depths[0], depths[-1]
+    lines = []
+    for option in _family_order([o for _, o in agg]):
+        a, b = agg.get((lo, option)), agg.get((hi, option))
+        if not a or not b or a["train_error"] is None or b["train_error"] is None:
+            continue
+        ea, eb = 100 * a["train_error"][0], 100 * b["train_error"][0]
+        name_a, name_b = net_label(lo, option), net_label(hi, option)
+        if option == "none":
+            if eb > ea:
+                lines.append(f"**Degradation:** the deeper plain net {name_b} ends with a *higher* training error "
+                             f"than {name_a} ({eb:.2f}% vs {ea:.2f}%): adding layers made the plain net harder "
+                             f"to optimise, as in the paper's Figure 6 (left).")
+            else:
+                lines.append(f"No degradation at this budget: {name_b} trains as well as or better than {name_a} "
+                             f"({eb:.2f}% vs {ea:.2f}% training error).")
+        else:
+            verdict = "better" if eb < ea else "worse" if eb > ea else "the same"
+            lines.append(f"With shortcut option {option}, the deeper {name_b} trains {verdict} than {name_a} "
+                         f"({eb:.2f}% vs {ea:.2f}% training error).")
+    return lines or ["No complete plain/residual pair across depths to compare."]
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.dpi": FIG_DPI})
+    return plt
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def _mean_curve(runs, kind: str, split: str | None = None):
+    """Steps and the repeat-averaged error curve of one (depth, option) from the metrics events."""
+    by_step = defaultdict(list)
+    for r in runs:
+        for e in r["events"]:
+            if e.get("kind") != kind or e.get("error") is None:
+                continue
+            if split is not None and e.get("split") != split:
+                continue
+            by_step[int(e["step"])].append(float(e["error"]))
+    steps = sorted(by_step)
+    return np.array(steps), np.array([100 * np.mean(by_step[s]) for s in steps])
+
+
+def figure_training_curves(records, path) -> str:
+    """The paper's Figure 6: training error (dashed) and test error (solid) vs iterations, one panel per family."""
+    plt = _plt()
+    groups = _groups(records)
+    options = _family_order([o for _, o in groups])
+    depths = sorted({d for d, _ in groups})
+    fig, axes = plt.subplots(1, len(options), figsize=(4.0 * len(options) + 0.5, 3.6), sharey=True, squeeze=False)
+    for ax, option in zip(axes[0], options):
+        for i, depth in enumerate(depths):
+            runs = groups.get((depth, option))
+            if not runs:
+                continue
+            color = DEPTH_COLORS[i % len(DEPTH_COLORS)]
+            name = net_label(depth, option)
+            s, e = _mean_curve(runs, "train")
+            if len(s):
+                ax.plot(s, e, linestyle="--", linewidth=1.0, color=color, alpha=0.85, label=f"{name} train")
+            s, e = _mean_curve(runs, "eval", "test")
+            if len(s):
+                ax.plot(s, e, linestyle="-", linewidth=2.0, color=color, marker="o" if len(s) <= 12 else None,
+                        markersize=3, label=f"{name} test")
+        ax.set_title("plain" if option == "none" else f"residual, option {option}")
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", frameon=False)
+    axes[0][0].set_ylabel("error (%)")
+    fig.suptitle("Training (dashed) and test (solid) error", fontsize=10)
+    return _save(fig, path)
+
+
+def _mean_named(runs, get) -> tuple[list[str], np.ndarray] | None:
+    """Average a per-layer list [(name, value), ...] over repeats (names must agree)."""
+    lists = [get(r) for r in runs]
+    lists = [l for l in lists if l]
+    if not lists:
+        return None
+    names = [n for n, _ in lists[0]]
+    values = np.mean([[float(v) for _, v in l] for l in lists if len(l) == len(names)], axis=0)
+    return names, values
+
+
+def figure_layer_responses(records, path) -> str | None:
+    """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom)."""
+    groups = _groups(records)
+    depths = sorted({d for d, _ in groups})
+    curves = []
+    for (depth, option), runs in groups.items():
+        got = _mean_named(runs, lambda r: (r.get("analysis") or {}).get("layer_responses"))
+        if got:
+            curves.append((depth, option, got[1]))
+    if not curves:
+        return None
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 6.0))
+    for depth, option, values in curves:
+        st = _style(depth, option, depths)
+        x = np.arange(1, len(values) + 1)
+        top.plot(x, values, marker=".", markersize=4, linewidth=1.2, **st)
+        bottom.plot(x, np.sort(values)[::-1], marker=".", markersize=4, linewidth=1.2, **st)
+    top.set_title("Responses of the 3x3 layers (std of the BN output), final checkpoints")
+    top.set_xlabel("layer index (original order)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (top, bottom):
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+    top.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _grad_steps(records) -> list[str]:
+    steps = set()
+    for r in records:
+        steps |= set(((r.get("analysis") or {}).get("grad_norms") or {}).keys())
+    return sorted(steps, key=int)
+
+
+def figure_gradient_flow(records, path) -> str | None:
+    """Gradient norm per block, one panel per training step (0 = initialisation), plain vs residual."""
+    steps = _grad_steps(records)
+    if not steps:
+        return None
+    groups = _groups(records)
+    depths = sorted({d for d, _ in groups})
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(steps), figsize=(4.0 * len(steps) + 1.6, 3.6), sharey=True, squeeze=False)
+    for ax, step in zip(axes[0], steps):
+        for (depth, option), runs in groups.items():
+            got = _mean_named(runs, lambda r: ((r.get("analysis") or {}).get("grad_norms") or {}).get(step))
+            if not got:
+                continue
+            names, values = got
+            # x: position in the network, so that nets of different depths line up
+            ax.plot(np.linspace(0, 1, len(values)), values, marker=".", markersize=4, linewidth=1.2,
+                    **_style(depth, option, depths))
+        ax.set_yscale("log")
+        ax.set_title("at initialisation" if int(step) == 0 else f"after {int(step)} iterations")
+        ax.set_xlabel("relative depth (0 = stem, 1 = classifier)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("gradient norm per block")
+    axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def first_layer_norms(records) -> dict[str, dict[tuple[int, str], float]]:
+    """step -> (depth, option) -> the first layer's (stem's) gradient norm, averaged over repeats."""
+    out = {}
+    for step in _grad_steps(records):
+        per = {}
+        for (depth, option), runs in _groups(records).items():
+            vals = [float(g[step][0][1]) for r in runs
+                    if (g := (r.get("analysis") or {}).get("grad_norms") or {}).get(step)]
+            if vals:
+                per[(depth, option)] = float(np.mean(vals))
+        out[step] = per
+    return out
+
+
+def figure_first_layer(records, path) -> str | None:
+    """The first layer's gradient norm against depth, one line per family, one panel per step."""
+    data = first_layer_norms(records)
+    if not data:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(data), figsize=(3.4 * len(data) + 0.5, 3.2), sharey=True, squeeze=False)
+    for ax, (step, per) in zip(axes[0], data.items()):
+        for option in _family_order([o for _, o in per]):
+            pts = sorted((d, v) for (d, o), v in per.items() if o == option)
+            ax.plot([d for d, _ in pts], [v for _, v in pts], marker="o", linewidth=1.5,
+                    color=FAMILY_COLORS.get(family(option), "tab:purple"),
+                    label="plain" if option == "none" else f"residual {option}")
+        ax.set_yscale("log")
+        ax.set_xlabel("depth (layers)")
+        ax.set_title("at initialisation" if int(step) == 0 else f"after {int(step)} iterations")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("first layer's gradient norm")
+    axes[0][-1].legend(frameon=False)
+    return _save(fig, path)
+
+
+def figure_path_ratios(records, path) -> str | None:
+    """||F(x)|| / ||shortcut(x)|| per residual block at the final checkpoint."""
+    groups = _groups(records)
+    depths = sorted({d for d, _ in groups})
+    curves = []
+    for (depth, option), runs in groups.items():
+        if option == "none":
+            continue
+        got = _mean_named(runs, lambda r: [(p.get("block"), p.get("ratio")) for p in
+                                           ((r.get("analysis") or {}).get("path_stats") or [])
+                                           if p.get("ratio") is not None and math.isfinite(p["ratio"])])
+        if got:
+            curves.append((depth, option, got[1]))
+    if not curves:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    for depth, option, values in curves:
+        ax.plot(np.arange(len(values)), values, marker=".", linewidth=1.2, **_style(depth, option, depths))
+    ax.set_yscale("log")
+    ax.set_xlabel("residual block (forward order)")
+    ax.set_ylabel("‖F(x)‖ / ‖shortcut(x)‖")
+    ax.set_title("How much each residual branch adds to its shortcut (final checkpoints)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def figure_landscape(landscape: dict, path) -> str | None:
+    """Loss contours of the deepest plain vs residual pair along two filter-normalised random directions."""
+    nets = landscape.get("nets") or []
+    if not nets:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(nets), figsize=(4.2 * len(nets), 3.8), squeeze=False)
+    allv = np.concatenate([np.asarray(n["result"]["loss"], dtype=np.float64).ravel() for n in nets])
+    allv = allv[np.isfinite(allv)]
+    lo, hi = float(allv.min()), float(np.percentile(allv, 95))
+    levels = np.linspace(lo, max(hi, lo + 1e-6), 15)
+    for ax, n in zip(axes[0], nets):
+        res = n["result"]
+        a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
+        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), None, levels[-1])
+        if loss.shape != (len(a), len(b)):
+            loss = loss.reshape(len(a), len(b))
+        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9)
+        ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.2f")
+        ax.plot([0], [0], "r+", markersize=8)
+        ax.set_title(n["label"])
+        ax.set_xlabel("direction 1 (α)")
+        ax.set_ylabel("direction 2 (β)")
+        ax.set_aspect("equal")
+    fig.suptitle("Training loss around the final weights (same levels in both panels)", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+class Doc:
+    """A report as a list of blocks, rendered to Markdown and to HTML."""
+
+    def __init__(self, title: str):
+        self.title, self.blocks = title, []
+
+    def h(self, text, level=2):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text):
+        self.blocks.append(("p", text))
+
+    def table(self, head, rows):
+        self.blocks.append(("table", head, rows))
+
+    def image(self, file, caption):
+        self.blocks.append(("image", file, caption))
+
+    def raw_md(self, md):
+        self.blocks.append(("md", md))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for b in self.blocks:
+            if b[0] == "h":
+                out += ["#" * b[1] + " " + b[2], ""]
+            elif b[0] == "p":
+                out += [b[1], ""]
+            elif b[0] == "table":
+                out.append("| " + " | ".join(b[1]) + " |")
+                out.append("|" + "|".join("---" for _ in b[1]) + "|")
+                out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in b[2]]
+                out.append("")
+            elif b[0] == "image":
+                out += [f"![{b[2]}]({b[1]})", "", f"*{b[2]}*", ""]
+            elif b[0] == "md":
+                out += [b[1].rstrip(), ""]
+        return "\n".join(out)
+
+    def html(self, folder: str) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for b in self.blocks:
+            if b[0] == "h":
+                body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                body.append(f"<p>{_inline_html(b[1])}</p>")
+            elif b[0] == "table":
+                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b[1])
+                rows = "".join("<tr>" + "".join(f"<td>{_inline_html(str(c))}</td>" for c in row) + "</tr>"
+                               for row in b[2])
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif b[0] == "image":
+                with open(os.path.join(folder, b[1]), "rb") as fh:
+                    data = base64.b64encode(fh.read()).decode("ascii")
+                body.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{html.escape(b[2])} (<code>{html.escape(b[1])}</code>)</figcaption>"
+                            f"</figure>")
+            elif b[0] == "md":
+                body.append(_md_blocks_html(b[1]))
+        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+                 "line-height:1.45;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+                 "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+                 "td:nth-child(2){text-align:left}img{max-width:100%}figure{margin:1.5em 0}"
+                 "figcaption{font-size:0.85em;color:#555}code{background:#f5f5f5;padding:0 3px}"
+                 "pre{background:#f7f7f7;padding:0.6em;overflow-x:auto;font-size:0.8em}")
+        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>\n"
+                + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline_html(text: str) -> str:
+    """Escape, then turn Markdown links ``[t](u)``, ``**bold**``, ``*em*`` and ``code`` into HTML."""
+    import re
+    s = html.escape(text)
+    s = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', s)
+    s = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+    s = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<i>\1</i>", s)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return s
+
+
+def _md_blocks_html(md: str) -> str:
+    """Render simple Markdown (pipe tables and paragraphs with inline markup) as HTML."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            cells = [[c.strip() for c in l.strip().strip("|").split("|")] for l in table]
+            rows = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
+            out.append("<table><thead><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in cells[0])
+                       + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
+                       + "</tbody></table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.lstrip().startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{_inline_html(line.strip())}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def _generic_table(dicts: list[dict], keys: list[str] | None = None, digits=4):
+    keys = keys or list(dict.fromkeys(k for d in dicts for k in d))
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return "" if v is None else str(v)
+    return keys, [[fmt(d.get(k)) for k in keys] for d in dicts]
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+def write_results(out_dir, records) -> tuple[str, str]:
+    """``results.csv`` (one row per run) and ``results.json`` (runs + the per-(depth, option) summary)."""
+    rows = results_rows(records)
+    csv_path, json_path = os.path.join(out_dir, "results.csv"), os.path.join(out_dir, "results.json")
+    tmp = csv_path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, csv_path)
+    summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]})
+                        for k in ("train_error", "val_error", "test_error", "wall_time_s")}}
+               for s in summary_rows(records)]
+    first = first_layer_norms(records)
+    payload = {"runs": rows, "summary": summary,
+               "first_layer_grad_norm": {step: [{"depth": d, "option": o, "norm": v} for (d, o), v in per.items()]
+                                         for step, per in first.items()}}
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1)
+    os.replace(tmp, json_path)
+    return csv_path, json_path
+
+
+def write_report(out_dir, records, *, title="Shortcut study", settings: dict | None = None,
+                 landscape: dict | None = None, shapes_md: str | None = None, notes=()) -> dict:
+    """Write figures, ``results.csv/json``, ``report.md`` and ``report.html`` into ``out_dir``.
+
+    Returns ``{"md": path, "html": path, "figures": [paths...]}``.
+    """
+    if not records:
+        raise ValueError("no finished runs to report on")
+    fig_dir = os.path.join(out_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    csv_path, json_path = write_results(out_dir, records)
+    doc = Doc(title)
+    figures = []
+
+    def figure(fn, name, *args):
+        path = fn(*args, os.path.join(fig_dir, name))
+        if path:
+            figures.append(path)
+            return f"figures/{name}"
+        return None
+
+    if settings:
+        doc.p(" · ".join(f"{k}: `{v}`" for k, v in settings.items()))
+    for n in notes:
+        doc.p(n)
+
+    doc.h("Results")
+    head, rows = results_table(records)
+    doc.table(head, rows)
+    repeats = max(len(v) for v in _groups(records).values())
+    doc.p("Errors are percentages at the end of training (training error: the average over the last logging "
+          "interval). " + ("With several repeats each cell is mean ± std; the test error reads "
+                           "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
+          + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
+            "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
+
+    doc.h("Training curves (Figure 6)")
+    for line in degradation_text(records):
+        doc.p(line)
+    rel = figure(figure_training_curves, "training_curves.png", records)
+    doc.image(rel, "Training error (dashed) and test error (solid) against iterations; colour = depth")
+
+    if rel := figure(figure_layer_responses, "layer_responses.png", records):
+        doc.h("Layer responses (Figure 7)")
+        doc.p("Std of each 3x3 layer's output after its BN (before the addition and the ReLU), on a fixed batch "
+              "of training images, final checkpoints. The paper finds residual functions respond more weakly "
+              "than the layers of plain nets (smaller std), and more weakly the deeper the net.")
+        doc.image(rel, "Layer responses in layer order (top) and sorted by magnitude (bottom)")
+
+    if _grad_steps(records):
+        doc.h("Gradient flow")
+        doc.p("Norm of the training-loss gradient with respect to each block's parameters, on a fixed batch of "
+              "training images, at initialisation (the fresh model with the run's seed) and at saved steps.")
+        rel = figure(figure_gradient_flow, "gradient_flow.png", records)
+        doc.image(rel, "Gradient norm per block (log scale); colour = family, line style = depth")
+        rel = figure(figure_first_layer, "first_layer_gradient.png", records)
+        doc.image(rel, "The first layer's gradient norm against depth")
+        first = first_layer_norms(records)
+        depths = sorted({d for per in first.values() for d, _ in per})
+        opts = _family_order({o for per in first.values() for _, o in per})
+        head = ["step", "network"] + [f"depth {d}" for d in depths]
+        trows = [[step, "plain" if o == "none" else f"residual {o}"]
+                 + [f"{first[step][(d, o)]:.3g}" if (d, o) in first[step] else "" for d in depths]
+                 for step in first for o in opts]
+        doc.table(head, trows)
+
+    if rel := figure(figure_path_ratios, "path_ratios.png", records):
+        doc.h("Residual paths")
+        doc.p("‖F(x)‖ / ‖shortcut(x)‖ per residual block at the final checkpoint: below 1, the block mostly "
+              "passes its input on and adds a small correction.")
+        doc.image(rel, "Ratio of residual-branch to shortcut output norms per block")
+
+    proj = [(r, p) for r in records for p in ((r.get("analysis") or {}).get("projection_stats") or [])
+            if r["repeat"] == 0]
+    if proj:
+        doc.h("Projection shortcuts (options B/C)")
+        doc.table(*_generic_table([{"run": r["name"], **p} for r, p in proj]))
+
+    if landscape and landscape.get("nets"):
+        doc.h("Loss landscape")
+        if landscape.get("note"):
+            doc.p(landscape["note"])
+        keys = sorted({k for n in landscape["nets"] for k, v in (n.get("flatness") or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        doc.table(["network"] + keys,
+                  [[n["label"]] + [f"{n['flatness'][k]:.4g}" if k in (n.get("flatness") or {}) else ""
+                                   for k in keys] for n in landscape["nets"]])
+        if rel := figure(figure_landscape, "landscape.png", landscape):
+            doc.image(rel, "Loss contours around the final weights, deepest plain vs residual net")
+
+    if shapes_md:
+        doc.h("Layer shapes of the studied models")
+        doc.raw_md(shapes_md)
+
+    doc.h("Runs")
+    doc.table(["run", "config", "metrics", "final"],
+              [[r["name"], f"[config.json]({r['dir']}/config.json)", f"[metrics.jsonl]({r['dir']}/metrics.jsonl)",
+                f"[final.json]({r['dir']}/final.json)"] for r in sorted(records, key=lambda r: r["name"])])
+
+    md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
+    for path, text in ((md_path, doc.markdown()), (html_path, doc.html(out_dir))):
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(path + ".tmp", path)
+    return {"md": md_path, "html": html_path, "figures": figures, "csv": csv_path, "json": json_path}

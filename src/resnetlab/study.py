@@ -1,0 +1,568 @@
+"""The shortcut study (``resnetlab study shortcuts``) and the main job (``resnetlab demo``).
+
+A study trains a grid of CIFAR ResNets: every depth x every shortcut option (``A``/``B``/``C``, and ``none``
+for the plain net) x ``repeats``, as **matched twins**: for one depth and repeat, every option gets the same
+seed, so shared parameters start bit-identical and every run sees the same batches in the same order; only
+the shortcut differs. Each run is an ordinary training run (:func:`resnetlab.train.train`) in
+``OUT/runs/<model>-<option>-r<k>/``. Then it measures every run (layer responses, gradient flow, residual
+paths, projections; optionally the loss landscape) and writes the report (:mod:`resnetlab.report`).
+
+Rerunning the same command resumes: finished runs (``final.json``) are skipped, interrupted ones continue
+from their ``last.pt``, and the report is rebuilt from the run folders.
+
+    resnetlab study shortcuts --depths 20,56 --options A,B,C,none --budget short --out study-20-56
+    resnetlab demo                       # small offline study on synthetic data, ~3 minutes on 2 CPU cores
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import report as report_mod
+from .blocks import SHORTCUTS
+from .config import add_arguments, opt, parse_config, to_dict
+
+DATASETS = ("synthetic", "cifar10", "cifar100")
+BUDGETS = ("smoke", "short", "paper")
+STUDIES = ("shortcuts",)
+
+# What each budget sets when the flags leave it open. "paper" is the he2016-cifar recipe in full (64k
+# iterations, batch 128, the 45k/5k split): hours per run on a GPU. "short" keeps the recipe's schedule,
+# shrunk to 3000 iterations. "smoke" checks the whole pipeline in minutes on a CPU.
+BUDGET_SETTINGS = {
+    "smoke": dict(iterations=40, batch_size=32, val_split=500, eval_every=10, log_every=5, checkpoint_every=20),
+    "short": dict(iterations=3000, batch_size=128, val_split=5000, eval_every=250, log_every=50,
+                  checkpoint_every=500),
+    "paper": dict(iterations=64000, batch_size=128, val_split=5000, eval_every=2000, log_every=100,
+                  checkpoint_every=2000),
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A grid of matched plain/residual twins and what to measure on them."""
+
+    depths: tuple[int, ...] = opt((20, 56), "CIFAR depths 6n+2, comma-separated")
+    options: tuple[str, ...] = opt(("A", "B", "C", "none"), "shortcut options (none = the plain net)")
+    data: str = opt("synthetic", "dataset", choices=DATASETS)
+    data_dir: str | None = opt(None, "folder or .tar.gz of the dataset (default: the cache folder)")
+    out: str = opt("study", "report folder; runs go to OUT/runs/")
+    budget: str = opt("smoke", "smoke (minutes, CPU), short (a few thousand iterations), paper (64k, GPU)",
+                      choices=BUDGETS)
+    iterations: int | None = opt(None, "training iterations per run (default: the budget's)")
+    batch_size: int | None = opt(None, "batch size (default: the budget's)")
+    val_split: int | None = opt(None, "training images held out for validation (default: the budget's)")
+    eval_every: int | None = opt(None, "evaluate every N iterations (default: the budget's)")
+    log_every: int | None = opt(None, "log training loss/error every N iterations (default: the budget's)")
+    checkpoint_every: int | None = opt(None, "write last.pt every N iterations (default: the budget's)")
+    repeats: int = opt(1, "runs per (depth, option), with seeds SEED, SEED+1, ...")
+    seed: int = opt(0, "seed of repeat 0: model init and data order, shared by the twins")
+    width: int | None = opt(None, "planes of the first stage (default 16, the paper's)")
+    recipe: str = opt("he2016-cifar", "training recipe (resnetlab train --help)")
+    preact: bool = opt(False, "pre-activation blocks (He et al. 2016) instead of the original ordering")
+    shortcut_scale: float = opt(1.0, "constant scaling of the shortcut (Identity Mappings, Sec. 3.1)")
+    grad_steps: tuple[int, ...] | None = opt(None, "steps at which to measure gradient flow (0 = at "
+                                                   "initialisation; default: 0, 10% and 100% of training)")
+    analysis_images: int = opt(256, "training images used for the measurements")
+    landscape: bool = opt(False, "also compare the loss landscapes of the deepest plain/residual pair")
+    landscape_steps: int = opt(11, "grid points per axis of the landscape")
+    landscape_span: float = opt(1.0, "the landscape covers [-SPAN, SPAN] along each direction")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N, mps")
+    precision: str = opt("auto", "auto (train's choice), fp32 or bf16", choices=("auto", "fp32", "bf16"))
+    threads: int | None = opt(None, "CPU threads (default: train's, the physical cores; 1 is faster for tiny "
+                                    "models on a busy machine)")
+    quiet: bool = opt(False, "no per-run training progress")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid."""
+
+    name: str
+    model: str
+    depth: int
+    option: str
+    repeat: int
+    seed: int
+    dir: str  # absolute
+
+
+# --------------------------------------------------------------------------------------------- the grid
+
+def check_config(cfg: StudyConfig) -> None:
+    """Clear errors for grids that cannot be trained."""
+    if not cfg.depths:
+        raise ValueError("the grid is empty: give at least one depth (--depths 20,56)")
+    if not cfg.options:
+        raise ValueError(f"the grid is empty: give at least one shortcut option (--options {','.join(SHORTCUTS)})")
+    for d in cfg.depths:
+        if d < 8 or (d - 2) % 6:
+            raise ValueError(f"depth {d} is not a CIFAR ResNet depth: it must be 6n+2 with n >= 1 "
+                             f"(8, 14, 20, 26, 32, 44, 56, 110, ...)")
+    for o in cfg.options:
+        if o not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut option {o!r}; valid: {', '.join(SHORTCUTS)} (none = plain net)")
+    for what in ("repeats", "analysis_images", "landscape_steps"):
+        if getattr(cfg, what) < 1:
+            raise ValueError(f"{what} must be at least 1, got {getattr(cfg, what)}")
+    if cfg.iterations is not None and cfg.iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {cfg.iterations}")
+    if cfg.seed < 0:
+        raise ValueError(f"seed must be non-negative, got {cfg.seed}")
+    if cfg.width is not None and cfg.width < 1:
+        raise ValueError(f"width must be a positive integer, got {cfg.width}")
+    if cfg.grad_steps and any(s < 0 for s in cfg.grad_steps):
+        raise ValueError(f"grad steps must be >= 0, got {cfg.grad_steps}")
+
+
+def budget(cfg: StudyConfig) -> dict:
+    """The training settings the study uses: the budget's, overridden by the flags that were given."""
+    out = dict(BUDGET_SETTINGS[cfg.budget])
+    for k in out:
+        if getattr(cfg, k) is not None:
+            out[k] = getattr(cfg, k)
+    return out
+
+
+def grad_steps(cfg: StudyConfig) -> tuple[int, ...]:
+    """Steps of the gradient-flow measurement (within the run), always including 0 (initialisation)."""
+    iters = budget(cfg)["iterations"]
+    steps = cfg.grad_steps if cfg.grad_steps is not None else (0, max(1, iters // 10), iters)
+    return tuple(sorted({0, *(s for s in steps if s <= iters)}))
+
+
+def grid(cfg: StudyConfig) -> list[RunSpec]:
+    """Every run of the study, ordered so that twins train one after the other."""
+    check_config(cfg)
+    runs, seen = [], set()
+    options = list(dict.fromkeys(cfg.options))
+    for repeat in range(cfg.repeats):
+        for depth in dict.fromkeys(cfg.depths):
+            for option in options:
+                model = f"resnet{depth}"
+                name = f"{model}-{option}-r{repeat}"
+                if name in seen:
+                    continue
+                seen.add(name)
+                runs.append(RunSpec(name, model, depth, option, repeat, cfg.seed + repeat,
+                                    os.path.abspath(os.path.join(cfg.out, "runs", name))))
+    return runs
+
+
+def train_config(cfg: StudyConfig, run: RunSpec):
+    """The :class:`resnetlab.train.TrainConfig` of one run: same seed for twins, only the shortcut differs."""
+    from .train import TrainConfig
+    b = budget(cfg)
+    save_at = tuple(s for s in grad_steps(cfg) if s > 0)
+    values = dict(model=run.model, shortcut=run.option, preact=cfg.preact, shortcut_scale=cfg.shortcut_scale,
+                  width=cfg.width, seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
+                  recipe=cfg.recipe, iterations=b["iterations"], batch_size=b["batch_size"],
+                  val_split=b["val_split"], eval_every=b["eval_every"], log_every=b["log_every"],
+                  checkpoint_every=b["checkpoint_every"], save_at=save_at, device=cfg.device,
+                  precision=cfg.precision, threads=cfg.threads, quiet=cfg.quiet)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = sorted(k for k, v in values.items() if k not in names and v not in (None, False, 1.0))
+    if missing:
+        raise ValueError(f"train.TrainConfig has no field(s) {', '.join(missing)} needed by the study")
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+# Fields that may differ between the run that made a folder and the one resuming it.
+_VOLATILE = {"out", "quiet", "device", "resume", "data_dir", "download", "precision", "compile", "compile_mode",
+             "threads", "tensorboard", "eval_batch_size", "checkpoint_every", "channels_last", "deterministic",
+             "save_at", "eval_every", "log_every"}  # save_at: steps missing from an older run are reported
+
+
+def _check_same_run(run: RunSpec, tcfg) -> None:
+    """Refuse to resume a run folder that was made with other settings (another budget, shortcut, ...)."""
+    path = os.path.join(run.dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    from .train import resolve_config
+    with open(path) as fh:
+        old = json.load(fh).get("config", {})
+    new = to_dict(resolve_config(tcfg))
+    diff = sorted(k for k in new if k not in _VOLATILE and k in old and old[k] != new[k]
+                  and not (old[k] is None or new[k] is None))
+    if diff:
+        raise ValueError(f"{run.dir} was trained with other settings ({', '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in diff)}); "
+                         f"use another --out, or delete that run folder to retrain it")
+
+
+def run_state(run: RunSpec) -> str:
+    """``"done"`` (final.json), ``"partial"`` (last.pt, resumable) or ``"new"``."""
+    if os.path.isfile(os.path.join(run.dir, "final.json")):
+        return "done"
+    if os.path.isfile(os.path.join(run.dir, "last.pt")):
+        return "partial"
+    return "new"
+
+
+def _log(msg: str) -> None:
+    print(f"[study] {msg}", file=sys.stderr, flush=True)
+
+
+def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
+    """Train (or resume, or skip) every run of the grid; returns the grid and the runs that diverged."""
+    from .train import TrainingDiverged, train
+    failed = []
+    runs = grid(cfg)
+    b = budget(cfg)
+    # Progress: time per unit of work, a unit being one iteration of one layer (cost grows with depth).
+    todo = [r for r in runs if run_state(r) != "done"]
+    total_units = sum(r.depth * b["iterations"] for r in todo)
+    done_units, spent = 0, 0.0
+    _log(f"{len(runs)} runs ({len(runs) - len(todo)} already finished), {b['iterations']} iterations each, "
+         f"batch {b['batch_size']}, data {cfg.data} -> {os.path.abspath(cfg.out)}")
+    for i, run in enumerate(runs, 1):
+        state = run_state(run)
+        tcfg = train_config(cfg, run)
+        _check_same_run(run, tcfg)
+        if state == "done":
+            _log(f"{i}/{len(runs)} {run.name}: finished earlier, skipped")
+            continue
+        eta = ""
+        if done_units:
+            eta = f", about {_duration(spent / done_units * (total_units - done_units))} left for the grid"
+        _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} "
+             f"(seed {run.seed}){eta}")
+        if state == "partial":
+            tcfg = _with_resume(tcfg, run)
+        t0 = time.perf_counter()
+        try:
+            train(tcfg)
+        except TrainingDiverged as e:  # one diverged run should not sink the study: report it
+            _log(f"{run.name} diverged: {e}")
+            failed.append(f"{run.name}: {e}")
+        spent += time.perf_counter() - t0
+        done_units += run.depth * b["iterations"]
+    return runs, failed
+
+
+def _with_resume(tcfg, run: RunSpec):
+    names = {f.name for f in dataclasses.fields(tcfg)}
+    if "resume" not in names:
+        raise ValueError("train.TrainConfig has no 'resume' field: cannot continue an interrupted run")
+    field = next(f for f in dataclasses.fields(tcfg) if f.name == "resume")
+    value = os.path.join(run.dir, "last.pt") if "str" in str(field.type) else True
+    return dataclasses.replace(tcfg, resume=value)
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+# --------------------------------------------------------------------------------------------- measurements
+
+def _read_json(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _read_events(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    events = []
+    if os.path.isfile(path):
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    try:
+                        events.append(json.loads(line))
+                    except json.JSONDecodeError:  # a line cut short by an interruption
+                        continue
+    return events
+
+
+def analysis_batch(cfg: StudyConfig, normalization_state: dict):
+    """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
+    from .data import Normalization, load_dataset
+    b = budget(cfg)
+    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"])["train"]
+    n = min(cfg.analysis_images, len(ds))
+    norm = Normalization.from_state_dict(normalization_state)
+    return norm(ds.x[:n]), ds.y[:n].clone()
+
+
+def init_model(run_dir: str):
+    """The run's model as it was before its first step: its architecture (``config.json``) built with its seed.
+
+    ``create_model`` seeds every parameter by its name, so this is bit-identical to the model ``train`` started
+    from, and twins (same seed, other shortcut) share every parameter they both have.
+    """
+    from .models import create_model
+    meta = _read_json(os.path.join(run_dir, "config.json"))
+    return create_model(**meta["model_config"], seed=int(meta["config"]["seed"]))
+
+
+def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor, device) -> dict:
+    """Layer responses, path and projection stats on the final checkpoint; block gradient norms at the
+    initialisation (the fresh model with the run's seed) and at every saved step of ``grad_steps``."""
+    from . import analysis
+    from .checkpoint import model_from_checkpoint
+    final_model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
+    final_steps = int(ckpt.get("step", budget(cfg)["iterations"]))
+    final_model.to(device)
+    xd, yd = x.to(device), y.to(device)
+    out = {"layer_responses": [list(t) for t in analysis.layer_responses(final_model, xd)],
+           "path_stats": [] if run.option == "none" else analysis.path_stats(final_model, xd),
+           "projection_stats": [{k: v for k, v in p.items() if k != "singular_values"}
+                                for p in analysis.projection_stats(final_model)],
+           "grad_norms": {}, "missing_steps": []}
+    for step in grad_steps(cfg):
+        if step == 0:
+            model = init_model(run.dir)
+        elif os.path.isfile(p := os.path.join(run.dir, f"step_{step}.pt")):
+            model, _ = model_from_checkpoint(p)
+        elif step == final_steps:
+            model = final_model
+        else:
+            out["missing_steps"].append(step)
+            continue
+        model.to(device)
+        out["grad_norms"][str(step)] = [list(t) for t in analysis.block_gradient_norms(model, xd, yd)]
+    return out
+
+
+def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
+    """Run records for the report, with measurements cached in each run folder (``analysis.json``)."""
+    records, batch = [], None
+    key = {"grad_steps": list(grad_steps(cfg)), "analysis_images": cfg.analysis_images, "version": 1}
+    for run in runs:
+        if run_state(run) != "done":
+            continue
+        final = _read_json(os.path.join(run.dir, "final.json"))
+        cache = os.path.join(run.dir, "analysis.json")
+        analysis = None
+        if os.path.isfile(cache):
+            cached = _read_json(cache)
+            if cached.get("key") == key and cached.get("final") == final:
+                analysis = cached["analysis"]
+        if analysis is None:
+            if batch is None:
+                from .checkpoint import load_checkpoint
+                norm = load_checkpoint(os.path.join(run.dir, "last.pt")).get("normalization")
+                batch = analysis_batch(cfg, norm)
+            _log(f"measuring {run.name}")
+            analysis = measure_run(cfg, run, *batch, device)
+            tmp = cache + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump({"key": key, "final": final, "analysis": analysis}, fh)
+            os.replace(tmp, cache)
+        records.append({"name": run.name, "model": run.model, "depth": run.depth, "option": run.option,
+                        "repeat": run.repeat, "seed": run.seed,
+                        "dir": os.path.relpath(run.dir, os.path.abspath(cfg.out)),
+                        "final": final, "events": _read_events(run.dir), "analysis": analysis})
+    return records
+
+
+def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | None:
+    """Loss landscapes of the deepest plain net and its residual twin (repeat 0)."""
+    from . import landscape
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    done = {(r.depth, r.option): r for r in runs if r.repeat == 0 and run_state(r) == "done"}
+    pairs = [d for d in sorted({d for d, _ in done}, reverse=True)
+             if (d, "none") in done and any((d, o) in done for o in ("A", "B", "C"))]
+    if not pairs:
+        return None
+    depth = pairs[0]
+    option = next(o for o in ("A", "B", "C") if (depth, o) in done)
+    cache = os.path.join(os.path.abspath(cfg.out), "landscape.json")
+    key = {"depth": depth, "option": option, "steps": cfg.landscape_steps, "span": cfg.landscape_span,
+           "images": cfg.analysis_images, "seed": cfg.seed,
+           "finals": [_read_json(os.path.join(done[(depth, o)].dir, "final.json")) for o in ("none", option)]}
+    if os.path.isfile(cache):
+        cached = _read_json(cache)
+        if cached.get("key") == key:
+            return cached["landscape"]
+    x = y = None
+    nets = []
+    for o in ("none", option):
+        run = done[(depth, o)]
+        _log(f"landscape of {run.name} ({cfg.landscape_steps}x{cfg.landscape_steps} points)")
+        model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
+        if x is None:
+            x, y = analysis_batch(cfg, ckpt.get("normalization"))
+        model.to(device)
+        dirs = landscape.random_directions(model, seed=cfg.seed, n=2)
+        res = landscape.landscape_2d(model, x.to(device), y.to(device), dirs, span=cfg.landscape_span,
+                                     steps=cfg.landscape_steps)
+        res = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in res.items()}
+        nets.append({"run": run.name, "label": report_mod.net_label(depth, o), "result": res,
+                     "flatness": _jsonable(landscape.flatness(res))})
+    out = {"nets": nets, "note": f"Training loss on {len(y)} training images around the final weights of "
+                                 f"{nets[0]['label']} and {nets[1]['label']}, along two filter-normalised "
+                                 f"random directions (seed {cfg.seed}), span ±{cfg.landscape_span}."}
+    with open(cache + ".tmp", "w") as fh:
+        json.dump({"key": key, "landscape": out}, fh)
+    os.replace(cache + ".tmp", cache)
+    return out
+
+
+def _jsonable(d):
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    if hasattr(d, "tolist"):
+        return d.tolist()
+    return d
+
+
+def shapes_markdown(cfg: StudyConfig) -> str | None:
+    """The layer-shape table (``resnetlab.summary``) of the studied models, when that module is available."""
+    try:
+        from . import summary
+    except ImportError:
+        return None
+    parts = []
+    for depth in sorted(set(cfg.depths)):
+        for option in dict.fromkeys(cfg.options):
+            from .models import create_model
+            model = create_model(f"resnet{depth}", shortcut=option, width=cfg.width, preact=cfg.preact,
+                                 shortcut_scale=cfg.shortcut_scale, seed=0)
+            try:
+                s = summary.summarize(model)
+                md = s.to_markdown() if hasattr(s, "to_markdown") else summary.format_markdown(s)
+            except Exception as e:  # the summary is a courtesy: never fail the report over it
+                _log(f"shape table unavailable: {e}")
+                return None
+            parts.append(md)
+    return "\n\n".join(parts)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = False) -> dict:
+    """Train the grid (resuming), measure every run and write the report. Returns report paths."""
+    check_config(cfg)
+    t0 = time.perf_counter()
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "study.json.tmp"), "w") as fh:
+        json.dump({"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, fh,
+                  indent=1)
+    os.replace(os.path.join(cfg.out, "study.json.tmp"), os.path.join(cfg.out, "study.json"))
+    runs, failed = train_grid(cfg)
+    device = _device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    records = collect(cfg, runs, device)
+    land = measure_landscape(cfg, runs, device) if cfg.landscape else None
+    b = budget(cfg)
+    settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"],
+                "recipe": cfg.recipe, "repeats": cfg.repeats, "seed": cfg.seed,
+                "width": cfg.width or 16, "blocks": "pre-activation" if cfg.preact else "original",
+                "shortcut scale": cfg.shortcut_scale}
+    notes = [f"Matched twins: for each depth and repeat every shortcut option starts from the same seed "
+             f"(shared parameters bit-identical) and sees the same batches; only the shortcut differs. "
+             f"Study settings: [study.json](study.json)."]
+    notes += [f"**Diverged** (left out of the results): {f}" for f in failed]
+    missing = sorted({(r["name"], s) for r in records for s in r["analysis"].get("missing_steps", [])})
+    if missing:
+        notes.append("Gradient norms missing (no step checkpoint in the run folder, trained before that step "
+                     "was asked for): " + ", ".join(f"{n} step {s}" for n, s in missing))
+    paths = report_mod.write_report(cfg.out, records, title=title or "Shortcut study: plain vs residual",
+                                    settings=settings, landscape=land,
+                                    shapes_md=shapes_markdown(cfg) if shapes else None, notes=notes)
+    paths["elapsed_s"] = time.perf_counter() - t0
+    return paths
+
+
+# --------------------------------------------------------------------------------------------- commands
+
+def main_study(argv: list[str] | None = None) -> int:
+    """``resnetlab study shortcuts ...``: train a grid of plain/residual twins and write the report."""
+    parser = argparse.ArgumentParser(
+        prog="resnetlab study", description=__doc__.split("\n\n")[0],
+        epilog="Rerun the same command to resume; finished runs are skipped.")
+    parser.add_argument("study", choices=STUDIES, help="which study (shortcuts: plain vs options A/B/C)")
+    add_arguments(parser, StudyConfig)
+    args = parser.parse_args(argv)
+    cfg = parse_config(StudyConfig, args)
+    paths = run_study(cfg)
+    print(f"report: {os.path.abspath(paths['md'])}\n        {os.path.abspath(paths['html'])}")
+    return 0
+
+
+DEMO_DEPTHS = (8, 20)
+DEMO_OPTIONS = ("A", "B", "none")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The main job: a small shortcut study that runs offline in a few minutes on a CPU."""
+
+    out: str = opt("resnetlab-demo", "report folder")
+    data: str = opt("auto", "auto: CIFAR-10 when --data-dir is given or it is in the cache, else synthetic",
+                    choices=("auto",) + DATASETS)
+    data_dir: str | None = opt(None, "CIFAR-10 folder or .tar.gz")
+    iterations: int = opt(240, "training iterations per run")
+    batch_size: int = opt(64, "batch size")
+    width: int = opt(8, "planes of the first stage (the paper's 16 is slower)")
+    seed: int = opt(0, "seed shared by the twins")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N, mps")
+    threads: int | None = opt(None, "CPU threads (default: all cores when the machine is idle, 1 when it is "
+                                    "busy: threads fighting over busy cores make small models 10x slower)")
+    quiet: bool = opt(True, "no per-run training progress (the study still reports each run)")
+
+
+def demo_study_config(d: DemoConfig) -> StudyConfig:
+    """The study the demo runs: plain vs options A and B at two depths."""
+    data = d.data
+    if data == "auto":
+        data = "synthetic"
+        if d.data_dir:
+            data = "cifar10"
+        else:
+            from .data import _find_cifar, default_cache_dir
+            try:
+                _find_cifar("cifar10", default_cache_dir())
+                data = "cifar10"
+            except FileNotFoundError:
+                pass
+    return StudyConfig(depths=DEMO_DEPTHS, options=DEMO_OPTIONS, data=data, data_dir=d.data_dir, out=d.out,
+                       budget="smoke", iterations=d.iterations, batch_size=d.batch_size, val_split=250,
+                       eval_every=max(1, d.iterations // 4), log_every=max(1, d.iterations // 30),
+                       checkpoint_every=max(1, d.iterations // 2),
+                       width=d.width, seed=d.seed, grad_steps=(0, d.iterations), analysis_images=128,
+                       device=d.device, precision="fp32", threads=d.threads or _auto_threads(), quiet=d.quiet)
+
+
+def _auto_threads() -> int | None:
+    """1 when other processes keep the cores busy (load average near the core count), else train's default."""
+    try:
+        busy = os.getloadavg()[0] >= 0.75 * (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        busy = False
+    return 1 if busy else None
+
+
+def main_demo(argv: list[str] | None = None) -> int:
+    """``resnetlab demo``: plain vs residual (options A, B) at depths 8 and 20, trained offline, with the report."""
+    parser = argparse.ArgumentParser(prog="resnetlab demo", description=main_demo.__doc__)
+    add_arguments(parser, DemoConfig)
+    d = parse_config(DemoConfig, parser.parse_args(argv))
+    cfg = demo_study_config(d)
+    t0 = time.perf_counter()
+    print(f"resnetlab demo: {len(DEMO_DEPTHS) * len(DEMO_OPTIONS)} runs (depths "
+          f"{', '.join(map(str, DEMO_DEPTHS))} x shortcut {', '.join(DEMO_OPTIONS)}) on {cfg.data}, "
+          f"{d.iterations} iterations each", flush=True)
+    paths = run_study(cfg, title="resnetlab demo: plain vs residual", shapes=True)
+    print(f"done in {_duration(time.perf_counter() - t0)}. The report: {os.path.abspath(paths['html'])}\n"
+          f"(Markdown: {os.path.abspath(paths['md'])}; figures in {os.path.abspath(os.path.join(cfg.out, 'figures'))})")
+    return 0
+
+
+main = main_study

@@ -1,0 +1,214 @@
+"""The shortcut study and its report: matched twins, real tiny training runs, resuming, the report's files."""
+import csv
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from resnetlab import cli, report, study
+from resnetlab.study import StudyConfig
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Tiny but real: 2 depths x (option B, plain), width 4, 12 iterations on the synthetic set.
+TINY = dict(depths=(8, 14), options=("B", "none"), data="synthetic", iterations=12, batch_size=16, val_split=100,
+            eval_every=6, log_every=3, checkpoint_every=6, width=4, grad_steps=(0, 6, 12), analysis_images=32,
+            landscape=True, landscape_steps=3, device="cpu", precision="fp32", threads=1, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "report"
+    cfg = StudyConfig(out=str(out), **TINY)
+    paths = study.run_study(cfg)
+    return cfg, paths
+
+
+def _runs(cfg):
+    return {r.name: r for r in study.grid(cfg)}
+
+
+def test_grid_names_seeds_and_twin_configs(tmp_path):
+    cfg = StudyConfig(out=str(tmp_path), depths=(8, 20), options=("A", "B", "C", "none"), repeats=2, seed=5)
+    runs = study.grid(cfg)
+    assert len(runs) == 2 * 4 * 2
+    assert {r.name for r in runs} >= {"resnet8-A-r0", "resnet20-none-r1", "resnet20-C-r1"}
+    assert all(r.seed == 5 + r.repeat for r in runs)
+    # Twins: the same depth and repeat give configs that differ only in the shortcut and the folder.
+    a, b = (study.train_config(cfg, r) for r in runs if r.depth == 20 and r.repeat == 1 and r.option in "AB")
+    da, db = study.to_dict(a), study.to_dict(b)
+    assert {k for k in da if da[k] != db[k]} == {"shortcut", "out"}
+    assert a.seed == b.seed == 6
+
+
+def test_twins_share_initial_weights(tiny_study):
+    cfg, _ = tiny_study
+    for depth in (8, 14):
+        plain = study.init_model(_runs(cfg)[f"resnet{depth}-none-r0"].dir).state_dict()
+        resid = study.init_model(_runs(cfg)[f"resnet{depth}-B-r0"].dir).state_dict()
+        shared = set(plain) & set(resid)
+        extra = set(resid) - set(plain)
+        assert extra and all(".downsample." in k for k in extra)  # B adds only its projections
+        assert len(shared) == len(plain)
+        for k in shared:
+            assert torch.equal(plain[k], resid[k]), k
+    # ... and not trivially: another seed gives other weights
+    other = study.init_model(_runs(cfg)["resnet8-none-r0"].dir)
+    from resnetlab import create_model
+    assert not torch.equal(other.conv1.weight, create_model("resnet8", width=4, shortcut="none", seed=1).conv1.weight)
+
+
+def test_init_model_is_where_training_started(tiny_study):
+    # The first training log's loss is measured on batch 0 with the initial weights only at step 1; instead
+    # check the architecture: the init model loads the final checkpoint's weights strictly.
+    cfg, _ = tiny_study
+    from resnetlab.checkpoint import load_checkpoint
+    for run in _runs(cfg).values():
+        init = study.init_model(run.dir)
+        ckpt = load_checkpoint(os.path.join(run.dir, "last.pt"))
+        init.load_state_dict(ckpt["model"], strict=True)
+
+
+def test_report_files_and_links(tiny_study):
+    cfg, paths = tiny_study
+    out = cfg.out
+    md = open(paths["md"], encoding="utf-8").read()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    names = {os.path.basename(i) for i in images}
+    assert {"training_curves.png", "layer_responses.png", "gradient_flow.png", "first_layer_gradient.png",
+            "path_ratios.png", "landscape.png"} <= names
+    for rel in images:
+        with open(os.path.join(out, rel), "rb") as fh:
+            assert fh.read(8) == PNG_MAGIC, rel
+    # every relative link resolves: results, run folders, configs, metrics
+    links = [l for l in re.findall(r"(?<!!)\[[^\]]*\]\(([^)]+)\)", md) if not l.startswith("http")]
+    assert any(l.endswith("config.json") for l in links) and "results.csv" in links
+    for l in links:
+        assert os.path.exists(os.path.join(out, l)), l
+    html = open(paths["html"], encoding="utf-8").read()
+    assert html.count("data:image/png;base64,") == len(images)
+    assert "<img" in html and 'src="figures/' not in html  # self-contained
+    assert "Degradation" in md or "No degradation" in md
+
+
+def test_table_numbers_equal_final_json(tiny_study):
+    cfg, paths = tiny_study
+    runs = _runs(cfg)
+    with open(os.path.join(cfg.out, "results.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["run"] for r in rows} == set(runs)
+    md = open(paths["md"], encoding="utf-8").read()
+    table = [l for l in md.splitlines() if l.startswith("| ") and "[resnet" in l]
+    assert len(table) == len(runs)  # one repeat: one row per run
+    for row in rows:
+        final = json.load(open(os.path.join(runs[row["run"]].dir, "final.json")))
+        for key in ("train_error", "val_error", "test_error", "wall_time_s"):
+            assert float(row[key]) == pytest.approx(final[key], rel=1e-12)
+        assert int(row["params"]) == final["params"]
+        line = next(l for l in table if f"[{row['run']}]" in l)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == f"{final['params']:,}"
+        assert cells[3] == f"{100 * final['train_error']:.2f}"
+        assert cells[4] == f"{100 * final['val_error']:.2f}"
+        assert cells[5] == f"{100 * final['test_error']:.2f}"
+    # results.json agrees, and the measurements are there for every run
+    res = json.load(open(os.path.join(cfg.out, "results.json")))
+    assert len(res["runs"]) == len(runs) and res["first_layer_grad_norm"]["0"]
+
+
+def test_measurements(tiny_study):
+    cfg, _ = tiny_study
+    for name, run in _runs(cfg).items():
+        a = json.load(open(os.path.join(run.dir, "analysis.json")))["analysis"]
+        assert set(a["grad_norms"]) == {"0", "6", "12"}
+        n_blocks = 3 * (run.depth - 2) // 6
+        assert [k for k, _ in a["grad_norms"]["0"]][:1] == ["stem"] and len(a["grad_norms"]["0"]) == n_blocks + 2
+        assert len(a["layer_responses"]) == 2 * n_blocks + 1  # the stem is a 3x3 layer too
+        assert all(v > 0 for _, v in a["layer_responses"])
+        if run.option == "none":
+            assert a["path_stats"] == [] and a["projection_stats"] == []
+        else:
+            assert len(a["path_stats"]) == n_blocks and len(a["projection_stats"]) == 2  # two stage changes
+        # training moved the weights: gradients after 12 steps differ from those at initialisation
+        assert a["grad_norms"]["0"] != a["grad_norms"]["12"]
+    land = json.load(open(os.path.join(cfg.out, "landscape.json")))["landscape"]
+    assert [n["run"] for n in land["nets"]] == ["resnet14-none-r0", "resnet14-B-r0"]
+
+
+def test_resume_skips_finished_and_continues_interrupted(tiny_study, capsys):
+    cfg, _ = tiny_study
+    runs = _runs(cfg)
+    mtimes = {n: os.stat(os.path.join(r.dir, "final.json")).st_mtime_ns for n, r in runs.items()}
+    # "Interrupt" one run: without final.json it is resumed from last.pt, not retrained.
+    victim = runs["resnet8-none-r0"]
+    os.remove(os.path.join(victim.dir, "final.json"))
+    lines_before = open(os.path.join(victim.dir, "metrics.jsonl")).read().count("\n")
+    study.run_study(cfg)
+    err = capsys.readouterr().err
+    assert err.count("finished earlier, skipped") == len(runs) - 1
+    assert "resnet8-none-r0: resuming" in err
+    for n, r in runs.items():
+        if n != victim.name:
+            assert os.stat(os.path.join(r.dir, "final.json")).st_mtime_ns == mtimes[n], n
+    assert os.path.isfile(os.path.join(victim.dir, "final.json"))
+    assert open(os.path.join(victim.dir, "metrics.jsonl")).read().count("\n") == lines_before  # no retraining
+    # Other settings in the same folder: a clear error, nothing retrained.
+    with pytest.raises(ValueError, match="other settings"):
+        study.run_study(StudyConfig(out=cfg.out, **{**TINY, "iterations": 13}))
+
+
+def test_repeats_mean_std_and_best():
+    recs = []
+    for k, (tr, te) in enumerate([(0.10, 0.20), (0.14, 0.26), (0.12, 0.23)]):
+        recs.append({"name": f"resnet8-A-r{k}", "model": "resnet8", "depth": 8, "option": "A", "repeat": k,
+                     "seed": k, "dir": f"runs/resnet8-A-r{k}", "events": [],
+                     "final": {"params": 100, "train_error": tr, "val_error": None, "test_error": te,
+                               "wall_time_s": 10.0 + k}})
+    head, rows = report.results_table(recs)
+    row = dict(zip(head, rows[0]))
+    assert row["train error (%)"] == "12.00 ± 2.00"  # sample std of 10, 14, 12
+    assert row["test error (%)"] == "20.00 (23.00±3.00)"  # best (mean±std)
+    assert row["val error (%)"] == "n/a"
+    assert row["wall time (s)"] == "11.0 ± 1.0"
+
+
+def test_degradation_in_words():
+    def rec(depth, option, err):
+        return {"name": f"resnet{depth}-{option}-r0", "model": f"resnet{depth}", "depth": depth, "option": option,
+                "repeat": 0, "seed": 0, "dir": ".", "events": [],
+                "final": {"params": 1, "train_error": err, "test_error": err}}
+    text = " ".join(report.degradation_text([rec(8, "none", 0.2), rec(20, "none", 0.3),
+                                             rec(8, "A", 0.2), rec(20, "A", 0.1)]))
+    assert "Degradation" in text and "plain-20" in text and "trains better" in text
+    text = " ".join(report.degradation_text([rec(8, "none", 0.3), rec(20, "none", 0.2)]))
+    assert "No degradation" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--depths", ""], "grid is empty"),
+    (["--options", ""], "grid is empty"),
+    (["--options", "A,D"], "unknown shortcut option 'D'"),
+    (["--depths", "20,18"], "depth 18 is not a CIFAR ResNet depth"),
+    (["--repeats", "0"], "repeats must be at least 1"),
+])
+def test_bad_inputs_exit_2_with_clear_message(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert cli.main(["study", "shortcuts", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert "resnetlab study: error:" in err and message in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_unknown_study_is_a_usage_error(capsys):
+    assert cli.main(["study", "landscapes"]) == 2
+    assert "invalid choice: 'landscapes'" in capsys.readouterr().err
+
+
+def test_demo_picks_its_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "empty-cache"))
+    cfg = study.demo_study_config(study.DemoConfig(out=str(tmp_path)))
+    assert cfg.data == "synthetic" and cfg.depths == study.DEMO_DEPTHS and "none" in cfg.options
+    cfg = study.demo_study_config(study.DemoConfig(out=str(tmp_path), data_dir=str(tmp_path)))
+    assert cfg.data == "cifar10"
