@@ -212,3 +212,20 @@ def test_demo_picks_its_data(tmp_path, monkeypatch):
     assert cfg.data == "synthetic" and cfg.depths == study.DEMO_DEPTHS and "none" in cfg.options
     cfg = study.demo_study_config(study.DemoConfig(out=str(tmp_path), data_dir=str(tmp_path)))
     assert cfg.data == "cifar10"
+
+
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    # The main job through the command line, shrunk: 6 real runs of 4 iterations at width 4.
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "empty-cache"))
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--iterations", "4", "--width", "4", "--batch-size", "16",
+                     "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert f"The report: {out / 'report.html'}" in captured.out
+    assert "6/6 resnet20-none-r0: training" in captured.err
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["run"] for r in rows) == sorted(f"resnet{d}-{o}-r0" for d in (8, 20) for o in ("A", "B", "none"))
+    md = (out / "report.md").read_text()
+    assert "Layer shapes of the studied models" in md and "resnet20 (shortcut=B, width=4)" in md
+    assert json.loads((out / "study.json").read_text())["study"]["data"] == "synthetic"

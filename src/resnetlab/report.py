@@ -365,7 +365,8 @@ def figure_path_ratios(records, path) -> str | None:
     fig, ax = plt.subplots(figsize=(8.0, 3.6))
     for depth, option, values in curves:
         ax.plot(np.arange(len(values)), values, marker=".", linewidth=1.2, **_style(depth, option, depths))
-    ax.set_yscale("log")
+    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("residual block (forward order)")
     ax.set_ylabel("‖F(x)‖ / ‖shortcut(x)‖")
     ax.set_title("How much each residual branch adds to its shortcut (final checkpoints)")
@@ -621,6 +622,10 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
             if r["repeat"] == 0]
     if proj:
         doc.h("Projection shortcuts (options B/C)")
+        doc.p("Each learned 1x1 projection with its BN folded in, compared with the map option A would apply "
+              "(identity on the old channels, zeros on the new): `identity_energy` is the share of its squared "
+              "weights on option A's entries, `identity_distance` its relative distance to that map (0: it "
+              "learned option A), `sv_max`/`sv_min` its extreme singular values.")
         doc.table(*_generic_table([{"run": r["name"], **p} for r, p in proj]))
 
     if landscape and landscape.get("nets"):
