@@ -60,15 +60,30 @@ def test_twins_share_initial_weights(tiny_study):
     assert not torch.equal(other.conv1.weight, create_model("resnet8", width=4, shortcut="none", seed=1).conv1.weight)
 
 
-def test_init_model_is_where_training_started(tiny_study):
-    # The first training log's loss is measured on batch 0 with the initial weights only at step 1; instead
-    # check the architecture: the init model loads the final checkpoint's weights strictly.
-    cfg, _ = tiny_study
+def test_init_model_is_where_training_started(tmp_path):
+    # With log_every=1 the first logged training loss is the loss of batch 0 under the initial weights
+    # (train mode): the study's init model must reproduce it.
     from resnetlab.checkpoint import load_checkpoint
-    for run in _runs(cfg).values():
-        init = study.init_model(run.dir)
-        ckpt = load_checkpoint(os.path.join(run.dir, "last.pt"))
-        init.load_state_dict(ckpt["model"], strict=True)
+    from resnetlab.data import Normalization, TrainStream, load_dataset
+    from resnetlab.train import TrainConfig, train
+    run_dir = str(tmp_path / "run")
+    train(TrainConfig(model="resnet8", shortcut="A", width=4, seed=3, data="synthetic", out=run_dir, iterations=1,
+                      batch_size=16, log_every=1, eval_every=1, device="cpu", precision="fp32", threads=1,
+                      quiet=True))
+    model = study.init_model(run_dir)
+    ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
+    resolved = json.load(open(os.path.join(run_dir, "config.json")))["config"]
+    train_set = load_dataset("synthetic")["train"]
+    stream = TrainStream(train_set, 16, device="cpu", seed=3, padding=resolved["padding"],
+                         normalization=Normalization.from_state_dict(ckpt["normalization"]))
+    x, y = stream.batch(0)
+    model.train()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    logged = next(json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if '"train"' in l)
+    assert logged["step"] == 1 and loss == pytest.approx(logged["loss"], rel=1e-5, abs=1e-6)
+    # and the trained weights are not the initial ones
+    assert not torch.equal(model.conv1.weight, ckpt["model"]["conv1.weight"])
 
 
 def test_report_files_and_links(tiny_study):
