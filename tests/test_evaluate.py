@@ -244,6 +244,25 @@ def test_class_count_mismatch(tmp_path, data, norm):
     assert code == 2 and "different class counts" in err and "b.pt: 5" in err
 
 
+def test_class_names_must_agree_across_members(tmp_path, norm):
+    a = save_ckpt(tiny_model(0), tmp_path / "a.pt", norm)
+    b = save_ckpt(tiny_model(1), tmp_path / "b.pt", norm, classes=CLASSES[::-1])
+    code, err = run_cli(["eval", "--weights", a, b, "--data", "synthetic", "--quiet"])
+    assert code == 2 and "name their classes differently" in err
+
+
+def test_report_for_many_classes_lists_top_confusions():
+    from resnetlab.evaluate import format_report
+    data = tiny_data(200, seed=5, num_classes=25)
+    result = evaluate(tiny_model(17, num_classes=25), data, Normalization.fit(data.x))
+    text = format_report(result, ["m.pt"], "header")
+    assert "confusion matrix (rows" not in text and "most frequent confusions" in text
+    conf = torch.tensor(result["confusion"])
+    conf.fill_diagonal_(-1)
+    i, j = divmod(int(conf.argmax()), 25)  # the largest off-diagonal count is listed first
+    assert f"(true -> predicted: count): c{i} -> c{j}: {int(conf.max())}" in text
+
+
 # ---------------------------------------------------------------------------------------------- predict
 
 def write_png(path, arr, mode):
@@ -287,6 +306,23 @@ def test_predict_png_modes(tmp_path, data, norm):
     saved = json.loads(out.read_text())["predictions"]
     assert [s["top"][0]["index"] for s in saved] == [r["top"][0]["index"] for r in results]
     assert all(len(s["top"]) == 2 for s in saved)
+
+
+def test_predict_foreign_weights_cli(tmp_path, data):
+    model = create_model("resnet8", seed=3).eval()
+    path = tmp_path / "foreign.pth"
+    torch.save(model.state_dict(), path)
+    image = write_png(tmp_path / "x.png", data.x[5].permute(1, 2, 0).numpy(), "RGB")
+    code, err = run_cli(["predict", image, "--weights", str(path)])
+    assert code == 2 and "--model" in err
+    out = tmp_path / "p.json"
+    code, err = run_cli(["predict", image, "--weights", str(path), "--model", "resnet8", "--mean", "0.5",
+                         "--std", "0.2", "--top-k", "1", "--json", str(out)])
+    assert code == 0, err
+    with torch.no_grad():
+        expected = int(model(((data.x[5:6].float() / 255) - 0.5) / 0.2).argmax())
+    top = json.loads(out.read_text())["predictions"][0]["top"][0]
+    assert top["index"] == expected and top["class"] == str(expected)  # no class names: indices
 
 
 def test_load_image_resizing(tmp_path):

@@ -792,7 +792,7 @@ def format_report(result: dict, members: list[str], header: str) -> str:
         lines.append("highest per-class accuracy: " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
                                                               for c in ranked[::-1][:5]))
         pairs = sorted(((v, i, j) for i, row in enumerate(confusion) for j, v in enumerate(row) if i != j and v),
-                       reverse=True)[:10]
+                       key=lambda t: (-t[0], t[1], t[2]))[:10]  # most frequent first, ties in class order
         lines.append("most frequent confusions (true -> predicted: count): " +
                      ", ".join(f"{classes[i]} -> {classes[j]}: {v}" for v, i, j in pairs))
         lines.append("(the full confusion matrix is in the --json output)")
