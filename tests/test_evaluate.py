@@ -447,6 +447,8 @@ def test_cli_bad_inputs_exit_2(tmp_path, norm):
         (["eval", "--weights", ckpt, "--data", "synthetic", "--split", "val"], "--val-split"),
         (["eval", "--weights", ckpt, "--data", "synthetic", "--batch-size", "0"], "batch-size"),
         (["predict", "--weights", ckpt], "image"),
+        (["eval", "--weights", ckpt, "--data", "synthetic", "--shortcut", "B"], "--model"),
+        (["eval", "--weights", ckpt, "--data", "synthetic", "--tta", "mirror"], "mirror"),
     ]
     for argv, needle in cases:
         code, err = run_cli(argv)

@@ -573,7 +573,7 @@ class _Parser(argparse.ArgumentParser):
     """Argument errors become ValueErrors, which ``resnetlab.cli`` prints as one clear line (exit 2)."""
 
     def error(self, message):
-        raise ValueError(f"{message}\n{self.format_usage().rstrip()}")
+        raise ValueError(f"{message} (see {self.prog} --help)")
 
 
 def _parse(cls, prog: str, argv, positional_images: bool = False):
@@ -608,6 +608,12 @@ def _explicit_normalization(cfg):
     from .data import Normalization
     expand = (lambda v: tuple(v) * 3 if len(v) == 1 else tuple(v))
     return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
+
+
+def _check_model_options(cfg) -> None:
+    if cfg.model is None and (cfg.shortcut != "default" or cfg.num_classes is not None):
+        raise ValueError("--shortcut and --num-classes describe the architecture given by --model NAME; "
+                         "our checkpoints record their own")
 
 
 def _check_files(paths) -> list[str]:
@@ -802,6 +808,7 @@ def format_report(result: dict, members: list[str], header: str) -> str:
 def run_eval(cfg: EvalConfig) -> dict:
     """``resnetlab eval`` as a function: load, evaluate, print, write the JSON; returns the results."""
     paths = _check_files(cfg.weights)
+    _check_model_options(cfg)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.limit is not None and cfg.limit < 1:
@@ -885,6 +892,7 @@ def main_eval(argv: list[str] | None = None) -> int:
 def run_predict(cfg: PredictConfig) -> list[dict]:
     """``resnetlab predict`` as a function: prints the top-k classes per image; returns the predictions."""
     paths = _check_files(cfg.weights)
+    _check_model_options(cfg)
     if not cfg.images:
         raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
     for p in cfg.images:
