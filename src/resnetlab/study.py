@@ -192,8 +192,9 @@ def _check_same_run(run: RunSpec, tcfg) -> None:
     diff = sorted(k for k in new if k not in _VOLATILE and k in old and old[k] != new[k]
                   and not (old[k] is None or new[k] is None))
     if diff:
-        raise ValueError(f"{run.dir} was trained with other settings ({', '.join(f'{k}: {old[k]!r} -> {new[k]!r}' for k in diff)}); "
-                         f"use another --out, or delete that run folder to retrain it")
+        changes = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
+        raise ValueError(f"{run.dir} was trained with other settings ({changes}); use another --out, "
+                         f"or delete that run folder to retrain it")
 
 
 def run_state(run: RunSpec) -> str:
@@ -215,16 +216,18 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
     failed = []
     runs = grid(cfg)
     b = budget(cfg)
-    # Progress: time per unit of work, a unit being one iteration of one layer (cost grows with depth).
+    configs = {r.name: train_config(cfg, r) for r in runs}
+    for r in runs:  # before training anything: every existing run folder must match the study's settings
+        _check_same_run(r, configs[r.name])
+    # Progress: seconds per unit of work, a unit being one iteration of one layer plus a fixed overhead.
     todo = [r for r in runs if run_state(r) != "done"]
-    total_units = sum(r.depth * b["iterations"] for r in todo)
+    total_units = sum((r.depth + 6) * b["iterations"] for r in todo)
     done_units, spent = 0, 0.0
     _log(f"{len(runs)} runs ({len(runs) - len(todo)} already finished), {b['iterations']} iterations each, "
          f"batch {b['batch_size']}, data {cfg.data} -> {os.path.abspath(cfg.out)}")
     for i, run in enumerate(runs, 1):
         state = run_state(run)
-        tcfg = train_config(cfg, run)
-        _check_same_run(run, tcfg)
+        tcfg = configs[run.name]
         if state == "done":
             _log(f"{i}/{len(runs)} {run.name}: finished earlier, skipped")
             continue
@@ -233,8 +236,8 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
             eta = f", about {_duration(spent / done_units * (total_units - done_units))} left for the grid"
         _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} "
              f"(seed {run.seed}){eta}")
-        if state == "partial":
-            tcfg = _with_resume(tcfg, run)
+        if state == "partial":  # continue from last.pt (train checks that it belongs to this config)
+            tcfg = dataclasses.replace(tcfg, resume=True)
         t0 = time.perf_counter()
         try:
             train(tcfg)
@@ -242,17 +245,8 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
             _log(f"{run.name} diverged: {e}")
             failed.append(f"{run.name}: {e}")
         spent += time.perf_counter() - t0
-        done_units += run.depth * b["iterations"]
+        done_units += (run.depth + 6) * b["iterations"]
     return runs, failed
-
-
-def _with_resume(tcfg, run: RunSpec):
-    names = {f.name for f in dataclasses.fields(tcfg)}
-    if "resume" not in names:
-        raise ValueError("train.TrainConfig has no 'resume' field: cannot continue an interrupted run")
-    field = next(f for f in dataclasses.fields(tcfg) if f.name == "resume")
-    value = os.path.join(run.dir, "last.pt") if "str" in str(field.type) else True
-    return dataclasses.replace(tcfg, resume=value)
 
 
 def _duration(s: float) -> str:
