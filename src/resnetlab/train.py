@@ -435,7 +435,11 @@ def train(config: TrainConfig) -> dict:
         loss_sum.fill_(acc["loss_sum"]), err_sum.fill_(acc["err_sum"]), warm_err.fill_(acc["warm_err"])
         seen = acc["seen"]
         log.keep_until(start)
-        say(f"resuming {last_path} at step {start}")
+        now_cfg, then_cfg = to_dict(cfg), ck["config"]
+        changed = [f"{k} {then_cfg.get(k)!r} -> {v!r}" for k, v in now_cfg.items()
+                   if k != "resume" and then_cfg.get(k) != v]
+        say(f"resuming {last_path} at step {start}" + (f" with changed settings: {', '.join(changed)}"
+                                                       if changed else ""))
         if main and os.path.exists(os.path.join(out, "final.json")):
             os.remove(os.path.join(out, "final.json"))
     elif main:
@@ -599,7 +603,8 @@ def main_train(argv: list[str] | None = None) -> int:
             base = json.load(fh)["config"]
     cfg = parse_config(TrainConfig, args, base=base)
     final = train(cfg)
-    print(json.dumps(final))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(final))
     return 0
 
 
