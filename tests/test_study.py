@@ -244,3 +244,13 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     md = (out / "report.md").read_text()
     assert "Layer shapes of the studied models" in md and "resnet20 (shortcut=B, width=4)" in md
     assert json.loads((out / "study.json").read_text())["study"]["data"] == "synthetic"
+
+
+def test_identity_mapping_variants_reach_the_model(tmp_path):
+    cfg = StudyConfig(out=str(tmp_path), depths=(8,), options=("A", "none"), preact=True, shortcut_scale=0.5)
+    run = study.grid(cfg)[0]
+    tcfg = study.train_config(cfg, run)
+    assert tcfg.preact is True and tcfg.shortcut_scale == 0.5 and tcfg.shortcut == "A"
+    from resnetlab import create_model
+    model = create_model(tcfg.model, shortcut=tcfg.shortcut, preact=tcfg.preact, shortcut_scale=tcfg.shortcut_scale)
+    assert model.preact and all(b.add.scale == 0.5 for _, b in model.blocks())
