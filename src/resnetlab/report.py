@@ -42,9 +42,15 @@ def net_label(depth: int, option: str) -> str:
     return f"plain-{depth}" if option == "none" else f"ResNet-{depth} ({option})"
 
 
+OPTION_ORDER = ("none", "A", "B", "C")  # plain first, then the residual options
+
+
+def _option_rank(option: str) -> int:
+    return OPTION_ORDER.index(option) if option in OPTION_ORDER else len(OPTION_ORDER)
+
+
 def _family_order(options) -> list[str]:
-    order = ["none", "A", "B", "C"]
-    return sorted(set(options), key=lambda o: order.index(o) if o in order else len(order))
+    return sorted(set(options), key=_option_rank)
 
 
 def _groups(records) -> dict[tuple[int, str], list[dict]]:
@@ -52,8 +58,7 @@ def _groups(records) -> dict[tuple[int, str], list[dict]]:
     out = defaultdict(list)
     for r in sorted(records, key=lambda r: (r["depth"], r["repeat"])):
         out[(r["depth"], r["option"])].append(r)
-    fam = _family_order([o for _, o in out])
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], fam.index(kv[0][1]))))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], _option_rank(kv[0][1]))))
 
 
 def _style(depth: int, option: str, depths: list[int]) -> dict:
@@ -101,8 +106,7 @@ def _fmt_best(values) -> str:
 def results_rows(records) -> list[dict]:
     """One flat row per run: what ``results.csv`` holds."""
     rows = []
-    for r in sorted(records, key=lambda r: (r["depth"], _family_order(["none", "A", "B", "C", r["option"]])
-                                            .index(r["option"]), r["repeat"])):
+    for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"])):
         f = r["final"]
         rows.append({"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
                      "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
@@ -185,9 +189,10 @@ def _plt():
     return plt
 
 
-def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=FIG_DPI)
+def _save(fig, path, tight=True):
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI, bbox_inches=None if tight else "tight")
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path
@@ -381,7 +386,7 @@ def figure_landscape(landscape: dict, path) -> str | None:
     if not nets:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(nets), figsize=(4.2 * len(nets), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(nets), figsize=(4.0 * len(nets) + 1.2, 4.0), squeeze=False, layout="constrained")
     allv = np.concatenate([np.asarray(n["result"]["loss"], dtype=np.float64).ravel() for n in nets])
     allv = allv[np.isfinite(allv)]
     lo, hi = float(allv.min()), float(np.percentile(allv, 95))
@@ -397,10 +402,11 @@ def figure_landscape(landscape: dict, path) -> str | None:
         ax.plot([0], [0], "r+", markersize=8)
         ax.set_title(n["label"])
         ax.set_xlabel("direction 1 (α)")
-        ax.set_ylabel("direction 2 (β)")
         ax.set_aspect("equal")
+    axes[0][0].set_ylabel("direction 2 (β)")
+    fig.colorbar(cs, ax=list(axes[0]), shrink=0.9, label="training loss")
     fig.suptitle("Training loss around the final weights (same levels in both panels)", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -591,7 +597,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
     if rel := figure(figure_layer_responses, "layer_responses.png", records):
         doc.h("Layer responses (Figure 7)")
         doc.p("Std of each 3x3 layer's output after its BN (before the addition and the ReLU), on a fixed batch "
-              "of training images, final checkpoints. The paper finds residual functions respond more weakly "
+              "of training images, final checkpoints (the mean over repeats). The paper finds residual functions respond more weakly "
               "than the layers of plain nets (smaller std), and more weakly the deeper the net.")
         doc.image(rel, "Layer responses in layer order (top) and sorted by magnitude (bottom)")
 
