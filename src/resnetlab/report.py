@@ -167,8 +167,8 @@ def degradation_text(records) -> list[str]:
         if option == "none":
             if eb > ea:
                 lines.append(f"**Degradation:** the deeper plain net {name_b} ends with a *higher* training error "
-                             f"than {name_a} ({eb:.2f}% vs {ea:.2f}%): adding layers made the plain net harder "
-                             f"to optimise, as in the paper's Figure 6 (left).")
+                             f"than {name_a} ({eb:.2f}% vs {ea:.2f}%): the extra layers made the plain net "
+                             f"harder to optimise, the pattern of the paper's Figure 6 (left).")
             else:
                 lines.append(f"No degradation at this budget: {name_b} trains as well as or better than {name_a} "
                              f"({eb:.2f}% vs {ea:.2f}% training error).")
@@ -176,6 +176,9 @@ def degradation_text(records) -> list[str]:
             verdict = "better" if eb < ea else "worse" if eb > ea else "the same"
             lines.append(f"With shortcut option {option}, the deeper {name_b} trains {verdict} than {name_a} "
                          f"({eb:.2f}% vs {ea:.2f}% training error).")
+    if lines and max(len(v) for v in _groups(records).values()) == 1:
+        lines.append("(One run per network: differences of a point or two can be noise between seeds; "
+                     "`--repeats` gives mean ± std.)")
     return lines or ["No complete plain/residual pair across depths to compare."]
 
 
