@@ -254,3 +254,15 @@ def test_identity_mapping_variants_reach_the_model(tmp_path):
     from resnetlab import create_model
     model = create_model(tcfg.model, shortcut=tcfg.shortcut, preact=tcfg.preact, shortcut_scale=tcfg.shortcut_scale)
     assert model.preact and all(b.add.scale == 0.5 for _, b in model.blocks())
+
+
+def test_config_file_reaches_the_study(tmp_path, capsys):
+    conf = tmp_path / "study.yaml"
+    conf.write_text("depths: [8, 18]\noptions: [A, none]\n")
+    out = tmp_path / "never"
+    assert cli.main(["study", "shortcuts", "--config", str(conf), "--out", str(out)]) == 2
+    assert "depth 18 is not a CIFAR ResNet depth" in capsys.readouterr().err
+    conf.write_text("depths: [8]\nbudgets: smoke\n")
+    assert cli.main(["study", "shortcuts", "--config", str(conf), "--out", str(out)]) == 2
+    assert "unknown key(s) budgets" in capsys.readouterr().err
+    assert not out.exists()
