@@ -479,7 +479,7 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
 def main_study(argv: list[str] | None = None) -> int:
     """``resnetlab study shortcuts ...``: train a grid of plain/residual twins and write the report."""
     parser = argparse.ArgumentParser(
-        prog="resnetlab study", description=__doc__.split("\n\n")[0],
+        prog="resnetlab study", description=main_study.__doc__.replace("``", ""),
         epilog="Rerun the same command to resume; finished runs are skipped.")
     parser.add_argument("study", choices=STUDIES, help="which study (shortcuts: plain vs options A/B/C)")
     add_arguments(parser, StudyConfig)
@@ -545,7 +545,7 @@ def _auto_threads() -> int | None:
 
 def main_demo(argv: list[str] | None = None) -> int:
     """``resnetlab demo``: plain vs residual (options A, B) at depths 8 and 20, trained offline, with the report."""
-    parser = argparse.ArgumentParser(prog="resnetlab demo", description=main_demo.__doc__)
+    parser = argparse.ArgumentParser(prog="resnetlab demo", description=main_demo.__doc__.replace("``", ""))
     add_arguments(parser, DemoConfig)
     d = parse_config(DemoConfig, parser.parse_args(argv))
     cfg = demo_study_config(d)
