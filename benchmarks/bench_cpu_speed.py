@@ -3,12 +3,13 @@
     python benchmarks/bench_cpu_speed.py [--model resnet20] [--batch 128] [--steps 8] [--repeats 5]
 
 baseline  a plain loop: fp32, NCHW, eager, SGD(momentum, weight decay), one fixed random batch.
-plain-bf16 the same loop with bf16 autocast + channels_last (what a user could write by hand).
+plain fp32+channels_last / plain bf16+channels_last: the same loop in the other memory format, and with
+          bf16 autocast (what a user could write by hand).
 ours      ``resnetlab.train.train`` itself with ``precision="auto"`` on the synthetic data set (its real
           batches, augmentation included): img/s as logged by the run over ``--steps`` steps, after
           ``--steps`` warm-up steps.
 
-The three are run in turn, ``--repeats`` times (interleaved, so that load from other processes hits all of
+All are run in turn, ``--repeats`` times (interleaved, so that load from other processes hits all of
 them alike); the medians and the ratio to the baseline are printed. On a shared machine, trust the ratio
 more than the absolute numbers.
 """
@@ -29,10 +30,10 @@ from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train
 
 
-def plain_loop(model_name: str, batch: int, bf16: bool, seed: int = 0):
-    """A step function of the hand-written loop, and its warm-up."""
+def plain_loop(model_name: str, batch: int, bf16: bool, channels_last: bool, seed: int = 0):
+    """A step function of the hand-written loop."""
     model = create_model(model_name, seed=seed)
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -85,12 +86,14 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
           f"ours = precision {args.precision} -> {'bf16 autocast' if bf16 else 'fp32'}"
           f"{' + channels_last' if cl else ''}", flush=True)
-    runs = {"baseline fp32 eager": [], "plain bf16+channels_last": [], "ours (train(), default)": []}
-    base, hand = plain_loop(args.model, args.batch, False), plain_loop(args.model, args.batch, True)
+    plain = {"baseline fp32 eager": plain_loop(args.model, args.batch, False, False),
+             "plain fp32+channels_last": plain_loop(args.model, args.batch, False, True),
+             "plain bf16+channels_last": plain_loop(args.model, args.batch, True, True)}
+    runs = {name: [] for name in [*plain, "ours (train(), default)"]}
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.repeats):
-            runs["baseline fp32 eager"].append(time_plain(base, args.steps, args.batch))
-            runs["plain bf16+channels_last"].append(time_plain(hand, args.steps, args.batch))
+            for name, step in plain.items():
+                runs[name].append(time_plain(step, args.steps, args.batch))
             runs["ours (train(), default)"].append(time_ours(args.model, args.batch, args.steps, threads, folder,
                                                              args.precision))
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()),

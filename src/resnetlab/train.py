@@ -101,9 +101,10 @@ class TrainConfig:
     quiet: bool = opt(False, "no progress lines")
     # --- speed
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = opt("auto", "auto (bf16 where fast: AVX512-BF16/AMX CPUs, CUDA) | fp32 | bf16",
+    precision: str = opt("auto", "auto (bf16 + channels_last on CUDA and AMX CPUs, fp32 + channels_last on "
+                         "other AVX-512 CPUs, else fp32) | fp32 | bf16",
                          choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels_last memory format (default: on with bf16)")
+    channels_last: bool | None = opt(None, "channels_last memory format (default: as --precision decides)")
     compile: bool = opt(False, "torch.compile the model")
     compile_mode: str = opt("default", "torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
     threads: int | None = opt(None, "CPU threads (default: the physical cores available)")
@@ -183,24 +184,39 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 convolutions run faster than fp32 on this CPU."""
-    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(bool(c()) for c in checks if c is not None)
+def cpu_has_amx() -> bool:
+    """AMX tiles: the CPUs on which bf16 convolutions clearly beat fp32."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def cpu_has_avx512() -> bool:
+    """AVX-512 (oneDNN's channels_last convolutions are faster than NCHW ones there)."""
+    check = getattr(torch.cpu, "_is_avx512_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def resolve_precision(precision: str, device: torch.device, channels_last: bool | None) -> tuple[bool, bool]:
-    """``(bf16 autocast?, channels_last?)``: ``auto`` picks bf16 + channels_last where bf16 is fast."""
+    """``(bf16 autocast?, channels_last?)`` for ``precision`` on ``device``.
+
+    ``auto``: bf16 autocast + channels_last on CUDA and on CPUs with AMX; fp32 + channels_last on other
+    AVX-512 CPUs (on an AVX512-BF16 Xeon without AMX, bf16 convolutions with 16-64 channels measured slower
+    than fp32 ones, and channels_last fp32 faster than NCHW: benchmarks/RESULTS-train.md); fp32 elsewhere.
+    ``bf16``/``fp32`` force the precision; channels_last then follows bf16 unless given.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
-            bf16 = torch.cuda.is_bf16_supported()
+            bf16 = cl = torch.cuda.is_bf16_supported()
+        elif device.type == "cpu":
+            bf16 = cpu_has_amx()
+            cl = bf16 or cpu_has_avx512()
         else:
-            bf16 = device.type == "cpu" and cpu_has_fast_bf16()
+            bf16 = cl = False
     else:
-        bf16 = precision == "bf16"
-    return bf16, (bf16 if channels_last is None else bool(channels_last))
+        bf16 = cl = precision == "bf16"
+    return bf16, (cl if channels_last is None else bool(channels_last))
 
 
 @dataclass(frozen=True)
