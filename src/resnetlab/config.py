@@ -89,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = 
         base, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{meta.get('help', '')} (default: {shown})".replace("%", "%%")
+        help_text = meta.get("help", "")
+        if "(default:" not in help_text:  # a help text may say in words what its default means
+            help_text = f"{help_text} (default: {shown})"
+        help_text = help_text.replace("%", "%%")
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
