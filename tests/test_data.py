@@ -520,3 +520,21 @@ def test_folder_arrays_match_the_cifar_pixels(image_folder, capsys):
         D.load_folder_arrays(root, image_size=32)
     with pytest.raises(ValueError, match="zz_truncated.png"):     # load_dataset("folder") is strict
         load_dataset("folder", root)
+
+
+def test_rgba_becomes_the_same_rgb_in_folders_and_predict(tmp_path):
+    """Transparent pixels are composited onto white, for training/eval folders and for predict alike."""
+    from PIL import Image
+
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0] = 200  # red, but fully transparent on the left half
+    rgba[:, 16:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(folder / "x.png")
+    x, _ = D.ImageFolder(tmp_path / "train", train=False, image_size=32, resize=32)[(0, 0)]
+    assert x.shape == (3, 32, 32)
+    assert (x[:, :, :16] == 255).all()  # transparent -> white
+    assert (x[0, :, 17:] == 200).all() and (x[1:, :, 17:] == 0).all()
+    pixels = np.array(D.to_rgb(Image.open(folder / "x.png")))  # what predict uses
+    assert torch.equal(torch.from_numpy(pixels).permute(2, 0, 1), x)

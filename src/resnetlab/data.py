@@ -787,14 +787,32 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
+def to_rgb(im):
+    """Any Pillow image -> 8-bit RGB: grey, palette, CMYK and 16-bit images converted, transparent pixels
+    composited onto white (the same pixels for training, evaluation and ``resnetlab predict``)."""
+    from PIL import Image
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if im.mode.startswith("I;16") or (im.mode == "I" and arr.max() > 255):
+            arr = arr / 257.0  # 16-bit range -> 8-bit range
+        elif im.mode == "F" and arr.max() <= 1.0:
+            arr = arr * 255.0
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Images in ``root/<class>/<file>``; classes are the sorted sub-folder names (or ``classes``).
 
     Items are ``(uint8 (3, S, S), label)``. ``train=True``: random-resized crop (area ``scale`` of the image,
     aspect ``ratio``) to ``S x S`` and a random horizontal flip, drawn from the per-item seed the sampler
     passes (``dataset[(index, seed)]``); ``train=False``: resize the shorter side to ``resize`` (default
-    ``S * 256 / 224``) and take the centre ``S x S``. Grey, palette, CMYK and RGBA images become RGB (alpha
-    dropped). An unreadable or truncated file raises ``ValueError`` naming it (``on_bad_image="error"``) or
+    ``S * 256 / 224``) and take the centre ``S x S``. Grey, palette, CMYK and RGBA images become RGB (see
+    :func:`to_rgb`). An unreadable or truncated file raises ``ValueError`` naming it (``on_bad_image="error"``) or
     is skipped and reported (``"skip"``).
     """
 
@@ -844,7 +862,7 @@ class ImageFolder(torch.utils.data.Dataset):
         try:
             with Image.open(path) as img:
                 img.load()   # decode now: a truncated file fails here, with its path known
-                return img.convert("RGB")
+                return to_rgb(img)
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
             raise ValueError(f"unreadable image {path}: {type(e).__name__}: {e}") from None
 

@@ -37,6 +37,7 @@ from . import config as configlib
 from .blocks import SHORTCUTS
 from .checkpoint import FORMAT, unwrap
 from .config import opt
+from .data import to_rgb
 
 DATASETS = ("cifar10", "cifar100", "synthetic", "folder")
 SPLITS = ("test", "val", "train")
@@ -406,21 +407,6 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
 # Prediction on image files
 
 
-def _to_rgb(im):
-    """Any Pillow image -> 8-bit RGB. Transparent pixels are composited onto white."""
-    from PIL import Image
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(im, dtype=np.float32)
-        if im.mode.startswith("I;16") or (im.mode == "I" and arr.max() > 255):
-            arr = arr / 257.0  # 16-bit range -> 8-bit range
-        elif im.mode == "F" and arr.max() <= 1.0:
-            arr = arr * 255.0
-        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tensor:
@@ -436,7 +422,7 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
     try:
         with Image.open(path) as im:
             im.load()
-            im = _to_rgb(ImageOps.exif_transpose(im))
+            im = to_rgb(ImageOps.exif_transpose(im))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     bilinear = getattr(Image, "Resampling", Image).BILINEAR
