@@ -533,6 +533,9 @@ def train(config: TrainConfig) -> dict:
         if cfg.warmup == "he2016" and warmup_end is None and schedule.in_warmup(done):
             warm_err += errors
             if done % 10 == 0:
+                if dist.world_size > 1:  # every process must end the warm-up at the same step
+                    torch.distributed.all_reduce(warm_err)
+                    warm_err /= dist.world_size
                 if warm_err.item() / 10 < cfg.warmup_error:
                     warmup_end = done
                     say(f"warm-up over at step {done}: training error {warm_err.item() / 10:.1%}")
