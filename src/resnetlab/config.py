@@ -117,7 +117,10 @@ def load_file(path: str | os.PathLike) -> dict:
         raise ValueError(f"config file {path}: unknown extension {ext!r} (use .yaml, .toml or .json)")
     try:
         if ext == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
             data = tomllib.loads(raw.decode())
         elif ext == ".json":
             data = json.loads(raw)
