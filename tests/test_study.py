@@ -150,6 +150,16 @@ def test_measurements(tiny_study):
         assert a["grad_norms"]["0"] != a["grad_norms"]["12"]
     land = json.load(open(os.path.join(cfg.out, "landscape.json")))["landscape"]
     assert [n["run"] for n in land["nets"]] == ["resnet14-none-r0", "resnet14-B-r0"]
+    # the report states the flatness figure of both nets (the numbers of landscape.json, not an empty table)
+    report = open(os.path.join(cfg.out, "report.md")).read()
+    section = report[report.index("## Loss landscape"):]
+    header = next(line for line in section.splitlines() if line.startswith("| network"))
+    assert "rise_at_r" in header
+    col = [c.strip() for c in header.strip("|").split("|")].index("2d rise_at_r")
+    for net in land["nets"]:
+        row = next(line for line in section.splitlines() if line.startswith(f"| {net['label']} |"))
+        value = float([c.strip() for c in row.strip("|").split("|")][col])
+        assert value == pytest.approx(net["flatness"]["2d"]["rise_at_r"], rel=1e-3)
 
 
 def test_resume_skips_finished_and_continues_interrupted(tiny_study, capsys):

@@ -103,6 +103,17 @@ def _fmt_best(values) -> str:
     return f"{100 * min(vals):.2f} ({100 * m:.2f}±{100 * s:.2f})"
 
 
+def _flatten_numbers(d: dict, prefix: str = "") -> dict:
+    """``{"2d": {"rise_at_r": 1.0}}`` -> ``{"2d rise_at_r": 1.0}``: the numbers of a nested summary."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_numbers(v, f"{prefix}{k} "))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def results_rows(records) -> list[dict]:
     """One flat row per run: what ``results.csv`` holds."""
     rows = []
@@ -641,11 +652,11 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
         doc.h("Loss landscape")
         if landscape.get("note"):
             doc.p(landscape["note"])
-        keys = sorted({k for n in landscape["nets"] for k, v in (n.get("flatness") or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        flat = [_flatten_numbers(n.get("flatness") or {}) for n in landscape["nets"]]
+        keys = list(dict.fromkeys(k for f in flat for k in f))
         doc.table(["network"] + keys,
-                  [[n["label"]] + [f"{n['flatness'][k]:.4g}" if k in (n.get("flatness") or {}) else ""
-                                   for k in keys] for n in landscape["nets"]])
+                  [[n["label"]] + [f"{f[k]:.4g}" if k in f else "" for k in keys]
+                   for n, f in zip(landscape["nets"], flat)])
         if rel := figure(figure_landscape, "landscape.png", landscape):
             doc.image(rel, "Loss contours around the final weights, deepest plain vs residual net")
 
