@@ -400,25 +400,31 @@ def figure_landscape(landscape: dict, path) -> str | None:
     if not nets:
         return None
     plt = _plt()
+    from matplotlib.colors import LogNorm
     fig, axes = plt.subplots(1, len(nets), figsize=(4.0 * len(nets) + 1.2, 4.0), squeeze=False, layout="constrained")
     allv = np.concatenate([np.asarray(n["result"]["loss"], dtype=np.float64).ravel() for n in nets])
-    allv = allv[np.isfinite(allv)]
-    lo, hi = float(allv.min()), float(np.percentile(allv, 95))
-    levels = np.linspace(lo, max(hi, lo + 1e-6), 15)
+    allv = allv[np.isfinite(allv) & (allv > 0)]
+    # Losses far from the minimum reach 1e4-1e7 for a plain net while the basin sits near 1: log-spaced
+    # levels, shared by both panels, show the basin and the walls alike.
+    lo, hi = float(allv.min()), float(allv.max())
+    levels = np.geomspace(lo, max(hi, lo * 1.01), 16)
     for ax, n in zip(axes[0], nets):
         res = n["result"]
         a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
-        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), None, levels[-1])
+        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi)
         if loss.shape != (len(a), len(b)):
             loss = loss.reshape(len(a), len(b))
-        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9)
-        ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.2f")
+        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9,
+                        norm=LogNorm(vmin=lo, vmax=levels[-1]))
+        ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
         ax.plot([0], [0], "r+", markersize=8)
         ax.set_title(n["label"])
         ax.set_xlabel("direction 1 (α)")
         ax.set_aspect("equal")
     axes[0][0].set_ylabel("direction 2 (β)")
-    fig.colorbar(cs, ax=list(axes[0]), shrink=0.9, label="training loss")
+    bar = fig.colorbar(cs, ax=list(axes[0]), shrink=0.9, label="training loss (log-spaced levels)")
+    bar.minorticks_off()
+    bar.set_ticks(levels[::3], labels=[f"{v:.3g}" for v in levels[::3]])
     fig.suptitle("Training loss around the final weights (same levels in both panels)", fontsize=10)
     return _save(fig, path, tight=False)
 
