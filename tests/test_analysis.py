@@ -13,13 +13,7 @@ from resnetlab.checkpoint import atomic_save, make_checkpoint
 from resnetlab.cli import main as cli_main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine their spin-waits cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
