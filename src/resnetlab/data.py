@@ -647,13 +647,18 @@ def eval_batches(data: ArrayDataset, batch_size: int, *, device="cpu", normaliza
         raw = data.x[i:i + batch_size]
         if device.type == "cuda":
             raw = raw.pin_memory()
-        raw = raw.to(device, non_blocking=True)
-        if flip:
-            raw = raw.flip(-1)
-        x = normalization(raw)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield x, data.y[i:i + batch_size].to(device, non_blocking=True)
+        yield _eval_input(raw, device, normalization, flip, channels_last), \
+            data.y[i:i + batch_size].to(device, non_blocking=True)
+
+
+def _eval_input(raw: torch.Tensor, device: torch.device, normalization, flip: bool,
+                channels_last: bool) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> the normalised float batch on ``device`` (mirrored if ``flip``)."""
+    raw = raw.to(device, non_blocking=True)
+    if flip:
+        raw = raw.flip(-1)
+    x = normalization(raw)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1043,13 +1048,7 @@ def folder_eval_batches(data: ImageFolder, batch_size: int, *, device="cpu", nor
             _report_skipped(bad, "evaluation")
         if x is None:
             continue
-        x = x.to(device, non_blocking=True)
-        if flip:
-            x = x.flip(-1)
-        x = normalization(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield x, y.to(device, non_blocking=True)
+        yield _eval_input(x, device, normalization, flip, channels_last), y.to(device, non_blocking=True)
 
 
 def load_folder_arrays(root: str | os.PathLike, *, image_size: int = 32, resize: int | None = None,
