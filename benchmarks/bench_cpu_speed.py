@@ -5,6 +5,11 @@
 baseline  a plain loop: fp32, NCHW, eager, SGD(momentum, weight decay), one fixed random batch.
 plain fp32+channels_last / plain bf16+channels_last: the same loop in the other memory format, and with
           bf16 autocast (what a user could write by hand).
+plain fp32+CL+fused BN: the channels_last loop with resnetlab's fused batch norm + ReLU (+ add) kernels.
+bound     the fp32+channels_last loop with every batch norm and ReLU replaced by the identity and the
+          residual add dropped: only the convolutions (and the classifier) are left. No fusion of the
+          memory-bound ops can make a step faster than this, so its ratio is the ceiling of what fusing
+          them could reach with PyTorch's own (oneDNN) convolutions on this CPU.
 ours      ``resnetlab.train.train`` itself with ``precision="auto"`` on the synthetic data set (its real
           batches, augmentation included): img/s as logged by the run over ``--steps`` steps, after
           ``--steps`` warm-up steps.
@@ -25,14 +30,40 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from resnetlab import fused as resnetlab_fused
+from resnetlab.blocks import ResidualAdd
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train
 
 
-def plain_loop(model_name: str, batch: int, bf16: bool, channels_last: bool, seed: int = 0):
+class KeepBranch(nn.Module):
+    """Stands in for the residual add in the bound: returns the residual branch alone."""
+
+    def forward(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return branch
+
+
+def convolutions_only(model: nn.Module) -> nn.Module:
+    """The model with batch norms and ReLUs replaced by the identity and residual adds dropped."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, (nn.BatchNorm2d, nn.ReLU)):
+                setattr(module, child_name, nn.Identity())
+            elif isinstance(child, ResidualAdd):
+                setattr(module, child_name, KeepBranch())
+    return model
+
+
+def plain_loop(model_name: str, batch: int, bf16: bool, channels_last: bool, seed: int = 0,
+               convs_only: bool = False, fused: bool = False):
     """A step function of the hand-written loop."""
     model = create_model(model_name, seed=seed)
+    if convs_only:
+        model = convolutions_only(model)
+    if fused:
+        resnetlab_fused.enable(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -88,7 +119,9 @@ def main(argv=None) -> int:
           f"{' + channels_last' if cl else ''}", flush=True)
     plain = {"baseline fp32 eager": plain_loop(args.model, args.batch, False, False),
              "plain fp32+channels_last": plain_loop(args.model, args.batch, False, True),
-             "plain bf16+channels_last": plain_loop(args.model, args.batch, True, True)}
+             "plain bf16+channels_last": plain_loop(args.model, args.batch, True, True),
+             "plain fp32+CL+fused BN": plain_loop(args.model, args.batch, False, True, fused=True),
+             "bound: convolutions only": plain_loop(args.model, args.batch, False, True, convs_only=True)}
     runs = {name: [] for name in [*plain, "ours (train(), default)"]}
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.repeats):

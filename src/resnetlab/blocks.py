@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused as _fused
+
 SHORTCUTS = ("A", "B", "C", "none")
 ZERO_PADS = ("split", "end")
 STRIDE_AT = ("3x3", "1x1")
@@ -134,6 +136,7 @@ class _Block(nn.Module):
     """Shared constructor checks and the shortcut/add pair of every block."""
 
     expansion = 1
+    fused = False  # set by resnetlab.fused.enable: BN-ReLU(-add) through one fused op when it applies
 
     def _init_shortcut(self, in_channels, out_channels, stride, shortcut, zero_pad, shortcut_scale, norm):
         for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -151,6 +154,23 @@ class _Block(nn.Module):
         if self.downsample is None:  # plain network: the branch is all there is
             return branch
         return self.add(branch, self.downsample(shortcut_input))
+
+    def _bn_relu(self, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn(x))``; fused in training when enabled (see resnetlab.fused)."""
+        if self.fused and _fused.applies(x, bn, self.relu):
+            return _fused.batch_norm_relu(bn, x)
+        return self.relu(bn(x))
+
+    def _bn_merge_relu(self, bn: nn.BatchNorm2d, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn(branch) + shortcut(x))`` (no add in a plain network); fused like :meth:`_bn_relu`."""
+        if self.fused and _fused.applies(branch, bn, self.relu, self.add, self.downsample):
+            if self.downsample is None:
+                return _fused.batch_norm_relu(bn, branch)
+            shortcut = self.downsample(x)
+            if self.add.scale != 1.0:
+                shortcut = shortcut * self.add.scale
+            return _fused.batch_norm_relu(bn, branch, shortcut)
+        return self.relu(self._merge(bn(branch), x))
 
 
 class BasicBlock(_Block):
@@ -176,9 +196,9 @@ class BasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, Cin, H, W)
-        out = self.relu(self.bn1(self.conv1(x)))  # (N, planes, H/s, W/s)
-        out = self.bn2(self.conv2(out))  # (N, planes, H/s, W/s): F(x)
-        return self.relu(self._merge(out, x))  # (N, planes, H/s, W/s)
+        out = self._bn_relu(self.bn1, self.conv1(x))  # (N, planes, H/s, W/s)
+        # F(x) = bn2(conv2(out)): (N, planes, H/s, W/s); output relu(F(x) + shortcut(x)), the same shape
+        return self._bn_merge_relu(self.bn2, self.conv2(out), x)
 
 
 class Bottleneck(_Block):
@@ -211,10 +231,10 @@ class Bottleneck(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, Cin, H, W)
-        out = self.relu(self.bn1(self.conv1(x)))  # (N, planes, H or H/s, ...)
-        out = self.relu(self.bn2(self.conv2(out)))  # (N, planes, H/s, W/s)
-        out = self.bn3(self.conv3(out))  # (N, 4*planes, H/s, W/s): F(x)
-        return self.relu(self._merge(out, x))
+        out = self._bn_relu(self.bn1, self.conv1(x))  # (N, planes, H or H/s, ...)
+        out = self._bn_relu(self.bn2, self.conv2(out))  # (N, planes, H/s, W/s)
+        # F(x) = bn3(conv3(out)): (N, 4*planes, H/s, W/s); output relu(F(x) + shortcut(x))
+        return self._bn_merge_relu(self.bn3, self.conv3(out), x)
 
 
 class PreActBasicBlock(_Block):
@@ -241,9 +261,9 @@ class PreActBasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, Cin, H, W)
-        pre = self.relu(self.bn1(x))  # (N, Cin, H, W)
+        pre = self._bn_relu(self.bn1, x)  # (N, Cin, H, W)
         out = self.conv1(pre)  # (N, planes, H/s, W/s)
-        out = self.conv2(self.relu(self.bn2(out)))  # (N, planes, H/s, W/s): F(x)
+        out = self.conv2(self._bn_relu(self.bn2, out))  # (N, planes, H/s, W/s): F(x)
         source = pre if isinstance(self.downsample, ProjectionShortcut) else x
         return self._merge(out, source)
 
@@ -274,10 +294,10 @@ class PreActBottleneck(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, Cin, H, W)
-        pre = self.relu(self.bn1(x))
+        pre = self._bn_relu(self.bn1, x)
         out = self.conv1(pre)  # (N, planes, ., .)
-        out = self.conv2(self.relu(self.bn2(out)))  # (N, planes, H/s, W/s)
-        out = self.conv3(self.relu(self.bn3(out)))  # (N, 4*planes, H/s, W/s): F(x)
+        out = self.conv2(self._bn_relu(self.bn2, out))  # (N, planes, H/s, W/s)
+        out = self.conv3(self._bn_relu(self.bn3, out))  # (N, 4*planes, H/s, W/s): F(x)
         source = pre if isinstance(self.downsample, ProjectionShortcut) else x
         return self._merge(out, source)
 

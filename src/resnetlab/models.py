@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import fused as _fused
 from .config import opt
 from .blocks import (SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
                      PreActBottleneck, _check_choice)
@@ -129,6 +130,8 @@ class ResNet(nn.Module):
     Attributes ``spec`` and ``options`` record how it was made; ``stages`` lists ``layer1..layerK``.
     """
 
+    fused = False  # set by resnetlab.fused.enable, as in the blocks
+
     def __init__(self, spec: ModelSpec, options: ModelOptions):
         super().__init__()
         self.spec, self.options = spec, options
@@ -187,14 +190,19 @@ class ResNet(nn.Module):
         # x: (N, 3, H, W)
         x = self.conv1(x)  # ImageNet: (N, 64, H/2, W/2); CIFAR: (N, 16, H, W)
         if self.stem_norm:
-            x = self.relu(self.bn1(x))
+            x = self._bn_relu(self.bn1, self.relu, x)
         if self.spec.family == "imagenet":
             x = self.maxpool(x)  # (N, 64, H/4, W/4)
         for stage in self.stages:
             x = stage(x)  # each later stage halves H and W and doubles the width
         if self.preact:
-            x = self.final_relu(self.final_bn(x))
+            x = self._bn_relu(self.final_bn, self.final_relu, x)
         return x
+
+    def _bn_relu(self, bn: nn.Module, relu: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and _fused.applies(x, bn, relu):
+            return _fused.batch_norm_relu(bn, x)
+        return relu(bn(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)  # (N, C, h, w)

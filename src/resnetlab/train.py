@@ -14,7 +14,8 @@ so a CPU run killed at any moment and resumed from its last checkpoint ends with
 bit, as one that was never interrupted.
 
 Speed: no host synchronisation inside a step except at log steps (losses and errors are summed on the
-device); bf16 autocast + channels_last where the hardware has fast bf16 (``precision="auto"``); optional
+device); bf16 autocast + channels_last where the hardware has fast bf16 (``precision="auto"``); on other
+CPUs fp32 + channels_last with fused batch norm + ReLU (+ add) kernels (:mod:`resnetlab.fused`); optional
 ``torch.compile``; evaluation in large batches without autograd.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from . import fused
 from .config import add_arguments, opt, parse_config, to_dict
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
@@ -107,6 +109,9 @@ class TrainConfig:
     channels_last: bool | None = opt(None, "channels_last memory format (default: as --precision decides)")
     compile: bool = opt(False, "torch.compile the model")
     compile_mode: str = opt("default", "torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
+    fused_bn: str = opt("auto", "fused batch norm + ReLU (+ residual add) kernels for fp32 channels_last CPU "
+                        "training: auto (use them there when the extension builds) | on | off",
+                        choices=("auto", "on", "off"))
     threads: int | None = opt(None, "CPU threads (default: the physical cores available)")
     deterministic: bool = opt(False, "deterministic algorithms (CUDA: slower; CPU runs are exact anyway)")
 
@@ -385,6 +390,17 @@ def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -
 # The training loop
 # ----------------------------------------------------------------------------------------------------------
 
+def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: bool, compiled: bool) -> bool:
+    """Whether to try the fused batch-norm kernels: ``auto`` where they apply (fp32 channels_last CPU
+    training without torch.compile), ``on`` there too (and a ``ValueError`` elsewhere), ``off`` never."""
+    applies = device.type == "cpu" and not bf16 and channels_last and not compiled
+    if setting == "on" and not applies:
+        raise ValueError("--fused-bn on needs CPU training in fp32 with channels_last and without --compile "
+                         f"(here: device {device.type}, {'bf16' if bf16 else 'fp32'}, "
+                         f"channels_last {channels_last}, compile {compiled})")
+    return setting != "off" and applies
+
+
 def train(config: TrainConfig) -> dict:
     """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
     from .data import Normalization, TrainStream, load_dataset
@@ -427,6 +443,15 @@ def train(config: TrainConfig) -> dict:
     model = create_model(cfg.model, zero_init_residual=cfg.zero_init_residual, shortcut_scale=cfg.shortcut_scale,
                          num_classes=len(train_set.classes), seed=cfg.seed, **options)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if use_fused_bn(cfg.fused_bn, device, bf16, channels_last, cfg.compile):
+        if not fused.built():
+            say(f"compiling the fused batch-norm kernels into {fused.build_folder()} (once; about a minute)")
+        if fused.extension() is not None:
+            fused.enable(model)
+        elif cfg.fused_bn == "on":
+            raise ValueError(f"--fused-bn on: the extension could not be built ({fused.unavailable_reason()})")
+        else:
+            say(f"fused batch-norm kernels unavailable ({fused.unavailable_reason()}); using PyTorch's ops")
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.nesterov)
     schedule = make_schedule(cfg)
@@ -497,7 +522,7 @@ def train(config: TrainConfig) -> dict:
     say(f"lr {cfg.lr} {cfg.schedule}" + (f" x{cfg.gamma} at {', '.join(map(str, cfg.milestones))}"
                                          if cfg.schedule == "step" else "")
         + f", warm-up {cfg.warmup}; {'bf16 autocast' if bf16 else 'fp32'}"
-        + f"{' + channels_last' if channels_last else ''} on {device}"
+        + f"{' + channels_last' if channels_last else ''}{' + fused BN' if model.fused else ''} on {device}"
         + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
         + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
 
