@@ -5,7 +5,9 @@
 
 Each model is timed in four ways: train eager, train compiled, eval eager, eval compiled (eval: batch
 ``--eval-batch`` under ``torch.no_grad``). The step is the one ``resnetlab.train`` runs: autocast per
-``--precision`` (auto: bf16 + channels_last where bf16 is fast), SGD with momentum and weight decay.
+``--precision`` (auto: bf16 + channels_last where bf16 is fast), SGD with momentum and weight decay;
+eager includes the fused batch-norm kernels where ``resnetlab train`` uses them (``--fused-bn auto``:
+fp32 channels_last on the CPU), compiled never does.
 Eager and compiled are interleaved ``--repeats`` times; medians, the compile (warm-up) time and the
 compiled/eager ratio are printed. Without CUDA, ``--device cuda`` is skipped with a message.
 """
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.models import create_model
-from resnetlab.train import physical_cores, resolve_precision
+from resnetlab import fused
+from resnetlab.train import physical_cores, resolve_precision, use_fused_bn
 
 
 def sync(device):
@@ -29,9 +32,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make(model_name, device, bf16, cl, compiled, mode, batch, eval_batch):
+def make(model_name, device, bf16, cl, compiled, mode, batch, eval_batch, fused_bn):
     model = create_model(model_name, seed=0).to(device, memory_format=torch.channels_last if cl else
                                                 torch.contiguous_format)
+    if use_fused_bn(fused_bn, device, bf16, cl, compiled) and fused.extension() is not None:
+        fused.enable(model)
     net = torch.compile(model, mode=None if mode == "default" else mode) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     fmt = torch.channels_last if cl else torch.contiguous_format
@@ -76,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mode", default="default", help="torch.compile mode")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--fused-bn", default="auto", choices=("auto", "off"), help="as resnetlab train --fused-bn")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -85,14 +91,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads or physical_cores())
     bf16, cl = resolve_precision(args.precision, device, None)
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads, load "
-          f"{os.getloadavg()[0]:.1f}); {'bf16 autocast' if bf16 else 'fp32'}{' + channels_last' if cl else ''}; "
+          f"{os.getloadavg()[0]:.1f}); {'bf16 autocast' if bf16 else 'fp32'}{' + channels_last' if cl else ''}"
+          f"{' + fused BN (eager)' if use_fused_bn(args.fused_bn, device, bf16, cl, False) else ''}; "
           f"compile mode {args.mode}", flush=True)
     print(f"{'model':<10} {'what':<6} {'eager img/s':>12} {'compiled img/s':>15} {'ratio':>6} {'compile s':>10}")
     for name in args.models.split(","):
         fns, warm = {}, {}
         for compiled in (False, True):
             t = time.perf_counter()
-            tr, ev = make(name, device, bf16, cl, compiled, args.mode, args.batch, args.eval_batch)
+            tr, ev = make(name, device, bf16, cl, compiled, args.mode, args.batch, args.eval_batch, args.fused_bn)
             for _ in range(2):  # compile / autotune / first-call allocation
                 tr()
                 ev()

@@ -18,18 +18,30 @@ and backward hooks (the analyses) always see the modules run one by one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import threading
+import time
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fused_bn.cpp")
 _lock = threading.Lock()
 _ext = None
 _error: str | None = None
+
+
+def _cflags() -> list[str]:
+    # -fopenmp: at::parallel_for is an inline OpenMP loop, serial without it (the OpenMP symbols resolve
+    # to the runtime PyTorch has loaded); it also turns on the `omp simd` loops.
+    flags = ["-O3", "-fopenmp"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-march=native")  # the build folder is named after this CPU's flags
+    return flags
 
 
 def _build_tag() -> str:
@@ -43,8 +55,24 @@ def _build_tag() -> str:
     with open(_SOURCE, "rb") as fh:
         source = fh.read()
     key = b"|".join([source, torch.__version__.encode(), platform.python_version().encode(),
-                     platform.machine().encode(), flags.encode()])
+                     platform.machine().encode(), flags.encode(), " ".join(_cflags()).encode()])
     return hashlib.sha256(key).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """PyTorch's builder runs ``ninja`` from PATH; the pip package's binary is not there when the venv's
+    python is called without activating the venv."""
+    path = os.environ.get("PATH", "")
+    try:
+        import ninja
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    except ImportError:
+        pass
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def build_folder() -> str:
@@ -74,8 +102,13 @@ def extension():
             folder = build_folder()
             name = os.path.basename(folder)
             os.makedirs(folder, exist_ok=True)
-            flags = ["-O3", "-fopenmp-simd", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
-            _ext = load(name, [_SOURCE], extra_cflags=flags, build_directory=folder, verbose=False)
+            # A build killed midway leaves PyTorch's lock file behind, and the next build would wait on it
+            # forever; a real build takes about a minute, so a lock older than ten is stale.
+            lock = os.path.join(folder, "lock")
+            if os.path.exists(lock) and time.time() - os.path.getmtime(lock) > 600:
+                os.remove(lock)
+            with _ninja_on_path():
+                _ext = load(name, [_SOURCE], extra_cflags=_cflags(), build_directory=folder, verbose=False)
         except Exception as exc:  # no compiler, no ninja, a build error: the eager ops still work
             _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     return _ext
@@ -132,6 +165,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # no double backward (Hessians): an error, never a silently wrong result
     def backward(ctx, dy):
         x, y, weight, bias, mean, invstd = ctx.saved_tensors
         grads = _ext.backward(dy, x, y, weight, bias, mean, invstd)
