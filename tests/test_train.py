@@ -5,6 +5,7 @@ All runs use a tiny ResNet-8 (width 4) on the in-memory synthetic data, fp32, on
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ def test_run_folder_contract(finished_run):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "config.json")) as fh:
         cfg = json.load(fh)
-    assert set(cfg) == {"config", "model_config", "versions"}
+    assert set(cfg) == {"config", "model_config", "versions", "runtime"}
+    assert cfg["runtime"]["fused_bn"] is False and cfg["runtime"]["channels_last"] is False  # fp32 -> NCHW
     assert cfg["config"]["milestones"] == [20, 30] and cfg["config"]["lr"] == 0.1  # resolved recipe, scaled
     assert cfg["model_config"]["name"] == "resnet8" and cfg["model_config"]["width"] == 4
     with open(os.path.join(out, "final.json")) as fh:
@@ -193,3 +195,28 @@ def test_config_file_and_modern_options(tmp_path):
     ck = load_checkpoint(os.path.join(out, "last.pt"))
     groups = ck["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0] and groups[0]["nesterov"]
+
+
+def test_fused_channels_last_path_resumes_bit_identically(tmp_path):
+    """The default CPU path on AVX-512 machines (fp32, channels_last, fused batch norm): a run resumed from
+    its step-10 checkpoint ends with the same weights, bit for bit, as the run that went straight on."""
+    from resnetlab import fused
+    if fused.extension() is None:
+        pytest.skip(f"fused kernels unavailable: {fused.unavailable_reason()}")
+    cfg = dict(TINY, channels_last=True, fused_bn="on", iterations=20, log_every=5, checkpoint_every=20,
+               save_at=(10,), eval_every=1000)
+    ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+    train(TrainConfig(**cfg, out=ref))
+    with open(os.path.join(ref, "config.json")) as fh:
+        assert json.load(fh)["runtime"]["fused_bn"] is True
+    os.makedirs(cut)
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(os.path.join(ref, name), cut)
+    shutil.copy(os.path.join(ref, "step_10.pt"), os.path.join(cut, "last.pt"))
+    train(TrainConfig(**cfg, out=cut, resume=True))
+    a, b = load_checkpoint(os.path.join(ref, "last.pt")), load_checkpoint(os.path.join(cut, "last.pt"))
+    assert a["step"] == b["step"] == 20
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ta = [(e["step"], e["loss"]) for e in events(ref) if e["kind"] == "train"]
+    assert ta == [(e["step"], e["loss"]) for e in events(cut) if e["kind"] == "train"]

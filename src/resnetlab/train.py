@@ -488,7 +488,10 @@ def train(config: TrainConfig) -> dict:
         log.keep_until(-1)
     if main:
         _write_json(os.path.join(out, "config.json"),
-                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions()})
+                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
+                     "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
+                                 "fused_bn": bool(model.fused), "world_size": dist.world_size,
+                                 "threads": torch.get_num_threads() if device.type == "cpu" else None}})
 
     # 4. Wrappers: DDP across processes, torch.compile. Checkpoints always save the plain `model`.
     net = model
