@@ -14,6 +14,10 @@ ours      ``resnetlab.train.train`` itself with ``precision="auto"`` on the synt
           batches, augmentation included): img/s as logged by the run over ``--steps`` steps, after
           ``--steps`` warm-up steps.
 
+ceiling   not a path: the fp32 multiply-add throughput of this machine (a 4096x4096 matmul, MKL) divided
+          by the arithmetic of one training image (3 x the forward multiply-adds: forward, input gradient,
+          weight gradient). No fp32 implementation of the step that does all of its arithmetic can beat it.
+
 All are run in turn, ``--repeats`` times (interleaved, so that load from other processes hits all of
 them alike); the medians and the ratio to the baseline are printed. On a shared machine, trust the ratio
 more than the absolute numbers.
@@ -35,6 +39,7 @@ from torch import nn
 from resnetlab import fused as resnetlab_fused
 from resnetlab.blocks import ResidualAdd
 from resnetlab.models import create_model
+from resnetlab.summary import summarize
 from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train
 
 
@@ -91,6 +96,18 @@ def time_plain(step, steps: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - t)
 
 
+def matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    """Median fp32 GFLOP/s of an n x n matmul: what this CPU's multiply-add units deliver."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
 def time_ours(model_name: str, batch: int, steps: int, threads: int, folder: str, precision: str) -> float:
     out = tempfile.mkdtemp(dir=folder)
     cfg = TrainConfig(model=model_name, data="synthetic", out=os.path.join(out, "run"), iterations=2 * steps,
@@ -132,12 +149,17 @@ def main(argv=None) -> int:
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()),
                   file=sys.stderr, flush=True)
     ref = statistics.median(runs["baseline fp32 eager"])
+    flops = 3 * 2 * summarize(create_model(args.model)).total_macs  # per training image
+    gflops = matmul_gflops(threads)
+    ceiling = gflops * 1e9 / flops
     print(f"\n{args.model}, batch {args.batch}, median of {args.repeats} interleaved repeats of {args.steps} steps "
           f"(load now {os.getloadavg()[0]:.1f})")
     print(f"{'path':<28} {'img/s':>8} {'ratio':>7}   all repeats")
     for name, values in runs.items():
         med = statistics.median(values)
         print(f"{name:<28} {med:8.1f} {med / ref:6.2f}x   {' '.join(f'{v:.0f}' for v in values)}")
+    print(f"{'ceiling: fp32 arithmetic':<28} {ceiling:8.1f} {ceiling / ref:6.2f}x   "
+          f"({gflops:.0f} GFLOP/s fp32 matmul / {flops / 1e6:.0f} MFLOP per training image)")
     return 0
 
 
