@@ -52,7 +52,7 @@ class KeepBranch(nn.Module):
 
 def convolutions_only(model: nn.Module) -> nn.Module:
     """The model with batch norms and ReLUs replaced by the identity and residual adds dropped."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, (nn.BatchNorm2d, nn.ReLU)):
                 setattr(module, child_name, nn.Identity())

@@ -157,9 +157,7 @@ class _Block(nn.Module):
 
     def _bn_relu(self, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
         """``relu(bn(x))``; fused in training when enabled (see resnetlab.fused)."""
-        if self.fused and _fused.applies(x, bn, self.relu):
-            return _fused.batch_norm_relu(bn, x)
-        return self.relu(bn(x))
+        return _fused.relu_bn(self.fused, bn, self.relu, x)
 
     def _bn_merge_relu(self, bn: nn.BatchNorm2d, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``relu(bn(branch) + shortcut(x))`` (no add in a plain network); fused like :meth:`_bn_relu`."""

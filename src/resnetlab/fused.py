@@ -19,6 +19,7 @@ and backward hooks (the analyses) always see the modules run one by one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -44,6 +45,7 @@ def _cflags() -> list[str]:
     return flags
 
 
+@functools.cache
 def _build_tag() -> str:
     """Names the build after everything it depends on, so one cache folder can hold several."""
     flags = ""
@@ -171,6 +173,13 @@ class _BatchNormReLU(torch.autograd.Function):
         grads = _ext.backward(dy, x, y, weight, bias, mean, invstd)
         dshortcut = grads[3] if ctx.has_shortcut else None
         return grads[0], grads[1], grads[2], dshortcut, None, None, None, None
+
+
+def relu_bn(on: bool, bn: nn.Module, relu: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``relu(bn(x))``: through the fused op when ``on`` and :func:`applies`, else the two modules."""
+    if on and applies(x, bn, relu):
+        return batch_norm_relu(bn, x)
+    return relu(bn(x))
 
 
 def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:

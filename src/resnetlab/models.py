@@ -190,19 +190,14 @@ class ResNet(nn.Module):
         # x: (N, 3, H, W)
         x = self.conv1(x)  # ImageNet: (N, 64, H/2, W/2); CIFAR: (N, 16, H, W)
         if self.stem_norm:
-            x = self._bn_relu(self.bn1, self.relu, x)
+            x = _fused.relu_bn(self.fused, self.bn1, self.relu, x)
         if self.spec.family == "imagenet":
             x = self.maxpool(x)  # (N, 64, H/4, W/4)
         for stage in self.stages:
             x = stage(x)  # each later stage halves H and W and doubles the width
         if self.preact:
-            x = self._bn_relu(self.final_bn, self.final_relu, x)
+            x = _fused.relu_bn(self.fused, self.final_bn, self.final_relu, x)
         return x
-
-    def _bn_relu(self, bn: nn.Module, relu: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and _fused.applies(x, bn, relu):
-            return _fused.batch_norm_relu(bn, x)
-        return relu(bn(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)  # (N, C, h, w)

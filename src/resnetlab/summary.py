@@ -83,8 +83,26 @@ def _table(headers, rows, right=(), markdown=False) -> str:
     return "\n".join(lines)
 
 
+class _Report:
+    """What :class:`Summary` and :class:`Diff` share: JSON, a format by name, and ``str()`` as text.
+    Subclasses define ``to_text``, ``to_markdown`` and ``to_dict``."""
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return _dumps(self.to_dict(), indent)
+
+    def format(self, fmt: str = "text") -> str:
+        """``"text"``, ``"markdown"`` or ``"json"``."""
+        writers = {"text": self.to_text, "markdown": self.to_markdown, "json": self.to_json}
+        if fmt not in writers:
+            raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(writers)}")
+        return writers[fmt]()
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
 @dataclass
-class Summary:
+class Summary(_Report):
     """The result of :func:`summarize`. ``str(summary)`` is the text table."""
 
     model: str  # a label such as "resnet20 (shortcut=A)"
@@ -132,17 +150,6 @@ class Summary:
                 "total_macs": self.total_macs, "macs_counted": "conv + linear multiply-adds per image",
                 "notes": list(self.notes)}
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return _dumps(self.to_dict(), indent)
-
-    def format(self, fmt: str = "text") -> str:
-        """``"text"``, ``"markdown"`` or ``"json"``."""
-        return _format(self, fmt)
-
-    def __str__(self) -> str:
-        return self.to_text()
-
-
 def _dumps(d: dict, indent: int | None) -> str:
     """JSON with short lists of numbers (shapes) kept on one line."""
     text = json.dumps(d, indent=indent)
@@ -151,11 +158,6 @@ def _dumps(d: dict, indent: int | None) -> str:
     return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
 
-def _format(obj, fmt: str) -> str:
-    writers = {"text": obj.to_text, "markdown": obj.to_markdown, "json": obj.to_json}
-    if fmt not in writers:
-        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(writers)}")
-    return writers[fmt]()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -445,7 +447,7 @@ _COMPARED = ("type", "input_shape", "output_shape", "kernels", "stride", "shortc
 
 
 @dataclass
-class Diff:
+class Diff(_Report):
     """Rows and parameter tensors that differ between two models (:func:`diff`)."""
 
     a: Summary
@@ -563,15 +565,6 @@ class Diff:
                 "params_reshaped": [{"name": n, "a": list(sa), "b": list(sb)} for n, sa, sb in self.reshaped],
                 "total_params": [self.a.total_params, self.b.total_params], "params_delta": self.params_delta,
                 "total_macs": [self.a.total_macs, self.b.total_macs], "macs_delta": self.macs_delta}
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return _dumps(self.to_dict(), indent)
-
-    def format(self, fmt: str = "text") -> str:
-        return _format(self, fmt)
-
-    def __str__(self) -> str:
-        return self.to_text()
 
 
 def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, int] | None = None) -> Diff:
