@@ -1,0 +1,157 @@
+"""The one I/O layer: atomic file writes, JSON, the cache folder, device resolution, text tables, progress.
+
+Every file the package writes goes through :func:`atomic_write`: the bytes go to a temporary file in the
+same folder, are flushed and fsynced, and the file is renamed over its target, so a crash (even SIGKILL)
+at any moment leaves the old file or the new one, never a torn one; on any error the temporary file is
+removed. New files get the permissions the process umask allows, like any ``open()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+"""What ``--device`` accepts: ``auto`` picks CUDA when available, else the CPU."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    try:  # make the rename itself durable; not every file system lets a folder be opened
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """``with atomic_path(path) as tmp: write(tmp)``: for writers that take a file name (matplotlib, numpy,
+    safetensors). ``tmp`` is in the same folder (created if needed); it is fsynced and renamed over
+    ``path`` when the block ends, and removed if the block raises."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=os.path.splitext(path)[1],
+                               dir=folder)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask as open() would
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
+    """``with atomic_write(path, "w") as fh: ...``: ``path`` appears complete or not at all."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as fh:
+        yield fh
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (with a final newline) atomically."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON value in ``path``."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def cache_dir() -> str:
+    """``$RESNETLAB_CACHE`` or ``~/.cache/resnetlab``: downloads and compiled kernels."""
+    return os.environ.get("RESNETLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "resnetlab")
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None``: CUDA when available, else the CPU; otherwise ``torch.device(name)``, refused
+    with a ``ValueError`` if that device is not usable here."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"bad device {name!r} ({e}); valid: {', '.join(DEVICES)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; valid: {', '.join(DEVICES)}")
+    return device
+
+
+def format_table(headers, rows, right=(), markdown: bool = False) -> str:
+    """An aligned text table (or a Markdown table); ``right`` holds the indices of right-aligned columns."""
+    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r):
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts).rstrip()
+
+    lines = [line(cells[0])]
+    if markdown:
+        lines.append("|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
+                                    for i, w in enumerate(widths)) + "|")
+    else:
+        lines.append("  ".join("-" * w for w in widths))
+    lines += [line(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+class _Lines:
+    """A stderr stand-in for tqdm when stderr is not a terminal: each redraw becomes its own log line."""
+
+    def write(self, s: str) -> None:
+        s = s.replace("\r", "").strip()
+        if s:
+            print(s, file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             quiet: bool = False, **kwargs) -> tqdm:
+    """A tqdm bar on stderr: redrawn in place on a terminal, a log line every 30 s otherwise."""
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr if tty else _Lines(),
+                mininterval=0.5 if tty else 30.0, dynamic_ncols=True, leave=tty, **kwargs)
