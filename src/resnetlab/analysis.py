@@ -26,7 +26,7 @@ Definitions (the numbers depend on them):
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
@@ -34,14 +34,17 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
-from .config import add_arguments, opt, parse_config
+from .checkpoint import load_checkpoint
+from .config import Positional, parse
+from .models import ModelConfig, create_model
+from .weights import load_state_dict_strict
 
 ANALYSES = ("paths", "gradients", "responses")
 DATASETS = ("synthetic", "cifar10", "cifar100")
@@ -446,57 +449,38 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"bad device {name!r}: {e}") from None
 
 
-MODEL_OPTION_FIELDS = ("shortcut", "preact", "zero_pad", "zero_init_residual", "shortcut_scale", "width",
-                       "num_classes")
-
-
-def model_options(cfg) -> dict:
-    """The model options set on the command line (``None``/"default" = not set)."""
-    opts = {k: getattr(cfg, k) for k in MODEL_OPTION_FIELDS}
-    if opts.get("shortcut") == "default":
-        opts["shortcut"] = None
-    return {k: v for k, v in opts.items() if v is not None}
+def given_model(cfg) -> ModelConfig | None:
+    """The model options given on the command line, or None when all were left at their defaults."""
+    return None if cfg.model == ModelConfig() else cfg.model
 
 
 def _looks_like_path(source: str) -> bool:
     return os.path.exists(source) or os.sep in source or source.endswith((".pt", ".pth"))
 
 
-def load_model(source: str, model: str | None = None, seed: int = 0, **options):
+def load_model(source: str, model: ModelConfig | None = None, seed: int = 0):
     """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
 
-    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model name (a fresh model built with ``seed`` and
-    ``options``). With a checkpoint, ``model`` (``--model``) names the architecture it must fit: a
-    checkpoint of another architecture is an error; ``options`` then override the checkpoint's own.
+    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model
+    name: a fresh model built with the options of ``model`` and, unless it sets one, ``seed``. A checkpoint
+    rebuilds the architecture it records; given ``model``, it must hold exactly that architecture (a
+    checkpoint of another one is an error listing the differences).
     """
-    from .checkpoint import load_checkpoint
-    from .models import create_model, get_spec
-    from .weights import load_state_dict_strict
-    options = {k: v for k, v in options.items() if v is not None}
     if not _looks_like_path(source):
-        if model is not None:
-            raise ValueError(f"--model names the architecture of a checkpoint; {source!r} is a model name, "
-                             f"not a checkpoint path")
-        return create_model(source, seed=seed, **options), None
+        config = dataclasses.replace(model or ModelConfig(), name=source)
+        return create_model(config, seed=seed if config.seed is None else config.seed), None
     if os.path.isdir(source):  # a training run folder: its latest checkpoint
         if not os.path.isfile(os.path.join(source, "last.pt")):
             raise FileNotFoundError(f"{source} is a folder without a last.pt checkpoint")
         source = os.path.join(source, "last.pt")
     ckpt = load_checkpoint(source)
-    config = dict(ckpt.get("model_config") or {})
-    if model is None:
-        if options:
-            raise ValueError(f"model options ({', '.join('--' + k.replace('_', '-') for k in options)}) apply to "
-                             f"fresh models; {source} already records its architecture (add --model NAME to "
-                             f"load it into another configuration)")
-        net = create_model(**config)
-    else:
-        wanted = get_spec(model).name
-        saved = config.pop("name", "?")
-        config.update(options)
-        if saved != wanted:
-            raise ValueError(f"checkpoint {source} holds a {saved}, not the {wanted} given with --model")
-        net = create_model(wanted, **config)
+    recorded = ModelConfig.from_dict(dict(ckpt.get("model_config") or {}), where=source)
+    if model is not None and model.to_dict() != recorded.to_dict():
+        wanted, saved = model.to_dict(), recorded.to_dict()
+        diff = ", ".join(f"{k}: {saved.get(k)!r} recorded, {wanted.get(k)!r} given"
+                         for k in sorted(set(wanted) | set(saved)) if wanted.get(k) != saved.get(k))
+        raise ValueError(f"checkpoint {source} does not hold the architecture given ({diff})")
+    net = create_model(recorded)
     load_state_dict_strict(net, ckpt["model"], source=source)
     return net, ckpt
 
@@ -611,33 +595,32 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 class AnalyzeConfig:
     """Options of ``resnetlab analyze``."""
 
-    model: str | None = opt(None, "with a checkpoint: the architecture it must hold (an error otherwise)")
-    data: str = opt("synthetic", "data set the measurements run on", choices=DATASETS)
-    data_dir: str | None = opt(None, "folder (or .tar.gz) of the data set; not needed for synthetic")
-    batches: int = opt(4, "batches of data to measure on (lesion: 0 = the whole test split)")
-    batch_size: int = opt(128, "images per batch")
-    seed: int = opt(0, "seed of a fresh model (MODEL given by name)")
-    shortcut: str = opt("default", "fresh model: shortcut option (default: the model's own)",
-                        choices=("default", "A", "B", "C", "none"))
-    preact: bool | None = opt(None, "fresh model: pre-activation blocks")
-    zero_pad: str | None = opt(None, "fresh model: option A channel padding", choices=("split", "end"))
-    zero_init_residual: bool | None = opt(None, "fresh model: zero the last BN of every branch")
-    shortcut_scale: float | None = opt(None, "fresh model: constant scaling of the shortcut")
-    width: int | None = opt(None, "fresh model: planes of the first stage")
-    num_classes: int | None = opt(None, "fresh model: number of classes")
-    lesion: bool = opt(False, "gradients: also drop each block at test time and report the accuracy change")
-    json: str | None = opt(None, "write the results as JSON to this file")
-    plot: str | None = opt(None, "draw the results into this PNG file")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    quiet: bool = opt(False, "no progress line on stderr")
-
-
-def _analyze_parser(name: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"resnetlab analyze {name}", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", metavar="MODEL|CKPT", nargs="+",
-                   help="registered model name (fresh) or checkpoint path; several (twins) are drawn together")
-    add_arguments(p, AnalyzeConfig)
-    return p
+    sources: Positional[tuple[str, ...]] = ()
+    """registered model names (fresh models, built with --model.* options) or checkpoint paths; several
+    (twins) are measured and drawn together"""
+    model: ModelConfig = ModelConfig()
+    """fresh models: their options (the name comes from the source); checkpoints: the architecture they
+    must hold, when given (default: as recorded)"""
+    data: Literal[DATASETS] = "synthetic"
+    """data set the measurements run on"""
+    data_dir: Optional[str] = None
+    """folder (or .tar.gz) of the data set; not needed for synthetic"""
+    batches: int = 4
+    """batches of data to measure on (lesion: 0 = the whole test split)"""
+    batch_size: int = 128
+    """images per batch"""
+    seed: int = 0
+    """seed of a fresh model (MODEL given by name)"""
+    lesion: bool = False
+    """gradients: also drop each block at test time and report the accuracy change"""
+    json: Optional[str] = None
+    """write the results as JSON to this file"""
+    plot: Optional[str] = None
+    """draw the results into this PNG file"""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N"""
+    quiet: bool = False
+    """no progress line on stderr"""
 
 
 def _validate(cfg: AnalyzeConfig) -> None:
@@ -755,8 +738,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         raise ValueError(f"unknown analysis {name!r}; valid: {', '.join(ANALYSES)}")
     _validate(cfg)
     device = resolve_device(cfg.device)
-    options = model_options(cfg)
-    model, ckpt = load_model(source, cfg.model, cfg.seed, **options)
+    model, ckpt = load_model(source, given_model(cfg), cfg.seed)
     model.to(device)
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     norm = norm.to(device)
@@ -844,22 +826,27 @@ def main_analyze(argv: list[str] | None = None) -> int:
     Each source gets its table; ``--json`` holds the result (several sources: ``{"analysis", "results": [...]}``)
     and ``--plot`` draws all of them overlaid (plain vs residual twins in one figure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]\n\n"
-              "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
-              "  gradients  per-layer and per-block gradient norms (--lesion: accuracy without each block)\n"
-              "  responses  std of every 3x3 layer's response (He et al. 2015, Fig. 7)\n\n"
-              "resnetlab analyze NAME --help for the options")
+    usage = ("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]\n\n"
+             "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
+             "  gradients  per-layer and per-block gradient norms (--lesion: accuracy without each block)\n"
+             "  responses  std of every 3x3 layer's response (He et al. 2015, Fig. 7)\n\n"
+             "resnetlab analyze NAME --help for the options")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
         return 0
+    if not argv:
+        print(usage, file=sys.stderr)
+        return 2
     name = argv[0]
     if name not in ANALYSES:
         raise ValueError(f"unknown analysis {name!r}; valid: {', '.join(ANALYSES)}")
-    args = _analyze_parser(name).parse_args(argv[1:])
-    cfg = parse_config(AnalyzeConfig, args)
+    cfg = parse(AnalyzeConfig, argv[1:], prog=f"resnetlab analyze {name}", description=__doc__.split("\n\n")[0])
     if cfg.lesion and name != "gradients":
         raise ValueError("--lesion belongs to 'analyze gradients'")
+    if not cfg.sources:
+        raise ValueError(f"give a model name or a checkpoint: resnetlab analyze {name} MODEL|CKPT")
     results = []
-    for source in args.source:
+    for source in cfg.sources:
         results.append(run_analysis(name, cfg, source))
         print(format_result(results[-1]))
     if cfg.json:

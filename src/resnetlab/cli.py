@@ -1,6 +1,6 @@
 """The ``resnetlab`` command: one subcommand per feature, each implemented by its module's ``main(argv)``.
 
-Subcommands are imported only when used, so ``resnetlab --help`` answers at once.
+Subcommands are imported only when used, so ``resnetlab --help`` answers at once, without torch.
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):

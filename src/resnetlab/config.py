@@ -1,109 +1,60 @@
-"""Configuration as frozen dataclasses, and the command line generated from them.
+"""Configs are frozen dataclasses; this module turns them into command lines (with tyro) and reads files.
 
-Each default is written once, on the dataclass field. :func:`opt` attaches the help text that ``--help``
-shows. A YAML or TOML file (``--config FILE``) may set defaults; flags given on the command line override
-it; unknown keys are errors, in files as on the command line.
+Each default is written once, on the dataclass field, and its attribute docstring is its ``--help`` text.
+A config that nests a :class:`resnetlab.models.ModelConfig` as ``model`` takes its options as
+``--model.shortcut B`` or, shorter, ``--shortcut B`` (and ``--model NAME`` for ``--model.name NAME``).
+``--config FILE`` (YAML, TOML or JSON) sets defaults that flags given on the command line override; unknown
+keys are errors, in files as on the command line.
 
     @dataclass(frozen=True)
     class MyConfig:
-        lr: float = opt(0.1, "peak learning rate")
+        lr: float = 0.1
+        '''peak learning rate'''
 
-    parser = argparse.ArgumentParser(); add_arguments(parser, MyConfig)
-    cfg = parse_config(MyConfig, parser.parse_args())
+    cfg = parse(MyConfig, ["--lr", "0.5"], prog="resnetlab my")
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
+import sys
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+import tyro
+import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None):
-    """A dataclass field with its ``--help`` text (and optional choices or flag name)."""
-    meta = {"help": help, "choices": choices, "flag": flag}
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("use a tuple for sequence defaults so that configs stay immutable")
-    return dataclasses.field(default=default, metadata=meta)
+def _split_commas(args: list[str]) -> list[str]:
+    return [part.strip() for a in args for part in a.split(",") if part.strip()]
 
 
-def _base_type(annotation) -> tuple[type, bool]:
-    """(scalar type, optional?) of a field annotation such as ``int | None`` or ``tuple[int, ...]``."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        base, _ = _base_type(args[0])
-        return base, True
-    return (annotation if origin is None else origin), False
+def _comma_list(item: type, metavar: str):
+    # Lists are written "20,56" (or "20 56"): the README's and earlier releases' form.
+    return tyro.constructors.PrimitiveConstructorSpec(
+        nargs="*", metavar=metavar,
+        instance_from_str=lambda args: tuple(item(v) for v in _split_commas(args)),
+        is_instance=lambda v: isinstance(v, tuple),
+        str_from_instance=lambda v: [",".join(map(str, v))])
 
 
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+Ints = Annotated[tuple[int, ...], _comma_list(int, "N[,N...]")]
+"""A tuple of integers, given as ``1,2,3`` or ``1 2 3``."""
+Floats = Annotated[tuple[float, ...], _comma_list(float, "X[,X...]")]
+"""A tuple of numbers, given as ``0.5,0.25`` or ``0.5 0.25``."""
+Strs = Annotated[tuple[str, ...], _comma_list(str, "S[,S...]")]
+"""A tuple of strings, given as ``a,b`` or ``a b``."""
+Positional = tyro.conf.Positional
 
 
-def _convert(name: str, annotation, value):
-    """Convert a file or flag value to the field's type, with an error that names the key."""
-    base, optional = _base_type(annotation)
-    # "none" is a real value of some string fields (shortcut="none": the plain net), so only non-string
-    # optional fields read "none"/"null"/"" as unset.
-    unset_words = ("none", "null", "") if base is not str else ()
-    if value is None or (optional and isinstance(value, str) and value.lower() in unset_words):
-        if optional:
-            return None
-        raise ValueError(f"{name}: a value is required")
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {value!r}")
-        if base is tuple:
-            args = typing.get_args(annotation if not optional else [a for a in typing.get_args(annotation)
-                                                                   if a is not type(None)][0])
-            item = args[0] if args else str
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(item(v.strip()) if isinstance(v, str) else item(v) for v in items if str(v).strip() != "")
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"not an integer: {value!r}")
-        if base in (int, float, str):
-            return base(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: {e}") from None
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` (defaults suppressed: unset flags stay unset)."""
-    hints = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        meta = f.metadata
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        base, _ = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = meta.get("help", "")
-        if "(default:" not in help_text:  # a help text may say in words what its default means
-            help_text = f"{help_text} (default: {shown})"
-        help_text = help_text.replace("%", "%%")
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else:
-            if meta.get("choices"):
-                kw["choices"] = meta["choices"]
-            parser.add_argument(flag, metavar=f.name.upper(), **kw)
-    if not any(a.dest == "config" for a in parser._actions):
-        parser.add_argument("--config", default=None, metavar="FILE",
-                            help="YAML or TOML file of defaults; flags given here override it")
-
+# ----------------------------------------------------------------------------------------------- files
 
 def load_file(path: str | os.PathLike) -> dict:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file into a dict."""
@@ -111,56 +62,232 @@ def load_file(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"config file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
-    with open(path, "rb") as fh:
-        raw = fh.read()
     if ext not in (".toml", ".yaml", ".yml", ".json"):
         raise ValueError(f"config file {path}: unknown extension {ext!r} (use .yaml, .toml or .json)")
+    with open(path, "rb") as fh:
+        raw = fh.read()
     try:
         if ext == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib
             data = tomllib.loads(raw.decode())
         elif ext == ".json":
             data = json.loads(raw)
         else:
-            import yaml
             data = yaml.safe_load(raw) or {}
-    except Exception as e:  # a parse error from toml/json/yaml
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as e:  # TOMLDecodeError is a ValueError
         raise ValueError(f"config file {path} could not be parsed: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
     return data
 
 
+# ----------------------------------------------------------------------------------------------- dicts
+
+def _strip(annotation):
+    """``(base annotation, optional?)`` without ``Annotated`` and ``None``."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        base, _ = _strip(args[0])
+        return base, len(args) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def _convert(where: str, annotation, value):
+    """``value`` (from a file or a recorded config) as the field's type, or a ``ValueError`` naming it."""
+    base, optional = _strip(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where}: a value is required")
+    origin = typing.get_origin(base)
+    if dataclasses.is_dataclass(base):
+        return value if isinstance(value, base) else from_dict(base, value, where)
+    if origin is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise ValueError(f"{where}={value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        item = typing.get_args(base)[0]
+        items = _split_commas([value]) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(where, item, v) for v in items)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:  # YAML reads 1e-3 as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if base is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def model_field(cls) -> dataclasses.Field | None:
+    """The field of ``cls`` that nests the model config (named ``model``), if any."""
+    return next((f for f in dataclasses.fields(cls) if f.name == "model" and dataclasses.is_dataclass(
+        _strip(typing.get_type_hints(cls, include_extras=True)["model"])[0])), None)
+
+
 def from_dict(cls, data: dict, where: str = "config"):
-    """Build ``cls`` from a dict, converting types; unknown keys are errors that list the valid ones."""
+    """Build ``cls`` from a dict (nested dicts for nested configs); unknown keys are errors listing the valid
+    ones. In a config that nests ``model``, the model's options may also be given flat (``shortcut: B``)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in data if k.replace("-", "_") not in names)
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    mf = model_field(cls)
+    if mf is not None:
+        model_cls = _strip(hints["model"])[0]
+        flat = {k: data.pop(k) for k in list(data) if k not in names and k in
+                {f.name for f in dataclasses.fields(model_cls)}}
+        if isinstance(data.get("model"), str):  # "model: resnet56" names the model
+            flat["name"] = data.pop("model")
+        if flat:
+            nested = data.get("model") or {}
+            base = dataclasses.asdict(nested) if dataclasses.is_dataclass(nested) else dict(nested)
+            data["model"] = {**base, **flat}
+    unknown = sorted(k for k in data if k not in names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    hints = _field_types(cls)
-    values = {}
-    for k, v in data.items():
-        k = k.replace("-", "_")
-        values[k] = _convert(k, hints[k], v)
-        choices = next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == k)
-        if choices and values[k] is not None and values[k] not in choices:
-            raise ValueError(f"{where}: {k}={values[k]!r} is not one of {', '.join(map(str, choices))}")
+    values = {k: _convert(f"{where}: {k}" if where != "config" else k, hints[k], v) for k, v in data.items()}
     return cls(**values)
 
 
-def parse_config(cls, args: argparse.Namespace, base: dict | None = None):
-    """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) flags given."""
-    data = dict(base or {})
-    if getattr(args, "config", None):
-        data.update({k.replace("-", "_"): v for k, v in load_file(args.config).items()})
+def from_strings(cls, values: dict[str, str], base=None, where: str = "config"):
+    """Like :func:`from_dict` for values written as text (``"true"``, ``"8"``, ``"B"``), on top of ``base``."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    data.update({k: v for k, v in vars(args).items() if k in names})
-    return from_dict(cls, data)
+    typed = {}
+    for key, text in values.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            raise ValueError(f"{where}: unknown key {key}; valid: {', '.join(sorted(names))}")
+        base_type, optional = _strip(hints[key])
+        low = text.strip().lower()
+        if optional and low in ("null", "default") or (optional and low == "none" and base_type is not str
+                                                         and typing.get_origin(base_type) is not Literal):
+            typed[key] = None
+        elif base_type is bool:
+            if low not in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                raise ValueError(f"{where}: {key} expects true or false, got {text!r}")
+            typed[key] = low in ("true", "yes", "on", "1")
+        elif base_type in (int, float):
+            try:
+                typed[key] = base_type(text)
+            except ValueError:
+                raise ValueError(f"{where}: {key} expects a number, got {text!r}") from None
+        else:
+            typed[key] = text.strip()
+    start = dataclasses.asdict(base) if base is not None else {}
+    return from_dict(cls, {**start, **typed}, where)
 
 
 def to_dict(cfg) -> dict:
-    """A JSON-ready dict of a config (tuples become lists)."""
+    """A JSON-ready dict of a config (tuples become lists, nested configs dicts)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+# ----------------------------------------------------------------------------------------------- argv
+
+def _optional_bools(cls, prefix: str = "") -> set[str]:
+    """Flags of the ``Optional[bool]`` fields (``None``: "the model's/recipe's default"), nested ones too."""
+    out = set()
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        base, optional = _strip(hints[f.name])
+        if dataclasses.is_dataclass(base):
+            out |= _optional_bools(base, f"{prefix}{f.name}.")
+        elif base is bool and optional:
+            out.add(f"--{prefix}{f.name}".replace("_", "-"))
+    return out
+
+
+def _rewrite_argv(cls, argv: list[str]) -> list[str]:
+    """Short forms tyro does not know: ``--shortcut B`` for ``--model.shortcut B`` and ``--model NAME`` for
+    ``--model.name NAME`` (options of the nested model config that the outer config does not declare
+    itself), and ``--preact`` / ``--no-preact`` for ``Optional[bool]`` fields (tyro wants a value there)."""
+    aliases = {}
+    if model_field(cls) is not None:
+        model_cls = _strip(typing.get_type_hints(cls, include_extras=True)["model"])[0]
+        own = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+        for f in dataclasses.fields(model_cls):
+            flag = f.name.replace("_", "-")
+            if flag not in own:
+                aliases[f"--{flag}"] = f"--model.{flag}"
+                aliases[f"--no-{flag}"] = f"--model.no-{flag}"
+    tristate = _optional_bools(cls)
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out += argv[i:]
+            break
+        name, eq, value = a.partition("=")
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if name == "--model" and (eq or (nxt is not None and not nxt.startswith("-"))):
+            out += [f"--model.name={value}"] if eq else ["--model.name", nxt]
+            i += 1 if eq else 2
+            continue
+        name = aliases.get(name, name)
+        negated = name.replace(".no-", ".").replace("--no-", "--")
+        if not eq and name in tristate and nxt not in ("True", "False", "None"):
+            out += [name, "True"]
+        elif not eq and name != negated and negated in tristate:
+            out += [negated, "False"]
+        else:
+            out.append(name + eq + value)
+        i += 1
+    return out
+
+
+def _pop_config_file(argv: list[str]) -> tuple[str | None, list[str]]:
+    path, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise ValueError("--config needs a file name")
+            path, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
+
+
+CONFIG_HELP = ("--config FILE: a YAML, TOML or JSON file of defaults (the keys are the flags' names); flags "
+               "given on the command line override it.")
+
+
+def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = None, base: dict | None = None):
+    """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) the flags given."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path, argv = _pop_config_file(argv)
+    data = dict(base or {})
+    if path is not None:
+        data.update(load_file(path))
+    default = from_dict(cls, data) if data else cls()
+    mf = model_field(cls)
+    text = (description or (cls.__doc__ or "").strip().split("\n\n")[0]) + "\n\n" + CONFIG_HELP
+    if mf is not None:
+        text += (" Model options may be given without their prefix: --shortcut B for --model.shortcut B, "
+                 "--model NAME for --model.name NAME.")
+    return tyro.cli(cls, args=_rewrite_argv(cls, argv), default=default, prog=prog, description=text,
+                    use_underscores=False)

@@ -18,7 +18,6 @@ Python API: :func:`load_for_eval`, :func:`evaluate`, :func:`load_image`, :func:`
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -27,21 +26,23 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import torch
+import tyro
 import torch.nn.functional as F
 from torch import nn
 
 from . import config as configlib
-from .blocks import SHORTCUTS
 from .checkpoint import FORMAT, unwrap
-from .config import opt
+from .config import Floats, Positional
 from .data import to_rgb
+from .io import PRECISIONS
+from .models import ModelConfig, create_model
 
 DATASETS = ("cifar10", "cifar100", "synthetic", "folder")
 SPLITS = ("test", "val", "train")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -106,14 +107,15 @@ def _describe(model: nn.Module) -> str:
     return type(m).__name__
 
 
-def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes: int | None = None,
+def load_for_eval(path, model=None, *, num_classes: int | None = None, ours_as_recorded: bool = False,
                   normalization=None) -> LoadedModel:
     """Load a checkpoint for evaluation or prediction.
 
     ``path``: one of our checkpoints, or (with ``model``) a torchvision ``.pth``, akamaster ``.th`` or
-    ``.safetensors`` file. ``model``: None (our checkpoints rebuild their own architecture), a model name
-    for :func:`resnetlab.create_model` (built with ``shortcut`` and ``num_classes``; for our checkpoints the
-    weights must fit it, else the error lists the mismatched keys) or an ``nn.Module`` to load into.
+    ``.safetensors`` file. ``model``: None (our checkpoints rebuild their own architecture), a model name or
+    :class:`~resnetlab.models.ModelConfig` (built with ``num_classes`` when given; for our checkpoints the
+    weights must fit it, else the error lists the mismatched keys, unless ``ours_as_recorded``: then our
+    checkpoints rebuild their own and ``model`` is only for other weights) or an ``nn.Module`` to load into.
     ``normalization`` overrides the checkpoint's own preprocessing (with a warning when it has one).
     The model is returned on the CPU in eval mode.
     """
@@ -125,22 +127,18 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt, unreadable = _peek(path)
-    if shortcut is not None and shortcut not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut option {shortcut!r}; valid: {', '.join(SHORTCUTS)}")
+    if ckpt is not None and ours_as_recorded:
+        model = None
 
-    def build(name: str, default_classes: int | None) -> nn.Module:
-        options = {}
-        if shortcut is not None:
-            options["shortcut"] = shortcut
-        if num_classes is not None or default_classes is not None:
-            options["num_classes"] = num_classes if num_classes is not None else default_classes
-        return create_model(name, **options)
+    def build(config, default_classes: int | None) -> nn.Module:
+        classes = num_classes if num_classes is not None else default_classes
+        return create_model(config, **({"num_classes": classes} if classes is not None else {}))
 
     if ckpt is not None:
         recorded = ckpt.get("model_config") or {}
         if model is None:
             net = create_model(**recorded)
-        elif isinstance(model, str):
+        elif isinstance(model, (str, ModelConfig)):
             net = build(model, recorded.get("num_classes"))
         else:
             net = model
@@ -170,7 +168,7 @@ def load_for_eval(path, model=None, *, shortcut: str | None = None, num_classes:
                              f"(torchvision .pth, akamaster .th, .safetensors) give the architecture "
                              f"(--model NAME [--shortcut A|B|C|none]) and the preprocessing "
                              f"(--mean R,G,B --std R,G,B or --pixel-mean)")
-        net = build(model, None) if isinstance(model, str) else model
+        net = build(model, None) if isinstance(model, (str, ModelConfig)) else model
         from . import load_weights
         load_weights(unwrap(net), path)
         norm, classes, data_info, meta = normalization, None, {}, None
@@ -505,15 +503,13 @@ def _check_same_classes(members: list[LoadedModel]) -> None:
 class ForeignWeights:
     """Options for weights that are not resnetlab checkpoints (and overrides for ours)."""
 
-    model: str | None = opt(None, "architecture to build (e.g. resnet20, resnet18): needed for weights "
-                                  "from other projects; with our checkpoints, their weights must fit it")
-    shortcut: str = opt("default", "shortcut option of --model: A | B | C | none; 'default' keeps the model's own",
-                        choices=("default",) + SHORTCUTS)
-    num_classes: int | None = opt(None, "classifier outputs of --model (eval default: the dataset's "
-                                        "class count; predict default: the model's)")
-    mean: tuple[float, ...] | None = opt(None, "per-channel input mean R,G,B on the 0..1 scale (replaces "
-                                               "a checkpoint's own normalization, with a warning)")
-    std: tuple[float, ...] | None = opt(None, "per-channel input std R,G,B on the 0..1 scale (with --mean)")
+    model: ModelConfig = ModelConfig()
+    """the architecture to build for weights from other projects (which record none); for our
+    checkpoints, options given here must fit the recorded weights (default: the recorded architecture)"""
+    mean: Optional[Floats] = None
+    """per-channel input mean R,G,B on the 0..1 scale (replaces a checkpoint's own normalization, with a warning)"""
+    std: Optional[Floats] = None
+    """per-channel input std R,G,B on the 0..1 scale (with --mean)"""
 
 
 @dataclass(frozen=True)
@@ -521,61 +517,52 @@ class EvalConfig(ForeignWeights):
     """Evaluate checkpoints: top-1/top-5, loss, per-class accuracy, confusion matrix; several checkpoints
     are evaluated as an ensemble (their softmax probabilities averaged)."""
 
-    weights: tuple[str, ...] = opt((), "checkpoint file(s); several form an ensemble")
-    data: str | None = opt(None, "dataset: cifar10 | cifar100 | synthetic | folder (default: the one the "
-                                 "first checkpoint was trained on)", choices=DATASETS)
-    data_dir: str | None = opt(None, "dataset folder (or its .tar.gz); default: the training run's, else the "
-                                     "cache folder; not needed for synthetic")
-    split: str = opt("test", "split to evaluate: test | val | train", choices=SPLITS)
-    val_split: int | None = opt(None, "training images held out as the val split (default: as recorded "
-                                      "in the checkpoint's training config)")
-    split_seed: int | None = opt(None, "seed of the train/val split (default: as recorded, else 0)")
-    batch_size: int = opt(1000, "images per forward pass")
-    limit: int | None = opt(None, "evaluate only the first N images of the split")
-    tta: str = opt("none", "test-time augmentation: flip averages each image's and its mirror's "
-                           "probabilities (none | flip)", choices=("none", "flip"))
-    workers: int = opt(2, "DataLoader workers decoding image folders (--data folder)")
-    pixel_mean: bool = opt(False, "preprocess by subtracting the per-pixel mean of the training split "
-                                  "(the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)")
-    device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (also on "
-                                       "the CPU, as training does on CPUs with fast bf16)", choices=PRECISIONS)
-    json: str | None = opt(None, "write all results (confusion matrix included) to this JSON file")
-    quiet: bool = opt(False, "no progress line")
+    weights: tuple[str, ...] = ()
+    """checkpoint file(s); several form an ensemble (probabilities averaged)"""
+    data: Optional[Literal[DATASETS]] = None
+    """dataset: cifar10 | cifar100 | synthetic | folder (default: the one the first checkpoint was trained on)"""
+    data_dir: Optional[str] = None
+    """dataset folder (or its .tar.gz); default: the training run's, else the cache folder; not needed for synthetic"""
+    split: Literal[SPLITS] = "test"
+    """split to evaluate: test | val | train"""
+    val_split: Optional[int] = None
+    """training images held out as the val split (default: as recorded in the checkpoint's training config)"""
+    split_seed: Optional[int] = None
+    """seed of the train/val split (default: as recorded, else 0)"""
+    batch_size: int = 1000
+    """images per forward pass"""
+    limit: Optional[int] = None
+    """evaluate only the first N images of the split"""
+    tta: Literal[("none", "flip")] = "none"
+    """test-time augmentation: flip averages each image's and its mirror's probabilities (none | flip)"""
+    workers: int = 2
+    """DataLoader workers decoding image folders (--data folder)"""
+    pixel_mean: bool = False
+    """preprocess by subtracting the per-pixel mean of the training split (the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)"""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N"""
+    precision: Literal[PRECISIONS] = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (also on the CPU, as training does on CPUs with fast bf16)"""
+    json: Optional[str] = None
+    """write all results (confusion matrix included) to this JSON file"""
+    quiet: bool = False
+    """no progress line"""
 
 
 @dataclass(frozen=True)
 class PredictConfig(ForeignWeights):
     """Print the top-k classes of image files (decoded with Pillow, resized as the model expects)."""
 
-    images: tuple[str, ...] = opt((), "image files (PNG, JPEG, ... any mode)")
-    weights: tuple[str, ...] = opt((), "checkpoint file(s); several form an ensemble")
-    top_k: int = opt(5, "classes to show per image")
-    device: str = opt("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
-    json: str | None = opt(None, "also write the predictions to this JSON file")
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors become ValueErrors, which ``resnetlab.cli`` prints as one clear line (exit 2)."""
-
-    def error(self, message):
-        raise ValueError(f"{message} (see {self.prog} --help)")
-
-
-def _parse(cls, prog: str, argv, positional_images: bool = False):
-    parser = _Parser(prog=prog, description=cls.__doc__)
-    if positional_images:
-        parser.add_argument("images", nargs="*", metavar="IMAGE", default=argparse.SUPPRESS,
-                            help="image files (PNG, JPEG, ... any mode)")
-    if positional_images:  # one file per flag, so that images may follow: --weights A --weights B
-        parser.add_argument("--weights", action="append", metavar="CKPT", default=argparse.SUPPRESS,
-                            help="checkpoint file; repeat the flag for an ensemble (probabilities averaged)")
-    else:
-        parser.add_argument("--weights", nargs="+", metavar="CKPT", default=argparse.SUPPRESS,
-                            help="checkpoint file(s); several form an ensemble (probabilities averaged)")
-    configlib.add_arguments(parser, cls, skip=("weights", "images"))
-    args = parser.parse_args(argv)
-    return configlib.parse_config(cls, args)
+    images: Positional[tuple[str, ...]] = ()
+    """image files (PNG, JPEG, ... any mode)"""
+    weights: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """checkpoint file; repeat the flag for an ensemble (probabilities averaged), so images may follow"""
+    top_k: int = 5
+    """classes to show per image"""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N"""
+    json: Optional[str] = None
+    """also write the predictions to this JSON file"""
 
 
 def _explicit_normalization(cfg):
@@ -596,10 +583,10 @@ def _explicit_normalization(cfg):
     return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
 
 
-def _check_model_options(cfg) -> None:
-    if cfg.model is None and (cfg.shortcut != "default" or cfg.num_classes is not None):
-        raise ValueError("--shortcut and --num-classes describe the architecture given by --model NAME; "
-                         "our checkpoints record their own")
+def _foreign_model(cfg) -> ModelConfig | None:
+    """The architecture given on the command line, or None when it was left at the default (our
+    checkpoints then rebuild their own; other weights are built as the default model)."""
+    return None if cfg.model == ModelConfig() else cfg.model
 
 
 def _check_files(paths) -> list[str]:
@@ -794,7 +781,6 @@ def format_report(result: dict, members: list[str], header: str) -> str:
 def run_eval(cfg: EvalConfig) -> dict:
     """``resnetlab eval`` as a function: load, evaluate, print, write the JSON; returns the results."""
     paths = _check_files(cfg.weights)
-    _check_model_options(cfg)
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.limit is not None and cfg.limit < 1:
@@ -807,10 +793,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     cfg = _resolve_data(cfg, first_ckpt)
 
     # The checkpoints first (fast, and most mistakes are there), then the data.
-    shortcut = None if cfg.shortcut == "default" else cfg.shortcut
-    num_classes = cfg.num_classes if cfg.num_classes is not None else (_class_count(cfg) if cfg.model else None)
-    members = [load_for_eval(p, cfg.model, shortcut=shortcut, num_classes=num_classes, normalization=override)
-               for p in paths]
+    given = _foreign_model(cfg)
+    num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else _class_count(cfg)
+    members = [load_for_eval(p, given or cfg.model, num_classes=num_classes, ours_as_recorded=given is None,
+                             normalization=override) for p in paths]
     counts = [m.num_classes for m in members]
     if len(set(counts)) > 1:
         raise ValueError("the checkpoints have different class counts: " +
@@ -869,7 +855,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def main_eval(argv: list[str] | None = None) -> int:
     """``resnetlab eval --weights CKPT [CKPT ...] --data cifar10 --data-dir DIR [--tta flip] [--json OUT]``."""
-    cfg = _parse(EvalConfig, "resnetlab eval", sys.argv[1:] if argv is None else argv)
+    cfg = configlib.parse(EvalConfig, argv, prog="resnetlab eval")
     with _Warnings("eval"):
         run_eval(cfg)
     return 0
@@ -878,16 +864,15 @@ def main_eval(argv: list[str] | None = None) -> int:
 def run_predict(cfg: PredictConfig) -> list[dict]:
     """``resnetlab predict`` as a function: prints the top-k classes per image; returns the predictions."""
     paths = _check_files(cfg.weights)
-    _check_model_options(cfg)
     if not cfg.images:
         raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
     for p in cfg.images:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"image not found: {p}")
     override = _explicit_normalization(cfg)
-    shortcut = None if cfg.shortcut == "default" else cfg.shortcut
-    members = [load_for_eval(p, cfg.model, shortcut=shortcut, num_classes=cfg.num_classes,
-                             normalization=override) for p in paths]
+    given = _foreign_model(cfg)
+    members = [load_for_eval(p, given or cfg.model, ours_as_recorded=given is None, normalization=override)
+               for p in paths]
     results = predict(members, cfg.images, top_k=cfg.top_k, device=cfg.device)
     for r in results:
         print(r["image"])
@@ -902,8 +887,7 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
 
 def main_predict(argv: list[str] | None = None) -> int:
     """``resnetlab predict IMAGE [IMAGE ...] --weights CKPT [--top-k 5] [--json OUT]``."""
-    cfg = _parse(PredictConfig, "resnetlab predict", sys.argv[1:] if argv is None else argv,
-                 positional_images=True)
+    cfg = configlib.parse(PredictConfig, argv, prog="resnetlab predict")
     with _Warnings("predict"):
         run_predict(cfg)
     return 0

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 """What ``--device`` accepts: ``auto`` picks CUDA when available, else the CPU."""
+PRECISIONS = ("auto", "fp32", "bf16")
+"""What ``--precision`` accepts: ``auto`` decides by the hardware (see :func:`resnetlab.train.resolve_precision`)."""
 
 
 def _umask() -> int:

@@ -27,7 +27,6 @@ Definitions (the numbers depend on them):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .analysis import (DATASETS, Progress, model_options, load_data, load_model, pyplot, resolve_device,
+from .analysis import (DATASETS, Progress, given_model, load_data, load_model, pyplot, resolve_device,
                        save_figure, seeded_subset, write_json)
-from .config import add_arguments, opt, parse_config, to_dict
+from .config import Positional, parse, to_dict
+from .models import ModelConfig
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
@@ -462,30 +463,41 @@ def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None
 class LandscapeConfig:
     """Options of ``resnetlab landscape``."""
 
-    model: str | None = opt(None, "with a checkpoint: the architecture it must hold (an error otherwise)")
-    data: str = opt("synthetic", "data set (the training split is used)", choices=DATASETS)
-    data_dir: str | None = opt(None, "folder (or .tar.gz) of the data set; not needed for synthetic")
-    subset: int = opt(2048, "training images in the fixed evaluation subset")
-    seed: int = opt(0, "seed of the subset and of the directions (and of a fresh model)")
-    dims: int = opt(2, "1: a curve along one direction; 2: also the surface over two")
-    span: float = opt(1.0, "the grid covers [-span, span] along each direction")
-    steps: int = opt(21, "grid points along each direction (odd puts the model itself on the grid)")
-    directions: str | None = opt(None, "direction file: used if it exists (twins share it), else written")
-    out: str = opt("landscape", "output folder")
-    batch_size: int = opt(512, "images per forward pass")
-    hessian_iters: int = opt(20, "Lanczos steps for the Hessian's extreme eigenvalues (0: skip)")
-    hessian_samples: int = opt(512, "subset images used for the Hessian")
-    radius: float | None = opt(None, "distance at which flatness is measured (default span / 2)")
-    shortcut: str = opt("default", "fresh model: shortcut option (default: the model's own)",
-                        choices=("default", "A", "B", "C", "none"))
-    preact: bool | None = opt(None, "fresh model: pre-activation blocks")
-    zero_pad: str | None = opt(None, "fresh model: option A channel padding", choices=("split", "end"))
-    zero_init_residual: bool | None = opt(None, "fresh model: zero the last BN of every branch")
-    shortcut_scale: float | None = opt(None, "fresh model: constant scaling of the shortcut")
-    width: int | None = opt(None, "fresh model: planes of the first stage")
-    num_classes: int | None = opt(None, "fresh model: number of classes")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    quiet: bool = opt(False, "no progress line on stderr")
+    source: Positional[str] = ""
+    """checkpoint path, or a registered model name (a fresh model, built with --model.* options)"""
+    model: ModelConfig = ModelConfig()
+    """fresh model: its options (the name comes from the source); checkpoint: the architecture it must
+    hold, when given (default: as recorded)"""
+    data: Literal[DATASETS] = "synthetic"
+    """data set (the training split is used)"""
+    data_dir: Optional[str] = None
+    """folder (or .tar.gz) of the data set; not needed for synthetic"""
+    subset: int = 2048
+    """training images in the fixed evaluation subset"""
+    seed: int = 0
+    """seed of the subset and of the directions (and of a fresh model)"""
+    dims: int = 2
+    """1: a curve along one direction; 2: also the surface over two"""
+    span: float = 1.0
+    """the grid covers [-span, span] along each direction"""
+    steps: int = 21
+    """grid points along each direction (odd puts the model itself on the grid)"""
+    directions: Optional[str] = None
+    """direction file: used if it exists (twins share it), else written"""
+    out: str = "landscape"
+    """output folder"""
+    batch_size: int = 512
+    """images per forward pass"""
+    hessian_iters: int = 20
+    """Lanczos steps for the Hessian's extreme eigenvalues (0: skip)"""
+    hessian_samples: int = 512
+    """subset images used for the Hessian"""
+    radius: Optional[float] = None
+    """distance at which flatness is measured (default span / 2)"""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N"""
+    quiet: bool = False
+    """no progress line on stderr"""
 
 
 def _validate(cfg: LandscapeConfig) -> None:
@@ -505,7 +517,7 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     """Compute everything ``resnetlab landscape`` writes; returns the result dict (numpy grids)."""
     _validate(cfg)
     device = resolve_device(cfg.device)
-    model, ckpt = load_model(source, cfg.model, cfg.seed, **model_options(cfg))
+    model, ckpt = load_model(source, given_model(cfg), cfg.seed)
     model.to(device).eval()
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     sub = seeded_subset(splits["train"], cfg.subset, cfg.seed)
@@ -612,13 +624,10 @@ def format_summary(result: dict) -> str:
 
 def main_landscape(argv: list[str] | None = None) -> int:
     """``resnetlab landscape CKPT|MODEL [options]``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="resnetlab landscape", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", metavar="CKPT|MODEL", help="checkpoint path, or a registered model name (fresh)")
-    add_arguments(p, LandscapeConfig)
-    args = p.parse_args(argv)
-    cfg = parse_config(LandscapeConfig, args)
-    result = run_landscape(cfg, args.source)
+    cfg = parse(LandscapeConfig, argv, prog="resnetlab landscape", description=__doc__.split("\n\n")[0])
+    if not cfg.source:
+        raise ValueError("give a checkpoint or a model name: resnetlab landscape CKPT|MODEL")
+    result = run_landscape(cfg, cfg.source)
     written = write_outputs(result, cfg.out, cfg.directions)
     print(format_summary(result))
     print("wrote " + ", ".join(written))

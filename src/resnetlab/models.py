@@ -13,12 +13,12 @@ import math
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 
 from . import fused as _fused
-from .config import opt
 from .blocks import (SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
                      PreActBottleneck, _check_choice)
 
@@ -40,7 +40,6 @@ class ModelSpec:
     stride_at: str = "3x3"
     num_classes: int = 1000
     image_size: int = 224
-    paper: str = ""
 
     @property
     def depth(self) -> int:
@@ -48,49 +47,114 @@ class ModelSpec:
         return per_block * sum(self.layers) + 2
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """Options accepted by :func:`create_model`. ``None`` means "the spec's default"."""
+Shortcut = Literal[SHORTCUTS]
+StrideAt = Literal[STRIDE_AT]
+ZeroPad = Literal[ZERO_PADS]
 
-    shortcut: str | None = opt(None, "shortcut option: A (zero-pad identity), B (projection where shapes "
-                               "change), C (projection everywhere) or none (the plain net)", choices=SHORTCUTS)
-    stride_at: str | None = opt(None, "bottleneck stride on the 3x3 (torchvision v1.5) or the first 1x1 "
-                                "(the paper)", choices=STRIDE_AT)
-    preact: bool | None = opt(None, "pre-activation blocks (He et al. 2016)")
-    zero_pad: str = opt("split", "option A channel padding: split (akamaster) or end (fb.resnet.torch)",
-                        choices=ZERO_PADS)
-    zero_init_residual: bool = opt(False, "zero the last BN (pre-act: last conv) of every residual branch")
-    shortcut_scale: float = opt(1.0, "constant scaling of the shortcut (Identity Mappings, Sec. 3.1)")
-    num_classes: int | None = opt(None, "classifier outputs")
-    width: int | None = opt(None, "planes of the first stage; later stages double it")
-    in_channels: int = opt(3, "input channels")
-    seed: int | None = opt(None, "seeds every parameter by name: twins share initial weights bit for bit")
+# Sanity bounds checked before anything is allocated: a recorded config (a checkpoint's, a file's) is input.
+MAX_WIDTH, MAX_CLASSES, MAX_IN_CHANNELS, MAX_DEPTH = 4096, 100_000, 64, 2000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build: a registered name and the options that vary it.
+
+    The only place model options are declared; every command's config nests one. ``None`` means "the
+    named model's own default" (e.g. option A for the CIFAR nets, B for the ImageNet ones).
+    """
+
+    name: str = "resnet20"
+    """model name: resnet18/34/50/101/152, resnet20/32/44/56/110/1202 or any resnet<6n+2>, preact-resnet110/164/1001"""
+    shortcut: Optional[Shortcut] = None
+    """shortcut option: A (zero-pad identity), B (projection where shapes change), C (projection everywhere), none (the plain net); default: the model's"""
+    stride_at: Optional[StrideAt] = None
+    """bottleneck stride on the 3x3 (torchvision v1.5) or on the first 1x1 (the paper); default: the model's"""
+    preact: Optional[bool] = None
+    """pre-activation blocks (He et al. 2016); default: the model's"""
+    zero_pad: ZeroPad = "split"
+    """option A channel padding: split (akamaster) or end (fb.resnet.torch)"""
+    zero_init_residual: bool = False
+    """zero the last BN (pre-activation: the last conv) of every residual branch"""
+    shortcut_scale: float = 1.0
+    """constant scaling of the shortcut (Identity Mappings, Sec. 3.1)"""
+    num_classes: Optional[int] = None
+    """classifier outputs; default: the model's (or the dataset's, when training)"""
+    width: Optional[int] = None
+    """planes of the first stage, later stages double it; default: the model's"""
+    in_channels: int = 3
+    """input channels"""
+    seed: Optional[int] = None
+    """seeds every parameter by its name, so twins share initial weights bit for bit; default: random (train: the run's seed)"""
+
+    def __post_init__(self):
+        get_spec(self.name)  # an unknown name or depth fails here, before anything is built
+        if self.shortcut is not None:
+            _check_choice("shortcut option", self.shortcut, SHORTCUTS)
+        if self.stride_at is not None:
+            _check_choice("stride_at", self.stride_at, STRIDE_AT)
+        _check_choice("zero_pad", self.zero_pad, ZERO_PADS)
+        for what, most in (("num_classes", MAX_CLASSES), ("width", MAX_WIDTH), ("in_channels", MAX_IN_CHANNELS)):
+            value = getattr(self, what)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 1 <= value <= most):
+                raise ValueError(f"{what} must be an integer from 1 to {most}, got {value!r}")
+        for what in ("preact", "zero_init_residual"):
+            value = getattr(self, what)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{what} must be True or False, got {value!r}")
+        if isinstance(self.shortcut_scale, bool) or not isinstance(self.shortcut_scale, (int, float)) \
+                or not math.isfinite(self.shortcut_scale):
+            raise ValueError(f"shortcut_scale must be a finite number, got {self.shortcut_scale!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def spec(self) -> "ModelSpec":
+        return get_spec(self.name)
+
+    def to_dict(self) -> dict:
+        """The fields that differ from "not set", with the name: what a checkpoint records."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "seed"}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "model config") -> "ModelConfig":
+        """Build from a recorded dict; unknown keys are a ``ValueError`` listing the valid ones."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping of model options, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(OPTION_NAMES))
+        if unknown:
+            raise ValueError(f"{where}: unknown model option(s) {', '.join(map(str, unknown))}; "
+                             f"valid: {', '.join(OPTION_NAMES)}")
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
 _IMAGENET = dict(family="imagenet", widths=(64, 128, 256, 512), shortcut="B", num_classes=1000, image_size=224)
 _CIFAR = dict(family="cifar", widths=(16, 32, 64), num_classes=10, image_size=32)
-_HE2015 = "He et al. 2015, Deep Residual Learning for Image Recognition"
-_HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks"
 
 
 def _cifar(depth: int, name: str | None = None) -> ModelSpec:
     n = (depth - 2) // 6
-    return ModelSpec(name or f"resnet{depth}", block="basic", layers=(n, n, n), shortcut="A", paper=_HE2015,
+    return ModelSpec(name or f"resnet{depth}", block="basic", layers=(n, n, n), shortcut="A",
                      **_CIFAR)
 
 
 def _preact_cifar(depth: int, block: str) -> ModelSpec:
     n = (depth - 2) // (6 if block == "basic" else 9)
-    return ModelSpec(f"preact-resnet{depth}", block=block, layers=(n, n, n), shortcut="B", preact=True,
-                     paper=_HE2016, **_CIFAR)
+    return ModelSpec(f"preact-resnet{depth}", block=block, layers=(n, n, n), shortcut="B", preact=True, **_CIFAR)
 
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
-    ModelSpec("resnet18", block="basic", layers=(2, 2, 2, 2), paper=_HE2015, **_IMAGENET),
-    ModelSpec("resnet34", block="basic", layers=(3, 4, 6, 3), paper=_HE2015, **_IMAGENET),
-    ModelSpec("resnet50", block="bottleneck", layers=(3, 4, 6, 3), paper=_HE2015, **_IMAGENET),
-    ModelSpec("resnet101", block="bottleneck", layers=(3, 4, 23, 3), paper=_HE2015, **_IMAGENET),
-    ModelSpec("resnet152", block="bottleneck", layers=(3, 8, 36, 3), paper=_HE2015, **_IMAGENET),
+    ModelSpec("resnet18", block="basic", layers=(2, 2, 2, 2), **_IMAGENET),
+    ModelSpec("resnet34", block="basic", layers=(3, 4, 6, 3), **_IMAGENET),
+    ModelSpec("resnet50", block="bottleneck", layers=(3, 4, 6, 3), **_IMAGENET),
+    ModelSpec("resnet101", block="bottleneck", layers=(3, 4, 23, 3), **_IMAGENET),
+    ModelSpec("resnet152", block="bottleneck", layers=(3, 8, 36, 3), **_IMAGENET),
     _cifar(20), _cifar(32), _cifar(44), _cifar(56), _cifar(110), _cifar(1202),
     _preact_cifar(110, "basic"), _preact_cifar(164, "bottleneck"), _preact_cifar(1001, "bottleneck"),
 )}
@@ -111,6 +175,8 @@ def get_spec(name: str) -> ModelSpec:
     m = re.fullmatch(r"(preact-)?resnet-?(\d+)", key)
     if m:
         depth = int(m.group(2))
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{name!r}: depth {depth} is over the limit of {MAX_DEPTH}")
         if m.group(1):
             if depth >= 11 and (depth - 2) % 9 == 0:
                 return _preact_cifar(depth, "bottleneck")
@@ -132,7 +198,7 @@ class ResNet(nn.Module):
 
     fused = False  # set by resnetlab.fused.enable, as in the blocks
 
-    def __init__(self, spec: ModelSpec, options: ModelOptions):
+    def __init__(self, spec: ModelSpec, options: ModelConfig):
         super().__init__()
         self.spec, self.options = spec, options
         preact = spec.preact if options.preact is None else options.preact
@@ -234,47 +300,27 @@ def init_weights(model: nn.Module, seed: int, zero_init_residual: bool = False) 
                 m.last_norm().weight.zero_()
 
 
-def validate_options(options: ModelOptions) -> None:
-    """Raise ``ValueError`` naming the first invalid option."""
-    if options.shortcut is not None:
-        _check_choice("shortcut option", options.shortcut, SHORTCUTS)
-    if options.stride_at is not None:
-        _check_choice("stride_at", options.stride_at, STRIDE_AT)
-    _check_choice("zero_pad", options.zero_pad, ZERO_PADS)
-    for what in ("num_classes", "width", "in_channels"):
-        value = getattr(options, what)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    if options.preact is not None and not isinstance(options.preact, bool):
-        raise ValueError(f"preact must be True or False, got {options.preact!r}")
-    if options.seed is not None and (not isinstance(options.seed, int) or options.seed < 0):
-        raise ValueError(f"seed must be a non-negative integer, got {options.seed!r}")
-
-
-OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ModelOptions))
-
-
-def create_model(name: str, **options) -> ResNet:
-    """Build a registered model. Options are the fields of :class:`ModelOptions`.
+def create_model(config: ModelConfig | str = "resnet20", **options) -> ResNet:
+    """Build a model from a :class:`ModelConfig`, or from a name and options (its fields).
 
     >>> create_model("resnet20", shortcut="B", seed=0)  # doctest: +SKIP
+    >>> create_model(ModelConfig("resnet56", shortcut="none"))  # doctest: +SKIP
     """
-    spec = get_spec(name)
-    unknown = sorted(set(options) - set(OPTION_NAMES))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for create_model; valid: {', '.join(OPTION_NAMES)}")
-    opts = ModelOptions(**options)
-    validate_options(opts)
-    model = ResNet(spec, opts)
-    seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2 ** 62, (1,)).item())
-    init_weights(model, seed, opts.zero_init_residual)
+    if isinstance(config, ModelConfig):
+        config = dataclasses.replace(config, **options) if options else config
+    elif isinstance(config, str):
+        config = ModelConfig.from_dict({"name": config, **options}, where="create_model")
+    else:
+        raise ValueError(f"create_model takes a ModelConfig or a model name, got {config!r}")
+    model = ResNet(config.spec, config)
+    seed = config.seed if config.seed is not None else int(torch.randint(0, 2 ** 62, (1,)).item())
+    init_weights(model, seed, config.zero_init_residual)
     return model
 
 
 def model_config(model: ResNet) -> dict:
     """``{"name": ..., **options}``: what :func:`create_model` needs to build this model again."""
-    opts = {k: v for k, v in dataclasses.asdict(model.options).items() if v is not None and k != "seed"}
-    return {"name": model.spec.name, **opts}
+    return model.options.to_dict()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,19 +15,21 @@ from their ``last.pt``, and the report is rebuilt from the run folders.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
 from . import report as report_mod
 from .blocks import SHORTCUTS
-from .config import add_arguments, opt, parse_config, to_dict
+from .config import Ints, Strs, parse, to_dict
+from .io import resolve_device
+from .models import ModelConfig, create_model
 
 DATASETS = ("synthetic", "cifar10", "cifar100")
 BUDGETS = ("smoke", "short", "paper")
@@ -49,36 +51,57 @@ BUDGET_SETTINGS = {
 class StudyConfig:
     """A grid of matched plain/residual twins and what to measure on them."""
 
-    depths: tuple[int, ...] = opt((20, 56), "CIFAR depths 6n+2, comma-separated")
-    options: tuple[str, ...] = opt(("A", "B", "C", "none"), "shortcut options (none = the plain net)")
-    data: str = opt("synthetic", "dataset", choices=DATASETS)
-    data_dir: str | None = opt(None, "folder or .tar.gz of the dataset (default: the cache folder)")
-    out: str = opt("study", "report folder; runs go to OUT/runs/")
-    budget: str = opt("smoke", "smoke (minutes, CPU), short (a few thousand iterations), paper (64k, GPU)",
-                      choices=BUDGETS)
-    iterations: int | None = opt(None, "training iterations per run (default: the budget's)")
-    batch_size: int | None = opt(None, "batch size (default: the budget's)")
-    val_split: int | None = opt(None, "training images held out for validation (default: the budget's)")
-    eval_every: int | None = opt(None, "evaluate every N iterations (default: the budget's)")
-    log_every: int | None = opt(None, "log training loss/error every N iterations (default: the budget's)")
-    checkpoint_every: int | None = opt(None, "write last.pt every N iterations (default: the budget's)")
-    repeats: int = opt(1, "runs per (depth, option), with seeds SEED, SEED+1, ...")
-    seed: int = opt(0, "seed of repeat 0: model init and data order, shared by the twins")
-    width: int | None = opt(None, "planes of the first stage (default 16, the paper's)")
-    recipe: str = opt("he2016-cifar", "training recipe (resnetlab train --help)")
-    preact: bool = opt(False, "pre-activation blocks (He et al. 2016) instead of the original ordering")
-    shortcut_scale: float = opt(1.0, "constant scaling of the shortcut (Identity Mappings, Sec. 3.1)")
-    grad_steps: tuple[int, ...] | None = opt(None, "steps at which to measure gradient flow (0 = at "
-                                                   "initialisation; default: 0, 10% and 100% of training)")
-    analysis_images: int = opt(256, "training images used for the measurements")
-    landscape: bool = opt(False, "also compare the loss landscapes of the deepest plain/residual pair")
-    landscape_steps: int = opt(11, "grid points per axis of the landscape")
-    landscape_span: float = opt(1.0, "the landscape covers [-SPAN, SPAN] along each direction")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N, mps")
-    precision: str = opt("auto", "auto (train's choice), fp32 or bf16", choices=("auto", "fp32", "bf16"))
-    threads: int | None = opt(None, "CPU threads (default: train's, the physical cores; 1 is faster for tiny "
-                                    "models on a busy machine)")
-    quiet: bool = opt(False, "no per-run training progress")
+    depths: Ints = (20, 56)
+    """CIFAR depths 6n+2, comma-separated"""
+    options: Strs = ("A", "B", "C", "none")
+    """shortcut options (none = the plain net)"""
+    data: Literal[DATASETS] = "synthetic"
+    """dataset"""
+    data_dir: Optional[str] = None
+    """folder or .tar.gz of the dataset (default: the cache folder)"""
+    out: str = "study"
+    """report folder; runs go to OUT/runs/"""
+    budget: Literal[BUDGETS] = "smoke"
+    """smoke (minutes, CPU), short (a few thousand iterations), paper (64k, GPU)"""
+    iterations: Optional[int] = None
+    """training iterations per run (default: the budget's)"""
+    batch_size: Optional[int] = None
+    """batch size (default: the budget's)"""
+    val_split: Optional[int] = None
+    """training images held out for validation (default: the budget's)"""
+    eval_every: Optional[int] = None
+    """evaluate every N iterations (default: the budget's)"""
+    log_every: Optional[int] = None
+    """log training loss/error every N iterations (default: the budget's)"""
+    checkpoint_every: Optional[int] = None
+    """write last.pt every N iterations (default: the budget's)"""
+    repeats: int = 1
+    """runs per (depth, option), with seeds SEED, SEED+1, ..."""
+    seed: int = 0
+    """seed of repeat 0: model init and data order, shared by the twins"""
+    model: ModelConfig = ModelConfig()
+    """options shared by every net of the grid (width, preact, shortcut_scale, zero_pad, ...); the grid sets
+    the name (--depths) and the shortcut (--options)"""
+    recipe: str = "he2016-cifar"
+    """training recipe (resnetlab train --help)"""
+    grad_steps: Optional[Ints] = None
+    """steps at which to measure gradient flow (0 = at initialisation; default: 0, 10% and 100% of training)"""
+    analysis_images: int = 256
+    """training images used for the measurements"""
+    landscape: bool = False
+    """also compare the loss landscapes of the deepest plain/residual pair"""
+    landscape_steps: int = 11
+    """grid points per axis of the landscape"""
+    landscape_span: float = 1.0
+    """the landscape covers [-SPAN, SPAN] along each direction"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N, mps"""
+    precision: Literal[("auto", "fp32", "bf16")] = "auto"
+    """auto (train's choice), fp32 or bf16"""
+    threads: Optional[int] = None
+    """CPU threads (default: train's, the physical cores; 1 is faster for tiny models on a busy machine)"""
+    quiet: bool = False
+    """no per-run training progress"""
 
 
 @dataclass(frozen=True)
@@ -116,8 +139,10 @@ def check_config(cfg: StudyConfig) -> None:
         raise ValueError(f"iterations must be at least 1, got {cfg.iterations}")
     if cfg.seed < 0:
         raise ValueError(f"seed must be non-negative, got {cfg.seed}")
-    if cfg.width is not None and cfg.width < 1:
-        raise ValueError(f"width must be a positive integer, got {cfg.width}")
+    if cfg.model.name != ModelConfig().name or cfg.model.shortcut is not None:
+        raise ValueError("the grid sets each net's name and shortcut: give them as --depths and --options, "
+                         "not as model options")
+    resolve_device(cfg.device)
     if cfg.grad_steps and any(s < 0 for s in cfg.grad_steps):
         raise ValueError(f"grad steps must be >= 0, got {cfg.grad_steps}")
 
@@ -161,8 +186,7 @@ def train_config(cfg: StudyConfig, run: RunSpec):
     from .train import TrainConfig
     b = budget(cfg)
     save_at = tuple(s for s in grad_steps(cfg) if s > 0)
-    values = dict(model=run.model, shortcut=run.option, preact=cfg.preact, shortcut_scale=cfg.shortcut_scale,
-                  width=cfg.width, seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
+    values = dict(model=dataclasses.replace(cfg.model, name=run.model, shortcut=run.option), seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
                   recipe=cfg.recipe, iterations=b["iterations"], batch_size=b["batch_size"],
                   val_split=b["val_split"], eval_every=b["eval_every"], log_every=b["log_every"],
                   checkpoint_every=b["checkpoint_every"], save_at=save_at, device=cfg.device,
@@ -421,8 +445,7 @@ def shapes_markdown(cfg: StudyConfig) -> str | None:
     for depth in sorted(set(cfg.depths)):
         for option in dict.fromkeys(cfg.options):
             from .models import create_model
-            model = create_model(f"resnet{depth}", shortcut=option, width=cfg.width, preact=cfg.preact,
-                                 shortcut_scale=cfg.shortcut_scale, seed=0)
+            model = create_model(cfg.model, name=f"resnet{depth}", shortcut=option, seed=0)
             try:
                 s = summary.summarize(model)
                 md = s.to_markdown() if hasattr(s, "to_markdown") else summary.format_markdown(s)
@@ -431,12 +454,6 @@ def shapes_markdown(cfg: StudyConfig) -> str | None:
                 return None
             parts.append(md)
     return "\n\n".join(parts)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = False) -> dict:
@@ -449,7 +466,7 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
                   indent=1)
     os.replace(os.path.join(cfg.out, "study.json.tmp"), os.path.join(cfg.out, "study.json"))
     runs, failed = train_grid(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     records = collect(cfg, runs, device)
@@ -457,8 +474,8 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     b = budget(cfg)
     settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"],
                 "recipe": cfg.recipe, "repeats": cfg.repeats, "seed": cfg.seed,
-                "width": cfg.width or 16, "blocks": "pre-activation" if cfg.preact else "original",
-                "shortcut scale": cfg.shortcut_scale}
+                "width": cfg.model.width or 16, "blocks": "pre-activation" if cfg.model.preact else "original",
+                "shortcut scale": cfg.model.shortcut_scale}
     notes = [f"Matched twins: for each depth and repeat every shortcut option starts from the same seed "
              f"(shared parameters bit-identical) and sees the same batches; only the shortcut differs. "
              f"Study settings: [study.json](study.json)."]
@@ -477,14 +494,16 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
 # --------------------------------------------------------------------------------------------- commands
 
 def main_study(argv: list[str] | None = None) -> int:
-    """``resnetlab study shortcuts ...``: train a grid of plain/residual twins and write the report."""
-    parser = argparse.ArgumentParser(
-        prog="resnetlab study", description=main_study.__doc__.replace("``", ""),
-        epilog="Rerun the same command to resume; finished runs are skipped.")
-    parser.add_argument("study", choices=STUDIES, help="which study (shortcuts: plain vs options A/B/C)")
-    add_arguments(parser, StudyConfig)
-    args = parser.parse_args(argv)
-    cfg = parse_config(StudyConfig, args)
+    """``resnetlab study shortcuts ...``: train a grid of plain/residual twins and write the report.
+    Rerun the same command to resume; finished runs are skipped."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        argv = ["shortcuts", *argv]
+    if not argv or argv[0] not in STUDIES:
+        raise ValueError(f"which study? resnetlab study {{{','.join(STUDIES)}}} [options]"
+                         + (f" (unknown: {argv[0]!r})" if argv else ""))
+    cfg = parse(StudyConfig, argv[1:], prog=f"resnetlab study {argv[0]}",
+                description=main_study.__doc__.replace("``", ""))
     paths = run_study(cfg)
     print(f"report: {os.path.abspath(paths['md'])}\n        {os.path.abspath(paths['html'])}")
     return 0
@@ -498,18 +517,26 @@ DEMO_OPTIONS = ("A", "B", "none")
 class DemoConfig:
     """The main job: a small shortcut study that runs offline in a few minutes on a CPU."""
 
-    out: str = opt("resnetlab-demo", "report folder")
-    data: str = opt("auto", "auto: CIFAR-10 when --data-dir is given or it is in the cache, else synthetic",
-                    choices=("auto",) + DATASETS)
-    data_dir: str | None = opt(None, "CIFAR-10 folder or .tar.gz")
-    iterations: int = opt(240, "training iterations per run")
-    batch_size: int = opt(64, "batch size")
-    width: int = opt(8, "planes of the first stage (the paper's 16 is slower)")
-    seed: int = opt(0, "seed shared by the twins")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N, mps")
-    threads: int | None = opt(None, "CPU threads (default: all cores when the machine is idle, 1 when it is "
-                                    "busy: threads fighting over busy cores make small models 10x slower)")
-    quiet: bool = opt(True, "no per-run training progress (the study still reports each run)")
+    out: str = "resnetlab-demo"
+    """report folder"""
+    data: Literal[("auto",) + DATASETS] = "auto"
+    """auto: CIFAR-10 when --data-dir is given or it is in the cache, else synthetic"""
+    data_dir: Optional[str] = None
+    """CIFAR-10 folder or .tar.gz"""
+    iterations: int = 240
+    """training iterations per run"""
+    batch_size: int = 64
+    """batch size"""
+    model: ModelConfig = ModelConfig(width=8)
+    """options of every net (the paper's width 16 is slower); the demo sets the depths and shortcuts"""
+    seed: int = 0
+    """seed shared by the twins"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N, mps"""
+    threads: Optional[int] = None
+    """CPU threads (default: all cores when the machine is idle, 1 when it is busy: threads fighting over busy cores make small models 10x slower)"""
+    quiet: bool = True
+    """no per-run training progress (the study still reports each run)"""
 
 
 def demo_study_config(d: DemoConfig) -> StudyConfig:
@@ -530,7 +557,7 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
                        budget="smoke", iterations=d.iterations, batch_size=d.batch_size, val_split=250,
                        eval_every=max(1, d.iterations // 4), log_every=max(1, d.iterations // 30),
                        checkpoint_every=max(1, d.iterations // 2),
-                       width=d.width, seed=d.seed, grad_steps=(0, d.iterations), analysis_images=128,
+                       model=d.model, seed=d.seed, grad_steps=(0, d.iterations), analysis_images=128,
                        device=d.device, precision="fp32", threads=d.threads or _auto_threads(), quiet=d.quiet)
 
 
@@ -545,9 +572,7 @@ def _auto_threads() -> int | None:
 
 def main_demo(argv: list[str] | None = None) -> int:
     """``resnetlab demo``: plain vs residual (options A, B) at depths 8 and 20, trained offline, with the report."""
-    parser = argparse.ArgumentParser(prog="resnetlab demo", description=main_demo.__doc__.replace("``", ""))
-    add_arguments(parser, DemoConfig)
-    d = parse_config(DemoConfig, parser.parse_args(argv))
+    d = parse(DemoConfig, argv, prog="resnetlab demo", description=main_demo.__doc__.replace("``", ""))
     cfg = demo_study_config(d)
     t0 = time.perf_counter()
     print(f"resnetlab demo: {len(DEMO_DEPTHS) * len(DEMO_OPTIONS)} runs (depths "

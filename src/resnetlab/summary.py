@@ -15,16 +15,19 @@ are not counted: at one operation per element they would add 0.35% (ResNet-18) t
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import torch
 from torch import nn
+
+from .config import Positional, from_strings, parse
+from .models import ModelConfig, ResNet
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity)
@@ -593,87 +596,70 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
 # --------------------------------------------------------------------------------------------------------
 # command line
 
-_METAVARS = {"shortcut": "A|B|C|none", "stride_at": "3x3|1x1", "zero_pad": "split|end", "num_classes": "N",
-             "width": "N", "in_channels": "N"}
-_SKIP = ("seed", "zero_init_residual", "shortcut_scale")  # they change no shape, parameter count or MAC
+# Options that change no shape, parameter count or MAC: a --diff naming one compares nothing.
+_NO_EFFECT = ("seed", "zero_init_residual", "shortcut_scale")
 
 
-def build_model(name: str, **options) -> nn.Module:
-    """The architecture of ``create_model(name, **options)`` on the meta device: shapes only, no memory
+def build_model(config: ModelConfig | str, **options) -> nn.Module:
+    """The architecture of ``create_model(config, **options)`` on the meta device: shapes only, no memory
     and no initialisation, so even ResNet-1202 builds at once. For :func:`summarize`, not for training."""
-    from . import models
-    spec = models.get_spec(name)
-    unknown = sorted(set(options) - set(models.OPTION_NAMES))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(models.OPTION_NAMES)}")
-    opts = models.ModelOptions(**options)
-    models.validate_options(opts)
+    if isinstance(config, str):
+        config = ModelConfig.from_dict({"name": config, **options})
+    elif options:
+        config = dataclasses.replace(config, **options)
     with torch.device("meta"):
-        return models.ResNet(spec, opts)
+        return ResNet(config.spec, config)
 
 
-def _model_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from . import config
-    from .models import ModelOptions
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(parser, ModelOptions, skip=_SKIP)
-    for action in parser._actions:
-        if action.dest in _METAVARS:
-            action.help = (action.help or "").replace("(default: None)", "(default: the model's own)")
-            action.metavar = _METAVARS[action.dest]
-    return parser
-
-
-def _parse_model_spec(text: str, base: dict) -> tuple[str, dict]:
-    """``"resnet20:shortcut=B,preact=true"`` -> ``("resnet20", base updated with those options)``."""
-    from . import config
-    from .models import ModelOptions
+def _parse_model_spec(text: str, base: ModelConfig) -> ModelConfig:
+    """``"resnet20:shortcut=B,preact=true"`` -> ``base`` with that name and those options."""
     name, _, rest = text.partition(":")
-    values = {}
+    values = {"name": name.strip() or base.name}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--diff {text!r}: expected key=value after the model name, got {item!r}")
-        values[key.strip().replace("-", "_")] = value.strip()
-    if any(k in _SKIP for k in values):
-        raise ValueError(f"--diff {text!r}: {', '.join(k for k in values if k in _SKIP)} does not change the "
-                         f"summary")
-    opts = config.from_dict(ModelOptions, {**base, **values}, where=f"--diff {text}")
-    return name.strip(), {k: v for k, v in dataclasses.asdict(opts).items() if k not in _SKIP}
+        values[key.strip().replace("-", "_")] = value
+    if any(k in _NO_EFFECT for k in values):
+        raise ValueError(f"--diff {text!r}: {', '.join(k for k in values if k in _NO_EFFECT)} does not change "
+                         f"the summary")
+    return from_strings(ModelConfig, values, base, where=f"--diff {text}")
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    """Layer-by-layer table of a model: input and output shape of every layer and residual block, kernels,
+    stride, shortcut kind, parameters and multiply-adds (conv + linear, per image).
+
+    --diff MODEL_B[:key=value,...] compares MODEL (with its options) against MODEL_B, which inherits MODEL's
+    options and overrides those it names, e.g. `resnetlab summary resnet20 --diff resnet20:shortcut=B`."""
+
+    name: Positional[str] = ""
+    """registered model name (resnetlab models), or resnet<6n+2>"""
+    model: ModelConfig = ModelConfig()
+    """the model's options (its name is the positional argument)"""
+    image_size: Optional[int] = None
+    """input height and width (default: 224 ImageNet models, 32 CIFAR models)"""
+    batch: int = 1
+    """batch size of the input"""
+    format: Literal["text", "markdown", "json"] = "text"
+    """output format"""
+    diff: Optional[str] = None
+    """MODEL_B[:key=value,...]: compare with another model or option set"""
 
 
 def main_summary(argv: list[str] | None = None) -> int:
     """``resnetlab summary MODEL [options]``: the layer-by-layer table of a model."""
-    parser = _model_parser(
-        "resnetlab summary",
-        "Layer-by-layer table of a model: input and output shape of every layer and residual block,\n"
-        "kernels, stride, shortcut kind, parameters and multiply-adds (conv + linear, per image).",
-    )
-    parser.epilog = ("diff: --diff MODEL_B[:key=value,...] compares MODEL (with its options) against MODEL_B,\n"
-                     "which inherits MODEL's options and overrides those it names, e.g.\n"
-                     "  resnetlab summary resnet20 --diff resnet20:shortcut=B\n"
-                     "  resnetlab summary resnet50 --diff resnet50:stride_at=1x1")
-    parser.add_argument("model", help="registered model name (resnetlab models), or resnet<6n+2>")
-    parser.add_argument("--image-size", type=int, default=None, metavar="N",
-                        help="input height and width (default: 224 ImageNet models, 32 CIFAR models)")
-    parser.add_argument("--batch", type=int, default=1, metavar="N", help="batch size of the input (default: 1)")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="output format (default: text)")
-    parser.add_argument("--diff", metavar="MODEL_B[:key=value,...]", default=None,
-                        help="compare with another model or option set (see below)")
-    args = parser.parse_args(argv)
-    from . import config
-    from .models import ModelOptions
-    opts = config.parse_config(ModelOptions, args)
-    base = {k: v for k, v in dataclasses.asdict(opts).items() if k not in _SKIP}
-    model = build_model(args.model, **base)
-    if args.diff is not None:
-        name_b, options_b = _parse_model_spec(args.diff, base)
-        result = diff(model, build_model(name_b or args.model, **options_b), args.image_size)
+    cfg = parse(SummaryConfig, argv, prog="resnetlab summary")
+    if not cfg.name:
+        raise ValueError("give a model name: resnetlab summary MODEL (resnetlab models lists them)")
+    base = dataclasses.replace(cfg.model, name=cfg.name)
+    model = build_model(base)
+    if cfg.diff is not None:
+        result = diff(model, build_model(_parse_model_spec(cfg.diff, base)), cfg.image_size)
     else:
-        result = summarize(model, args.image_size, args.batch)
-    print(result.format(args.format))
+        result = summarize(model, cfg.image_size, cfg.batch)
+    print(result.format(cfg.format))
     return 0
 
 
@@ -696,12 +682,17 @@ def list_rows() -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The registered models with depth, family, block, default shortcut and parameters."""
+
+    format: Literal["text", "markdown", "json"] = "text"
+    """output format"""
+
+
 def main_models(argv: list[str] | None = None) -> int:
     """``resnetlab models``: the registered models with depth, family, block, default shortcut, params."""
-    parser = argparse.ArgumentParser(prog="resnetlab models", description=main_models.__doc__)
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="output format (default: text)")
-    args = parser.parse_args(argv)
+    args = parse(ModelsConfig, argv, prog="resnetlab models")
     rows = list_rows()
     if args.format == "json":
         print(json.dumps(rows, indent=2))

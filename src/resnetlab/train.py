@@ -20,9 +20,9 @@ CPUs fp32 + channels_last with fused batch norm + ReLU (+ add) kernels (:mod:`re
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -31,6 +31,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -39,11 +40,13 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import fused
-from .config import add_arguments, opt, parse_config, to_dict
+from .config import Ints, parse, to_dict
+from .data import Normalization, TrainStream, load_dataset
+from .io import PRECISIONS, read_json, write_json
+from .models import ModelConfig, count_parameters, create_model, model_config
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
 
-PRECISIONS = ("auto", "fp32", "bf16")
 RESUMABLE = "last.pt"
 
 
@@ -56,64 +59,99 @@ class TrainConfig:
     """Everything that defines a training run. Fields left at ``None`` take the recipe's value."""
 
     # --- model
-    model: str = opt("resnet20", "model name (resnet20/32/44/56/110/1202, resnet<6n+2>, preact-resnet110, ...)")
-    shortcut: str | None = opt(None, "shortcut option A|B|C|none (default: the model's)")
-    preact: bool | None = opt(None, "pre-activation blocks (default: the model's)")
-    zero_init_residual: bool = opt(False, "zero the last BN of every residual branch")
-    shortcut_scale: float = opt(1.0, "constant scaling of the shortcut")
-    width: int | None = opt(None, "planes of the first stage (default: the model's, 16 for CIFAR)")
-    seed: int = opt(0, "seeds model init AND data order: runs with the same seed see the same batches")
+    model: ModelConfig = ModelConfig()
+    """the network: name and options (its seed defaults to --seed)"""
+    seed: int = 0
+    """seeds model init AND data order: runs with the same seed see the same batches"""
     # --- data
-    data: str = opt("cifar10", "dataset: cifar10 | cifar100 | synthetic")
-    data_dir: str | None = opt(None, "dataset folder or .tar.gz (default: the cache folder)")
-    download: bool = opt(False, "download the dataset into the cache folder if it is missing")
-    val_split: int = opt(0, "training images held out for validation (the paper: 5000)")
-    split_seed: int = opt(0, "seed of the train/val split (kept apart from --seed so twins share it)")
-    augment: bool = opt(True, "pad-4 random crop + horizontal flip")
-    normalization: str | None = opt(None, "input normalization: pixel (mean image) | channel (mean/std)")
-    padding: str | None = opt(None, "crop border: black (0 before normalising) | mean (0 after)")
+    data: str = "cifar10"
+    """dataset: cifar10 | cifar100 | synthetic"""
+    data_dir: Optional[str] = None
+    """dataset folder or .tar.gz (default: the cache folder)"""
+    download: bool = False
+    """download the dataset into the cache folder if it is missing"""
+    val_split: int = 0
+    """training images held out for validation (the paper: 5000)"""
+    split_seed: int = 0
+    """seed of the train/val split (kept apart from --seed so twins share it)"""
+    augment: bool = True
+    """pad-4 random crop + horizontal flip"""
+    normalization: Optional[Literal["pixel", "channel"]] = None
+    """input normalization: pixel (mean image) or channel (mean/std)"""
+    padding: Optional[Literal["black", "mean"]] = None
+    """crop border: black (0 before normalising) or mean (0 after)"""
     # --- run folder
-    out: str | None = opt(None, "run folder (config.json, metrics, checkpoints, final.json)")
-    resume: bool = opt(False, "continue the run in --out from its last.pt")
+    out: Optional[str] = None
+    """run folder (config.json, metrics, checkpoints, final.json)"""
+    resume: bool = False
+    """continue the run in --out from its last.pt"""
     # --- recipe and optimiser
-    recipe: str = opt("he2016-cifar", "preset for the fields left unset", choices=tuple(RECIPES))
-    iterations: int | None = opt(None, "optimizer steps (recipe milestones scale with it)")
-    batch_size: int | None = opt(None, "global batch size")
-    lr: float | None = opt(None, "peak learning rate")
-    momentum: float | None = opt(None, "SGD momentum")
-    nesterov: bool | None = opt(None, "Nesterov momentum")
-    weight_decay: float | None = opt(None, "L2 weight decay")
-    decay_norm_and_bias: bool | None = opt(None, "also decay BN weights and biases (parameters with ndim <= 1)")
-    schedule: str | None = opt(None, "lr schedule: " + " | ".join(SCHEDULES))
-    milestones: tuple[int, ...] | None = opt(None, "steps where the step schedule multiplies lr by gamma")
-    gamma: float | None = opt(None, "step schedule factor")
-    warmup: str | None = opt(None, "warm-up: auto (he2016 for depth >= 110) | none | he2016 | linear")
-    warmup_lr: float | None = opt(None, "lr during the he2016 warm-up / start of the linear ramp")
-    warmup_steps: int | None = opt(None, "he2016: most steps of warm-up; linear: ramp length")
-    warmup_error: float | None = opt(None, "he2016 warm-up ends once the training error is below this")
-    label_smoothing: float | None = opt(None, "label smoothing of the training loss")
-    grad_clip: float | None = opt(None, "clip the global gradient norm to this (0: off)")
+    recipe: Literal[tuple(RECIPES)] = "he2016-cifar"
+    """preset for the fields left unset"""
+    iterations: Optional[int] = None
+    """optimizer steps (recipe milestones scale with it)"""
+    batch_size: Optional[int] = None
+    """global batch size"""
+    lr: Optional[float] = None
+    """peak learning rate"""
+    momentum: Optional[float] = None
+    """SGD momentum"""
+    nesterov: Optional[bool] = None
+    """Nesterov momentum"""
+    weight_decay: Optional[float] = None
+    """L2 weight decay"""
+    decay_norm_and_bias: Optional[bool] = None
+    """also decay BN weights and biases (parameters with ndim <= 1)"""
+    schedule: Optional[Literal[SCHEDULES]] = None
+    """lr schedule"""
+    milestones: Optional[Ints] = None
+    """steps where the step schedule multiplies lr by gamma"""
+    gamma: Optional[float] = None
+    """step schedule factor"""
+    warmup: Optional[Literal[WARMUPS]] = None
+    """warm-up: auto (he2016 for depth >= 110), none, he2016, linear"""
+    warmup_lr: Optional[float] = None
+    """lr during the he2016 warm-up / start of the linear ramp"""
+    warmup_steps: Optional[int] = None
+    """he2016: most steps of warm-up; linear: ramp length"""
+    warmup_error: Optional[float] = None
+    """he2016 warm-up ends once the training error is below this"""
+    label_smoothing: Optional[float] = None
+    """label smoothing of the training loss"""
+    grad_clip: Optional[float] = None
+    """clip the global gradient norm to this (0: off)"""
     # --- logging, evaluation, checkpoints
-    log_every: int = opt(100, "steps between log lines / metrics (the only host syncs of the loop)")
-    eval_every: int = opt(2000, "steps between val/test evaluations (and at the end)")
-    eval_batch_size: int = opt(1000, "batch size of evaluation")
-    checkpoint_every: int = opt(1000, "steps between last.pt checkpoints (and at the end)")
-    save_at: tuple[int, ...] = opt((), "steps at which to keep step_<N>.pt")
-    tensorboard: bool = opt(False, "also write TensorBoard logs to OUT/tb (needs the tensorboard package)")
-    quiet: bool = opt(False, "no progress lines")
+    log_every: int = 100
+    """steps between log lines / metrics (the only host syncs of the loop)"""
+    eval_every: int = 2000
+    """steps between val/test evaluations (and at the end)"""
+    eval_batch_size: int = 1000
+    """batch size of evaluation"""
+    checkpoint_every: int = 1000
+    """steps between last.pt checkpoints (and at the end)"""
+    save_at: Ints = ()
+    """steps at which to keep step_<N>.pt"""
+    tensorboard: bool = False
+    """also write TensorBoard logs to OUT/tb (needs the tensorboard package)"""
+    quiet: bool = False
+    """no progress lines"""
     # --- speed
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = opt("auto", "auto (bf16 + channels_last on CUDA and AMX CPUs, fp32 + channels_last on "
-                         "other AVX-512 CPUs, else fp32) | fp32 | bf16",
-                         choices=PRECISIONS)
-    channels_last: bool | None = opt(None, "channels_last memory format (default: as --precision decides)")
-    compile: bool = opt(False, "torch.compile the model")
-    compile_mode: str = opt("default", "torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
-    fused_bn: str = opt("auto", "fused batch norm + ReLU (+ residual add) kernels for fp32 channels_last CPU "
-                        "training: auto (use them there when the extension builds) | on | off",
-                        choices=("auto", "on", "off"))
-    threads: int | None = opt(None, "CPU threads (default: the physical cores available)")
-    deterministic: bool = opt(False, "deterministic algorithms (CUDA: slower; CPU runs are exact anyway)")
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N"""
+    precision: Literal[PRECISIONS] = "auto"
+    """auto (bf16 + channels_last on CUDA and AMX CPUs, fp32 + channels_last on other AVX-512 CPUs, else fp32) | fp32 | bf16"""
+    channels_last: Optional[bool] = None
+    """channels_last memory format (default: as --precision decides)"""
+    compile: bool = False
+    """torch.compile the model"""
+    compile_mode: str = "default"
+    """torch.compile mode (default, max-autotune-no-cudagraphs, ...)"""
+    fused_bn: Literal[("auto", "on", "off")] = "auto"
+    """fused batch norm + ReLU (+ residual add) kernels for fp32 channels_last CPU training: auto (use them there when the extension builds) | on | off"""
+    threads: Optional[int] = None
+    """CPU threads (default: the physical cores available)"""
+    deterministic: bool = False
+    """deterministic algorithms (CUDA: slower; CPU runs are exact anyway)"""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -122,9 +160,8 @@ class TrainConfig:
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones to ``iterations``) and validate."""
-    from .models import get_spec
     recipe = get_recipe(cfg.recipe)
-    spec = get_spec(cfg.model)
+    spec = cfg.model.spec
     values = {}
     for key, default in recipe.items():
         if getattr(cfg, key) is None:
@@ -401,15 +438,30 @@ def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: 
     return setting != "off" and applies
 
 
-def train(config: TrainConfig) -> dict:
-    """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
-    from .data import Normalization, TrainStream, load_dataset
-    from .models import count_parameters, create_model, get_spec, model_config
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+               bf16: bool = False, label_smoothing: float = 0.0, grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: forward (bf16 autocast if asked), cross-entropy, backward, optional global
+    gradient-norm clipping, optimizer step. Returns ``(loss, error)`` as device tensors: no host sync."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optimizer.step()
+    error = (logits.detach().argmax(1) != y).float().mean()
+    return loss.detach(), error
 
-    cfg = resolve_config(config)
-    dist = setup_distributed(cfg.device)
-    device, main = dist.device, dist.main
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (main and not cfg.quiet) else (lambda *a: None)
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` holding a NaN or an infinity."""
+    return [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+            if t.is_floating_point() and not bool(t.detach().isfinite().all())]
+
+
+def _runtime_setup(cfg: TrainConfig, device: torch.device) -> None:
+    """Threads, determinism and the global RNGs (the model and the batches have their own seeds)."""
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or physical_cores())
     if cfg.deterministic:
@@ -420,6 +472,30 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2 ** 32)
+
+
+def _enable_fused(cfg: TrainConfig, model: nn.Module, device, bf16: bool, channels_last: bool, say) -> bool:
+    """Swap in the fused batch-norm kernels where they apply; ``True`` if they are on."""
+    if not use_fused_bn(cfg.fused_bn, device, bf16, channels_last, cfg.compile):
+        return False
+    if not fused.built():
+        say(f"compiling the fused batch-norm kernels into {fused.build_folder()} (once; about a minute)")
+    if fused.extension() is not None:
+        fused.enable(model)
+        return True
+    if cfg.fused_bn == "on":
+        raise ValueError(f"--fused-bn on: the extension could not be built ({fused.unavailable_reason()})")
+    say(f"fused batch-norm kernels unavailable ({fused.unavailable_reason()}); using PyTorch's ops")
+    return False
+
+
+def train(config: TrainConfig) -> dict:
+    """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
+    cfg = resolve_config(config)
+    dist = setup_distributed(cfg.device)
+    device, main = dist.device, dist.main
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (main and not cfg.quiet) else (lambda *a: None)
+    _runtime_setup(cfg, device)
     out = os.fspath(cfg.out)
     last_path = os.path.join(out, RESUMABLE)
     if not cfg.resume and (os.path.exists(last_path) or os.path.exists(os.path.join(out, "final.json"))):
@@ -439,23 +515,13 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
 
     # 2. Model, optimiser, schedule.
-    options = {k: getattr(cfg, k) for k in ("shortcut", "preact", "width") if getattr(cfg, k) is not None}
-    model = create_model(cfg.model, zero_init_residual=cfg.zero_init_residual, shortcut_scale=cfg.shortcut_scale,
-                         num_classes=len(train_set.classes), seed=cfg.seed, **options)
+    model = create_model(cfg.model, num_classes=len(train_set.classes),
+                         seed=cfg.seed if cfg.model.seed is None else cfg.model.seed)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if use_fused_bn(cfg.fused_bn, device, bf16, channels_last, cfg.compile):
-        if not fused.built():
-            say(f"compiling the fused batch-norm kernels into {fused.build_folder()} (once; about a minute)")
-        if fused.extension() is not None:
-            fused.enable(model)
-        elif cfg.fused_bn == "on":
-            raise ValueError(f"--fused-bn on: the extension could not be built ({fused.unavailable_reason()})")
-        else:
-            say(f"fused batch-norm kernels unavailable ({fused.unavailable_reason()}); using PyTorch's ops")
+    fused_on = _enable_fused(cfg, model, device, bf16, channels_last, say)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.nesterov)
     schedule = make_schedule(cfg)
-    n_params = count_parameters(model)
 
     # 3. Resume: everything that evolves during training comes back from last.pt.
     start, warmup_end, elapsed, best_val = 0, None, 0.0, math.inf
@@ -476,9 +542,7 @@ def train(config: TrainConfig) -> dict:
         loss_sum.fill_(acc["loss_sum"]), err_sum.fill_(acc["err_sum"]), warm_err.fill_(acc["warm_err"])
         seen = acc["seen"]
         log.keep_until(start)
-        now_cfg, then_cfg = to_dict(cfg), ck["config"]
-        changed = [f"{k} {then_cfg.get(k)!r} -> {v!r}" for k, v in now_cfg.items()
-                   if k != "resume" and then_cfg.get(k) != v]
+        changed = _changed_settings(ck["config"], to_dict(cfg))
         say(f"resuming {last_path} at step {start}" + (f" with changed settings: {', '.join(changed)}"
                                                        if changed else ""))
         if main and os.path.exists(os.path.join(out, "final.json")):
@@ -487,11 +551,11 @@ def train(config: TrainConfig) -> dict:
         os.makedirs(out, exist_ok=True)
         log.keep_until(-1)
     if main:
-        _write_json(os.path.join(out, "config.json"),
-                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
-                     "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
-                                 "fused_bn": bool(model.fused), "world_size": dist.world_size,
-                                 "threads": torch.get_num_threads() if device.type == "cpu" else None}})
+        write_json(os.path.join(out, "config.json"),
+                   {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
+                    "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
+                                "fused_bn": fused_on, "world_size": dist.world_size,
+                                "threads": torch.get_num_threads() if device.type == "cpu" else None}})
 
     # 4. Wrappers: DDP across processes, torch.compile. Checkpoints always save the plain `model`.
     net = model
@@ -500,8 +564,15 @@ def train(config: TrainConfig) -> dict:
     if cfg.compile:
         net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
-    def checkpoint(step: int) -> dict:
-        return ckpt_io.make_checkpoint(
+    def save(step: int, *paths: str) -> None:
+        """Write the full training state to ``paths``, refusing non-finite weights or statistics."""
+        bad = nonfinite_tensors(model)
+        if bad:
+            where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
+                "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged by step {step}: non-finite {', '.join(bad[:5])}"
+                                   f"{' ...' if len(bad) > 5 else ''}; {where}. Lower --lr or use a warm-up.")
+        state = ckpt_io.make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
             data={"name": cfg.data, "image_size": int(train_set.x.shape[-1])}, step=step, config=to_dict(cfg),
             optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
@@ -509,23 +580,23 @@ def train(config: TrainConfig) -> dict:
                           "seen": seen},
             elapsed=elapsed + time.perf_counter() - t0, best_val_error=None if best_val == math.inf else best_val,
             versions=versions())
+        for path in paths:
+            ckpt_io.atomic_save(state, path)
 
-    def check_finite(step: int, loss_value: float, what: str) -> None:
-        weights_ok = bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all())
-        if not (math.isfinite(loss_value) and weights_ok):
+    def check_loss(step: int, value: float, what: str) -> None:
+        if not math.isfinite(value):
             where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
                 "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged at step {step}: {what} = {loss_value} "
-                                   f"{'' if weights_ok else '(and non-finite weights) '}; {where}. "
+            raise TrainingDiverged(f"training diverged at step {step}: {what} = {value}; {where}. "
                                    f"Lower --lr or use a warm-up.")
 
     steps_per_epoch = stream.steps_per_epoch
-    say(f"{cfg.model} on {cfg.data}: {len(train_set)} training images, batch {cfg.batch_size}, "
+    say(f"{cfg.model.name} on {cfg.data}: {len(train_set)} training images, batch {cfg.batch_size}, "
         f"{steps_per_epoch} steps/epoch; {cfg.iterations} iterations = {cfg.iterations / steps_per_epoch:.1f} epochs")
     say(f"lr {cfg.lr} {cfg.schedule}" + (f" x{cfg.gamma} at {', '.join(map(str, cfg.milestones))}"
                                          if cfg.schedule == "step" else "")
         + f", warm-up {cfg.warmup}; {'bf16 autocast' if bf16 else 'fp32'}"
-        + f"{' + channels_last' if channels_last else ''}{' + fused BN' if model.fused else ''} on {device}"
+        + f"{' + channels_last' if channels_last else ''}{' + fused BN' if fused_on else ''} on {device}"
         + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
         + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
 
@@ -542,24 +613,16 @@ def train(config: TrainConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         x, y = stream.batch(step)
-        x, y = x[local], y[local]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        errors = (logits.detach().argmax(1) != y).sum().float() / y.shape[0]
-        loss_sum += loss.detach()
-        err_sum += errors
+        loss, error = train_step(net, optimizer, x[local], y[local], bf16=bf16,
+                                 label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip)
+        loss_sum += loss
+        err_sum += error
         seen += 1
         done = step + 1
 
         # The he2016 warm-up: every 10 steps, look at the mean training error of those steps.
         if cfg.warmup == "he2016" and warmup_end is None and schedule.in_warmup(done):
-            warm_err += errors
+            warm_err += error
             if done % 10 == 0:
                 if dist.world_size > 1:  # every process must end the warm-up at the same step
                     torch.distributed.all_reduce(warm_err)
@@ -575,7 +638,7 @@ def train(config: TrainConfig) -> dict:
                 torch.distributed.all_reduce(sums)
                 sums /= dist.world_size
             train_loss, train_error = (sums / seen).tolist()
-            check_finite(done, train_loss, f"mean training loss since step {done - seen}")
+            check_loss(done, train_loss, f"mean training loss since step {done - seen}")
             now = time.perf_counter()
             rate = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
             log.write({"step": done, "kind": "train", "loss": train_loss, "error": train_error, "lr": lr,
@@ -599,17 +662,15 @@ def train(config: TrainConfig) -> dict:
             say("eval " + ", ".join(f"{s} err {r['error']:.2%}" for s, r in results.items()))
             if "val" in results and results["val"]["error"] < best_val:
                 best_val = results["val"]["error"]
-                check_finite(done, results["val"]["loss"], "validation loss")
-                ckpt_io.atomic_save(checkpoint(done), os.path.join(out, "best.pt"))
+                check_loss(done, results["val"]["loss"], "validation loss")
+                save(done, os.path.join(out, "best.pt"))
 
         if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
-            pending = loss_sum.item() / seen if seen else 0.0
-            check_finite(done, pending, f"mean training loss since step {done - seen}")
-            state = checkpoint(done)
-            if done in cfg.save_at:
-                ckpt_io.atomic_save(state, os.path.join(out, f"step_{done}.pt"))
+            check_loss(done, loss_sum.item() / seen if seen else 0.0, f"mean training loss since step {done - seen}")
+            paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                ckpt_io.atomic_save(state, last_path)
+                paths.append(last_path)
+            save(done, *paths)
         t_log += time.perf_counter() - t_pause
 
     # 6. Final metrics, written last: final.json means "finished".
@@ -619,40 +680,52 @@ def train(config: TrainConfig) -> dict:
     final = {"steps": cfg.iterations, "train_loss": last_train.get("loss"), "train_error": last_train.get("error"),
              "val_error": last_eval.get("val", {}).get("error"), "test_error": last_eval.get("test", {}).get("error"),
              "test_top5_error": last_eval.get("test", {}).get("top5_error"),
-             "wall_time_s": elapsed + time.perf_counter() - t0, "params": n_params}
+             "wall_time_s": elapsed + time.perf_counter() - t0, "params": count_parameters(model)}
     if main:
-        _write_json(os.path.join(out, "final.json"), final)
+        write_json(os.path.join(out, "final.json"), final)
     if log.tb is not None:
         log.tb.close()
     return final
 
 
-def _write_json(path: str, obj) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+def _changed_settings(then: dict, now: dict, prefix: str = "") -> list[str]:
+    """``["lr 0.1 -> 0.05", "model.width 16 -> 8", ...]``: what a resume changes (``resume`` aside)."""
+    changed = []
+    for k, v in now.items():
+        if k == "resume":
+            continue
+        old = then.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            changed += _changed_settings(old, v, f"{prefix}{k}.")
+        elif old != v:
+            changed.append(f"{prefix}{k} {old!r} -> {v!r}")
+    return changed
 
 
 def main_train(argv: list[str] | None = None) -> int:
     """``resnetlab train``: train a model; ``--resume`` continues the run in ``--out``."""
-    parser = argparse.ArgumentParser(prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser, TrainConfig)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     base = None
-    out = getattr(args, "out", None)
-    if getattr(args, "resume", False) and out and os.path.exists(os.path.join(out, "config.json")):
+    out = _flag_value(argv, "--out")
+    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.json")):
         # Resuming: the run's own resolved config is the base; flags given now override it.
-        with open(os.path.join(out, "config.json")) as fh:
-            base = json.load(fh)["config"]
-    cfg = parse_config(TrainConfig, args, base=base)
+        base = read_json(os.path.join(out, "config.json"))["config"]
+    cfg = parse(TrainConfig, argv, prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0], base=base)
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(final))
     return 0
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` (``--out DIR`` or ``--out=DIR``), the last one if repeated."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 main = main_train
