@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from resnetlab.models import ModelConfig
 import torch
 import torch.nn.functional as F
 
@@ -219,7 +221,7 @@ def test_foreign_state_dict_with_model_and_explicit_preprocessing(tmp_path, data
     with torch.no_grad():
         reference = model(norm(data.x[:4]))
     for name in ("torchvision_style.pth", "w.safetensors", "akamaster_style.th"):
-        loaded = load_for_eval(tmp_path / name, "resnet20", shortcut="A", normalization=norm)
+        loaded = load_for_eval(tmp_path / name, ModelConfig("resnet20", shortcut="A"), normalization=norm)
         assert loaded.checkpoint is None and loaded.classes is None and loaded.normalization is norm
         with torch.no_grad():
             assert torch.equal(loaded.model(norm(data.x[:4])), reference)

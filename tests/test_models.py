@@ -204,7 +204,7 @@ def test_registry_lists_and_generic_depths():
     (lambda: create_model("preact-resnet100"), "9n\\+2"),
     (lambda: create_model("vgg16"), "unknown model 'vgg16'.*resnet18"),
     (lambda: create_model("resnet20", shortcut="D"), "unknown shortcut option 'D'; valid: A, B, C, none"),
-    (lambda: create_model("resnet20", dropout=0.1), "unknown option.*dropout.*valid:.*shortcut"),
+    (lambda: create_model("resnet20", dropout=0.1), "unknown model option.*dropout.*valid:.*shortcut"),
     (lambda: create_model("resnet50", stride_at="7x7"), "stride_at"),
     (lambda: create_model("resnet20", zero_pad="middle"), "zero_pad"),
     (lambda: create_model("resnet20", num_classes=0), "num_classes"),

@@ -2,6 +2,8 @@
 import math
 
 import pytest
+
+from resnetlab.models import ModelConfig
 import torch
 
 from resnetlab.schedule import Schedule, get_recipe, resolve_warmup, scale_milestones
@@ -9,7 +11,7 @@ from resnetlab.train import TrainConfig, make_schedule, param_groups, resolve_co
 
 
 def he2016(model="resnet20", **kw):
-    return resolve_config(TrainConfig(model=model, out="unused", **kw))
+    return resolve_config(TrainConfig(model=ModelConfig(model), out="unused", **kw))
 
 
 def test_he2016_cifar_step_schedule():

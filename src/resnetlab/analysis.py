@@ -42,7 +42,7 @@ from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
 from .checkpoint import load_checkpoint
-from .config import Positional, parse
+from .config import Positional, given_model, name_given, parse
 from .models import ModelConfig, create_model
 from .weights import load_state_dict_strict
 
@@ -449,24 +449,25 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"bad device {name!r}: {e}") from None
 
 
-def given_model(cfg) -> ModelConfig | None:
-    """The model options given on the command line, or None when all were left at their defaults."""
-    return None if cfg.model == ModelConfig() else cfg.model
-
-
 def _looks_like_path(source: str) -> bool:
     return os.path.exists(source) or os.sep in source or source.endswith((".pt", ".pth"))
 
 
-def load_model(source: str, model: ModelConfig | None = None, seed: int = 0):
+def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, name_given: bool | None = None):
     """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
 
     ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model
     name: a fresh model built with the options of ``model`` and, unless it sets one, ``seed``. A checkpoint
-    rebuilds the architecture it records; given ``model``, it must hold exactly that architecture (a
-    checkpoint of another one is an error listing the differences).
+    rebuilds the architecture it records; given ``model`` (with its name), it is loaded into that
+    configuration instead, and must fit it (strict loading names the mismatched keys). ``name_given``:
+    whether ``model.name`` was set explicitly (default: whether it differs from the default name).
     """
+    if name_given is None:
+        name_given = model is not None and model.name != ModelConfig().name
     if not _looks_like_path(source):
+        if name_given:
+            raise ValueError(f"--model names the architecture of a checkpoint; {source!r} is a model name, "
+                             f"not a checkpoint path")
         config = dataclasses.replace(model or ModelConfig(), name=source)
         return create_model(config, seed=seed if config.seed is None else config.seed), None
     if os.path.isdir(source):  # a training run folder: its latest checkpoint
@@ -475,12 +476,17 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0):
         source = os.path.join(source, "last.pt")
     ckpt = load_checkpoint(source)
     recorded = ModelConfig.from_dict(dict(ckpt.get("model_config") or {}), where=source)
-    if model is not None and model.to_dict() != recorded.to_dict():
-        wanted, saved = model.to_dict(), recorded.to_dict()
-        diff = ", ".join(f"{k}: {saved.get(k)!r} recorded, {wanted.get(k)!r} given"
-                         for k in sorted(set(wanted) | set(saved)) if wanted.get(k) != saved.get(k))
-        raise ValueError(f"checkpoint {source} does not hold the architecture given ({diff})")
-    net = create_model(recorded)
+    if model is None:
+        net = create_model(recorded)
+    elif not name_given:
+        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(ModelConfig)
+                 if getattr(model, f.name) != getattr(ModelConfig(), f.name)]
+        raise ValueError(f"model options ({', '.join(given)}) apply to fresh models; {source} already records "
+                         f"its architecture (add --model NAME to load it into another configuration)")
+    elif recorded.spec.name != model.spec.name:
+        raise ValueError(f"checkpoint {source} holds a {recorded.name}, not the {model.name} given with --model")
+    else:
+        net = create_model(model)  # the weights must fit the configuration given: strict loading checks it
     load_state_dict_strict(net, ckpt["model"], source=source)
     return net, ckpt
 
@@ -738,7 +744,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         raise ValueError(f"unknown analysis {name!r}; valid: {', '.join(ANALYSES)}")
     _validate(cfg)
     device = resolve_device(cfg.device)
-    model, ckpt = load_model(source, given_model(cfg), cfg.seed)
+    model, ckpt = load_model(source, given_model(cfg), cfg.seed, name_given(cfg))
     model.to(device)
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     norm = norm.to(device)

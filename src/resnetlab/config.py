@@ -15,7 +15,9 @@ keys are errors, in files as on the command line.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -276,6 +278,49 @@ CONFIG_HELP = ("--config FILE: a YAML, TOML or JSON file of defaults (the keys a
                "given on the command line override it.")
 
 
+def _flag_names(argv: list[str]) -> set[str]:
+    """The field paths (``lr``, ``model.shortcut``) that the rewritten flags in ``argv`` set."""
+    names = set()
+    for a in argv:
+        if a == "--":
+            break
+        if a.startswith("--"):
+            name = a[2:].partition("=")[0]
+            head, _, last = name.rpartition(".")
+            last = last[3:] if last.startswith("no-") else last
+            names.add(((head + ".") if head else "") + last.replace("-", "_"))
+    return names
+
+
+def _key_paths(data: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in data.items():
+        out |= _key_paths(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}".replace("-", "_")}
+    return out
+
+
+def given(cfg) -> frozenset[str] | None:
+    """The field paths that the command line or its ``--config`` file set explicitly (``{"lr",
+    "model.name"}``), for a config made by :func:`parse`; ``None`` for one built otherwise."""
+    return getattr(cfg, "_given", None)
+
+
+def given_model(cfg):
+    """``cfg.model`` if the command line (or its config file) gave any model option, else ``None``: then a
+    checkpoint's own recorded architecture applies. For configs built in Python: if it differs from the
+    default."""
+    explicit = given(cfg)
+    if explicit is None:
+        return None if cfg.model == type(cfg.model)() else cfg.model
+    return cfg.model if any(k == "model" or k.startswith("model.") for k in explicit) else None
+
+
+def name_given(cfg) -> bool | None:
+    """Whether ``cfg.model.name`` was set explicitly (``--model NAME``); ``None`` if unknown."""
+    explicit = given(cfg)
+    return None if explicit is None else ("model.name" in explicit or "model" in explicit)
+
+
 def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = None, base: dict | None = None):
     """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) the flags given."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -289,5 +334,31 @@ def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = N
     if mf is not None:
         text += (" Model options may be given without their prefix: --shortcut B for --model.shortcut B, "
                  "--model NAME for --model.name NAME.")
-    return tyro.cli(cls, args=_rewrite_argv(cls, argv), default=default, prog=prog, description=text,
-                    use_underscores=False)
+    args = _rewrite_argv(cls, argv)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cfg = tyro.cli(cls, args=args, default=default, prog=prog, description=text, use_underscores=False)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise ValueError(_one_line(err.getvalue(), prog)) from None
+    file_keys = set()
+    if path is not None:  # flat model keys in a file count as model.* keys
+        file_keys = {k if "." in k or model_field(cls) is None or k in {f.name for f in dataclasses.fields(cls)}
+                     else f"model.{k}" for k in _key_paths(load_file(path))}
+    object.__setattr__(cfg, "_given", frozenset(_flag_names(args) | file_keys))
+    return cfg
+
+
+def _one_line(text: str, prog: str) -> str:
+    """tyro's boxed, multi-line error as one line: what is wrong, then where to read more."""
+    keep = []
+    lines = text.splitlines()
+    for line in lines[1:] if len(lines) > 3 else lines:  # the first is the box's title
+        line = line.strip().strip("│╭╮╰╯─").strip()
+        if not line or set(line) <= set("─-═ ") or line.startswith("For full helptext"):
+            continue
+        keep.append(line)
+    return " ".join(keep).replace("  ", " ") + f" (see {prog} --help)"
+

@@ -36,7 +36,7 @@ from torch import nn
 
 from . import config as configlib
 from .checkpoint import FORMAT, unwrap
-from .config import Floats, Positional
+from .config import Floats, Positional, given_model, name_given
 from .data import to_rgb
 from .io import PRECISIONS
 from .models import ModelConfig, create_model
@@ -107,15 +107,13 @@ def _describe(model: nn.Module) -> str:
     return type(m).__name__
 
 
-def load_for_eval(path, model=None, *, num_classes: int | None = None, ours_as_recorded: bool = False,
-                  normalization=None) -> LoadedModel:
+def load_for_eval(path, model=None, *, num_classes: int | None = None, normalization=None) -> LoadedModel:
     """Load a checkpoint for evaluation or prediction.
 
     ``path``: one of our checkpoints, or (with ``model``) a torchvision ``.pth``, akamaster ``.th`` or
     ``.safetensors`` file. ``model``: None (our checkpoints rebuild their own architecture), a model name or
     :class:`~resnetlab.models.ModelConfig` (built with ``num_classes`` when given; for our checkpoints the
-    weights must fit it, else the error lists the mismatched keys, unless ``ours_as_recorded``: then our
-    checkpoints rebuild their own and ``model`` is only for other weights) or an ``nn.Module`` to load into.
+    weights must fit it, else the error lists the mismatched keys) or an ``nn.Module`` to load into.
     ``normalization`` overrides the checkpoint's own preprocessing (with a warning when it has one).
     The model is returned on the CPU in eval mode.
     """
@@ -127,9 +125,6 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, ours_as_r
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt, unreadable = _peek(path)
-    if ckpt is not None and ours_as_recorded:
-        model = None
-
     def build(config, default_classes: int | None) -> nn.Module:
         classes = num_classes if num_classes is not None else default_classes
         return create_model(config, **({"num_classes": classes} if classes is not None else {}))
@@ -583,10 +578,10 @@ def _explicit_normalization(cfg):
     return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
 
 
-def _foreign_model(cfg) -> ModelConfig | None:
-    """The architecture given on the command line, or None when it was left at the default (our
-    checkpoints then rebuild their own; other weights are built as the default model)."""
-    return None if cfg.model == ModelConfig() else cfg.model
+def _check_model_options(cfg) -> None:
+    if given_model(cfg) is not None and name_given(cfg) is False:
+        raise ValueError("model options (--shortcut, --num-classes, ...) describe the architecture given by "
+                         "--model NAME; our checkpoints record their own")
 
 
 def _check_files(paths) -> list[str]:
@@ -696,7 +691,8 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
 def _input_geometry(cfg: EvalConfig, first_ckpt: dict | None) -> tuple[int, str]:
     """(image size, family) the first model expects, known before loading it (for image folders)."""
     from .models import get_spec
-    name = cfg.model or ((first_ckpt or {}).get("model_config") or {}).get("name")
+    name = (given_model(cfg).name if given_model(cfg) else None) or \
+        ((first_ckpt or {}).get("model_config") or {}).get("name")
     spec = get_spec(name) if name else None
     size = ((first_ckpt or {}).get("data") or {}).get("image_size") or (spec.image_size if spec else 32)
     return int(size), (spec.family if spec else "cifar")
@@ -793,10 +789,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     cfg = _resolve_data(cfg, first_ckpt)
 
     # The checkpoints first (fast, and most mistakes are there), then the data.
-    given = _foreign_model(cfg)
+    _check_model_options(cfg)
+    given = given_model(cfg)
     num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else _class_count(cfg)
-    members = [load_for_eval(p, given or cfg.model, num_classes=num_classes, ours_as_recorded=given is None,
-                             normalization=override) for p in paths]
+    members = [load_for_eval(p, given, num_classes=num_classes if given else None, normalization=override)
+               for p in paths]
     counts = [m.num_classes for m in members]
     if len(set(counts)) > 1:
         raise ValueError("the checkpoints have different class counts: " +
@@ -870,9 +867,9 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"image not found: {p}")
     override = _explicit_normalization(cfg)
-    given = _foreign_model(cfg)
-    members = [load_for_eval(p, given or cfg.model, ours_as_recorded=given is None, normalization=override)
-               for p in paths]
+    _check_model_options(cfg)
+    given = given_model(cfg)
+    members = [load_for_eval(p, given, normalization=override) for p in paths]
     results = predict(members, cfg.images, top_k=cfg.top_k, device=cfg.device)
     for r in results:
         print(r["image"])

@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .analysis import (DATASETS, Progress, given_model, load_data, load_model, pyplot, resolve_device,
+from .analysis import (DATASETS, Progress, load_data, load_model, pyplot, resolve_device,
                        save_figure, seeded_subset, write_json)
-from .config import Positional, parse, to_dict
+from .config import Positional, given_model, name_given, parse, to_dict
 from .models import ModelConfig
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
@@ -517,7 +517,7 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     """Compute everything ``resnetlab landscape`` writes; returns the result dict (numpy grids)."""
     _validate(cfg)
     device = resolve_device(cfg.device)
-    model, ckpt = load_model(source, given_model(cfg), cfg.seed)
+    model, ckpt = load_model(source, given_model(cfg), cfg.seed, name_given(cfg))
     model.to(device).eval()
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     sub = seeded_subset(splits["train"], cfg.subset, cfg.seed)
