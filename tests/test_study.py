@@ -1,4 +1,5 @@
 """The shortcut study and its report: matched twins, real tiny training runs, resuming, the report's files."""
+import base64
 import csv
 import json
 import os
@@ -155,10 +156,14 @@ def test_measurements(tiny_study):
     section = report[report.index("## Loss landscape"):]
     header = next(line for line in section.splitlines() if line.startswith("| network"))
     assert "rise_at_r" in header
-    col = [c.strip() for c in header.strip("|").split("|")].index("2d rise_at_r")
+    def cells(line):
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    col = cells(header).index("2d rise_at_r")
     for net in land["nets"]:
-        row = next(line for line in section.splitlines() if line.startswith(f"| {net['label']} |"))
-        value = float([c.strip() for c in row.strip("|").split("|")][col])
+        row = next(cells(line) for line in section.splitlines() if line.startswith("|")
+                   and cells(line)[0] == net["label"])
+        value = float(row[col])
         assert value == pytest.approx(net["flatness"]["2d"]["rise_at_r"], rel=1e-3)
 
 
@@ -197,6 +202,35 @@ def test_repeats_mean_std_and_best():
     assert row["test error (%)"] == "20.00 (23.00±3.00)"  # best (mean±std)
     assert row["val error (%)"] == "n/a"
     assert row["wall time (s)"] == "11.0 ± 1.0"
+
+
+def test_report_html_is_its_markdown_rendered(tmp_path):
+    # Records without training: a report of two depths, plain and option A, with curves but no measurements.
+    recs = []
+    for depth in (8, 14):
+        for option, err in (("none", 0.3), ("A", 0.2)):
+            events = [{"kind": "train", "step": s, "error": err + 0.1 / s} for s in (1, 2, 3)]
+            events += [{"kind": "eval", "split": "test", "step": 3, "error": err + 0.05}]
+            recs.append({"name": f"resnet{depth}-{option}-r0", "model": f"resnet{depth}", "depth": depth,
+                         "option": option, "repeat": 0, "seed": 0, "dir": f"runs/resnet{depth}-{option}-r0",
+                         "events": events, "final": {"params": 1000 + depth, "train_error": err,
+                                                     "test_error": err + 0.05, "wall_time_s": 1.0}})
+    paths = report.write_report(str(tmp_path), recs, title="Tiny | study", settings={"iterations": 3})
+    md = open(paths["md"], encoding="utf-8").read()
+    page = open(paths["html"], encoding="utf-8").read()
+    assert [os.path.basename(f) for f in paths["figures"]] == ["training_curves.png"]
+    assert "<title>Tiny | study</title>" in page and "<h2>Results</h2>" in page
+    assert "<code>3</code>" in page  # the settings line's code span
+    assert '<a href="runs/resnet14-A-r0/">resnet14-A-r0</a>' in page and "<td>ResNet-14 (A)</td>" in page
+    assert "<td>1,014</td>" in page and "<td>20.00</td>" in page
+    # every Markdown table row (not the separator lines) is one HTML row
+    md_rows = [l for l in md.splitlines() if l.startswith("|") and not set(l) <= set("|-: ")]
+    assert page.count("<tr>") == len(md_rows) and page.count("<table>") == md.count("\n|--")
+    # the figure is embedded byte for byte, and not linked
+    data = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(data) == open(os.path.join(tmp_path, "figures", "training_curves.png"), "rb").read()
+    assert 'src="figures/' not in page and "](figures/training_curves.png)" in md
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]  # atomic writes left nothing behind
 
 
 def test_degradation_in_words():

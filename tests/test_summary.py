@@ -4,6 +4,8 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab import cli, count_parameters, create_model
@@ -54,6 +56,42 @@ def test_resnet20_macs_and_independent_count():
                            ("resnet56", dict(shortcut="C"), 40)):
         m = build_model(name, **kw)
         assert summarize(m, size).total_macs == _flop_counter_macs(m, size), name
+
+
+class _OutputDevices(TorchDispatchMode):
+    """Records the device type of every tensor that an op returns while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.devices |= {t.device.type for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+        return out
+
+
+def test_resnet152_runs_on_meta_and_counts_match_independent_ones():
+    model = build_model("resnet152")
+    with _OutputDevices() as seen:
+        s = summarize(model)
+    assert seen.devices == {"meta"} and all(p.is_meta for p in model.parameters())  # nothing materialised
+    assert s.total_macs == MACS_224["resnet152"] and s.total_params == 60_192_808  # torchvision's figures
+    # layer1.0 at 56x56: 1x1 64->64, 3x3 64->64, 1x1 64->256 and the 1x1 64->256 projection
+    assert s.row("layer1.0").macs == 56 * 56 * (64 * 64 + 9 * 64 * 64 + 64 * 256 + 64 * 256)
+    assert s.row("fc").macs == 2048 * 1000
+    # a model with real weights: the pass runs on meta stand-ins too and leaves its tensors alone
+    real = create_model("resnet20", seed=0)
+    before = {k: v.clone() for k, v in real.state_dict().items()}
+    with _OutputDevices() as seen:
+        s20 = summarize(real, batch=3)
+    assert seen.devices == {"meta"}
+    assert all(torch.equal(v, before[k]) for k, v in real.state_dict().items())
+    # ... and its count equals FlopCounterMode's over a real CPU forward pass of a random batch of two
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        real.eval()(torch.randn(2, 3, 32, 32))
+    assert s20.total_macs == counter.get_total_flops() // (2 * 2) == RESNET20_MACS
+    assert s20.row("conv1").input_shape == (3, 3, 32, 32)
 
 
 def test_resnet20_rows():
@@ -138,10 +176,15 @@ def test_input_errors():
     assert summarize(build_model("resnet20", in_channels=1), in_channels=1).input_shape == (1, 1, 32, 32)
     # these ResNets pad every convolution, so they accept even 1x1; an unpadded net shows the check
     net = nn.Sequential(nn.Conv2d(3, 8, 5), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5))
+    # 9 -> 5 after the first 5x5 convolution, 2 after the pool: the second 5x5 convolution no longer fits
     for shape_only in (True, False):
-        with pytest.raises(ValueError, match=r"input 9x9 is too small for Sequential: .* layer '2' \(Conv2d\)"
-                                             r".* smallest square input it accepts is 14x14"):
+        with pytest.raises(ValueError, match=r"input 9x9 is too small for Sequential: the feature map is 2x2 "
+                                             r"when it reaches layer '2' \(Conv2d\), whose 5x5 kernel needs at "
+                                             r"least 5x5"):
             summarize(net, 9, shape_only=shape_only)
+    with pytest.raises(ValueError, match=r"input 13x14 .* is 1x2 when it reaches layer '1' \(MaxPool2d\), whose "
+                                         r"2x2 window needs at least 2x2"):
+        summarize(nn.Sequential(nn.Conv2d(3, 8, 13), nn.MaxPool2d(2)), (13, 14))
     assert summarize(net, 14).row("2").output_shape == (1, 8, 1, 1)
     with pytest.raises(ValueError, match="image_size is required"):
         summarize(net)

@@ -43,7 +43,9 @@ from torch import nn
 from .blocks import BLOCKS, ProjectionShortcut
 from .checkpoint import load_checkpoint
 from .config import Positional, given_model, name_given, parse
+from .io import format_table as io_format_table
 from .models import ModelConfig, create_model
+from .plots import plot_results
 from .weights import load_state_dict_strict
 
 ANALYSES = ("paths", "gradients", "responses")
@@ -550,31 +552,6 @@ def write_json(obj, path: str) -> None:
         raise
 
 
-def save_figure(fig, path: str) -> None:
-    """Save a matplotlib figure as PNG atomically, then close it."""
-    import matplotlib.pyplot as plt
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
-
-
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _fmt(v, spec=".4f") -> str:
     if v is None:
         return "n/a"
@@ -584,13 +561,10 @@ def _fmt(v, spec=".4f") -> str:
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """Fixed-width text table; ``columns`` = ``[(key, header, format spec), ...]``."""
-    cells = [[h for _, h, _ in columns]] + [[_fmt(r.get(k), f) for k, _, f in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """Fixed-width text table of dicts (:func:`resnetlab.io.format_table`); ``columns`` = ``[(key, header,
+    format spec), ...]``; every column but the first is right-aligned."""
+    return io_format_table([h for _, h, _ in columns], [[_fmt(r.get(k), f) for k, _, f in columns] for r in rows],
+                           right=range(1, len(columns)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -636,106 +610,6 @@ def _validate(cfg: AnalyzeConfig) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.plot and not cfg.plot.lower().endswith(".png"):
         raise ValueError(f"--plot must name a .png file, got {cfg.plot!r}")
-
-
-def result_label(result: dict) -> str:
-    """A legend label for one result: the model and its shortcut option."""
-    return f"{result['model_config']['name']} (shortcut {result.get('shortcut')}): {result['source']}"
-
-
-def _plot_paths(results: list[dict], path: str) -> None:
-    plt = pyplot()
-    names = [r["block"] for r in results[0]["paths"]]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
-    for res in results:
-        rows = [(names.index(r["block"]), r) for r in res["paths"] if r["ratio"] is not None and r["block"] in names]
-        label = result_label(res)
-        ax1.plot([i for i, _ in rows], [r["ratio"] for _, r in rows], "o-", ms=4, label=label)
-        ax2.plot([i for i, _ in rows], [r["cosine"] for _, r in rows], "o-", ms=4, label=label)
-    ax1.axhline(1, color="gray", lw=0.8)
-    ax1.set_ylabel("||F(x)|| / ||shortcut(x)||")
-    ax1.set_title("residual branch vs shortcut, per block (mean over samples)")
-    ax1.legend(loc="best", fontsize=7)
-    ax2.axhline(0, color="gray", lw=0.8)
-    ax2.set_ylabel("cos(F(x), shortcut(x))")
-    ax2.set_xlabel("block")
-    ax2.set_xticks(range(len(names)))
-    ax2.set_xticklabels(names, rotation=90, fontsize=7)
-    ax2.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _plot_gradients(results: list[dict], path: str) -> None:
-    plt = pyplot()
-    lesions = [r for r in results if r.get("lesion")]
-    n_panels = 3 if lesions else 2
-    width = max(6, 0.2 * max(len(r["layers"]) for r in results) + 2)
-    fig, axes = plt.subplots(n_panels, 1, figsize=(width, 3 * n_panels))
-    for res in results:
-        label = result_label(res)
-        axes[0].semilogy(range(len(res["layers"])), [r["grad_norm"] for r in res["layers"]], "o-", ms=3,
-                         label=label)
-        axes[1].semilogy(range(len(res["blocks"])), [r["grad_norm"] for r in res["blocks"]], "s-", ms=3,
-                         label=label)
-    axes[0].set_xlabel("conv/linear layer (forward order)")
-    axes[0].set_ylabel("||dL/dW||")
-    axes[0].set_title("gradient norms (train-mode BN, cross-entropy)")
-    axes[0].legend(fontsize=7)
-    groups = [r["group"] for r in results[0]["blocks"]]
-    axes[1].set_xticks(range(len(groups)))
-    axes[1].set_xticklabels(groups, rotation=90, fontsize=7)
-    axes[1].set_xlabel("group (all its parameters)")
-    axes[1].set_ylabel("gradient norm")
-    axes[1].legend(fontsize=7)
-    if lesions:
-        blocks = [r["block"] for r in lesions[0]["lesion"]]
-        bar = 0.8 / len(lesions)
-        for k, res in enumerate(lesions):
-            rows = res["lesion"]
-            xs = [i + (k - (len(lesions) - 1) / 2) * bar for i in range(len(rows))]
-            ok = [(x, r["delta"]) for x, r in zip(xs, rows) if r["delta"] is not None]
-            axes[2].bar([x for x, _ in ok], [100 * d for _, d in ok], width=bar, label=result_label(res))
-            for x, r in zip(xs, rows):
-                if r["delta"] is None:
-                    axes[2].text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
-        axes[2].axhline(0, color="gray", lw=0.8)
-        axes[2].set_xticks(range(len(blocks)))
-        axes[2].set_xticklabels(blocks, rotation=90, fontsize=7)
-        axes[2].set_xlabel("dropped block")
-        axes[2].set_ylabel("test accuracy change (points)")
-        axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _plot_responses(results: list[dict], path: str) -> None:
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
-    for res in results:
-        stds = [r["std"] for r in res["responses"]]
-        xs = range(1, len(stds) + 1)
-        ax1.plot(xs, stds, "o-", ms=3, label=result_label(res))
-        ax2.plot(xs, sorted(stds, reverse=True), "o-", ms=3, label=result_label(res))
-    ax1.set_xlabel("layer index (original order)")
-    ax1.set_ylabel("std")
-    ax1.set_title("std of the 3x3 layer responses (He et al. 2015, Fig. 7)")
-    ax1.legend(fontsize=7)
-    ax2.set_xlabel("layer index (sorted by magnitude)")
-    ax2.set_ylabel("std")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_results(results: list[dict], path: str) -> None:
-    """Draw one or more results of the same analysis (twins overlaid, one legend entry each) into a PNG."""
-    if not results:
-        raise ValueError("nothing to plot")
-    kinds = {r["analysis"] for r in results}
-    if len(kinds) != 1:
-        raise ValueError(f"cannot draw different analyses into one figure: {', '.join(sorted(kinds))}")
-    {"paths": _plot_paths, "gradients": _plot_gradients, "responses": _plot_responses}[kinds.pop()](results, path)
 
 
 def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .analysis import (DATASETS, Progress, load_data, load_model, pyplot, resolve_device,
-                       save_figure, seeded_subset, write_json)
+from .analysis import DATASETS, Progress, load_data, load_model, resolve_device, seeded_subset, write_json
 from .config import Positional, given_model, name_given, parse, to_dict
 from .models import ModelConfig
+from .plots import plot_1d, plot_2d
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
@@ -407,52 +407,6 @@ def flatness(result: dict, radius: float | None = None) -> dict:
         out["hessian_min"] = hess["min"]
         out["hessian_min_max_ratio"] = hess["min"] / hess["max"] if hess["max"] else None
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------------
-
-def plot_1d(res: dict, path: str, title: str) -> None:
-    plt = pyplot()
-    fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(res["alphas"], res["loss"], "-", color="tab:blue", label="loss")
-    ax1.set_xlabel("step along the filter-normalised direction")
-    ax1.set_ylabel("cross-entropy loss")
-    ax2 = ax1.twinx()
-    ax2.plot(res["alphas"], 100 * np.asarray(res["acc"]), "--", color="tab:red", label="accuracy")
-    ax2.set_ylabel("accuracy (%)")
-    lines = ax1.get_lines() + ax2.get_lines()
-    ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper center", fontsize=8)
-    ax1.set_title(title)
-    save_figure(fig, path)
-
-
-def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None:
-    plt = pyplot()
-    a, b = np.meshgrid(res["alphas"], res["betas"], indexing="ij")
-    loss = np.asarray(res["loss"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10 * max(np.ptp(loss) / 10, 1e-6)), 25)
-    cs = ax.contour(a, b, loss, levels=levels, cmap="viridis")
-    ax.clabel(cs, inline=True, fontsize=6, fmt="%.2f")
-    ax.plot([0], [0], "r+", ms=10, label="the model")
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
-    ax.set_title(title + ": loss contours")
-    ax.legend(fontsize=8)
-    fig.colorbar(cs, ax=ax, label="loss")
-    save_figure(fig, contour_path)
-
-    fig = plt.figure(figsize=(6, 5))
-    ax = fig.add_subplot(projection="3d")
-    surf = ax.plot_surface(a, b, loss, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
-    ax.set_zlabel("loss")
-    ax.set_title(title + ": loss surface")
-    fig.colorbar(surf, ax=ax, shrink=0.6, label="loss")
-    save_figure(fig, surface_path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The study report: figures (matplotlib, Agg), ``report.md``, a self-contained ``report.html`` and raw results.
+"""The study report: figures (:mod:`resnetlab.plots`), ``report.md``, a self-contained ``report.html`` and raw
+results.
 
 Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study` collects them::
 
@@ -10,21 +11,24 @@ Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study`
                   "path_stats": [{...}, ...], "projection_stats": [{...}, ...]}}
 
 :func:`write_report` turns them into the report folder. Every section is built once as plain data (text,
-tables, images) and rendered twice, to Markdown and to HTML, so the two always say the same thing.
+tables, images) and written as Markdown; ``report.html`` is that Markdown rendered by the ``markdown``
+package with the figures embedded, so the two always say the same thing. Every file is written atomically.
 """
 from __future__ import annotations
 
 import base64
 import csv
 import html
-import json
 import math
 import os
 from collections import defaultdict
 
+import markdown
 import numpy as np
 
-FIG_DPI = 110
+from . import plots
+from .io import atomic_write, format_table, write_json, write_text
+
 DEPTH_COLORS = ("tab:orange", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 FAMILY_COLORS = {"plain": "black", "residual-A": "tab:blue", "residual-B": "tab:red", "residual-C": "tab:green"}
 DEPTH_STYLES = ("-", "--", ":", "-.")
@@ -195,23 +199,6 @@ def degradation_text(records) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- figures
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.dpi": FIG_DPI})
-    return plt
-
-
-def _save(fig, path, tight=True):
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=FIG_DPI, bbox_inches=None if tight else "tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path
-
-
 def _mean_curve(runs, kind: str, split: str | None = None):
     """Steps and the repeat-averaged error curve of one (depth, option) from the metrics events."""
     by_step = defaultdict(list)
@@ -228,32 +215,15 @@ def _mean_curve(runs, kind: str, split: str | None = None):
 
 def figure_training_curves(records, path) -> str:
     """The paper's Figure 6: training error (dashed) and test error (solid) vs iterations, one panel per family."""
-    plt = _plt()
     groups = _groups(records)
-    options = _family_order([o for _, o in groups])
     depths = sorted({d for d, _ in groups})
-    fig, axes = plt.subplots(1, len(options), figsize=(4.0 * len(options) + 0.5, 3.6), sharey=True, squeeze=False)
-    for ax, option in zip(axes[0], options):
-        for i, depth in enumerate(depths):
-            runs = groups.get((depth, option))
-            if not runs:
-                continue
-            color = DEPTH_COLORS[i % len(DEPTH_COLORS)]
-            name = net_label(depth, option)
-            s, e = _mean_curve(runs, "train")
-            if len(s):
-                ax.plot(s, e, linestyle="--", linewidth=1.0, color=color, alpha=0.85, label=f"{name} train")
-            s, e = _mean_curve(runs, "eval", "test")
-            if len(s):
-                ax.plot(s, e, linestyle="-", linewidth=2.0, color=color, marker="o" if len(s) <= 12 else None,
-                        markersize=3, label=f"{name} test")
-        ax.set_title("plain" if option == "none" else f"residual, option {option}")
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", frameon=False)
-    axes[0][0].set_ylabel("error (%)")
-    fig.suptitle("Training (dashed) and test (solid) error", fontsize=10)
-    return _save(fig, path)
+    panels = []
+    for option in _family_order([o for _, o in groups]):
+        nets = [(net_label(depth, option), DEPTH_COLORS[i % len(DEPTH_COLORS)],
+                 _mean_curve(groups[(depth, option)], "train"), _mean_curve(groups[(depth, option)], "eval", "test"))
+                for i, depth in enumerate(depths) if (depth, option) in groups]
+        panels.append(("plain" if option == "none" else f"residual, option {option}", nets))
+    return plots.training_curves(panels, path)
 
 
 def _mean_named(runs, get) -> tuple[list[str], np.ndarray] | None:
@@ -275,24 +245,8 @@ def figure_layer_responses(records, path) -> str | None:
     for (depth, option), runs in groups.items():
         got = _mean_named(runs, lambda r: (r.get("analysis") or {}).get("layer_responses"))
         if got:
-            curves.append((depth, option, got[1]))
-    if not curves:
-        return None
-    plt = _plt()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 6.0))
-    for depth, option, values in curves:
-        st = _style(depth, option, depths)
-        x = np.arange(1, len(values) + 1)
-        top.plot(x, values, marker=".", markersize=4, linewidth=1.2, **st)
-        bottom.plot(x, np.sort(values)[::-1], marker=".", markersize=4, linewidth=1.2, **st)
-    top.set_title("Responses of the 3x3 layers (std of the BN output), final checkpoints")
-    top.set_xlabel("layer index (original order)")
-    bottom.set_xlabel("layer index (sorted by magnitude)")
-    for ax in (top, bottom):
-        ax.set_ylabel("std")
-        ax.grid(alpha=0.3)
-    top.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+            curves.append((_style(depth, option, depths), got[1]))
+    return plots.layer_responses(curves, path) if curves else None
 
 
 def _grad_steps(records) -> list[str]:
@@ -309,24 +263,19 @@ def figure_gradient_flow(records, path) -> str | None:
         return None
     groups = _groups(records)
     depths = sorted({d for d, _ in groups})
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(steps), figsize=(4.0 * len(steps) + 1.6, 3.6), sharey=True, squeeze=False)
-    for ax, step in zip(axes[0], steps):
+    panels = []
+    for step in steps:
+        curves = []
         for (depth, option), runs in groups.items():
             got = _mean_named(runs, lambda r: ((r.get("analysis") or {}).get("grad_norms") or {}).get(step))
-            if not got:
-                continue
-            names, values = got
-            # x: position in the network, so that nets of different depths line up
-            ax.plot(np.linspace(0, 1, len(values)), values, marker=".", markersize=4, linewidth=1.2,
-                    **_style(depth, option, depths))
-        ax.set_yscale("log")
-        ax.set_title("at initialisation" if int(step) == 0 else f"after {int(step)} iterations")
-        ax.set_xlabel("relative depth (0 = stem, 1 = classifier)")
-        ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("gradient norm per block")
-    axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+            if got:
+                curves.append((_style(depth, option, depths), got[1]))
+        panels.append((_step_title(step), curves))
+    return plots.gradient_flow(panels, path)
+
+
+def _step_title(step: str) -> str:
+    return "at initialisation" if int(step) == 0 else f"after {int(step)} iterations"
 
 
 def first_layer_norms(records) -> dict[str, dict[tuple[int, str], float]]:
@@ -348,21 +297,15 @@ def figure_first_layer(records, path) -> str | None:
     data = first_layer_norms(records)
     if not data:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(data), figsize=(3.4 * len(data) + 0.5, 3.2), sharey=True, squeeze=False)
-    for ax, (step, per) in zip(axes[0], data.items()):
+    panels = []
+    for step, per in data.items():
+        lines = []
         for option in _family_order([o for _, o in per]):
             pts = sorted((d, v) for (d, o), v in per.items() if o == option)
-            ax.plot([d for d, _ in pts], [v for _, v in pts], marker="o", linewidth=1.5,
-                    color=FAMILY_COLORS.get(family(option), "tab:purple"),
-                    label="plain" if option == "none" else f"residual {option}")
-        ax.set_yscale("log")
-        ax.set_xlabel("depth (layers)")
-        ax.set_title("at initialisation" if int(step) == 0 else f"after {int(step)} iterations")
-        ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("first layer's gradient norm")
-    axes[0][-1].legend(frameon=False)
-    return _save(fig, path)
+            lines.append(("plain" if option == "none" else f"residual {option}",
+                          FAMILY_COLORS.get(family(option), "tab:purple"), [d for d, _ in pts], [v for _, v in pts]))
+        panels.append((_step_title(step), lines))
+    return plots.first_layer_gradient(panels, path)
 
 
 def figure_path_ratios(records, path) -> str | None:
@@ -377,62 +320,21 @@ def figure_path_ratios(records, path) -> str | None:
                                            ((r.get("analysis") or {}).get("path_stats") or [])
                                            if p.get("ratio") is not None and math.isfinite(p["ratio"])])
         if got:
-            curves.append((depth, option, got[1]))
-    if not curves:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.0, 3.6))
-    for depth, option, values in curves:
-        ax.plot(np.arange(len(values)), values, marker=".", linewidth=1.2, **_style(depth, option, depths))
-    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("residual block (forward order)")
-    ax.set_ylabel("‖F(x)‖ / ‖shortcut(x)‖")
-    ax.set_title("How much each residual branch adds to its shortcut (final checkpoints)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+            curves.append((_style(depth, option, depths), got[1]))
+    return plots.path_ratios(curves, path) if curves else None
 
 
 def figure_landscape(landscape: dict, path) -> str | None:
     """Loss contours of the deepest plain vs residual pair along two filter-normalised random directions."""
     nets = landscape.get("nets") or []
-    if not nets:
-        return None
-    plt = _plt()
-    from matplotlib.colors import LogNorm
-    fig, axes = plt.subplots(1, len(nets), figsize=(4.0 * len(nets) + 1.2, 4.0), squeeze=False, layout="constrained")
-    allv = np.concatenate([np.asarray(n["result"]["loss"], dtype=np.float64).ravel() for n in nets])
-    allv = allv[np.isfinite(allv) & (allv > 0)]
-    # Losses far from the minimum reach 1e4-1e7 for a plain net while the basin sits near 1: log-spaced
-    # levels, shared by both panels, show the basin and the walls alike.
-    lo, hi = float(allv.min()), float(allv.max())
-    levels = np.geomspace(lo, max(hi, lo * 1.01), 16)
-    for ax, n in zip(axes[0], nets):
-        res = n["result"]
-        a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
-        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi)
-        if loss.shape != (len(a), len(b)):
-            loss = loss.reshape(len(a), len(b))
-        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9,
-                        norm=LogNorm(vmin=lo, vmax=levels[-1]))
-        ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
-        ax.plot([0], [0], "r+", markersize=8)
-        ax.set_title(n["label"])
-        ax.set_xlabel("direction 1 (α)")
-        ax.set_aspect("equal")
-    axes[0][0].set_ylabel("direction 2 (β)")
-    bar = fig.colorbar(cs, ax=list(axes[0]), shrink=0.9, label="training loss (log-spaced levels)")
-    bar.minorticks_off()
-    bar.set_ticks(levels[::3], labels=[f"{v:.3g}" for v in levels[::3]])
-    fig.suptitle("Training loss around the final weights (same levels in both panels)", fontsize=10)
-    return _save(fig, path, tight=False)
+    return plots.landscape_contours([(n["label"], n["result"]) for n in nets], path) if nets else None
 
 
 # --------------------------------------------------------------------------------------------- rendering
 
 class Doc:
-    """A report as a list of blocks, rendered to Markdown and to HTML."""
+    """A report as a list of blocks, written as Markdown; the HTML page is the same Markdown rendered by
+    the ``markdown`` package, with the figures embedded."""
 
     def __init__(self, title: str):
         self.title, self.blocks = title, []
@@ -452,7 +354,8 @@ class Doc:
     def raw_md(self, md):
         self.blocks.append(("md", md))
 
-    def markdown(self) -> str:
+    def markdown(self, image_src=lambda file: file) -> str:
+        """The report in Markdown; ``image_src(file)`` is where an image's link points."""
         out = [f"# {self.title}", ""]
         for b in self.blocks:
             if b[0] == "h":
@@ -460,81 +363,38 @@ class Doc:
             elif b[0] == "p":
                 out += [b[1], ""]
             elif b[0] == "table":
-                out.append("| " + " | ".join(b[1]) + " |")
-                out.append("|" + "|".join("---" for _ in b[1]) + "|")
-                out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in b[2]]
-                out.append("")
+                out += [format_table([_cell(c) for c in b[1]], [[_cell(c) for c in row] for row in b[2]],
+                                     markdown=True), ""]
             elif b[0] == "image":
-                out += [f"![{b[2]}]({b[1]})", "", f"*{b[2]}*", ""]
+                out += [f"![{b[2]}]({image_src(b[1])})", "", f"*{b[2]}*", ""]
             elif b[0] == "md":
                 out += [b[1].rstrip(), ""]
         return "\n".join(out)
 
     def html(self, folder: str) -> str:
-        body = [f"<h1>{html.escape(self.title)}</h1>"]
-        for b in self.blocks:
-            if b[0] == "h":
-                body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-            elif b[0] == "p":
-                body.append(f"<p>{_inline_html(b[1])}</p>")
-            elif b[0] == "table":
-                head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_inline_html(str(c))}</td>" for c in row) + "</tr>"
-                               for row in b[2])
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-            elif b[0] == "image":
-                with open(os.path.join(folder, b[1]), "rb") as fh:
-                    data = base64.b64encode(fh.read()).decode("ascii")
-                body.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{html.escape(b[2])} (<code>{html.escape(b[1])}</code>)</figcaption>"
-                            f"</figure>")
-            elif b[0] == "md":
-                body.append(_md_blocks_html(b[1]))
-        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-                 "line-height:1.45;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-                 "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-                 "td:nth-child(2){text-align:left}img{max-width:100%}figure{margin:1.5em 0}"
-                 "figcaption{font-size:0.85em;color:#555}code{background:#f5f5f5;padding:0 3px}"
-                 "pre{background:#f7f7f7;padding:0.6em;overflow-x:auto;font-size:0.8em}")
-        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>\n"
-                + "\n".join(body) + "\n</body></html>\n")
+        """A self-contained HTML page: the Markdown rendered, each figure inline as a data URI."""
+        body = markdown.markdown(self.markdown(lambda file: _data_uri(os.path.join(folder, file))),
+                                 extensions=["tables"])
+        return _HTML.format(title=html.escape(self.title), style=_STYLE, body=body)
 
 
-def _inline_html(text: str) -> str:
-    """Escape, then turn Markdown links ``[t](u)``, ``**bold**``, ``*em*`` and ``code`` into HTML."""
-    import re
-    s = html.escape(text)
-    s = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', s)
-    s = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
-    s = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<i>\1</i>", s)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return s
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+          "line-height:1.45;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+          "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+          "td:nth-child(2){text-align:left}img{max-width:100%}"
+          "code{background:#f5f5f5;padding:0 3px}pre{background:#f7f7f7;padding:0.6em;overflow-x:auto;font-size:0.8em}")
+_HTML = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style></head>"
+         "<body>\n{body}\n</body></html>\n")
 
 
-def _md_blocks_html(md: str) -> str:
-    """Render simple Markdown (pipe tables and paragraphs with inline markup) as HTML."""
-    out, table = [], []
+def _cell(value) -> str:
+    """A table cell's Markdown: a ``|`` inside it is escaped, so it does not end the cell."""
+    return str(value).replace("|", "\\|")
 
-    def flush():
-        if table:
-            cells = [[c.strip() for c in l.strip().strip("|").split("|")] for l in table]
-            rows = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in cells[0])
-                       + "</tr></thead><tbody>"
-                       + "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
-                       + "</tbody></table>")
-            table.clear()
 
-    for line in md.splitlines():
-        if line.lstrip().startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.strip():
-            out.append(f"<p>{_inline_html(line.strip())}</p>")
-    flush()
-    return "\n".join(out)
+def _data_uri(path: str) -> str:
+    with open(path, "rb") as fh:
+        return "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
 
 
 def _generic_table(dicts: list[dict], keys: list[str] | None = None, digits=4):
@@ -552,12 +412,10 @@ def write_results(out_dir, records) -> tuple[str, str]:
     """``results.csv`` (one row per run) and ``results.json`` (runs + the per-(depth, option) summary)."""
     rows = results_rows(records)
     csv_path, json_path = os.path.join(out_dir, "results.csv"), os.path.join(out_dir, "results.json")
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(csv_path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, csv_path)
     summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]})
                         for k in ("train_error", "val_error", "test_error", "wall_time_s")}}
                for s in summary_rows(records)]
@@ -565,10 +423,7 @@ def write_results(out_dir, records) -> tuple[str, str]:
     payload = {"runs": rows, "summary": summary,
                "first_layer_grad_norm": {step: [{"depth": d, "option": o, "norm": v} for (d, o), v in per.items()]
                                          for step, per in first.items()}}
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(tmp, json_path)
+    write_json(json_path, payload, indent=1)
     return csv_path, json_path
 
 
@@ -581,7 +436,6 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
     if not records:
         raise ValueError("no finished runs to report on")
     fig_dir = os.path.join(out_dir, "figures")
-    os.makedirs(fig_dir, exist_ok=True)
     csv_path, json_path = write_results(out_dir, records)
     doc = Doc(title)
     figures = []
@@ -676,8 +530,6 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                 f"[final.json]({r['dir']}/final.json)"] for r in sorted(records, key=lambda r: r["name"])])
 
     md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
-    for path, text in ((md_path, doc.markdown()), (html_path, doc.html(out_dir))):
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(path + ".tmp", path)
+    write_text(md_path, doc.markdown())
+    write_text(html_path, doc.html(out_dir))
     return {"md": md_path, "html": html_path, "figures": figures, "csv": csv_path, "json": json_path}

@@ -4,14 +4,19 @@
 (with its BN and ReLU), the max-pool, every residual block, the final BN of a pre-activated net, the
 average pool and the classifier. :func:`diff` compares two models row by row and parameter by parameter.
 
-By default the forward pass runs on PyTorch's ``meta`` device: tensors there have shapes but no data, so
-the pass costs no arithmetic and no memory (ResNet-152 at 224x224 in about a second) and never touches
-the model's own weights. ``shape_only=False`` runs a real forward pass on a zero input instead.
+By default the forward pass runs on PyTorch's ``meta`` device: every parameter and buffer is replaced,
+for the pass only, by a meta stand-in of its shape (``torch.func.functional_call``) and the input is a
+meta tensor, so the pass has shapes but no data. It costs no arithmetic and no memory (ResNet-152 at
+224x224 in about a second; :func:`build_model` builds the model itself on the meta device) and never
+touches the model's own weights. ``shape_only=False`` runs a real forward pass on a zero input instead.
 
-Multiply-adds (MACs) are counted per image for convolutions (``Cout*Hout*Wout * Cin/groups * kh*kw``)
-and linear layers (``in * out``) only, the convention of torchvision's model table. BatchNorm (which
-folds into the preceding convolution at inference), ReLU, the residual additions and the pooling layers
-are not counted: at one operation per element they would add 0.35% (ResNet-18) to 1.2% (ResNet-20).
+Multiply-adds (MACs) come from the same pass: it runs under ``torch.utils.flop_counter.FlopCounterMode``,
+whose per-module breakdown gives each row its FLOPs; a multiply-add is two of them. That counter counts
+the matrix products only, which in these networks are the convolutions (``Cout*Hout*Wout * Cin/groups *
+kh*kw`` per image) and the linear classifier (``in * out``), the convention of torchvision's model table.
+BatchNorm (which folds into the preceding convolution at inference), ReLU, the residual additions and the
+pooling layers are not counted: at one operation per element they would add 0.35% (ResNet-18) to 1.2%
+(ResNet-20).
 """
 from __future__ import annotations
 
@@ -25,6 +30,12 @@ from typing import Literal, Optional
 
 import torch
 from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from .checkpoint import unwrap
+from .io import format_table
+from .models import model_config
 
 from .config import Positional, from_strings, parse
 from .models import ModelConfig, ResNet
@@ -65,25 +76,6 @@ def human(n: int | float) -> str:
 
 def _shape(shape) -> str:
     return "x".join(map(str, shape))
-
-
-def _table(headers, rows, right=(), markdown=False) -> str:
-    """Aligned text table (or a Markdown table); ``right`` holds the indices of right-aligned columns."""
-    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def fmt(r):
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts).rstrip()
-
-    lines = [fmt(cells[0])]
-    if markdown:
-        lines.append("|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                                    for i, w in enumerate(widths)) + "|")
-    else:
-        lines.append("  ".join("-" * w for w in widths))
-    lines += [fmt(r) for r in cells[1:]]
-    return "\n".join(lines)
 
 
 class _Report:
@@ -135,7 +127,7 @@ class Summary(_Report):
     def to_text(self) -> str:
         cells = self._cells() + [["total", "", "", "", "", "", "", human(self.total_params),
                                   human(self.total_macs)]]
-        body = _table(COLUMNS, cells, right=(5, 7, 8))
+        body = format_table(COLUMNS, cells, right=(5, 7, 8))
         lines = [self._headline(), "", body]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -143,7 +135,7 @@ class Summary(_Report):
     def to_markdown(self) -> str:
         cells = self._cells() + [["**total**", "", "", "", "", "", "", f"**{human(self.total_params)}**",
                                   f"**{human(self.total_macs)}**"]]
-        lines = [f"**{self._headline()}**", "", _table(COLUMNS, cells, right=(5, 7, 8), markdown=True)]
+        lines = [f"**{self._headline()}**", "", format_table(COLUMNS, cells, right=(5, 7, 8), markdown=True)]
         lines += [f"\n*Note: {n}*" for n in self.notes]
         return "\n".join(lines)
 
@@ -233,17 +225,6 @@ def _stride(m: nn.Module) -> int | None:
     return int(s) if isinstance(s, int) else None
 
 
-def _macs(m: nn.Module, out: torch.Tensor) -> int:
-    """Multiply-adds per image of one convolution or linear layer."""
-    per_image = out.numel() // max(out.shape[0], 1)
-    if isinstance(m, nn.Conv2d):
-        kh, kw = m.kernel_size
-        return per_image * (m.in_channels // m.groups) * kh * kw
-    if isinstance(m, nn.Linear):
-        return per_image * m.in_features
-    return 0
-
-
 def _first_tensor(x):
     if isinstance(x, torch.Tensor):
         return x
@@ -255,43 +236,104 @@ def _first_tensor(x):
     return None
 
 
-def _forward(model: nn.Module, shape: tuple[int, ...], shape_only: bool):
-    """One no-grad eval-mode forward pass on a zero input; the model's mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            device = next(iter(params.values())).device if params else torch.device("cpu")
-            if shape_only or device.type == "meta":
-                tensors = {**params, **dict(model.named_buffers())}
-                meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
-                x = torch.zeros(shape, device="meta")
-                return torch.func.functional_call(model, meta, (x,))
-            return model(torch.zeros(shape, device=device))
-    finally:
-        model.train(was_training)
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _accepts(model: nn.Module, shape) -> bool:
-    try:
-        _forward(model, shape, shape_only=True)
-        return True
-    except RuntimeError:
-        return False
+def _window(m: nn.Module) -> tuple[str, tuple[int, int]] | None:
+    """A 2-D convolution's or pooling layer's sliding window, described, and the smallest input it fits.
 
-
-def _smallest_input(model: nn.Module, channels: int, start: int, limit: int = 1 << 14) -> int | None:
-    """The smallest square input size >= ``start`` that the model accepts (shape-only passes)."""
-    lo, hi = start, start
-    while not _accepts(model, (1, channels, hi, hi)):
-        lo, hi = hi, hi * 2
-        if hi > limit:
+    The window spans ``dilation*(kernel-1)+1`` pixels of the input padded on both sides, so it fits (and
+    the output has at least one pixel) when ``size + 2*padding`` reaches that span. Ceil-mode pooling is
+    left out: it may place a window that runs past the input, and PyTorch's own check decides there.
+    """
+    if isinstance(m, nn.Conv2d):
+        if m.padding == "same":
             return None
-    while hi - lo > 1:  # lo fails (or is start), hi passes
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _accepts(model, (1, channels, mid, mid)) else (mid, hi)
-    return hi if not _accepts(model, (1, channels, lo, lo)) else lo
+        kernel, dilation = m.kernel_size, m.dilation
+        padding = (0, 0) if m.padding == "valid" else m.padding
+        what = "kernel"
+    elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and not m.ceil_mode:
+        kernel, dilation, padding = (_pair(getattr(m, a, 1)) for a in ("kernel_size", "dilation", "padding"))
+        what = "window"
+    else:
+        return None
+    need = tuple(max(d * (k - 1) + 1 - 2 * p, 1) for k, d, p in zip(kernel, dilation, padding))
+    extra = [f"dilation {_shape(dilation)}"] if max(dilation) > 1 else []
+    extra += [f"padding {_shape(padding)}"] if max(padding) > 0 else []
+    return f"{_shape(kernel)} {what}" + (f" ({', '.join(extra)})" if extra else ""), need
+
+
+class _Trace:
+    """One no-grad, eval-mode forward pass on a zero input under ``FlopCounterMode``, with hooks.
+
+    For every row's module (``units``) it records, in forward order, ``(name, module, input shape, output
+    shape, MACs per image)``; the MACs are the FLOPs the counter's per-module breakdown holds for that
+    module since its previous call, halved. A convolution or pooling window that no longer fits the
+    feature map is a ``ValueError`` before the layer runs; ``failing`` names the innermost module that
+    was running when anything else raised.
+    """
+
+    def __init__(self, model: nn.Module, units: dict[str, nn.Module], label: str, shape: tuple[int, ...]):
+        self.model, self.label, self.shape = model, label, shape
+        self.unit_name = {m: n for n, m in units.items()}
+        # FlopCounterMode names a module by the class name of the model, then the module's path
+        self.flop_key = {m: f"{type(model).__name__}.{n}" for n, m in units.items()}
+        self.names = {m: n for n, m in model.named_modules()}
+        self.records, self.stack, self.flops_seen, self.counter = [], [], {}, None
+
+    def run(self, meta: bool) -> None:
+        self.records, self.stack, self.flops_seen = [], [], {}
+        self.counter = FlopCounterMode(display=False)
+        handles = []
+        for m in self.model.modules():
+            handles.append(m.register_forward_pre_hook(self._pre_hook))
+            handles.append(m.register_forward_hook(self._post_hook))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.counter:
+                if meta:
+                    # meta stand-ins for every parameter and buffer: the model's own tensors stay as they are
+                    tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+                    stand_ins = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+                    functional_call(self.model, stand_ins, (torch.zeros(self.shape, device="meta"),))
+                else:
+                    device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+                    self.model(torch.zeros(self.shape, device=device))
+        finally:
+            self.model.train(was_training)
+            for hd in handles:
+                hd.remove()
+
+    @property
+    def failing(self) -> str:
+        m = self.stack[-1] if self.stack else None
+        return f"layer {self.names.get(m)!r} ({type(m).__name__})" if m is not None else "the forward pass"
+
+    def _pre_hook(self, m, args):
+        self.stack.append(m)
+        x, window = _first_tensor(args), _window(m)
+        if x is None or window is None or x.dim() < 3:
+            return
+        what, need = window
+        size = tuple(x.shape[-2:])
+        if any(s < n for s, n in zip(size, need)):
+            h, w = self.shape[-2:]
+            raise ValueError(f"input {h}x{w} is too small for {self.label}: the feature map is {_shape(size)} "
+                             f"when it reaches {self.failing}, whose {what} needs at least {_shape(need)}")
+
+    def _post_hook(self, m, args, out):
+        if self.stack and self.stack[-1] is m:
+            self.stack.pop()
+        name = self.unit_name.get(m)
+        x, y = _first_tensor(args), _first_tensor(out)
+        if name is None or x is None or y is None:
+            return
+        flops = sum(self.counter.flop_counts.get(self.flop_key[m], {}).values())
+        macs = (flops - self.flops_seen.get(m, 0)) // (2 * self.shape[0])  # two FLOPs per multiply-add
+        self.flops_seen[m] = flops
+        self.records.append((name, m, tuple(x.shape), tuple(y.shape), macs))
 
 
 def _size(image_size, model) -> tuple[int, int]:
@@ -314,10 +356,10 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
 
     ``image_size`` defaults to ``model.spec.image_size`` (224 ImageNet, 32 CIFAR); any size the model
     accepts works. ``in_channels`` defaults to what the first convolution takes; a different value is
-    an error. Raises ``ValueError`` for an input that is too small (naming the layer where it fails and
-    the smallest size that works) or has the wrong number of channels.
+    an error. Raises ``ValueError`` for an input that is too small (naming the first layer whose window
+    no longer fits the feature map, the feature map's size there and what the window needs) or has the
+    wrong number of channels, and for any other failure of the forward pass (naming the layer).
     """
-    from .checkpoint import unwrap
     model = unwrap(model)
     label = describe(model)
     h, w = _size(image_size, model)
@@ -332,69 +374,24 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
                          f"in_channels={expected}), got {in_channels} channels")
     shape = (batch, in_channels, h, w)
 
-    units = _units(model)
-    owner = {}  # every module -> the unit (row) it belongs to
-    for uname, unit in units.items():
-        for m in unit.modules():
-            owner.setdefault(m, uname)
-    names = {m: n for n, m in model.named_modules()}
-    unit_name = {m: n for n, m in units.items()}
-    records, pending_macs, stack, handles = [], {}, [], []
-
-    def pre_hook(m, args):
-        stack.append(m)
-
-    def post_hook(m, args, out):
-        if stack and stack[-1] is m:
-            stack.pop()
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and m in owner and isinstance(out, torch.Tensor):
-            u = owner[m]
-            pending_macs[u] = pending_macs.get(u, 0) + _macs(m, out)
-        uname = unit_name.get(m)
-        if uname is not None:
-            x, y = _first_tensor(args), _first_tensor(out)
-            if x is not None and y is not None:
-                records.append((uname, m, tuple(x.shape), tuple(y.shape), pending_macs.pop(uname, 0)))
-
-    for m in model.modules():
-        handles.append(m.register_forward_pre_hook(pre_hook))
-        handles.append(m.register_forward_hook(post_hook))
-    on_meta = any(p.is_meta for p in model.parameters())
+    trace = _Trace(model, _units(model), label, shape)
+    on_meta = any(t.is_meta for t in model.parameters())
     try:
         try:
-            _forward(model, shape, shape_only)
+            trace.run(meta=shape_only or on_meta)
         except (RuntimeError, NotImplementedError):
             if not shape_only or on_meta:
                 raise
             # Meta tensors have no values: an op without a meta kernel, or code that reads a value
             # (``.item()``), fails there. The real forward pass decides.
-            for partial in (stack, records, pending_macs):
-                partial.clear()
-            _forward(model, shape, shape_only=False)
+            trace.run(meta=False)
     except (RuntimeError, NotImplementedError) as e:
-        failing = stack[-1] if stack else None
-        where = f"layer {names.get(failing)!r} ({type(failing).__name__})" if failing is not None \
-            else "the forward pass"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        low = first.lower()
-        if any(s in low for s in ("too small", "can't be greater", "output size", "non-positive", "zero")):
-            for hd in handles:
-                hd.remove()
-            handles.clear()
-            smallest = _smallest_input(model, in_channels, max(h, w) + 1)
-            hint = f"; the smallest square input it accepts is {smallest}x{smallest}" if smallest else ""
-            raise ValueError(f"input {h}x{w} is too small for {label}: the feature map runs out at "
-                             f"{where} ({first}){hint}") from None
-        if "channel" in low:
-            raise ValueError(f"{label} cannot take a {in_channels}-channel input: {where} fails "
-                             f"({first})") from None
-        raise ValueError(f"{label} fails on an input of shape {_shape(shape)} at {where}: {first}") from None
-    finally:
-        for hd in handles:
-            hd.remove()
+        raise ValueError(f"{label} fails on an input of shape {_shape(shape)} at {trace.failing}: "
+                         f"{first}") from None
 
     rows, seen = [], set()
-    for uname, m, x_shape, y_shape, macs in records:
+    for uname, m, x_shape, y_shape, macs in trace.records:
         params = 0 if m in seen else sum(p.numel() for p in m.parameters())
         seen.add(m)
         prev = rows[-1] if rows else None
@@ -436,7 +433,6 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
                      f"(the input is smaller than the network's total stride)")
     config = None
     if hasattr(model, "spec") and hasattr(model, "options"):
-        from .models import model_config
         config = {**model_config(model), "shortcut": model.shortcut, "preact": model.preact}
         if model.spec.block == "bottleneck":
             config["stride_at"] = model.stride_at
@@ -510,7 +506,7 @@ class Diff(_Report):
         n = len(cols)
         right = [i + 1 for i, (t, _, _) in enumerate(cols) if t in ("stride", "params", "MACs")]
         right += [i + n for i in right]
-        return _table(head, cells, right=tuple(right), markdown=markdown)
+        return format_table(head, cells, right=tuple(right), markdown=markdown)
 
     @staticmethod
     def _groups(items, other) -> dict[str, int]:
@@ -575,7 +571,6 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
 
     Both run on the same input size: ``image_size``, or model A's default.
     """
-    from .checkpoint import unwrap
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     size = _size(image_size, model_a)
     sa, sb = summarize(model_a, size), summarize(model_b, size)
@@ -701,7 +696,7 @@ def main_models(argv: list[str] | None = None) -> int:
     cells = [[r["name"], r["depth"], r["family"], r["block"], "-".join(map(str, r["layers"])), r["shortcut"],
               "yes" if r["preact"] else "no", f"{r['image_size']}x{r['image_size']}", human(r["params"])]
              for r in rows]
-    print(_table(head, cells, right=(1, 8), markdown=args.format == "markdown"))
+    print(format_table(head, cells, right=(1, 8), markdown=args.format == "markdown"))
     print("\nAlso accepted: resnet<6n+2> (CIFAR, e.g. resnet26) and preact-resnet<9n+2>. Options such as "
           "--shortcut or --preact change a model; see resnetlab summary --help.")
     return 0

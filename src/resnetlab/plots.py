@@ -1,0 +1,341 @@
+"""Every figure of the package, drawn with matplotlib (Agg) and saved as PNG by one :func:`save_figure`.
+
+* the study report's figures (:mod:`resnetlab.report` turns run records into the series drawn here):
+  :func:`training_curves`, :func:`layer_responses`, :func:`gradient_flow`, :func:`first_layer_gradient`,
+  :func:`path_ratios`, :func:`landscape_contours`;
+* ``resnetlab analyze --plot``: :func:`plot_results`;
+* ``resnetlab landscape``: :func:`plot_1d`, :func:`plot_2d`.
+
+matplotlib is imported here only, and only when a figure is drawn (:func:`pyplot`), so the commands that
+draw nothing do not pay for it.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .io import atomic_path
+
+DPI = 120
+"""Resolution of the analyze and landscape figures."""
+REPORT_DPI = 110
+"""Resolution of the report's figures (they are embedded in ``report.html``)."""
+REPORT_STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.dpi": REPORT_DPI}
+
+
+@functools.cache
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: files only, no display needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str, dpi: int = DPI) -> str:
+    """Save ``fig`` as a PNG atomically (cropped to what it draws), close it and return ``path``."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
+    return path
+
+
+def _report_style(draw):
+    """Draw a report figure with the report's font sizes, without changing them for other figures."""
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with pyplot().rc_context(REPORT_STYLE):
+            return draw(*args, **kwargs)
+    return wrapped
+
+
+# --------------------------------------------------------------------------------------------- report
+
+@_report_style
+def training_curves(panels, path: str) -> str:
+    """The paper's Figure 6: training error (dashed) and test error (solid) against iterations.
+
+    ``panels``: one ``(title, nets)`` per family, ``nets`` a list of ``(label, color, (train steps,
+    train error %), (test steps, test error %))``.
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.5, 3.6), sharey=True, squeeze=False)
+    for ax, (title, nets) in zip(axes[0], panels):
+        for name, color, (s, e), (ts, te) in nets:
+            if len(s):
+                ax.plot(s, e, linestyle="--", linewidth=1.0, color=color, alpha=0.85, label=f"{name} train")
+            if len(ts):
+                ax.plot(ts, te, linestyle="-", linewidth=2.0, color=color, marker="o" if len(ts) <= 12 else None,
+                        markersize=3, label=f"{name} test")
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", frameon=False)
+    axes[0][0].set_ylabel("error (%)")
+    fig.suptitle("Training (dashed) and test (solid) error", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, REPORT_DPI)
+
+
+@_report_style
+def layer_responses(curves, path: str) -> str:
+    """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom).
+
+    ``curves``: ``(style, values)`` per network, ``style`` the keyword arguments of its line.
+    """
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 6.0))
+    for style, values in curves:
+        x = np.arange(1, len(values) + 1)
+        top.plot(x, values, marker=".", markersize=4, linewidth=1.2, **style)
+        bottom.plot(x, np.sort(values)[::-1], marker=".", markersize=4, linewidth=1.2, **style)
+    top.set_title("Responses of the 3x3 layers (std of the BN output), final checkpoints")
+    top.set_xlabel("layer index (original order)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (top, bottom):
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+    top.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return save_figure(fig, path, REPORT_DPI)
+
+
+@_report_style
+def gradient_flow(panels, path: str) -> str:
+    """Gradient norm per block, one panel per training step: ``panels`` holds ``(title, curves)``, the
+    curves ``(style, values)`` as in :func:`layer_responses`."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 1.6, 3.6), sharey=True, squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for style, values in curves:
+            # x: position in the network, so that nets of different depths line up
+            ax.plot(np.linspace(0, 1, len(values)), values, marker=".", markersize=4, linewidth=1.2, **style)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("relative depth (0 = stem, 1 = classifier)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("gradient norm per block")
+    axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return save_figure(fig, path, REPORT_DPI)
+
+
+@_report_style
+def first_layer_gradient(panels, path: str) -> str:
+    """The first layer's gradient norm against depth, one panel per step: ``panels`` holds ``(title,
+    lines)``, the lines ``(label, color, depths, norms)``, one per family."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.2), sharey=True, squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels):
+        for label, color, depths, norms in lines:
+            ax.plot(depths, norms, marker="o", linewidth=1.5, color=color, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("depth (layers)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("first layer's gradient norm")
+    axes[0][-1].legend(frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path, REPORT_DPI)
+
+
+@_report_style
+def path_ratios(curves, path: str) -> str:
+    """||F(x)|| / ||shortcut(x)|| per residual block: ``curves`` of ``(style, ratios)``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    for style, values in curves:
+        ax.plot(np.arange(len(values)), values, marker=".", linewidth=1.2, **style)
+    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("residual block (forward order)")
+    ax.set_ylabel("‖F(x)‖ / ‖shortcut(x)‖")
+    ax.set_title("How much each residual branch adds to its shortcut (final checkpoints)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return save_figure(fig, path, REPORT_DPI)
+
+
+@_report_style
+def landscape_contours(nets, path: str) -> str:
+    """Loss contours of networks side by side on shared levels: ``nets`` holds ``(label, result)``, the
+    result a 2-D grid of :mod:`resnetlab.landscape` (``alphas``, ``betas``, ``loss``)."""
+    plt = pyplot()
+    from matplotlib.colors import LogNorm
+    fig, axes = plt.subplots(1, len(nets), figsize=(4.0 * len(nets) + 1.2, 4.0), squeeze=False, layout="constrained")
+    allv = np.concatenate([np.asarray(res["loss"], dtype=np.float64).ravel() for _, res in nets])
+    allv = allv[np.isfinite(allv) & (allv > 0)]
+    # Losses far from the minimum reach 1e4-1e7 for a plain net while the basin sits near 1: log-spaced
+    # levels, shared by both panels, show the basin and the walls alike.
+    lo, hi = float(allv.min()), float(allv.max())
+    levels = np.geomspace(lo, max(hi, lo * 1.01), 16)
+    for ax, (label, res) in zip(axes[0], nets):
+        a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
+        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi)
+        if loss.shape != (len(a), len(b)):
+            loss = loss.reshape(len(a), len(b))
+        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9,
+                        norm=LogNorm(vmin=lo, vmax=levels[-1]))
+        ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
+        ax.plot([0], [0], "r+", markersize=8)
+        ax.set_title(label)
+        ax.set_xlabel("direction 1 (α)")
+        ax.set_aspect("equal")
+    axes[0][0].set_ylabel("direction 2 (β)")
+    bar = fig.colorbar(cs, ax=list(axes[0]), shrink=0.9, label="training loss (log-spaced levels)")
+    bar.minorticks_off()
+    bar.set_ticks(levels[::3], labels=[f"{v:.3g}" for v in levels[::3]])
+    fig.suptitle("Training loss around the final weights (same levels in both panels)", fontsize=10)
+    return save_figure(fig, path, REPORT_DPI)
+
+
+# --------------------------------------------------------------------------------------------- analyze
+
+def result_label(result: dict) -> str:
+    """A legend label for one result: the model and its shortcut option."""
+    return f"{result['model_config']['name']} (shortcut {result.get('shortcut')}): {result['source']}"
+
+
+def _plot_paths(results: list[dict], path: str) -> None:
+    plt = pyplot()
+    names = [r["block"] for r in results[0]["paths"]]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
+    for res in results:
+        rows = [(names.index(r["block"]), r) for r in res["paths"] if r["ratio"] is not None and r["block"] in names]
+        label = result_label(res)
+        ax1.plot([i for i, _ in rows], [r["ratio"] for _, r in rows], "o-", ms=4, label=label)
+        ax2.plot([i for i, _ in rows], [r["cosine"] for _, r in rows], "o-", ms=4, label=label)
+    ax1.axhline(1, color="gray", lw=0.8)
+    ax1.set_ylabel("||F(x)|| / ||shortcut(x)||")
+    ax1.set_title("residual branch vs shortcut, per block (mean over samples)")
+    ax1.legend(loc="best", fontsize=7)
+    ax2.axhline(0, color="gray", lw=0.8)
+    ax2.set_ylabel("cos(F(x), shortcut(x))")
+    ax2.set_xlabel("block")
+    ax2.set_xticks(range(len(names)))
+    ax2.set_xticklabels(names, rotation=90, fontsize=7)
+    ax2.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_gradients(results: list[dict], path: str) -> None:
+    plt = pyplot()
+    lesions = [r for r in results if r.get("lesion")]
+    n_panels = 3 if lesions else 2
+    width = max(6, 0.2 * max(len(r["layers"]) for r in results) + 2)
+    fig, axes = plt.subplots(n_panels, 1, figsize=(width, 3 * n_panels))
+    for res in results:
+        label = result_label(res)
+        axes[0].semilogy(range(len(res["layers"])), [r["grad_norm"] for r in res["layers"]], "o-", ms=3,
+                         label=label)
+        axes[1].semilogy(range(len(res["blocks"])), [r["grad_norm"] for r in res["blocks"]], "s-", ms=3,
+                         label=label)
+    axes[0].set_xlabel("conv/linear layer (forward order)")
+    axes[0].set_ylabel("||dL/dW||")
+    axes[0].set_title("gradient norms (train-mode BN, cross-entropy)")
+    axes[0].legend(fontsize=7)
+    groups = [r["group"] for r in results[0]["blocks"]]
+    axes[1].set_xticks(range(len(groups)))
+    axes[1].set_xticklabels(groups, rotation=90, fontsize=7)
+    axes[1].set_xlabel("group (all its parameters)")
+    axes[1].set_ylabel("gradient norm")
+    axes[1].legend(fontsize=7)
+    if lesions:
+        blocks = [r["block"] for r in lesions[0]["lesion"]]
+        bar = 0.8 / len(lesions)
+        for k, res in enumerate(lesions):
+            rows = res["lesion"]
+            xs = [i + (k - (len(lesions) - 1) / 2) * bar for i in range(len(rows))]
+            ok = [(x, r["delta"]) for x, r in zip(xs, rows) if r["delta"] is not None]
+            axes[2].bar([x for x, _ in ok], [100 * d for _, d in ok], width=bar, label=result_label(res))
+            for x, r in zip(xs, rows):
+                if r["delta"] is None:
+                    axes[2].text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
+        axes[2].axhline(0, color="gray", lw=0.8)
+        axes[2].set_xticks(range(len(blocks)))
+        axes[2].set_xticklabels(blocks, rotation=90, fontsize=7)
+        axes[2].set_xlabel("dropped block")
+        axes[2].set_ylabel("test accuracy change (points)")
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_responses(results: list[dict], path: str) -> None:
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
+    for res in results:
+        stds = [r["std"] for r in res["responses"]]
+        xs = range(1, len(stds) + 1)
+        ax1.plot(xs, stds, "o-", ms=3, label=result_label(res))
+        ax2.plot(xs, sorted(stds, reverse=True), "o-", ms=3, label=result_label(res))
+    ax1.set_xlabel("layer index (original order)")
+    ax1.set_ylabel("std")
+    ax1.set_title("std of the 3x3 layer responses (He et al. 2015, Fig. 7)")
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("layer index (sorted by magnitude)")
+    ax2.set_ylabel("std")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_results(results: list[dict], path: str) -> None:
+    """Draw one or more results of the same analysis (twins overlaid, one legend entry each) into a PNG."""
+    if not results:
+        raise ValueError("nothing to plot")
+    kinds = {r["analysis"] for r in results}
+    if len(kinds) != 1:
+        raise ValueError(f"cannot draw different analyses into one figure: {', '.join(sorted(kinds))}")
+    {"paths": _plot_paths, "gradients": _plot_gradients, "responses": _plot_responses}[kinds.pop()](results, path)
+
+
+# --------------------------------------------------------------------------------------------- landscape
+
+def plot_1d(res: dict, path: str, title: str) -> None:
+    """Loss and accuracy along one filter-normalised direction."""
+    plt = pyplot()
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(res["alphas"], res["loss"], "-", color="tab:blue", label="loss")
+    ax1.set_xlabel("step along the filter-normalised direction")
+    ax1.set_ylabel("cross-entropy loss")
+    ax2 = ax1.twinx()
+    ax2.plot(res["alphas"], 100 * np.asarray(res["acc"]), "--", color="tab:red", label="accuracy")
+    ax2.set_ylabel("accuracy (%)")
+    lines = ax1.get_lines() + ax2.get_lines()
+    ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper center", fontsize=8)
+    ax1.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None:
+    """The loss over a plane of two directions: contours into one PNG, a 3-D surface into another."""
+    plt = pyplot()
+    a, b = np.meshgrid(res["alphas"], res["betas"], indexing="ij")
+    loss = np.asarray(res["loss"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10 * max(np.ptp(loss) / 10, 1e-6)), 25)
+    cs = ax.contour(a, b, loss, levels=levels, cmap="viridis")
+    ax.clabel(cs, inline=True, fontsize=6, fmt="%.2f")
+    ax.plot([0], [0], "r+", ms=10, label="the model")
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_title(title + ": loss contours")
+    ax.legend(fontsize=8)
+    fig.colorbar(cs, ax=ax, label="loss")
+    save_figure(fig, contour_path)
+
+    fig = plt.figure(figsize=(6, 5))
+    ax = fig.add_subplot(projection="3d")
+    surf = ax.plot_surface(a, b, loss, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_zlabel("loss")
+    ax.set_title(title + ": loss surface")
+    fig.colorbar(surf, ax=ax, shrink=0.6, label="loss")
+    save_figure(fig, surface_path)

@@ -1,0 +1,58 @@
+"""The one plotting module: atomic PNG writes, figures closed, the report's style kept to its figures."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resnetlab import plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _figure(title="loss"):
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    ax.set_title(title)
+    return fig
+
+
+def test_save_figure_is_atomic_and_closes_the_figure(tmp_path):
+    plt = plots.pyplot()
+    path = tmp_path / "sub" / "fig.png"
+    fig = _figure()
+    assert plots.save_figure(fig, str(path)) == str(path)
+    assert path.read_bytes()[:8] == PNG_MAGIC and not plt.fignum_exists(fig.number)
+    before = path.read_bytes()
+    bad = _figure(r"$\frac$")  # mathtext that cannot be parsed: drawing fails while saving
+    with pytest.raises(ValueError):
+        plots.save_figure(bad, str(path))
+    assert path.read_bytes() == before and os.listdir(path.parent) == ["fig.png"]  # old file, no temporary
+    assert not plt.fignum_exists(bad.number)
+
+
+def test_report_style_stays_with_report_figures(tmp_path, monkeypatch):
+    plt = plots.pyplot()
+    size = plt.rcParams["font.size"]
+    seen = []
+    original = plots.save_figure
+
+    def spy(fig, path, dpi=plots.DPI):  # looks at the figure, then saves it as usual
+        seen.append((fig.axes[0].title.get_fontsize(), dpi))
+        return original(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save_figure", spy)
+    path = tmp_path / "p.png"
+    plots.path_ratios([(dict(color="tab:blue", label="ResNet-8 (A)"), [0.5, 0.25])], str(path))
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert seen == [(plots.REPORT_STYLE["axes.titlesize"], plots.REPORT_DPI)]
+    assert plt.rcParams["font.size"] == size  # the report's font sizes did not leak into later figures
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    code = ("import sys, resnetlab.analysis, resnetlab.landscape, resnetlab.report, resnetlab.summary, "
+            "resnetlab.study; print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"
