@@ -13,8 +13,10 @@ import torch.nn.functional as F
 
 from resnetlab import cli, create_model
 from resnetlab.checkpoint import atomic_save, make_checkpoint
-from resnetlab.data import ArrayDataset, ImageFolder, Normalization, load_dataset
+from resnetlab.datasets import ArrayDataset, load_dataset
 from resnetlab.evaluate import evaluate, load_for_eval, load_image, predict
+from resnetlab.images import ImageFolder
+from resnetlab.stream import Normalization
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
 CLASSES = [f"c{i}" for i in range(10)]
@@ -98,6 +100,20 @@ def test_agrees_with_the_training_loop_evaluation(data, norm, precision):
     assert ours["error"] == pytest.approx(theirs["error"])
     assert ours["top5_error"] == pytest.approx(theirs["top5_error"])
     assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
+def test_channels_last_inputs_change_no_result(data, norm):
+    """channels_last=True feeds the model channels_last inputs, as training does."""
+    model = tiny_model(16)
+    plain = evaluate(model, data, norm, batch_size=32, device="cpu")
+    model = model.to(memory_format=torch.channels_last)
+    formats = []
+    model.register_forward_pre_hook(
+        lambda m, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    cl = evaluate(model, data, norm, batch_size=32, device="cpu", channels_last=True)
+    assert formats == [True, True, True]  # one forward per batch, each in channels_last
+    assert cl["error"] == plain["error"] and cl["top5_error"] == plain["top5_error"]
+    assert cl["loss"] == pytest.approx(plain["loss"], rel=1e-5)
 
 
 def test_confusion_rows_and_diagonal(data, norm):

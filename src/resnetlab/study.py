@@ -28,8 +28,10 @@ import torch
 from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import add_arguments, opt, parse_config, to_dict
+from .datasets import NAMED_DATASETS as DATASETS, find_cifar, load_dataset
+from .io import cache_dir
+from .stream import Normalization
 
-DATASETS = ("synthetic", "cifar10", "cifar100")
 BUDGETS = ("smoke", "short", "paper")
 STUDIES = ("shortcuts",)
 
@@ -278,7 +280,6 @@ def _read_events(run_dir: str) -> list[dict]:
 
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
-    from .data import Normalization, load_dataset
     b = budget(cfg)
     ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"])["train"]
     n = min(cfg.analysis_images, len(ds))
@@ -520,9 +521,8 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
         if d.data_dir:
             data = "cifar10"
         else:
-            from .data import _find_cifar, default_cache_dir
             try:
-                _find_cifar("cifar10", default_cache_dir())
+                find_cifar("cifar10", cache_dir())
                 data = "cifar10"
             except FileNotFoundError:
                 pass

@@ -7,7 +7,7 @@ The run folder ``--out`` receives ``config.json``, ``metrics.jsonl``/``metrics.c
 ``checkpoint_every`` steps and at the end), ``best.pt`` (best validation error), ``step_<N>.pt`` (for
 ``save_at``) and, last of all, ``final.json``.
 
-Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.data.TrainStream`), the learning
+Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.stream.TrainStream`), the learning
 rate a pure function of the step (:class:`resnetlab.schedule.Schedule`), and a checkpoint holds everything
 else that evolves (weights, BN statistics, momentum buffers, warm-up state, the running log sums, every RNG),
 so a CPU run killed at any moment and resumed from its last checkpoint ends with the same weights, bit for
@@ -348,7 +348,7 @@ class MetricsLog:
 def evaluate_arrays(model: nn.Module, data, normalization, *, device, batch_size: int = 1000,
                     bf16: bool = False, channels_last: bool = False) -> dict:
     """Loss, top-1 and top-5 error of ``model`` on an ArrayDataset, in large batches; one host sync."""
-    from .data import eval_batches
+    from .stream import eval_batches
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -403,8 +403,9 @@ def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: 
 
 def train(config: TrainConfig) -> dict:
     """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
-    from .data import Normalization, TrainStream, load_dataset
+    from .datasets import load_dataset
     from .models import count_parameters, create_model, get_spec, model_config
+    from .stream import Normalization, TrainStream
 
     cfg = resolve_config(config)
     dist = setup_distributed(cfg.device)
