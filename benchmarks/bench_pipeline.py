@@ -1,6 +1,6 @@
 """Benchmark the CIFAR input pipeline.
 
-(1) Images/s of :class:`resnetlab.data.TrainStream` (pad 4, random 32x32 crop, flip, normalise as batch
+(1) Images/s of :class:`resnetlab.stream.TrainStream` (pad 4, random 32x32 crop, flip, normalise as batch
     tensor ops) against the usual per-image pipeline: a torch DataLoader whose workers do the same
     pad/crop/flip with Pillow, ToTensor and Normalize for each image.
 (2) A ResNet-20 training step (forward, backward, SGD) fed by TrainStream against the same step on
@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.data import Normalization, TrainStream, load_dataset
+from resnetlab.datasets import load_dataset
+from resnetlab.models import create_model
+from resnetlab.stream import Normalization, TrainStream
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -138,7 +140,6 @@ def bench_throughput(data, args, device, norm):
 
 def bench_training(data, args, device, norm):
     """Seconds per ResNet-20 step: fed by TrainStream vs on batches made in advance, interleaved."""
-    from resnetlab.models import create_model
     model = create_model("resnet20", seed=0).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

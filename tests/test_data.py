@@ -1,4 +1,5 @@
-"""Tests of resnetlab.data: datasets, download, normalisation, the batch streams and image folders."""
+"""Tests of resnetlab.datasets, .images and .stream: datasets, download, image folders, normalisation and
+the batch streams."""
 from __future__ import annotations
 
 import functools
@@ -18,9 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnetlab import data as D
-from resnetlab.data import (ArrayDataset, Normalization, TrainStream, download_cifar, eval_batches,
-                            load_dataset)
+from resnetlab import datasets as D
+from resnetlab.datasets import ArrayDataset, download_cifar, load_dataset
+from resnetlab.images import ImageFolder, folder_batches, to_rgb
+from resnetlab.stream import Normalization, TrainStream, eval_batches
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "tools" / "cifar10_fixture.py"
@@ -304,6 +306,17 @@ def test_normalization_pixel_and_channel(synthetic):
         pix(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
 
 
+def test_normalization_fitted_on_batches_equals_fitted_on_the_tensor(synthetic):
+    x = synthetic["train"].x
+    for mode in ("pixel", "channel"):
+        whole, batched = Normalization.fit(x, mode), Normalization.fit(iter(x.split(97)), mode)
+        assert torch.allclose(whole.mean, batched.mean, atol=1e-7) and torch.allclose(whole.std, batched.std)
+    with pytest.raises(ValueError, match="at least one image"):
+        Normalization.fit(iter([]), "pixel")
+    with pytest.raises(ValueError, match="uint8"):
+        Normalization.fit(x.float(), "channel")
+
+
 def test_normalization_state_dict_goes_through_weights_only_checkpoint(synthetic, tmp_path):
     for mode in ("pixel", "channel"):
         n = Normalization.fit(synthetic["train"].x, mode)
@@ -464,48 +477,31 @@ def test_folder_dataset_equals_the_cifar_batches(tmp_path, cifar_batches):
 def test_folder_scan_and_eval_pixels(image_folder):
     from PIL import Image
     root, bad, grey = image_folder
-    sets = D.load_folder(root, image_size=32, resize=32, on_bad_image="skip")
-    assert set(sets) == {"train", "test"} and sets["test"].classes == sets["train"].classes
-    assert len(sets["train"]) == 24 and len(sets["test"]) == 10
-    # resize 32 + centre 32 of a 32x32 image: the file's own pixels
-    norm = Normalization.from_values((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    xs = list(D.folder_eval_batches(sets["test"], 4, device="cpu", normalization=norm, num_workers=0))
-    x = torch.cat([b[0] for b in xs])
-    path0, label0 = sets["test"].samples[0]
-    ref = torch.from_numpy(np.array(Image.open(path0).convert("RGB"))).permute(2, 0, 1).float() / 255
-    assert torch.allclose(x[0], ref, atol=1e-6) and int(xs[0][1][0]) == label0
-    i = [p for p, _ in sets["train"].samples].index(str(grey))
-    g = sets["train"].load(i, seed=0)
+    train = ImageFolder(root / "train", image_size=32, resize=32, on_bad_image="skip")
+    test = ImageFolder(root / "test", classes=train.classes, image_size=32, resize=32)
+    assert len(train) == 24 and len(test) == 10 and len(train.classes) == 10
+    # resize 32 + centre 32 of a 32x32 image: the file's own pixels, in folder order
+    batches = list(folder_batches(test, 4))
+    assert [len(y) for _, y, _ in batches] == [4, 4, 2] and all(s == [] for _, _, s in batches)
+    path0, label0 = test.samples[0]
+    ref = torch.from_numpy(np.array(Image.open(path0).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(batches[0][0][0], ref) and int(batches[0][1][0]) == label0
+    assert torch.equal(torch.cat([y for _, y, _ in batches]), torch.tensor(test.targets))
+    g = train.load([p for p, _ in train.samples].index(str(grey)))
     assert g.shape == (3, 32, 32) and torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+    # with on_bad_image="skip" the truncated file is left out of its batch and named
+    sizes, skipped = zip(*[(len(y), s) for _, y, s in folder_batches(train, 8, num_workers=2)])
+    assert sum(sizes) == 23 and [p for s in skipped for p in s] == [str(bad)]
 
 
 def test_folder_bad_image_error_names_the_path(image_folder):
     root, bad, _ = image_folder
-    ds = D.ImageFolder(root / "train", train=False, image_size=32)
+    ds = ImageFolder(root / "train", image_size=32)
     i = [p for p, _ in ds.samples].index(str(bad))
     with pytest.raises(ValueError, match="zz_truncated.png"):
         ds[i]
-    norm = Normalization.from_values(D.IMAGENET_MEAN, D.IMAGENET_STD)
     with pytest.raises(ValueError, match="zz_truncated.png"):   # raised from a worker process, path intact
-        list(D.folder_eval_batches(ds, 8, device="cpu", normalization=norm, num_workers=1))
-
-
-def test_folder_stream_skips_bad_images_and_is_deterministic(image_folder):
-    root, bad, _ = image_folder
-    ds = D.load_folder(root, image_size=24, on_bad_image="skip")["train"]
-    norm = Normalization.from_values(D.IMAGENET_MEAN, D.IMAGENET_STD)
-    a = D.FolderStream(ds, 8, device="cpu", seed=4, normalization=norm, num_workers=2)
-    b = D.FolderStream(ds, 8, device="cpu", seed=4, normalization=norm, num_workers=0)
-    assert a.steps_per_epoch == 3
-    seen = [a.batch(s) for s in range(3)]
-    assert sum(len(y) for _, y in seen) == 23 and a.skipped == [str(bad)]
-    assert all(x.shape[1:] == (3, 24, 24) for x, _ in seen)
-    for s in (2, 0, 1):                                        # workers and jumps do not change a batch
-        xb, yb = b.batch(s)
-        assert torch.equal(xb, seen[s][0]) and torch.equal(yb, seen[s][1])
-    assert not torch.equal(a.batch(3)[0][:4], seen[0][0][:4])  # next epoch: new order and crops
-    a.close()
-    b.close()
+        list(folder_batches(ds, 8, num_workers=1))
 
 
 def test_folder_arrays_match_the_cifar_pixels(image_folder, capsys):
@@ -513,7 +509,7 @@ def test_folder_arrays_match_the_cifar_pixels(image_folder, capsys):
     sets = D.load_folder_arrays(root, image_size=32, on_bad_image="skip")
     assert sets["train"].x.shape == (23, 3, 32, 32) and sets["test"].x.shape == (10, 3, 32, 32)
     assert str(bad) in capsys.readouterr().err
-    ref = D.load_folder(root, image_size=32, resize=32)["test"]
+    ref = ImageFolder(root / "test", classes=sets["train"].classes, image_size=32, resize=32)
     for i in (0, 9):
         assert torch.equal(sets["test"].x[i], ref.load(i)) and int(sets["test"].y[i]) == ref.samples[i][1]
     with pytest.raises(ValueError, match="zz_truncated.png"):
@@ -532,9 +528,9 @@ def test_rgba_becomes_the_same_rgb_in_folders_and_predict(tmp_path):
     rgba[..., 0] = 200  # red, but fully transparent on the left half
     rgba[:, 16:, 3] = 255
     Image.fromarray(rgba, "RGBA").save(folder / "x.png")
-    x, _ = D.ImageFolder(tmp_path / "train", train=False, image_size=32, resize=32)[(0, 0)]
+    x, _ = ImageFolder(tmp_path / "train", image_size=32, resize=32)[0]
     assert x.shape == (3, 32, 32)
     assert (x[:, :, :16] == 255).all()  # transparent -> white
     assert (x[0, :, 17:] == 200).all() and (x[1:, :, 17:] == 0).all()
-    pixels = np.array(D.to_rgb(Image.open(folder / "x.png")))  # what predict uses
+    pixels = np.array(to_rgb(Image.open(folder / "x.png")))  # what predict uses
     assert torch.equal(torch.from_numpy(pixels).permute(2, 0, 1), x)

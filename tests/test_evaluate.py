@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from resnetlab import cli, create_model
 from resnetlab.checkpoint import atomic_save, make_checkpoint
-from resnetlab.data import ArrayDataset, ImageFolder, Normalization, load_dataset
+from resnetlab.datasets import ArrayDataset, load_dataset
 from resnetlab.evaluate import evaluate, load_for_eval, load_image, predict
+from resnetlab.images import ImageFolder
+from resnetlab.stream import Normalization
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
 CLASSES = [f"c{i}" for i in range(10)]
@@ -90,16 +92,40 @@ def test_top1_top5_loss_equal_direct_computation(data, norm):
     assert model.training is False
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_agrees_with_the_training_loop_evaluation(data, norm, precision):
-    from resnetlab.train import evaluate_arrays  # what train.py logs as the test error
+def test_training_reports_what_evaluate_measures_on_its_checkpoints(tmp_path):
+    """The val/test errors train() logs are evaluate() of its checkpoints: one evaluator for both."""
+    from resnetlab.train import TrainConfig, train
+    out = tmp_path / "run"
+    final = train(TrainConfig(model="resnet8", width=4, data="synthetic", batch_size=32, precision="fp32",
+                              threads=1, quiet=True, out=str(out), iterations=20, log_every=10, eval_every=10,
+                              checkpoint_every=10, val_split=500))
+    sets = load_dataset("synthetic", val_split=500)
+    last = load_for_eval(out / "last.pt")
+    test = evaluate(last.model, sets["test"], last.normalization)
+    assert 0.0 < test["error"] < 0.9 and test["top5_error"] < test["error"]  # trained a little, not at all
+    assert final["test_error"] == test["error"] and final["test_top5_error"] == test["top5_error"]
+    with open(out / "metrics.jsonl") as fh:
+        logged = [json.loads(line) for line in fh]
+    logged_test = next(e for e in logged if e["kind"] == "eval" and e["split"] == "test" and e["step"] == 20)
+    assert logged_test["loss"] == pytest.approx(test["loss"], rel=1e-6)
+    best = load_for_eval(out / "best.pt")
+    val = evaluate(best.model, sets["val"], best.normalization)
+    assert best.checkpoint["best_val_error"] == val["error"] == min(
+        e["error"] for e in logged if e["kind"] == "eval" and e["split"] == "val")
+
+
+def test_channels_last_inputs_change_no_result(data, norm):
+    """channels_last=True feeds the model channels_last inputs, as training does."""
     model = tiny_model(16)
-    ours = evaluate(model, data, norm, batch_size=32, device="cpu", precision=precision)
-    theirs = evaluate_arrays(model, data, norm, device=torch.device("cpu"), batch_size=32,
-                             bf16=precision == "bf16")
-    assert ours["error"] == pytest.approx(theirs["error"])
-    assert ours["top5_error"] == pytest.approx(theirs["top5_error"])
-    assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+    plain = evaluate(model, data, norm, batch_size=32, device="cpu")
+    model = model.to(memory_format=torch.channels_last)
+    formats = []
+    model.register_forward_pre_hook(
+        lambda m, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    cl = evaluate(model, data, norm, batch_size=32, device="cpu", channels_last=True)
+    assert formats == [True, True, True]  # one forward per batch, each in channels_last
+    assert cl["error"] == plain["error"] and cl["top5_error"] == plain["top5_error"]
+    assert cl["loss"] == pytest.approx(plain["loss"], rel=1e-5)
 
 
 def test_confusion_rows_and_diagonal(data, norm):

@@ -43,13 +43,14 @@ from torch import nn
 from .blocks import BLOCKS, ProjectionShortcut
 from .checkpoint import load_checkpoint
 from .config import Positional, given_model, name_given, parse
+from .datasets import NAMED_DATASETS as DATASETS, ArrayDataset, load_dataset
 from .io import format_table as io_format_table
 from .models import ModelConfig, create_model
 from .plots import plot_results
+from .stream import Normalization, eval_batches
 from .weights import load_state_dict_strict
 
 ANALYSES = ("paths", "gradients", "responses")
-DATASETS = ("synthetic", "cifar10", "cifar100")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
            max_batches: int | None = None, device=None, quiet: bool = True) -> list[dict]:
     """Remove one block at a time at test time and measure the accuracy (Veit et al. 2016).
 
-    ``data`` is an :class:`resnetlab.data.ArrayDataset` (normalised with ``normalization``) or an
+    ``data`` is an :class:`resnetlab.datasets.ArrayDataset` (normalised with ``normalization``) or an
     iterable of already normalised ``(x, y)`` batches. A lesioned block's residual branch outputs zero,
     so the block returns its (scaled) shortcut, passed through the final ReLU in post-activation blocks
     (identity shortcuts: exactly ``x``). Plain blocks whose shape is kept are replaced by ``x``; plain
@@ -499,24 +500,22 @@ _SYNTHETIC: dict = {}
 def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""
-    from . import data as D
     if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
         if "synthetic" not in _SYNTHETIC:
-            _SYNTHETIC["synthetic"] = D.load_dataset(name)
+            _SYNTHETIC["synthetic"] = load_dataset(name)
         splits = _SYNTHETIC["synthetic"]
     else:
-        splits = D.load_dataset(name, data_dir)
+        splits = load_dataset(name, data_dir)
     norm_state = (ckpt or {}).get("normalization")
     if norm_state:
-        norm = D.Normalization.from_state_dict(norm_state)
+        norm = Normalization.from_state_dict(norm_state)
     else:
-        norm = D.Normalization.fit(splits["train"].x, mode="channel")
+        norm = Normalization.fit(splits["train"].x, mode="channel")
     return splits, norm
 
 
 def seeded_subset(ds, n: int, seed: int):
     """The first ``n`` images of a permutation of ``ds`` seeded by ``seed`` (all when ``n >= len``)."""
-    from .data import ArrayDataset
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds.y), generator=g)[: max(1, min(n, len(ds.y)))]
     return ArrayDataset(x=ds.x[idx], y=ds.y[idx], classes=list(ds.classes))
@@ -525,7 +524,6 @@ def seeded_subset(ds, n: int, seed: int):
 def _iter_labelled(data, normalization, batch_size, device, max_batches=None):
     """Batches ``(x, y)`` on ``device`` from an ArrayDataset or from an iterable of ``(x, y)`` pairs."""
     if hasattr(data, "x") and hasattr(data, "y"):
-        from .data import eval_batches
         norm = normalization.to(device) if normalization is not None else None
         source = eval_batches(data, batch_size, device=device, normalization=norm)
     else:

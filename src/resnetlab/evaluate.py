@@ -28,20 +28,23 @@ import warnings
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
-import numpy as np
 import torch
 import tyro
 import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from . import config as configlib
+from . import datasets as datalib
 from .checkpoint import FORMAT, unwrap
 from .config import Floats, Positional, given_model, name_given
-from .data import to_rgb
-from .io import PRECISIONS
+from .datasets import DATASETS
+from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
+from .io import PRECISIONS, resolve_device, write_json
+from .io import progress as progress_bar
 from .models import ModelConfig, create_model
+from .stream import Normalization, eval_input, raw_batches
 
-DATASETS = ("cifar10", "cifar100", "synthetic", "folder")
 SPLITS = ("test", "val", "train")
 
 
@@ -54,7 +57,7 @@ class LoadedModel:
     """A model ready for evaluation and what is known about its inputs and outputs."""
 
     model: nn.Module
-    normalization: object | None  # a resnetlab.data.Normalization; None: unknown (foreign weights)
+    normalization: Normalization | None  # None: unknown (foreign weights)
     classes: list[str] | None  # class names in output order, when the checkpoint records them
     image_size: int  # the side the model was trained on (32 for CIFAR, 224 for ImageNet)
     family: str  # "cifar" | "imagenet": how predict resizes images
@@ -117,7 +120,6 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     ``normalization`` overrides the checkpoint's own preprocessing (with a warning when it has one).
     The model is returned on the CPU in eval mode.
     """
-    from .data import Normalization
     from .models import create_model
     from .weights import load_state_dict_strict
 
@@ -197,38 +199,6 @@ def _num_outputs(model: nn.Module) -> int | None:
     return fc.out_features if isinstance(fc, nn.Linear) else None
 
 
-def resolve_device(device) -> torch.device:
-    """``"auto"``/None -> CUDA when available, else the CPU; otherwise ``torch.device(device)``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
-
-
-class _Progress:
-    """A progress line on stderr (images done, rate, ETA), redrawn at most twice a second."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.5 and done < self.total):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        print(f"\r{self.label}: {done}/{self.total} images  {rate:,.0f} img/s  ETA {eta:4.0f}s",
-              end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.last > self.start:
-            print(file=sys.stderr, flush=True)
-
-
 def use_bf16(device: torch.device, precision: str) -> bool:
     """bf16 autocast? "auto": on CUDA only (exact fp32 on the CPU); "bf16": on any device; "fp32": never."""
     if precision not in PRECISIONS:
@@ -277,38 +247,32 @@ class _Tally:
                 "loss": self.nll.item() / n}
 
 
-def _collate(items):
-    good = [(x, y) for x, y in items if x is not None]
-    bad = [y for x, y in items if x is None]  # skipped items carry their path
-    x = torch.stack([x for x, _ in good]) if good else None
-    return x, torch.tensor([y for _, y in good], dtype=torch.int64), bad
-
-
-def _raw_batches(data, batch_size: int, num_workers: int, skipped: list):
+def _raw_batches(data, batch_size: int, num_workers: int, skipped: list, pin_memory: bool):
     """uint8 image batches and labels, in order, on the CPU: slices of an ArrayDataset, or an ImageFolder
     decoded by DataLoader workers (unreadable images skipped by the folder are collected in ``skipped``)."""
-    if hasattr(data, "x"):
-        for i in range(0, len(data.y), batch_size):
-            yield data.x[i:i + batch_size], data.y[i:i + batch_size]
+    if not isinstance(data, ImageFolder):
+        yield from raw_batches(data, batch_size, pin_memory=pin_memory)
         return
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate, pin_memory=torch.cuda.is_available())
-    for x, y, bad in loader:
+    for x, y, bad in folder_batches(data, batch_size, num_workers=num_workers, pin_memory=pin_memory):
         skipped.extend(bad)
         if x is not None:
             yield x, y
 
 
 def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None, tta_flip: bool = False,
-             precision: str = "auto", progress: bool = False, num_workers: int = 2) -> dict:
-    """Evaluate one model or an ensemble on ``data``: a :class:`resnetlab.data.ArrayDataset`, or a
-    :class:`resnetlab.data.ImageFolder` (decoded in ``num_workers`` DataLoader workers).
+             precision: str = "auto", channels_last: bool = False, progress: bool = False,
+             num_workers: int = 2) -> dict:
+    """Evaluate one model or an ensemble on ``data``: a :class:`resnetlab.datasets.ArrayDataset`, or a
+    :class:`resnetlab.images.ImageFolder` (decoded in ``num_workers`` DataLoader workers). This is the
+    one evaluator: ``resnetlab eval`` and the training loop's val/test evaluations both call it.
 
     ``models``: an ``nn.Module`` or a list of them (an ensemble: their softmax probabilities are averaged).
-    ``normalization``: one :class:`resnetlab.data.Normalization` for all, or a list with one per model.
+    ``normalization``: one :class:`resnetlab.stream.Normalization` for all, or a list with one per model.
     ``device``: None keeps the first model's device; "auto" picks CUDA when available. ``precision``:
-    "auto" is bf16 autocast on CUDA and fp32 on the CPU. ``tta_flip`` averages the probabilities of each
-    image and its mirror. Models are put in eval mode (their training flag is restored afterwards).
+    "auto" is bf16 autocast on CUDA and fp32 on the CPU. ``channels_last`` feeds the inputs in that memory
+    format (as training does). ``tta_flip`` averages the probabilities of each image and its mirror.
+    Models are put in eval mode (their training flag is restored afterwards). Only the final numbers are
+    copied to the host.
 
     Returns a dict of plain Python values: ``n``, ``num_classes``, ``classes``, ``top1``, ``top5``,
     ``error``, ``top5_error`` (fractions), ``loss`` (mean negative log of the averaged probability of the
@@ -329,7 +293,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    in_memory = hasattr(data, "x")
+    in_memory = not isinstance(data, ImageFolder)
     labels = data.y if in_memory else torch.as_tensor(data.targets, dtype=torch.int64)
     if in_memory and (data.x.dim() != 4 or data.x.shape[1] != 3 or len(data.x) != len(labels)):
         raise ValueError(f"expected images (N, 3, H, W) and N labels, got {tuple(data.x.shape)} and "
@@ -359,25 +323,24 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
 
     members = [_Tally(num_classes, device) for _ in models]
     ensemble = _Tally(num_classes, device, confusion=True)
-    bar = _Progress(len(labels), "eval", progress)
+    bar = progress_bar(total=len(labels), desc="eval", unit="img", quiet=not progress)
     skipped: list[str] = []
-    done = 0
     try:
         with torch.inference_mode():
-            for xb, yb in _raw_batches(data, batch_size, num_workers, skipped):
+            for xb, yb in _raw_batches(data, batch_size, num_workers, skipped, device.type == "cuda"):
                 xb = xb.to(device, non_blocking=True)
                 yb = yb.to(device, non_blocking=True).long()
                 logps = []
                 for model, norm, tally in zip(models, norms, members):
-                    logp = _log_probs(model, norm(xb), tta_flip, autocast)
+                    x = eval_input(xb, device, norm, channels_last=channels_last)
+                    logp = _log_probs(model, x, tta_flip, autocast)
                     tally.add(logp, yb)
                     logps.append(logp)
                 if len(logps) > 1:
                     # the ensemble's probabilities are the mean of the members' probabilities
                     logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
                 ensemble.add(logp, yb)
-                done += len(yb)
-                bar.update(done)
+                bar.update(len(yb))
     finally:
         bar.close()
         for m, flag in zip(models, was_training):
@@ -408,7 +371,6 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
     CIFAR-style models: the whole image is resized to S x S. ImageNet-style: the shorter side is resized
     to S * 256 / 224 and the centre S x S is cropped (the usual single-crop evaluation).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
@@ -418,19 +380,12 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
             im = to_rgb(ImageOps.exif_transpose(im))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    bilinear = getattr(Image, "Resampling", Image).BILINEAR
     if family == "cifar":
         if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), bilinear)
-    else:
-        # Shorter side to S * 256 / 224, centre S x S, done as one resampling of the matching box of the
-        # original (as resnetlab.data.ImageFolder does for evaluation, so eval and predict see the same pixels).
-        w, h = im.size
-        side = image_size * min(w, h) / int(round(image_size * 256 / 224))
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        im = im.resize((image_size, image_size), bilinear, box=box)
-    arr = np.asarray(im, dtype=np.uint8)  # (S, S, 3)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+            im = im.resize((image_size, image_size), getattr(Image, "Resampling", Image).BILINEAR)
+    else:  # the crop an ImageFolder takes for evaluation, so that eval and predict see the same pixels
+        im = center_crop(im, image_size, int(round(image_size * 256 / 224)))
+    return to_tensor(im)
 
 
 def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto",
@@ -573,7 +528,6 @@ def _explicit_normalization(cfg):
         raise ValueError(f"--std values must be positive, got {cfg.std}")
     if max(cfg.mean) > 1.5 or max(cfg.std) > 1.5:
         raise ValueError("--mean/--std are on the 0..1 scale (divide 0..255 values by 255)")
-    from .data import Normalization
     expand = (lambda v: tuple(v) * 3 if len(v) == 1 else tuple(v))
     return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
 
@@ -591,32 +545,6 @@ def _check_files(paths) -> list[str]:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"checkpoint not found: {p}")
     return list(paths)
-
-
-def _json_text(obj, indent: int = 0) -> str:
-    """Indented JSON in which lists of numbers or strings stay on one line (a confusion matrix row per line)."""
-    pad, inner = " " * indent, " " * (indent + 1)
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, (list, tuple)) and obj and not all(
-            v is None or isinstance(v, (int, float, str, bool)) for v in obj):
-        return "[\n" + ",\n".join(inner + _json_text(v, indent + 1) for v in obj) + "\n" + pad + "]"
-    return json.dumps(obj)
-
-
-def _write_json(obj, path: str) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(_json_text(obj) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class _Warnings:
@@ -657,7 +585,6 @@ def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
 
 def _class_count(cfg: EvalConfig) -> int | None:
     """The dataset's class count without loading it (the default classifier size for --model)."""
-    from . import data as datalib
     if cfg.data == "folder":
         for split in ("train", cfg.split):
             folder = os.path.join(cfg.data_dir or "", split)
@@ -669,7 +596,6 @@ def _class_count(cfg: EvalConfig) -> int | None:
 
 def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
     """(evaluation split, training split or None): ArrayDatasets, or ImageFolders for --data folder."""
-    from . import data as datalib
     if cfg.data == "folder":
         return _load_folder_split(cfg, *_input_geometry(cfg, first_ckpt))
     recorded = (first_ckpt or {}).get("config") or {}
@@ -702,7 +628,6 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
     """``ROOT/<split>/<class>/<images>`` as an ImageFolder (decoded lazily, in workers), with the classes
     of ``ROOT/train`` when it exists. CIFAR-style models: shorter side resized to the image size (CIFAR-sized
     files pass unchanged); ImageNet-style: shorter side to size * 256 / 224, centre crop."""
-    from . import data as datalib
     if cfg.data_dir is None:
         raise ValueError("--data folder needs --data-dir ROOT (with ROOT/<split>/<class>/<image files>)")
     split_dir = os.path.join(cfg.data_dir, cfg.split)
@@ -711,25 +636,20 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
                                 f"ROOT/{cfg.split}/<class>/<image files> (ROOT = --data-dir)")
     train_dir = os.path.join(cfg.data_dir, "train")
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir()) if os.path.isdir(train_dir) else None
-    options = dict(classes=classes, train=False, image_size=image_size,
+    options = dict(classes=classes, image_size=image_size,
                    resize=image_size if family == "cifar" else None, on_bad_image="skip")
-    split = datalib.ImageFolder(split_dir, **options)
+    split = ImageFolder(split_dir, **options)
     train = None
     if cfg.pixel_mean and cfg.split != "train" and os.path.isdir(train_dir):
-        train = datalib.ImageFolder(train_dir, **{**options, "classes": split.classes})
+        train = ImageFolder(train_dir, **{**options, "classes": split.classes})
     return split, (split if cfg.split == "train" else train)
 
 
-def _pixel_mean(train, batch_size: int, num_workers: int):
+def _pixel_mean(train, batch_size: int, num_workers: int) -> Normalization:
     """The per-pixel mean image of a training split (in memory or an image folder) as a Normalization."""
-    from .data import Normalization
-    if hasattr(train, "x"):
-        return Normalization.fit(train.x, mode="pixel")
-    total, n = None, 0
-    for x, _ in _raw_batches(train, batch_size, num_workers, []):
-        part = x.double().sum(0)
-        total, n = (part if total is None else total + part), n + len(x)
-    return Normalization((total / n / 255.0).float(), torch.ones(()), "pixel")
+    if isinstance(train, ImageFolder):
+        return Normalization.fit((x for x, _ in _raw_batches(train, batch_size, num_workers, [], False)), "pixel")
+    return Normalization.fit(train.x, "pixel")
 
 
 def _pct(v) -> str:
@@ -845,7 +765,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     result = {"command": "eval", "config": configlib.to_dict(cfg), "data": cfg.data, "split": cfg.split,
               "device": str(device), "precision": "bf16" if autocast else "fp32", "seconds": seconds, **result}
     if cfg.json:
-        _write_json(result, cfg.json)
+        write_json(cfg.json, result)
         print(f"\nwrote {cfg.json}")
     return result
 
@@ -876,9 +796,8 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
         for rank, t in enumerate(r["top"], 1):
             print(f"  {rank:>2}. {t['prob']:7.4f}  {t['class']}")
     if cfg.json:
-        _write_json({"command": "predict", "weights": paths,
-                     "predictions": [{k: v for k, v in r.items() if k != "probabilities"} for r in results]},
-                    cfg.json)
+        write_json(cfg.json, {"command": "predict", "weights": paths,
+                              "predictions": [{k: v for k, v in r.items() if k != "probabilities"} for r in results]})
     return results
 
 

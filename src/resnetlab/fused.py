@@ -79,8 +79,8 @@ def _ninja_on_path():
 
 def build_folder() -> str:
     """Where the extension for this source, PyTorch, Python and CPU is (or will be) built."""
-    from .data import default_cache_dir
-    return os.path.join(default_cache_dir(), "ext", f"resnetlab_fused_{_build_tag()}")
+    from .io import cache_dir
+    return os.path.join(cache_dir(), "ext", f"resnetlab_fused_{_build_tag()}")
 
 
 def built() -> bool:

@@ -28,10 +28,11 @@ import torch
 from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
-from .io import resolve_device
+from .datasets import NAMED_DATASETS as DATASETS, find_cifar, load_dataset
+from .io import cache_dir, resolve_device
 from .models import ModelConfig, create_model
+from .stream import Normalization
 
-DATASETS = ("synthetic", "cifar10", "cifar100")
 BUDGETS = ("smoke", "short", "paper")
 STUDIES = ("shortcuts",)
 
@@ -302,7 +303,6 @@ def _read_events(run_dir: str) -> list[dict]:
 
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
-    from .data import Normalization, load_dataset
     b = budget(cfg)
     ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"])["train"]
     n = min(cfg.analysis_images, len(ds))
@@ -547,9 +547,8 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
         if d.data_dir:
             data = "cifar10"
         else:
-            from .data import _find_cifar, default_cache_dir
             try:
-                _find_cifar("cifar10", default_cache_dir())
+                find_cifar("cifar10", cache_dir())
                 data = "cifar10"
             except FileNotFoundError:
                 pass

@@ -7,7 +7,7 @@ The run folder ``--out`` receives ``config.json``, ``metrics.jsonl``/``metrics.c
 ``checkpoint_every`` steps and at the end), ``best.pt`` (best validation error), ``step_<N>.pt`` (for
 ``save_at``) and, last of all, ``final.json``.
 
-Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.data.TrainStream`), the learning
+Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.stream.TrainStream`), the learning
 rate a pure function of the step (:class:`resnetlab.schedule.Schedule`), and a checkpoint holds everything
 else that evolves (weights, BN statistics, momentum buffers, warm-up state, the running log sums, every RNG),
 so a CPU run killed at any moment and resumed from its last checkpoint ends with the same weights, bit for
@@ -41,9 +41,11 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import fused
 from .config import Ints, parse, to_dict
-from .data import Normalization, TrainStream, load_dataset
+from .datasets import load_dataset
+from .evaluate import evaluate
 from .io import PRECISIONS, read_json, write_json
 from .models import ModelConfig, count_parameters, create_model, model_config
+from .stream import Normalization, TrainStream
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
 
@@ -381,30 +383,6 @@ class MetricsLog:
             self.tb.flush()
 
 
-@torch.no_grad()
-def evaluate_arrays(model: nn.Module, data, normalization, *, device, batch_size: int = 1000,
-                    bf16: bool = False, channels_last: bool = False) -> dict:
-    """Loss, top-1 and top-5 error of ``model`` on an ArrayDataset, in large batches; one host sync."""
-    from .data import eval_batches
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=device, dtype=torch.float64)
-    wrong1 = torch.zeros((), device=device, dtype=torch.int64)
-    wrong5 = torch.zeros((), device=device, dtype=torch.int64)
-    for x, y in eval_batches(data, batch_size, device=device, normalization=normalization,
-                             channels_last=channels_last):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        logits = logits.float()
-        loss += F.cross_entropy(logits, y, reduction="sum").double()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        wrong1 += (top[:, 0] != y).sum()
-        wrong5 += (~(top == y[:, None]).any(1)).sum()
-    model.train(was_training)
-    n = len(data)
-    return {"loss": loss.item() / n, "error": wrong1.item() / n, "top5_error": wrong5.item() / n}
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
@@ -654,10 +632,10 @@ def train(config: TrainConfig) -> dict:
             results = {}
             for split in ("val", "test"):
                 if split in data:
-                    r = evaluate_arrays(model if dist.world_size > 1 else net, data[split], normalization,
-                                        device=device, batch_size=cfg.eval_batch_size, bf16=bf16,
-                                        channels_last=channels_last)
-                    results[split] = r
+                    r = evaluate(model if dist.world_size > 1 else net, data[split], normalization, device=device,
+                                 batch_size=cfg.eval_batch_size, precision="bf16" if bf16 else "fp32",
+                                 channels_last=channels_last)
+                    results[split] = r = {k: r[k] for k in ("loss", "error", "top5_error")}
                     log.write({"step": done, "kind": "eval", "split": split, **r})
             say("eval " + ", ".join(f"{s} err {r['error']:.2%}" for s, r in results.items()))
             if "val" in results and results["val"]["error"] < best_val:

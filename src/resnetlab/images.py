@@ -1,0 +1,138 @@
+"""Image files decoded with Pillow: RGB conversion, the centre crop, and image-folder trees.
+
+:func:`to_rgb` and :func:`center_crop` are the one place where a file's pixels become a network's input
+pixels, for the image-folder datasets (:class:`ImageFolder`) and for ``resnetlab predict`` alike.
+:func:`folder_batches` decodes a folder in order, in DataLoader workers, reporting unreadable files.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB: grey, palette, CMYK and 16-bit images converted, transparent pixels
+    composited onto white (the same pixels for training, evaluation and ``resnetlab predict``)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if im.mode.startswith("I;16") or (im.mode == "I" and arr.max() > 255):
+            arr = arr / 257.0  # 16-bit range -> 8-bit range
+        elif im.mode == "F" and arr.max() <= 1.0:
+            arr = arr * 255.0
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def center_crop(im: Image.Image, size: int, resize: int) -> Image.Image:
+    """``im`` with its shorter side resized to ``resize`` and the centre ``size x size`` kept.
+
+    Done as one bilinear resampling of the box of the original image that maps onto that centre square,
+    so the image is resampled once, not resized and then cropped.
+    """
+    w, h = im.size
+    side = size * min(w, h) / resize
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return im.resize((size, size), _BILINEAR, box=box)
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """An RGB Pillow image as uint8 ``(3, H, W)``."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images in ``root/<class>/<file>``; classes are the sorted sub-folder names (or ``classes``).
+
+    Items are ``(uint8 (3, S, S), label)``: the shorter side resized to ``resize`` (default
+    ``S * 256 / 224``, the usual single-crop evaluation) and the centre ``S x S`` kept (:func:`center_crop`).
+    Grey, palette, CMYK and RGBA images become RGB (:func:`to_rgb`). An unreadable or truncated file raises
+    ``ValueError`` naming it (``on_bad_image="error"``) or, with ``"skip"``, gives the item ``(None, path)``
+    that :func:`folder_batches` leaves out and reports.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, image_size: int = 224,
+                 resize: int | None = None, on_bad_image: str = "error"):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image folder {root} not found")
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if classes is None:
+            classes = found
+        else:
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                raise ValueError(f"{root}: class folder(s) {', '.join(extra[:5])} are not among the "
+                                 f"{len(classes)} training classes")
+        if not classes:
+            raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
+        self.root, self.classes = root, list(classes)
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = os.path.join(root, name)
+            if not os.path.isdir(folder):
+                continue
+            for dirpath, _, files in sorted(os.walk(folder)):
+                for f in sorted(files):
+                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, f), label))
+        if not self.samples:
+            raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+        self.image_size, self.on_bad_image = int(image_size), on_bad_image
+        self.resize = int(resize) if resize else int(round(image_size * 256 / 224))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image ``index`` transformed: uint8 ``(3, S, S)`` (raises ``ValueError`` with the path if broken)."""
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                img.load()   # decode now: a truncated file fails here, with its path known
+                img = to_rgb(img)
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
+            raise ValueError(f"unreadable image {path}: {type(e).__name__}: {e}") from None
+        return to_tensor(center_crop(img, self.image_size, self.resize))
+
+    def __getitem__(self, index: int):
+        try:
+            return self.load(index), self.samples[index][1]
+        except ValueError:
+            if self.on_bad_image == "error":
+                raise
+            return None, self.samples[index][0]
+
+
+def _collate(items):
+    """(x uint8 (b, 3, S, S) or None, y int64 (b,), paths of the skipped images)."""
+    good = [(x, y) for x, y in items if x is not None]
+    skipped = [path for x, path in items if x is None]
+    if not good:
+        return None, torch.zeros(0, dtype=torch.int64), skipped
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.int64), skipped
+
+
+def folder_batches(folder: ImageFolder, batch_size: int, *, num_workers: int = 0,
+                   pin_memory: bool = False) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, list[str]]]:
+    """The images of ``folder`` in order, decoded in ``num_workers`` DataLoader workers: per batch
+    ``(x, y, skipped)``, ``x`` uint8 ``(b, 3, S, S)`` (``None`` if every image of the batch was skipped),
+    ``y`` int64 ``(b,)`` and the paths of the unreadable images left out (``on_bad_image="skip"``)."""
+    yield from torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                           collate_fn=_collate, pin_memory=pin_memory)
