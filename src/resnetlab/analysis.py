@@ -42,6 +42,8 @@ from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
 from .config import add_arguments, opt, parse_config
+from .models import create_model, get_spec
+from .weights import model_from_checkpoint
 
 ANALYSES = ("paths", "gradients", "responses")
 DATASETS = ("synthetic", "cifar10", "cifar100")
@@ -469,9 +471,6 @@ def load_model(source: str, model: str | None = None, seed: int = 0, **options):
     ``options``). With a checkpoint, ``model`` (``--model``) names the architecture it must fit: a
     checkpoint of another architecture is an error; ``options`` then override the checkpoint's own.
     """
-    from .checkpoint import load_checkpoint
-    from .models import create_model, get_spec
-    from .weights import load_state_dict_strict
     options = {k: v for k, v in options.items() if v is not None}
     if not _looks_like_path(source):
         if model is not None:
@@ -482,22 +481,14 @@ def load_model(source: str, model: str | None = None, seed: int = 0, **options):
         if not os.path.isfile(os.path.join(source, "last.pt")):
             raise FileNotFoundError(f"{source} is a folder without a last.pt checkpoint")
         source = os.path.join(source, "last.pt")
-    ckpt = load_checkpoint(source)
-    config = dict(ckpt.get("model_config") or {})
-    if model is None:
-        if options:
-            raise ValueError(f"model options ({', '.join('--' + k.replace('_', '-') for k in options)}) apply to "
-                             f"fresh models; {source} already records its architecture (add --model NAME to "
-                             f"load it into another configuration)")
-        net = create_model(**config)
-    else:
-        wanted = get_spec(model).name
-        saved = config.pop("name", "?")
-        config.update(options)
-        if saved != wanted:
-            raise ValueError(f"checkpoint {source} holds a {saved}, not the {wanted} given with --model")
-        net = create_model(wanted, **config)
-    load_state_dict_strict(net, ckpt["model"], source=source)
+    if model is None and options:
+        raise ValueError(f"model options ({', '.join('--' + k.replace('_', '-') for k in options)}) apply to "
+                         f"fresh models; {source} already records its architecture (add --model NAME to "
+                         f"load it into another configuration)")
+    net, ckpt = model_from_checkpoint(source, **options)  # the recorded architecture, options overriding
+    if model is not None and net.spec.name != get_spec(model).name:
+        raise ValueError(f"checkpoint {source} holds a {net.spec.name}, not the {get_spec(model).name} given "
+                         f"with --model")
     return net, ckpt
 
 

@@ -45,6 +45,7 @@ from torch.func import functional_call
 from .analysis import (DATASETS, Progress, model_options, load_data, load_model, pyplot, resolve_device,
                        save_figure, seeded_subset, write_json)
 from .config import add_arguments, opt, parse_config, to_dict
+from .io import atomic_save
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
@@ -120,7 +121,6 @@ def random_directions(model: nn.Module, seed: int, n: int = 2,
 def save_directions(directions: list[dict[str, torch.Tensor]], path: str, seed: int | None = None,
                     meta: dict | None = None) -> None:
     """Save directions (a list of ``{parameter name: tensor}``) atomically, with their seed and ``meta``."""
-    from .checkpoint import atomic_save
     atomic_save({"format": DIRECTIONS_FORMAT, "seed": seed, "meta": json.dumps(meta or {}),
                  "directions": [{k: v.detach().cpu() for k, v in d.items()} for d in directions]}, path)
 

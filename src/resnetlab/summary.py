@@ -314,7 +314,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     an error. Raises ``ValueError`` for an input that is too small (naming the layer where it fails and
     the smallest size that works) or has the wrong number of channels.
     """
-    from .checkpoint import unwrap
+    from .weights import unwrap
     model = unwrap(model)
     label = describe(model)
     h, w = _size(image_size, model)
@@ -572,7 +572,7 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
 
     Both run on the same input size: ``image_size``, or model A's default.
     """
-    from .checkpoint import unwrap
+    from .weights import unwrap
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     size = _size(image_size, model_a)
     sa, sb = summarize(model_a, size), summarize(model_b, size)

@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt_io
 from . import fused
 from .config import add_arguments, opt, parse_config, to_dict
+from .io import atomic_save
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
+from .weights import load_checkpoint, make_checkpoint
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RESUMABLE = "last.pt"
@@ -465,7 +466,7 @@ def train(config: TrainConfig) -> dict:
     seen = 0                                    # steps in loss_sum
     log = MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard and main)
     if cfg.resume and os.path.exists(last_path):
-        ck = ckpt_io.load_checkpoint(last_path, map_location="cpu")
+        ck = load_checkpoint(last_path, map_location="cpu")
         _check_resumable(ck, model_config(model), cfg, last_path)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -501,7 +502,7 @@ def train(config: TrainConfig) -> dict:
         net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
     def checkpoint(step: int) -> dict:
-        return ckpt_io.make_checkpoint(
+        return make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
             data={"name": cfg.data, "image_size": int(train_set.x.shape[-1])}, step=step, config=to_dict(cfg),
             optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
@@ -600,16 +601,16 @@ def train(config: TrainConfig) -> dict:
             if "val" in results and results["val"]["error"] < best_val:
                 best_val = results["val"]["error"]
                 check_finite(done, results["val"]["loss"], "validation loss")
-                ckpt_io.atomic_save(checkpoint(done), os.path.join(out, "best.pt"))
+                atomic_save(checkpoint(done), os.path.join(out, "best.pt"))
 
         if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
             pending = loss_sum.item() / seen if seen else 0.0
             check_finite(done, pending, f"mean training loss since step {done - seen}")
             state = checkpoint(done)
             if done in cfg.save_at:
-                ckpt_io.atomic_save(state, os.path.join(out, f"step_{done}.pt"))
+                atomic_save(state, os.path.join(out, f"step_{done}.pt"))
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                ckpt_io.atomic_save(state, last_path)
+                atomic_save(state, last_path)
         t_log += time.perf_counter() - t_pause
 
     # 6. Final metrics, written last: final.json means "finished".
