@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab import cli, create_model
-from resnetlab.checkpoint import atomic_save, make_checkpoint
+from resnetlab.io import atomic_save
+from resnetlab.weights import make_checkpoint
 from resnetlab.data import ArrayDataset, ImageFolder, Normalization, load_dataset
 from resnetlab.evaluate import evaluate, load_for_eval, load_image, predict
 

@@ -63,7 +63,7 @@ def test_twins_share_initial_weights(tiny_study):
 def test_init_model_is_where_training_started(tmp_path):
     # With log_every=1 the first logged training loss is the loss of batch 0 under the initial weights
     # (train mode): the study's init model must reproduce it.
-    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.weights import load_checkpoint
     from resnetlab.data import Normalization, TrainStream, load_dataset
     from resnetlab.train import TrainConfig, train
     run_dir = str(tmp_path / "run")
