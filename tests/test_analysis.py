@@ -9,7 +9,8 @@ from torch import nn
 
 from resnetlab import BasicBlock, create_model
 from resnetlab import analysis as A
-from resnetlab.checkpoint import atomic_save, make_checkpoint
+from resnetlab.io import atomic_save
+from resnetlab.weights import make_checkpoint
 from resnetlab.cli import main as cli_main
 
 

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab import cli, create_model
-from resnetlab.checkpoint import atomic_save, make_checkpoint
 from resnetlab.datasets import ArrayDataset, load_dataset
+from resnetlab.io import atomic_save
+from resnetlab.weights import make_checkpoint
 from resnetlab.evaluate import evaluate, load_for_eval, load_image, predict
 from resnetlab.images import ImageFolder
 from resnetlab.stream import Normalization

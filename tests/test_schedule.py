@@ -109,13 +109,3 @@ def test_no_weight_decay_on_norm_and_bias_by_rank():
     assert len(everything["params"]) == len(list(model.parameters()))
     assert not math.isnan(everything["weight_decay"])
 
-
-def test_precision_resolution():
-    from resnetlab.train import cpu_has_amx, cpu_has_avx512, resolve_precision
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu, None) == (False, False)
-    assert resolve_precision("bf16", cpu, None) == (True, True)
-    assert resolve_precision("bf16", cpu, False) == (True, False)
-    assert resolve_precision("auto", cpu, None) == (cpu_has_amx(), cpu_has_amx() or cpu_has_avx512())
-    with pytest.raises(ValueError, match="unknown precision"):
-        resolve_precision("fp8", cpu, None)

@@ -64,9 +64,9 @@ def test_twins_share_initial_weights(tiny_study):
 def test_init_model_is_where_training_started(tmp_path):
     # With log_every=1 the first logged training loss is the loss of batch 0 under the initial weights
     # (train mode): the study's init model must reproduce it.
-    from resnetlab.checkpoint import load_checkpoint
     from resnetlab.datasets import load_dataset
     from resnetlab.stream import Normalization, TrainStream
+    from resnetlab.weights import load_checkpoint
     from resnetlab.train import TrainConfig, train
     run_dir = str(tmp_path / "run")
     train(TrainConfig(model="resnet8", shortcut="A", width=4, seed=3, data="synthetic", out=run_dir, iterations=1,

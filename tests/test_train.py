@@ -15,9 +15,10 @@ import pytest
 
 from resnetlab.models import ModelConfig
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from resnetlab.checkpoint import load_checkpoint
-from resnetlab.train import TrainConfig, TrainingDiverged, main_train, train
+from resnetlab.weights import load_checkpoint
+from resnetlab.train import TrainConfig, TrainingDiverged, main_train, resolve_precision, train
 
 TINY = dict(model=ModelConfig("resnet8", width=4), data="synthetic", batch_size=32, precision="fp32", threads=1, quiet=True)
 TINY_FLAGS = ["--model", "resnet8", "--width", "4", "--data", "synthetic", "--batch-size", "32",
@@ -221,3 +222,68 @@ def test_fused_channels_last_path_resumes_bit_identically(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     ta = [(e["step"], e["loss"]) for e in events(ref) if e["kind"] == "train"]
     assert ta == [(e["step"], e["loss"]) for e in events(cut) if e["kind"] == "train"]
+
+
+# ------------------------------------------------------------------ precision: what the hardware gets
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU feature flags as the Linux kernel reports them, read without asking PyTorch."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _auto_bf16_expected() -> bool:
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags to check the CPU's features against")
+    return "amx_tile" in flags
+
+
+class _ConvolutionDtypes(TorchDispatchMode):
+    """Watches the ATen calls below autocast: the dtype every convolution (forward and backward) ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+            self.seen.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def test_precision_resolution_on_this_cpu():
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags to check the CPU's features against")
+    # bf16 pays only with AMX tiles; channels_last wherever oneDNN has AVX-512 (the subsets PyTorch requires)
+    amx = "amx_tile" in flags
+    avx512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, None) == (amx, amx or avx512)
+    assert resolve_precision("auto", cpu, False) == (amx, False)
+    assert resolve_precision("fp32", cpu, None) == (False, False)
+    assert resolve_precision("bf16", cpu, None) == (True, True)
+    assert resolve_precision("bf16", cpu, False) == (True, False)
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp8", cpu, None)
+
+
+# bf16 convolutions without AMX run emulated: the run, with its final evaluation, takes seconds
+@pytest.mark.parametrize("precision", [pytest.param("bf16", marks=pytest.mark.slow), "auto"])
+def test_precision_decides_what_the_training_convolutions_run_in(tmp_path, precision):
+    """bf16 means autocast really runs the convolutions of a step in bf16; ``auto`` picks bf16 exactly on
+    the CPUs whose flags show AMX, and plain fp32 elsewhere (where the same watch then sees float32)."""
+    bf16 = True if precision == "bf16" else _auto_bf16_expected()
+    watch = _ConvolutionDtypes()
+    with watch:
+        train(TrainConfig(**{**TINY, "precision": precision}, out=str(tmp_path / "r"), iterations=2, log_every=1,
+                          eval_every=1000, fused_bn="off"))
+    assert watch.seen == {torch.bfloat16 if bf16 else torch.float32}

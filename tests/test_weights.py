@@ -1,14 +1,29 @@
-"""load_weights / save_weights: our checkpoints, safetensors, torchvision and akamaster layouts."""
+"""The weights module: our checkpoints, safetensors, torchvision and akamaster layouts, the one loader."""
+import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
 import resnetlab
 from resnetlab import create_model
-from resnetlab.checkpoint import atomic_save, make_checkpoint
-from resnetlab.weights import load_state_dict_strict, load_weights, read_weights, save_weights
+from resnetlab.io import atomic_save
+from resnetlab.weights import (load_checkpoint, load_state_dict_strict, load_weights, make_checkpoint,
+                               model_from_checkpoint, peek_checkpoint, read_weights, save_weights)
+
+# torchvision's own state_dict keys and shapes, in order (read from its model code): ../shared beside the repo
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "torchvision-resnet-keys.json"
+needs_golden = pytest.mark.skipif(not GOLDEN.is_file(), reason=f"{GOLDEN} is not there")
+TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def _golden(name):
+    """``[(key, shape), ...]`` of torchvision's ``name``, in state_dict order."""
+    with open(GOLDEN) as fh:
+        models = json.load(fh)["models"]
+    return [(key, tuple(shape)) for key, shape in models[name]]
 
 
 def _randomized(name, seed, **options):
@@ -69,6 +84,45 @@ def test_torchvision_pth_loads_bit_for_bit(tmp_path, name, seed):
         out = src.eval()(x)
         assert torch.isfinite(out).all()
         assert torch.equal(out, dst.eval()(x))
+
+
+def _architecture(name):
+    """``[(key, shape), ...]`` of our ``name``, built on the meta device: shapes without memory or init."""
+    with torch.device("meta"):
+        model = resnetlab.ResNet(resnetlab.get_spec(name), resnetlab.ModelOptions())
+    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+
+
+@needs_golden
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_imagenet_state_dict_has_torchvision_keys_and_shapes(name):
+    ours, theirs = _architecture(name), _golden(name)
+    assert len(ours) == len(theirs) and dict(ours) == dict(theirs)
+
+
+@needs_golden
+@pytest.mark.xfail(strict=True, reason="blocks.py registers each block's downsample before conv1; torchvision "
+                                       "registers it last, so parameters() and optimizer state run in another order")
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_imagenet_state_dict_is_in_torchvision_order(name):
+    assert [k for k, _ in _architecture(name)] == [k for k, _ in _golden(name)]
+
+
+@needs_golden
+@pytest.mark.parametrize("name,seed", [("resnet18", 21), ("resnet50", 22)])
+def test_a_pth_with_torchvision_keys_loads_strictly(tmp_path, name, seed):
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: torch.randint(1, 1000, shape, generator=g) if k.endswith("num_batches_tracked")
+          else torch.randn(shape, generator=g) for k, shape in _golden(name)}
+    torch.save(sd, tmp_path / f"{name}.pth")  # what torchvision's own files are: a plain state_dict
+    model = create_model(name, seed=seed)
+    assert load_weights(model, tmp_path / f"{name}.pth") == "plain state_dict"
+    own = model.state_dict()
+    assert own.keys() == sd.keys()
+    for k, v in sd.items():
+        assert own[k].dtype == v.dtype and torch.equal(own[k], v), k
+    with pytest.raises(ValueError, match=r"mis-shaped keys \(2\): fc\.weight: file \(1000, "):
+        load_weights(create_model(name, num_classes=10), tmp_path / f"{name}.pth")
 
 
 def test_old_torchvision_file_without_num_batches_tracked(tmp_path):
@@ -215,3 +269,93 @@ def test_load_state_dict_strict_still_public():
     load_state_dict_strict(model, create_model("resnet20", seed=1).state_dict())
     with pytest.raises(ValueError, match="missing keys"):
         load_state_dict_strict(model, {})
+
+
+# ------------------------------------------------------------------ the one loader: model_from_checkpoint
+
+def _checkpoint(tmp_path, model, name="ckpt.pt", **extra):
+    path = tmp_path / name
+    atomic_save(make_checkpoint(model, **extra), path)
+    return path
+
+
+def test_model_from_checkpoint_rebuilds_the_recorded_architecture(tmp_path):
+    src = _randomized("resnet20", 16, shortcut="C", width=8, num_classes=7)
+    path = _checkpoint(tmp_path, src, step=12, classes=list("abcdefg"))
+    model, ckpt = model_from_checkpoint(path)
+    assert (model.spec.name, model.shortcut, model.fc.out_features) == ("resnet20", "C", 7)
+    assert model.layer1[0].conv1.out_channels == 8
+    _assert_same(src, model)
+    assert ckpt["step"] == 12 and ckpt["classes"] == list("abcdefg") and ckpt["model_config"]["width"] == 8
+    assert peek_checkpoint(path)["step"] == 12 and load_checkpoint(path)["step"] == 12
+    # options override recorded fields: a class count that does not fit is refused, naming the record
+    with pytest.raises(ValueError, match=r"mis-shaped keys \(2\): fc\.weight") as err:
+        model_from_checkpoint(path, num_classes=10)
+    assert "trained as resnet20 with shortcut=C" in str(err.value)
+    with pytest.raises(ValueError, match="mis-shaped"):  # a name is built afresh: width 16, not the recorded 8
+        model_from_checkpoint(path, "resnet20", shortcut="C", num_classes=7)
+
+
+def test_model_from_checkpoint_with_a_name_or_a_module(tmp_path):
+    src = _randomized("resnet20", 17, num_classes=5)
+    path = _checkpoint(tmp_path, src)
+    # a name builds that architecture afresh; only the class count comes from the file
+    model, ckpt = model_from_checkpoint(path, "resnet20")
+    assert ckpt is not None and model.fc.out_features == 5
+    _assert_same(src, model)
+    # resnet32 has 2 more blocks per stage, 12 tensors each (num_batches_tracked included: it is our file)
+    with pytest.raises(ValueError, match=r"missing keys \(72\)") as err:
+        model_from_checkpoint(path, "resnet32")
+    assert "resnet32" in str(err.value) and "trained as resnet20" in str(err.value)
+    # a module is loaded into as it is, and returned
+    target = create_model("resnet20", num_classes=5, seed=18)
+    model, _ = model_from_checkpoint(path, target)
+    assert model is target
+    _assert_same(src, target)
+    with pytest.raises(ValueError, match="do not apply"):
+        model_from_checkpoint(path, target, shortcut="B")
+
+
+def test_model_from_checkpoint_of_other_files(tmp_path):
+    src = _randomized("resnet20", 19, shortcut="B")
+    save_weights(src, tmp_path / "w.safetensors")  # records its architecture in the metadata
+    model, ckpt = model_from_checkpoint(tmp_path / "w.safetensors")
+    assert ckpt is None and model.shortcut == "B"
+    _assert_same(src, model)
+    torch.save(_akamaster_layout(src, option_b=True), tmp_path / "r20.th")  # records none
+    with pytest.raises(ValueError, match="records no architecture.*--model NAME"):
+        model_from_checkpoint(tmp_path / "r20.th")
+    model, ckpt = model_from_checkpoint(tmp_path / "r20.th", "resnet20", shortcut="B")
+    assert ckpt is None
+    _assert_same(src, model, skip_counter=True)
+    for f in ("w.safetensors", "r20.th"):
+        assert peek_checkpoint(tmp_path / f) is None
+        with pytest.raises(ValueError, match=f"{f} is not a resnetlab checkpoint"):
+            load_checkpoint(tmp_path / f)
+    assert peek_checkpoint(tmp_path / "missing.pt") is None
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        model_from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_model_from_checkpoint_never_unpickles_objects(tmp_path):
+    marker = str(tmp_path / "code-ran")
+    torch.save({"format": "resnetlab-checkpoint", "model": {}, "extra": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt could not be read safely"):
+        model_from_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert peek_checkpoint(tmp_path / "evil.pt") is None
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.slow  # torch.compile imports TorchDynamo
+def test_make_checkpoint_unwraps_compiled_models(tmp_path):
+    src = _randomized("resnet8", 20, width=4)
+    compiled = torch.compile(src)  # compiles lazily, on the first call: nothing runs here
+    ckpt = make_checkpoint(compiled, step=1)
+    assert list(ckpt["model"]) == list(src.state_dict()) and ckpt["model_config"]["name"] == "resnet8"
+    path = _checkpoint(tmp_path, compiled)
+    model, _ = model_from_checkpoint(path)
+    _assert_same(src, model)
+    save_weights(compiled, tmp_path / "c.pth")
+    assert list(torch.load(tmp_path / "c.pth", weights_only=True)) == list(src.state_dict())

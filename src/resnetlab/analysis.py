@@ -41,14 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
-from .checkpoint import load_checkpoint
 from .config import Positional, given_model, name_given, parse
 from .datasets import NAMED_DATASETS as DATASETS, ArrayDataset, load_dataset
 from .io import format_table as io_format_table
 from .models import ModelConfig, create_model
 from .plots import plot_results
 from .stream import Normalization, eval_batches
-from .weights import load_state_dict_strict
+from .weights import load_checkpoint, load_state_dict_strict
 
 ANALYSES = ("paths", "gradients", "responses")
 

@@ -36,14 +36,14 @@ from torch import nn
 
 from . import config as configlib
 from . import datasets as datalib
-from .checkpoint import FORMAT, unwrap
 from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
 from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
 from .io import PRECISIONS, resolve_device, write_json
 from .io import progress as progress_bar
-from .models import ModelConfig, create_model
+from .models import ModelConfig
 from .stream import Normalization, eval_input, raw_batches
+from .weights import model_from_checkpoint, unwrap
 
 SPLITS = ("test", "val", "train")
 
@@ -70,38 +70,6 @@ class LoadedModel:
         return _num_outputs(self.model)
 
 
-def _peek(path: str) -> tuple[dict | None, str | None]:
-    """``(checkpoint, None)`` if ``path`` is one of ours; ``(None, why not readable)`` or ``(None, None)``
-    for other files (foreign weights are left to :func:`resnetlab.load_weights`)."""
-    if path.lower().endswith(".safetensors"):
-        return None, None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a pickle, or one holding objects that weights_only refuses
-        text = str(e)
-        if "WeightsUnpickler error:" in text:  # keep PyTorch's reason, drop its boilerplate
-            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        return None, (lines[0] if lines else type(e).__name__)
-    return (obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None), None
-
-
-def _peek_ours(path: str) -> dict | None:
-    return _peek(path)[0]
-
-
-def _safetensors_model_config(path: str) -> dict:
-    """The ``model_config`` metadata of a safetensors file saved by resnetlab, else ``{}``."""
-    try:
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as fh:
-            meta = fh.metadata() or {}
-        config = json.loads(meta.get("model_config", "{}"))
-        return config if isinstance(config, dict) else {}
-    except Exception:  # not a safetensors file, or no usable metadata
-        return {}
-
-
 def _describe(model: nn.Module) -> str:
     m = unwrap(model)
     if hasattr(m, "spec"):
@@ -120,29 +88,10 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     ``normalization`` overrides the checkpoint's own preprocessing (with a warning when it has one).
     The model is returned on the CPU in eval mode.
     """
-    from .models import create_model
-    from .weights import load_state_dict_strict
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt, unreadable = _peek(path)
-    def build(config, default_classes: int | None) -> nn.Module:
-        classes = num_classes if num_classes is not None else default_classes
-        return create_model(config, **({"num_classes": classes} if classes is not None else {}))
-
+    net, ckpt = model_from_checkpoint(path, model, **({"num_classes": num_classes}
+                                                       if num_classes is not None and model is not None else {}))
     if ckpt is not None:
-        recorded = ckpt.get("model_config") or {}
-        if model is None:
-            net = create_model(**recorded)
-        elif isinstance(model, (str, ModelConfig)):
-            net = build(model, recorded.get("num_classes"))
-        else:
-            net = model
-        try:
-            load_state_dict_strict(unwrap(net), ckpt["model"], source=path)
-        except ValueError as e:
-            raise ValueError(f"{e}\n  (the checkpoint was trained as {_config_text(recorded)})") from None
         norm = ckpt.get("normalization")
         norm = Normalization.from_state_dict(norm) if norm is not None else None
         if normalization is not None:
@@ -154,20 +103,6 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
         data_info = ckpt.get("data") or {}
         meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     else:
-        recorded = _safetensors_model_config(path) if model is None else {}
-        if recorded.get("name"):  # a safetensors file written by resnetlab.weights.save_weights
-            model = create_model(**recorded)
-        if model is None and unreadable:
-            raise ValueError(f"{path} could not be read safely with torch.load(weights_only=True): "
-                             f"{unreadable}")
-        if model is None:
-            raise ValueError(f"{path} is not a resnetlab checkpoint; for weights from another project "
-                             f"(torchvision .pth, akamaster .th, .safetensors) give the architecture "
-                             f"(--model NAME [--shortcut A|B|C|none]) and the preprocessing "
-                             f"(--mean R,G,B --std R,G,B or --pixel-mean)")
-        net = build(model, None) if isinstance(model, (str, ModelConfig)) else model
-        from . import load_weights
-        load_weights(unwrap(net), path)
         norm, classes, data_info, meta = normalization, None, {}, None
 
     inner = unwrap(net)
@@ -178,13 +113,6 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
                        image_size=image_size, family=family, path=path, description=_describe(net),
                        checkpoint=meta)
-
-
-def _config_text(model_config: dict) -> str:
-    if not model_config:
-        return "an unrecorded architecture"
-    rest = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "name")
-    return f"{model_config.get('name')}" + (f" with {rest}" if rest else "")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -705,7 +633,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if override is not None and cfg.pixel_mean:
         raise ValueError("give either --mean/--std or --pixel-mean, not both")
     device = resolve_device(cfg.device)
-    first_ckpt = _peek_ours(paths[0])
+    first_ckpt = peek_checkpoint(paths[0])
     cfg = _resolve_data(cfg, first_ckpt)
 
     # The checkpoints first (fast, and most mistakes are there), then the data.

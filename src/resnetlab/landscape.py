@@ -44,6 +44,7 @@ from torch.func import functional_call
 
 from .analysis import DATASETS, Progress, load_data, load_model, resolve_device, seeded_subset, write_json
 from .config import Positional, given_model, name_given, parse, to_dict
+from .io import atomic_save
 from .models import ModelConfig
 from .plots import plot_1d, plot_2d
 
@@ -121,7 +122,6 @@ def random_directions(model: nn.Module, seed: int, n: int = 2,
 def save_directions(directions: list[dict[str, torch.Tensor]], path: str, seed: int | None = None,
                     meta: dict | None = None) -> None:
     """Save directions (a list of ``{parameter name: tensor}``) atomically, with their seed and ``meta``."""
-    from .checkpoint import atomic_save
     atomic_save({"format": DIRECTIONS_FORMAT, "seed": seed, "meta": json.dumps(meta or {}),
                  "directions": [{k: v.detach().cpu() for k, v in d.items()} for d in directions]}, path)
 

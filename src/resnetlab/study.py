@@ -32,6 +32,7 @@ from .datasets import NAMED_DATASETS as DATASETS, find_cifar, load_dataset
 from .io import cache_dir, resolve_device
 from .models import ModelConfig, create_model
 from .stream import Normalization
+from .weights import load_checkpoint, model_from_checkpoint
 
 BUDGETS = ("smoke", "short", "paper")
 STUDIES = ("shortcuts",)
@@ -325,7 +326,6 @@ def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor
     """Layer responses, path and projection stats on the final checkpoint; block gradient norms at the
     initialisation (the fresh model with the run's seed) and at every saved step of ``grad_steps``."""
     from . import analysis
-    from .checkpoint import model_from_checkpoint
     final_model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
     final_steps = int(ckpt.get("step", budget(cfg)["iterations"]))
     final_model.to(device)
@@ -366,7 +366,6 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
                 analysis = cached["analysis"]
         if analysis is None:
             if batch is None:
-                from .checkpoint import load_checkpoint
                 norm = load_checkpoint(os.path.join(run.dir, "last.pt")).get("normalization")
                 batch = analysis_batch(cfg, norm)
             _log(f"measuring {run.name}")
@@ -385,7 +384,6 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
 def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | None:
     """Loss landscapes of the deepest plain net and its residual twin (repeat 0)."""
     from . import landscape
-    from .checkpoint import load_checkpoint, model_from_checkpoint
     done = {(r.depth, r.option): r for r in runs if r.repeat == 0 and run_state(r) == "done"}
     pairs = [d for d in sorted({d for d, _ in done}, reverse=True)
              if (d, "none") in done and any((d, o) in done for o in ("A", "B", "C"))]

@@ -33,12 +33,12 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checkpoint import unwrap
 from .io import format_table
 from .models import model_config
 
 from .config import Positional, from_strings, parse
 from .models import ModelConfig, ResNet
+from .weights import unwrap
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity)

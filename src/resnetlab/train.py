@@ -38,16 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt_io
 from . import fused
 from .config import Ints, parse, to_dict
 from .datasets import load_dataset
 from .evaluate import evaluate
-from .io import PRECISIONS, read_json, write_json
+from .io import PRECISIONS, atomic_save, read_json, write_json
 from .models import ModelConfig, count_parameters, create_model, model_config
 from .stream import Normalization, TrainStream
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
+from .weights import load_checkpoint, make_checkpoint
 
 RESUMABLE = "last.pt"
 
@@ -509,7 +509,7 @@ def train(config: TrainConfig) -> dict:
     seen = 0                                    # steps in loss_sum
     log = MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard and main)
     if cfg.resume and os.path.exists(last_path):
-        ck = ckpt_io.load_checkpoint(last_path, map_location="cpu")
+        ck = load_checkpoint(last_path, map_location="cpu")
         _check_resumable(ck, model_config(model), cfg, last_path)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -550,7 +550,7 @@ def train(config: TrainConfig) -> dict:
                 "no checkpoint was written"
             raise TrainingDiverged(f"training diverged by step {step}: non-finite {', '.join(bad[:5])}"
                                    f"{' ...' if len(bad) > 5 else ''}; {where}. Lower --lr or use a warm-up.")
-        state = ckpt_io.make_checkpoint(
+        state = make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
             data={"name": cfg.data, "image_size": int(train_set.x.shape[-1])}, step=step, config=to_dict(cfg),
             optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
@@ -559,7 +559,7 @@ def train(config: TrainConfig) -> dict:
             elapsed=elapsed + time.perf_counter() - t0, best_val_error=None if best_val == math.inf else best_val,
             versions=versions())
         for path in paths:
-            ckpt_io.atomic_save(state, path)
+            atomic_save(state, path)
 
     def check_loss(step: int, value: float, what: str) -> None:
         if not math.isfinite(value):

@@ -1,16 +1,31 @@
-"""Loading weights from our checkpoints and from other projects' files, never silently partially.
+"""Weights: our checkpoint format, other projects' weight files, strict loading, saving, one model loader.
 
-:func:`load_weights` reads four kinds of file and loads them with ``strict=True`` semantics:
+**Our checkpoints** are dicts saved with ``torch.save`` that hold only tensors, numbers, strings, lists,
+dicts and ``None``, so ``torch.load(weights_only=True)`` reads them (:func:`make_checkpoint`,
+:func:`load_checkpoint`)::
 
-* our checkpoints (``{"format": "resnetlab-checkpoint", "model": state_dict, ...}``),
+    {"format": "resnetlab-checkpoint", "version": 1,
+     "model_config": {"name": "resnet20", "shortcut": "A", ...},   # create_model(**model_config)
+     "model": state_dict,                                          # unwrapped, uncompiled
+     "normalization": {...} | None,                                # how inputs were preprocessed
+     "classes": [...] | None,
+     ... anything else the writer adds (optimizer, step, RNG states, config, versions, metrics)}
+
+**Weight files** that :func:`load_weights` reads, always with ``strict=True`` semantics:
+
+* our checkpoints (the ``model`` entry),
 * safetensors files (``.safetensors``, or any file that starts like one),
 * torchvision ``.pth`` files: a plain state_dict (``conv1.weight``, ``layer1.0.downsample.0.weight``,
   ``fc.weight``, ...), the parameter names our ImageNet models use,
 * akamaster/pytorch_resnet_cifar10 checkpoints: ``{"state_dict": {"module.conv1.weight", ...,
   "module.linear.weight"}, "best_prec1": ...}``, without ``num_batches_tracked`` buffers.
 
+:func:`model_from_checkpoint` is the one way to get a model back from a file: it rebuilds the architecture
+the file records (or the one it is given) and loads the weights strictly. :func:`save_weights` writes a
+plain state_dict (``.pt``/``.pth``) or a safetensors file that records its architecture.
+
 Pickled files are read with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers
-only, never arbitrary objects (a pickle can run code when it is loaded).
+only, never arbitrary objects (a pickle can run code when it is loaded). Every file is written atomically.
 """
 from __future__ import annotations
 
@@ -18,10 +33,18 @@ import json
 import os
 import re
 import struct
-import tempfile
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .io import atomic_path, atomic_save
+from .models import ModelConfig, create_model, model_config
+
+FORMAT = "resnetlab-checkpoint"
+VERSION = 1
+WEIGHTS_FORMAT = "resnetlab-weights"  # the metadata tag of the safetensors files save_weights writes
 
 # Key renames from other projects' layouts to ours, applied only when the model expects the new name.
 _RENAMES = (
@@ -31,9 +54,92 @@ _RENAMES = (
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 
 
+# --------------------------------------------------------------------------------------------------------
+# Our checkpoint format
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def make_checkpoint(model: nn.Module, **extra) -> dict:
+    """A checkpoint dict for ``model`` (a :class:`resnetlab.models.ResNet`, possibly wrapped); ``extra``
+    entries (optimizer state, step, normalization, ...) are stored beside the weights."""
+    model = unwrap(model)
+    return {"format": FORMAT, "version": VERSION, "model_config": model_config(model),
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}, **extra}
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    # A safetensors file starts with the little-endian u64 length of a JSON header, then "{".
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= os.path.getsize(path) - 8
+
+
+def _is_safetensors(path: str) -> bool:
+    return path.lower().endswith(".safetensors") or _looks_like_safetensors(path)
+
+
+def _load_failure(error: Exception) -> str:
+    """The first line of why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _read_ours(path: str, map_location="cpu") -> tuple[dict | None, str | None]:
+    """``(checkpoint, None)`` for one of ours; ``(None, why it is unreadable)`` or ``(None, None)`` for
+    any other existing file (safetensors files are not unpickled at all)."""
+    if _is_safetensors(path):
+        return None, None
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # not a pickle, a truncated one, or one holding objects weights_only refuses
+        return None, _load_failure(e)
+    return (obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None), None
+
+
+def peek_checkpoint(path: str | os.PathLike) -> dict | None:
+    """Our checkpoint in ``path``, or ``None`` when it is another kind of file, unreadable or missing."""
+    path = os.fspath(path)
+    return _read_ours(path)[0] if os.path.isfile(path) else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read one of our checkpoints (``weights_only=True``); clear errors for missing or foreign files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt, unreadable = _read_ours(path, map_location)
+    if unreadable is not None:
+        raise ValueError(f"{path} is not a readable checkpoint (weights_only load failed: {unreadable})")
+    if ckpt is None:
+        raise ValueError(f"{path} is not a resnetlab checkpoint (no 'format: {FORMAT}' entry); "
+                         f"use resnetlab.load_weights(model, path) for other weight files")
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------------------
+# Weight files of any origin
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "state_dict") -> None:
     """``model.load_state_dict(strict=True)`` with an error that lists missing, unexpected and
-    mis-shaped keys (PyTorch stops at the first shape mismatch with a less readable message)."""
+    mis-shaped keys (PyTorch stops at the first shape mismatch with a less readable message).
+    On any mismatch nothing is loaded."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -51,16 +157,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "st
         model.load_state_dict(state_dict, strict=True)
 
 
-def _looks_like_safetensors(path: str) -> bool:
-    # A safetensors file starts with the little-endian u64 length of a JSON header, then "{".
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= os.path.getsize(path) - 8
-
-
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
     """``(state_dict, kind)`` as stored in ``path``, before any renaming.
 
@@ -73,9 +169,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.endswith(".safetensors") or _looks_like_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    if _is_safetensors(path):
         try:
             return load_file(path, device="cpu"), "safetensors"
         except (SafetensorError, OSError, ValueError) as e:
@@ -88,7 +182,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
                          f"failed: {first}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of named tensors")
-    if obj.get("format") == "resnetlab-checkpoint" and isinstance(obj.get("model"), dict):
+    if obj.get("format") == FORMAT and isinstance(obj.get("model"), dict):
         sd, kind = obj["model"], "resnetlab checkpoint"
     elif isinstance(obj.get("state_dict"), dict):
         sd, kind = obj["state_dict"], "state_dict wrapper"
@@ -139,7 +233,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> str:
     akamaster/pytorch_resnet_cifar10 checkpoints (see the module docstring). A file that does not match
     the model raises ``ValueError`` listing the missing, unexpected and mis-shaped keys; nothing is loaded.
     """
-    from .checkpoint import unwrap
     path = os.fspath(path)
     model = unwrap(model)
     sd, kind = read_weights(path)
@@ -150,7 +243,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> str:
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s state_dict: ``.safetensors`` (with the model config as metadata when known)
     or ``.pt``/``.pth`` (a plain ``torch.save(state_dict)``, as torchvision publishes). Atomic."""
-    from .checkpoint import atomic_save, unwrap
     path = os.fspath(path)
     model = unwrap(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -160,19 +252,87 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
         return
     if ext != ".safetensors":
         raise ValueError(f"{path}: unknown weights extension {ext!r} (use .safetensors, .pt or .pth)")
-    from safetensors.torch import save_file
-    metadata = {"format": "resnetlab-weights"}
+    metadata = {"format": WEIGHTS_FORMAT}
     if hasattr(model, "spec") and hasattr(model, "options"):
-        from .models import model_config
         metadata["model_config"] = json.dumps(model_config(model))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(sd, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def _safetensors_config(path: str) -> dict:
+    """The ``create_model`` config in the metadata of a safetensors file written by :func:`save_weights`;
+    ``{}`` for other safetensors files."""
+    try:
+        with safe_open(path, framework="pt") as fh:
+            config = json.loads((fh.metadata() or {}).get("model_config", "{}"))
+    except (SafetensorError, OSError, ValueError):  # unreadable, or metadata that is not JSON
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The one loader: a model back from a file
+
+
+def _config_text(config: dict) -> str:
+    if not config:
+        return "an unrecorded architecture"
+    rest = ", ".join(f"{k}={v}" for k, v in config.items() if k != "name")
+    return f"{config.get('name')}" + (f" with {rest}" if rest else "")
+
+
+def _build(model, recorded: dict, options: dict) -> nn.Module:
+    if model is None:
+        return create_model(**{**recorded, **options})
+    if isinstance(model, (str, ModelConfig)):
+        # Another architecture's weights must fail to load, not be silently reshaped, so only the class
+        # count (which a name does not imply) is taken from the file.
+        counts = {"num_classes": recorded["num_classes"]} if "num_classes" in recorded else {}
+        return create_model(model, **{**counts, **options})
+    if options:
+        raise ValueError(f"model options ({', '.join(sorted(options))}) build a model by name; "
+                         f"they do not apply to the {type(model).__name__} given")
+    return model
+
+
+def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn.Module | None = None, *,
+                          map_location="cpu", **options) -> tuple[nn.Module, dict | None]:
+    """``(model, checkpoint)``: the network stored in ``path``, its weights loaded strictly.
+
+    ``model`` chooses the network the weights go into:
+
+    * ``None``: the architecture the file records (our checkpoints' ``model_config``, or the metadata of a
+      safetensors file written by :func:`save_weights`), with ``options`` overriding recorded fields;
+    * a registered name or a :class:`~resnetlab.models.ModelConfig`: ``create_model(model, **options)``, with the recorded class count unless
+      ``num_classes`` is given; weights of another architecture then fail with the mismatched keys;
+    * an ``nn.Module``: loaded into as it is (``options`` must be empty).
+
+    ``checkpoint`` is our checkpoint dict (weights, normalization, classes, optimizer state, ...), or
+    ``None`` for other files (torchvision ``.pth``, akamaster ``.th``, safetensors), which go through
+    :func:`load_weights`. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file
+    that cannot be read safely, that records no architecture while ``model`` is ``None``, or whose
+    weights do not fit (every missing, unexpected and mis-shaped key listed; nothing half-loaded).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt, unreadable = _read_ours(path, map_location)
+    if ckpt is not None:
+        recorded = dict(ckpt.get("model_config") or {})
+        net = _build(model, recorded, options)
+        try:
+            load_state_dict_strict(unwrap(net), ckpt["model"], source=path)
+        except ValueError as e:
+            raise ValueError(f"{e}\n  (the checkpoint was trained as {_config_text(recorded)})") from None
+        return net, ckpt
+    recorded = _safetensors_config(path) if model is None and _is_safetensors(path) else {}
+    if model is None and not recorded.get("name"):
+        if unreadable is not None:
+            raise ValueError(f"{path} could not be read safely with torch.load(weights_only=True): "
+                             f"{unreadable}")
+        raise ValueError(f"{path} is not a resnetlab checkpoint and records no architecture; for weights "
+                         f"from another project (torchvision .pth, akamaster .th, .safetensors) name the "
+                         f"architecture to load them into (--model NAME [--shortcut A|B|C|none])")
+    net = _build(model, recorded, options)
+    load_weights(net, path)
+    return net, None
