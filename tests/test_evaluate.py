@@ -97,7 +97,7 @@ def test_training_reports_what_evaluate_measures_on_its_checkpoints(tmp_path):
     """The val/test errors train() logs are evaluate() of its checkpoints: one evaluator for both."""
     from resnetlab.train import TrainConfig, train
     out = tmp_path / "run"
-    final = train(TrainConfig(model="resnet8", width=4, data="synthetic", batch_size=32, precision="fp32",
+    final = train(TrainConfig(model=ModelConfig("resnet8", width=4), data="synthetic", batch_size=32, precision="fp32",
                               threads=1, quiet=True, out=str(out), iterations=20, log_every=10, eval_every=10,
                               checkpoint_every=10, val_split=500))
     sets = load_dataset("synthetic", val_split=500)

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from resnetlab import cli, report, study
+from resnetlab.models import ModelConfig
 from resnetlab.study import StudyConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # Tiny but real: 2 depths x (option B, plain), width 4, 12 iterations on the synthetic set.
 TINY = dict(depths=(8, 14), options=("B", "none"), data="synthetic", iterations=12, batch_size=16, val_split=100,
-            eval_every=6, log_every=3, checkpoint_every=6, width=4, grad_steps=(0, 6, 12), analysis_images=32,
+            eval_every=6, log_every=3, checkpoint_every=6, model=ModelConfig(width=4), grad_steps=(0, 6, 12), analysis_images=32,
             landscape=True, landscape_steps=3, device="cpu", precision="fp32", threads=1, quiet=True)
 
 
@@ -69,7 +70,7 @@ def test_init_model_is_where_training_started(tmp_path):
     from resnetlab.weights import load_checkpoint
     from resnetlab.train import TrainConfig, train
     run_dir = str(tmp_path / "run")
-    train(TrainConfig(model="resnet8", shortcut="A", width=4, seed=3, data="synthetic", out=run_dir, iterations=1,
+    train(TrainConfig(model=ModelConfig("resnet8", shortcut="A", width=4), seed=3, data="synthetic", out=run_dir, iterations=1,
                       batch_size=16, log_every=1, eval_every=1, device="cpu", precision="fp32", threads=1,
                       quiet=True))
     model = study.init_model(run_dir)
@@ -292,12 +293,14 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 def test_identity_mapping_variants_reach_the_model(tmp_path):
-    cfg = StudyConfig(out=str(tmp_path), depths=(8,), options=("A", "none"), preact=True, shortcut_scale=0.5)
+    cfg = StudyConfig(out=str(tmp_path), depths=(8,), options=("A", "none"),
+                      model=ModelConfig(preact=True, shortcut_scale=0.5))
     run = study.grid(cfg)[0]
     tcfg = study.train_config(cfg, run)
-    assert tcfg.preact is True and tcfg.shortcut_scale == 0.5 and tcfg.shortcut == "A"
+    assert tcfg.model.preact is True and tcfg.model.shortcut_scale == 0.5 and tcfg.model.shortcut == "A"
+    assert tcfg.model.name == "resnet8"
     from resnetlab import create_model
-    model = create_model(tcfg.model, shortcut=tcfg.shortcut, preact=tcfg.preact, shortcut_scale=tcfg.shortcut_scale)
+    model = create_model(tcfg.model)
     assert model.preact and all(b.add.scale == 0.5 for _, b in model.blocks())
 
 
