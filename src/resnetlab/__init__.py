@@ -1,5 +1,5 @@
 """resnetlab: residual networks and their shortcut connections, as the papers describe them."""
-from .blocks import (BasicBlock, Bottleneck, IdentityShortcut, PreActBasicBlock, PreActBottleneck,
+from .blocks import (BasicBlock, Bottleneck, IdentityShortcut, NoShortcut, PreActBasicBlock, PreActBottleneck,
                      ProjectionShortcut, ResidualAdd, ZeroPadShortcut)
 from .models import ModelOptions, ModelSpec, ResNet, count_parameters, create_model, get_spec, list_models
 
@@ -14,5 +14,5 @@ def load_weights(model, path, **kwargs):
 
 
 __all__ = ["BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "IdentityShortcut",
-           "ZeroPadShortcut", "ProjectionShortcut", "ResidualAdd", "ModelSpec", "ModelOptions", "ResNet",
+           "ZeroPadShortcut", "ProjectionShortcut", "NoShortcut", "ResidualAdd", "ModelSpec", "ModelOptions", "ResNet",
            "create_model", "list_models", "get_spec", "count_parameters", "load_weights", "__version__"]

@@ -490,7 +490,7 @@ def train(config: TrainConfig) -> dict:
         _write_json(os.path.join(out, "config.json"),
                     {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
                      "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
-                                 "fused_bn": bool(model.fused), "world_size": dist.world_size,
+                                 "fused_bn": fused.is_enabled(model), "world_size": dist.world_size,
                                  "threads": torch.get_num_threads() if device.type == "cpu" else None}})
 
     # 4. Wrappers: DDP across processes, torch.compile. Checkpoints always save the plain `model`.
@@ -525,7 +525,7 @@ def train(config: TrainConfig) -> dict:
     say(f"lr {cfg.lr} {cfg.schedule}" + (f" x{cfg.gamma} at {', '.join(map(str, cfg.milestones))}"
                                          if cfg.schedule == "step" else "")
         + f", warm-up {cfg.warmup}; {'bf16 autocast' if bf16 else 'fp32'}"
-        + f"{' + channels_last' if channels_last else ''}{' + fused BN' if model.fused else ''} on {device}"
+        + f"{' + channels_last' if channels_last else ''}{' + fused BN' if fused.is_enabled(model) else ''} on {device}"
         + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
         + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
 
