@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py [--models resnet20,resnet56,resnet110] [--device cpu|cuda]
                                           [--precision auto] [--steps 5] [--repeats 3] [--mode default]
+                                          [--eager-only]
 
 Each model is timed in four ways: train eager, train compiled, eval eager, eval compiled (eval: batch
 ``--eval-batch`` under ``torch.no_grad``). The step is the one ``resnetlab.train`` runs: autocast per
@@ -9,7 +10,8 @@ Each model is timed in four ways: train eager, train compiled, eval eager, eval 
 eager includes the fused batch-norm kernels where ``resnetlab train`` uses them (``--fused-bn auto``:
 fp32 channels_last on the CPU), compiled never does.
 Eager and compiled are interleaved ``--repeats`` times; medians, the compile (warm-up) time and the
-compiled/eager ratio are printed. Without CUDA, ``--device cuda`` is skipped with a message.
+compiled/eager ratio are printed. ``--eager-only`` skips the compiled runs (a quick check of the eager
+path, e.g. of the fused kernels). Without CUDA, ``--device cuda`` is skipped with a message.
 """
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--mode", default="default", help="torch.compile mode")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--fused-bn", default="auto", choices=("auto", "off"), help="as resnetlab train --fused-bn")
+    p.add_argument("--eager-only", action="store_true", help="skip the torch.compile runs")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -95,9 +98,10 @@ def main(argv=None) -> int:
           f"{' + fused BN (eager)' if use_fused_bn(args.fused_bn, device, bf16, cl, False) else ''}; "
           f"compile mode {args.mode}", flush=True)
     print(f"{'model':<10} {'what':<6} {'eager img/s':>12} {'compiled img/s':>15} {'ratio':>6} {'compile s':>10}")
+    variants = (False,) if args.eager_only else (False, True)
     for name in args.models.split(","):
         fns, warm = {}, {}
-        for compiled in (False, True):
+        for compiled in variants:
             t = time.perf_counter()
             tr, ev = make(name, device, bf16, cl, compiled, args.mode, args.batch, args.eval_batch, args.fused_bn)
             for _ in range(2):  # compile / autotune / first-call allocation
@@ -105,13 +109,17 @@ def main(argv=None) -> int:
                 ev()
             sync(device)
             fns[compiled], warm[compiled] = (tr, ev), time.perf_counter() - t
-        res = {(c, w): [] for c in (False, True) for w in ("train", "eval")}
+        res = {(c, w): [] for c in variants for w in ("train", "eval")}
         for _ in range(args.repeats):
-            for c in (False, True):
+            for c in variants:
                 res[(c, "train")].append(rate(fns[c][0], args.steps, args.batch, device))
                 res[(c, "eval")].append(rate(fns[c][1], max(1, args.steps // 2), args.eval_batch, device))
         for what in ("train", "eval"):
-            e, c = statistics.median(res[(False, what)]), statistics.median(res[(True, what)])
+            e = statistics.median(res[(False, what)])
+            if args.eager_only:
+                print(f"{name:<10} {what:<6} {e:12.1f} {'-':>15} {'-':>6} {'-':>10}", flush=True)
+                continue
+            c = statistics.median(res[(True, what)])
             print(f"{name:<10} {what:<6} {e:12.1f} {c:15.1f} {c / e:5.2f}x {warm[True] - warm[False]:10.1f}",
                   flush=True)
     return 0

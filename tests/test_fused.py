@@ -1,5 +1,6 @@
 """The fused batch norm + ReLU (+ add) CPU kernels: numerics against float64, determinism, dispatch."""
 import copy
+import pickle
 import shutil
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab import fused
-from resnetlab.models import create_model
+from resnetlab.blocks import BLOCKS, BasicBlock, PreActBottleneck
+from resnetlab.models import ResNet, create_model
 from resnetlab.train import use_fused_bn
 
 if shutil.which("c++") is None and shutil.which("g++") is None:
@@ -36,6 +38,7 @@ def reference(x, w, b, s):
 
 @pytest.mark.parametrize("channels,size,with_shortcut", [(16, 32, False), (16, 32, True), (64, 8, True),
                                                          (24, 5, False)])
+@pytest.mark.slow  # builds the extension on first use
 def test_values_and_gradients_match_float64(ext, channels, size, with_shortcut):
     g = torch.Generator().manual_seed(channels + size)
     # a mean far from zero: the statistics must not lose it to cancellation
@@ -69,6 +72,7 @@ def test_values_and_gradients_match_float64(ext, channels, size, with_shortcut):
     assert int(bn.num_batches_tracked) == 1
 
 
+@pytest.mark.slow  # builds the extension on first use
 def test_cumulative_average_when_momentum_is_none(ext):
     x = cl(torch.randn(8, 16, 4, 4, generator=torch.Generator().manual_seed(0)))
     bn, ref_bn = torch.nn.BatchNorm2d(16, momentum=None), torch.nn.BatchNorm2d(16, momentum=None)
@@ -80,6 +84,7 @@ def test_cumulative_average_when_momentum_is_none(ext):
     assert int(bn.num_batches_tracked) == 3
 
 
+@pytest.mark.slow  # builds the extension on first use
 def test_same_bits_for_any_thread_count(ext):
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(0)
@@ -103,6 +108,7 @@ def test_same_bits_for_any_thread_count(ext):
 @pytest.mark.parametrize("name,options", [("resnet8", {}), ("resnet8", {"shortcut": "none"}),
                                           ("resnet8", {"shortcut": "B", "shortcut_scale": 0.5}),
                                           ("preact-resnet11", {}), ("resnet50", {"width": 4})])
+@pytest.mark.slow  # builds the extension on first use
 def test_model_gradients_match_float64_as_well_as_eager(ext, one_thread, name, options):
     size = 64 if name == "resnet50" else 16
     model = create_model(name, seed=1, **options)
@@ -133,6 +139,7 @@ def test_model_gradients_match_float64_as_well_as_eager(ext, one_thread, name, o
         torch.testing.assert_close(b.double(), b64.double(), rtol=1e-4, atol=1e-5, msg=name_b)
 
 
+@pytest.mark.slow  # builds the extension on first use
 def test_steps_aside_for_hooks_eval_and_other_layouts(ext, one_thread):
     model = create_model("resnet8", seed=0).to(memory_format=torch.channels_last)
     fused.enable(model)
@@ -156,6 +163,67 @@ def test_steps_aside_for_hooks_eval_and_other_layouts(ext, one_thread):
     plain = copy.deepcopy(model)
     fused.enable(plain, False)
     assert torch.equal(model(x), plain(x))  # evaluation uses the module path, bit for bit
+
+
+def fused_nodes(loss):
+    """How many fused-kernel calls the autograd graph of ``loss`` holds (each leaves one backward node)."""
+    seen, stack, count = set(), [loss.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += node.name() == "_BatchNormReLUBackward"
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return count
+
+
+@pytest.mark.slow  # builds the extension on first use
+@pytest.mark.parametrize("name,options,norms", [("resnet8", {}, 7), ("resnet8", {"shortcut": "none"}, 7),
+                                                ("preact-resnet11", {}, 10), ("resnet50", {"width": 4}, 49)])
+def test_enabled_model_runs_every_batch_norm_through_the_kernel(ext, one_thread, name, options, norms):
+    model = create_model(name, seed=0, **options).to(memory_format=torch.channels_last)
+    assert norms == sum(isinstance(m, torch.nn.BatchNorm2d) and "downsample" not in n
+                        for n, m in model.named_modules())  # a projection's BN has no ReLU to fuse with
+    size = 64 if name == "resnet50" else 16  # no 1x1 feature map: it would be channels_last as well
+    x = cl(torch.randn(2, 3, size, size))
+    assert fused_nodes(model(x).sum()) == 0
+    fused.enable(model)
+    assert fused_nodes(model(x).sum()) == norms
+    block = model.layer1[0]
+    handle = block.bn1.register_forward_hook(lambda m, i, o: None)
+    # the hooked block runs its parent's forward, every other module stays fused
+    assert fused_nodes(model(x).sum()) == norms - sum(isinstance(m, torch.nn.BatchNorm2d) for m in block.children())
+    handle.remove()
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert fused_nodes(nchw(x.contiguous()).sum()) == 0  # NCHW activations
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_nodes(model(x).sum()) == 0
+    fused.disable(model)
+    assert fused_nodes(model(x).sum()) == 0
+
+
+@pytest.mark.slow  # builds the extension on first use
+def test_enable_swaps_classes_only(ext, one_thread):
+    model = create_model("preact-resnet11", seed=0)
+    before = model.state_dict()
+    modules = 1 + len(model.blocks())  # the network and each of its blocks
+    assert fused.enable(model) == modules
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert type(model) is fused.FusedResNet and isinstance(model, ResNet)
+    assert all(type(b) is fused.FusedPreActBottleneck and isinstance(b, PreActBottleneck) for _, b in model.blocks())
+    assert fused.is_enabled(model) and fused.is_enabled(copy.deepcopy(model))
+    assert fused.is_enabled(pickle.loads(pickle.dumps(model)))
+    twin = create_model("preact-resnet11", seed=1)
+    twin.load_state_dict(model.state_dict(), strict=True)  # a fused model's checkpoint loads in a plain one
+    model.load_state_dict(twin.state_dict(), strict=True)
+    assert fused.enable(model) == modules  # enabling twice changes nothing
+    assert fused.disable(model) == modules
+    assert type(model) is ResNet and not fused.is_enabled(model)
+    assert all(type(m) in BLOCKS for _, m in model.blocks())
+    block = BasicBlock(16, 16)
+    assert fused.enable(block) == 1 and type(block) is fused.FusedBasicBlock  # a block alone works too
 
 
 def test_train_choice_of_fused_path():

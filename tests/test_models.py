@@ -1,5 +1,6 @@
 """Blocks, shortcuts and the model zoo: published parameter counts, shapes, twins, pickling."""
 import copy
+import inspect
 import io
 import pickle
 
@@ -8,7 +9,8 @@ import torch
 from torch import nn
 
 import resnetlab
-from resnetlab import (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ProjectionShortcut,
+from resnetlab import blocks, models
+from resnetlab import (BasicBlock, Bottleneck, NoShortcut, PreActBasicBlock, PreActBottleneck, ProjectionShortcut,
                        ZeroPadShortcut, count_parameters, create_model, list_models)
 
 IMAGENET_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
@@ -48,7 +50,7 @@ def test_option_a_and_none_add_no_parameters():
         plain = on_meta(name, shortcut="none")
         assert count_parameters(a) == count_parameters(plain)
         assert all(not any(True for _ in b.downsample.parameters()) for _, b in a.blocks())
-        assert all(b.downsample is None and b.add is None for _, b in plain.blocks())
+        assert all(isinstance(b.downsample, NoShortcut) and b.downsample(None) is None for _, b in plain.blocks())
         assert all(b.shortcut_kind == "none" for _, b in plain.blocks())
 
 
@@ -154,6 +156,33 @@ def test_pickle_deepcopy_and_save_load(tmp_path):
         assert torch.equal(torch.load(path, weights_only=False)(x), y)
 
 
+def test_plain_block_is_its_branch():
+    block = BasicBlock(8, 8, shortcut="none").eval()
+    assert blocks.shortcut_kind(block) == "none" and block.add(torch.ones(1), None).item() == 1.0
+    seen = []
+    block.add.register_forward_hook(lambda m, inputs, out: seen.append(inputs))
+    x = torch.randn(2, 8, 5, 5)
+    branch = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+    assert torch.equal(block(x), torch.relu(branch))
+    assert len(seen) == 1 and torch.equal(seen[0][0], branch) and seen[0][1] is None
+
+
+def test_last_residual_layer():
+    post, pre = create_model("resnet8", seed=0), create_model("preact-resnet11", seed=0)
+    assert all(b.last_residual_layer() is b.bn2 for _, b in post.blocks())
+    assert all(b.last_residual_layer() is b.conv3 for _, b in pre.blocks())
+    zeroed = create_model("preact-resnet11", seed=0, zero_init_residual=True)
+    assert all(torch.count_nonzero(b.conv3.weight) == 0 < torch.count_nonzero(b.conv2.weight)
+               for _, b in zeroed.blocks())
+
+
+def test_blocks_and_models_know_nothing_of_the_fused_kernels():
+    for module in (blocks, models):
+        assert "fused" not in inspect.getsource(module).lower(), module.__name__
+    for cls in (*blocks.BLOCKS, models.ResNet):
+        assert not any("fused" in k for c in cls.__mro__ for k in vars(c)), cls
+
+
 def test_torch_compile():
     m = create_model("resnet8", width=4, seed=0).eval()
     x = torch.randn(2, 3, 16, 16)
@@ -161,6 +190,8 @@ def test_torch_compile():
     torch.testing.assert_close(compiled(x), m(x))
 
 
+# a hook on a NoShortcut is never called (no gradient goes through "no connection"), and PyTorch says so
+@pytest.mark.filterwarnings("ignore:For backward hooks to be called")
 def test_backward_hooks_work_everywhere():
     """In-place ops would make full backward hooks raise; every block must accept them."""
     for name, kw in (("resnet8", {}), ("resnet8", {"shortcut": "B"}), ("preact-resnet11", {}),

@@ -130,7 +130,7 @@ def path_stats(model: nn.Module, x) -> list[dict]:
         return fn
 
     for name, block in blocks:
-        if block.add is not None:
+        if block.shortcut_kind != "none":
             handles.append(block.add.register_forward_hook(hook(name)))
     device = _device_of(model)
     try:
@@ -144,7 +144,7 @@ def path_stats(model: nn.Module, x) -> list[dict]:
     for name, block in blocks:
         a = acc[name]
         row = {"block": name, "kind": block.shortcut_kind, "samples": a["n"]}
-        if block.add is None or a["n"] == 0:
+        if block.shortcut_kind == "none" or a["n"] == 0:
             row.update(ratio=None, cosine=None, ratio_batch=None, branch_rms=None, shortcut_rms=None)
         else:
             row.update(ratio=a["ratio"] / a["n"], cosine=a["cosine"] / a["n"],
@@ -317,7 +317,7 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
         progress = Progress(len(blocks), "lesion", "blocks", quiet=quiet)
         for name, block in blocks:
             row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline}
-            if block.add is not None:
+            if block.shortcut_kind != "none":
                 h = block.add.register_forward_hook(lambda m, inp, out: inp[1] * m.scale)
             elif block.stride == 1 and block.in_channels == block.out_channels:
                 h = block.register_forward_hook(lambda m, inp, out: inp[0])

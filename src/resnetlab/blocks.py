@@ -8,9 +8,11 @@ Four shortcut options, after He et al. 2015 ("Deep Residual Learning for Image R
 * ``"C"``    1x1 projection + BN on every block.
 * ``"none"`` no shortcut: the plain network of the paper.
 
-Every block ends its residual branch in a :class:`ResidualAdd` module that receives the branch output
-``F(x)`` and the shortcut output, so a single forward hook sees both (the analyses rely on it). All ops
-are out of place so that backward hooks work.
+Every block reads like torchvision's: its ``forward`` spells out each convolution, batch norm and ReLU,
+then ``out = self.add(out, self.downsample(x))``. The shortcut is always a module (``downsample``), even
+in the plain network, where :class:`NoShortcut` stands for "no connection"; the add is a
+:class:`ResidualAdd` module that receives the branch output ``F(x)`` and the shortcut output, so a single
+forward hook sees both (the analyses rely on it). All ops are out of place so that backward hooks work.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused as _fused
 
 SHORTCUTS = ("A", "B", "C", "none")
 ZERO_PADS = ("split", "end")
@@ -92,9 +93,23 @@ class ProjectionShortcut(nn.Sequential):
         super().__init__(*layers)
 
 
-class ResidualAdd(nn.Module):
-    """``branch + scale * shortcut``. A module (not an expression) so that hooks see both inputs.
+class NoShortcut(nn.Module):
+    """The plain network's shortcut (option ``"none"``): no connection at all.
 
+    ``forward`` returns ``None``, which :class:`ResidualAdd` reads as "nothing to add", so a plain block
+    runs the same ``add(F(x), downsample(x))`` as a residual one and its output is ``F(x)`` alone.
+    """
+
+    kind = "none"
+
+    def forward(self, x: torch.Tensor) -> None:
+        return None
+
+
+class ResidualAdd(nn.Module):
+    """``branch + scale * shortcut``, or ``branch`` alone when the shortcut is ``None`` (:class:`NoShortcut`).
+
+    A module (not an expression) so that one forward hook sees both inputs ``(branch, shortcut)``.
     ``scale`` is the constant shortcut scaling studied in "Identity Mappings in Deep Residual Networks".
     """
 
@@ -102,7 +117,9 @@ class ResidualAdd(nn.Module):
         super().__init__()
         self.scale = float(scale)
 
-    def forward(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def forward(self, branch: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+        if shortcut is None:  # the plain network: the block is its branch
+            return branch
         if self.scale != 1.0:
             shortcut = shortcut * self.scale
         return branch + shortcut
@@ -112,13 +129,13 @@ class ResidualAdd(nn.Module):
 
 
 def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
-                  zero_pad: str = "split", norm: bool = True) -> nn.Module | None:
-    """The shortcut module for one block, or ``None`` for the plain network (option ``"none"``)."""
+                  zero_pad: str = "split", norm: bool = True) -> nn.Module:
+    """The shortcut module for one block (a :class:`NoShortcut` for the plain network, option ``"none"``)."""
     _check_choice("shortcut option", option, SHORTCUTS)
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if option == "none":
-        return None
+        return NoShortcut()
     shape_changes = stride != 1 or in_channels != out_channels
     if option == "C" or (option == "B" and shape_changes):
         return ProjectionShortcut(in_channels, out_channels, stride, norm=norm)
@@ -128,15 +145,14 @@ def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
 
 
 def shortcut_kind(block: nn.Module) -> str:
-    """``"identity"``, ``"zero-pad"``, ``"projection"`` or ``"none"`` for a block of this module."""
-    return "none" if block.downsample is None else block.downsample.kind
+    """``"identity"``, ``"zero-pad"``, ``"projection"`` or ``"none"``: the ``kind`` of ``block.downsample``."""
+    return block.downsample.kind
 
 
 class _Block(nn.Module):
-    """Shared constructor checks and the shortcut/add pair of every block."""
+    """What every block shares: the constructor checks, its shortcut ``downsample`` and its ``add``."""
 
     expansion = 1
-    fused = False  # set by resnetlab.fused.enable: BN-ReLU(-add) through one fused op when it applies
 
     def _init_shortcut(self, in_channels, out_channels, stride, shortcut, zero_pad, shortcut_scale, norm):
         for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -144,31 +160,18 @@ class _Block(nn.Module):
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, zero_pad, norm=norm)
-        self.add = None if self.downsample is None else ResidualAdd(shortcut_scale)
+        self.add = ResidualAdd(shortcut_scale)
 
     @property
     def shortcut_kind(self) -> str:
+        """``"identity"``, ``"zero-pad"``, ``"projection"`` or ``"none"``."""
         return shortcut_kind(self)
 
-    def _merge(self, branch: torch.Tensor, shortcut_input: torch.Tensor) -> torch.Tensor:
-        if self.downsample is None:  # plain network: the branch is all there is
-            return branch
-        return self.add(branch, self.downsample(shortcut_input))
-
-    def _bn_relu(self, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-        """``relu(bn(x))``; fused in training when enabled (see resnetlab.fused)."""
-        return _fused.relu_bn(self.fused, bn, self.relu, x)
-
-    def _bn_merge_relu(self, bn: nn.BatchNorm2d, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``relu(bn(branch) + shortcut(x))`` (no add in a plain network); fused like :meth:`_bn_relu`."""
-        if self.fused and _fused.applies(branch, bn, self.relu, self.add, self.downsample):
-            if self.downsample is None:
-                return _fused.batch_norm_relu(bn, branch)
-            shortcut = self.downsample(x)
-            if self.add.scale != 1.0:
-                shortcut = shortcut * self.add.scale
-            return _fused.batch_norm_relu(bn, branch, shortcut)
-        return self.relu(self._merge(bn(branch), x))
+    def last_residual_layer(self) -> nn.Module:
+        """The layer that ends the residual branch ``F(x)``: the last batch norm of a post-activation block,
+        the last convolution of a pre-activation one (no norm follows it there). Zeroing its weight
+        (``zero_init_residual``) makes the block start as its shortcut."""
+        raise NotImplementedError
 
 
 class BasicBlock(_Block):
@@ -189,14 +192,19 @@ class BasicBlock(_Block):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
 
-    def last_norm(self) -> nn.Module:
+    def last_residual_layer(self) -> nn.Module:
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (N, Cin, H, W)
-        out = self._bn_relu(self.bn1, self.conv1(x))  # (N, planes, H/s, W/s)
-        # F(x) = bn2(conv2(out)): (N, planes, H/s, W/s); output relu(F(x) + shortcut(x)), the same shape
-        return self._bn_merge_relu(self.bn2, self.conv2(out), x)
+        # x: (N, in_channels, H, W); s = stride
+        out = self.conv1(x)  # (N, planes, H/s, W/s)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)  # (N, planes, H/s, W/s)
+        out = self.bn2(out)  # F(x)
+        out = self.add(out, self.downsample(x))  # F(x) + shortcut(x): (N, planes, H/s, W/s)
+        out = self.relu(out)
+        return out
 
 
 class Bottleneck(_Block):
@@ -224,15 +232,22 @@ class Bottleneck(_Block):
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU()
 
-    def last_norm(self) -> nn.Module:
+    def last_residual_layer(self) -> nn.Module:
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (N, Cin, H, W)
-        out = self._bn_relu(self.bn1, self.conv1(x))  # (N, planes, H or H/s, ...)
-        out = self._bn_relu(self.bn2, self.conv2(out))  # (N, planes, H/s, W/s)
-        # F(x) = bn3(conv3(out)): (N, 4*planes, H/s, W/s); output relu(F(x) + shortcut(x))
-        return self._bn_merge_relu(self.bn3, self.conv3(out), x)
+        # x: (N, in_channels, H, W); s = stride, taken by conv1 or conv2 (stride_at); E = expansion
+        out = self.conv1(x)  # (N, planes, H, W), or (N, planes, H/s, W/s) when conv1 strides
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)  # (N, planes, H/s, W/s)
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv3(out)  # (N, E * planes, H/s, W/s)
+        out = self.bn3(out)  # F(x)
+        out = self.add(out, self.downsample(x))  # F(x) + shortcut(x): (N, E * planes, H/s, W/s)
+        out = self.relu(out)
+        return out
 
 
 class PreActBasicBlock(_Block):
@@ -254,16 +269,21 @@ class PreActBasicBlock(_Block):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
 
-    def last_norm(self) -> nn.Module:
-        return self.conv2  # no BN ends a pre-activated branch: zero-init acts on the last conv
+    def last_residual_layer(self) -> nn.Module:
+        return self.conv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (N, Cin, H, W)
-        pre = self._bn_relu(self.bn1, x)  # (N, Cin, H, W)
+        # x: (N, in_channels, H, W); s = stride
+        pre = self.bn1(x)
+        pre = self.relu(pre)  # the pre-activated input: (N, in_channels, H, W)
         out = self.conv1(pre)  # (N, planes, H/s, W/s)
-        out = self.conv2(self._bn_relu(self.bn2, out))  # (N, planes, H/s, W/s): F(x)
-        source = pre if isinstance(self.downsample, ProjectionShortcut) else x
-        return self._merge(out, source)
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv2(out)  # F(x): (N, planes, H/s, W/s)
+        # a projection reads the pre-activated input, identity and zero-pad shortcuts read x itself
+        shortcut = self.downsample(pre if isinstance(self.downsample, ProjectionShortcut) else x)
+        out = self.add(out, shortcut)  # no ReLU after the add: the next block pre-activates its input
+        return out
 
 
 class PreActBottleneck(_Block):
@@ -287,17 +307,24 @@ class PreActBottleneck(_Block):
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, out_channels)
 
-    def last_norm(self) -> nn.Module:
+    def last_residual_layer(self) -> nn.Module:
         return self.conv3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (N, Cin, H, W)
-        pre = self._bn_relu(self.bn1, x)
-        out = self.conv1(pre)  # (N, planes, ., .)
-        out = self.conv2(self._bn_relu(self.bn2, out))  # (N, planes, H/s, W/s)
-        out = self.conv3(self._bn_relu(self.bn3, out))  # (N, 4*planes, H/s, W/s): F(x)
-        source = pre if isinstance(self.downsample, ProjectionShortcut) else x
-        return self._merge(out, source)
+        # x: (N, in_channels, H, W); s = stride, taken by conv1 or conv2 (stride_at); E = expansion
+        pre = self.bn1(x)
+        pre = self.relu(pre)  # the pre-activated input: (N, in_channels, H, W)
+        out = self.conv1(pre)  # (N, planes, H, W), or (N, planes, H/s, W/s) when conv1 strides
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv2(out)  # (N, planes, H/s, W/s)
+        out = self.bn3(out)
+        out = self.relu(out)
+        out = self.conv3(out)  # F(x): (N, E * planes, H/s, W/s)
+        # a projection reads the pre-activated input, identity and zero-pad shortcuts read x itself
+        shortcut = self.downsample(pre if isinstance(self.downsample, ProjectionShortcut) else x)
+        out = self.add(out, shortcut)  # no ReLU after the add: the next block pre-activates its input
+        return out
 
 
 BLOCKS = (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck)

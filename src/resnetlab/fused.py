@@ -12,9 +12,22 @@ Numerics: the batch statistics and the parameter gradients are accumulated in fl
 and in double across chunks, in a fixed order: results do not depend on the thread count and agree with
 a float64 reference at least as closely as PyTorch's eager ops do (tests/test_fused.py).
 
-The fused path is opt-in per model (:func:`enable`; ``resnetlab train`` enables it where it applies) and
-steps aside by itself whenever a hook is registered on one of the modules it would replace, so forward
-and backward hooks (the analyses) always see the modules run one by one.
+The fused path is opt-in per model and this module is the only place that knows it: :func:`enable`
+turns each block (and the network's stem) into its fused subclass below, e.g. a :class:`BasicBlock`
+into a :class:`FusedBasicBlock`, by setting ``module.__class__``. Parameters, buffers, their names and
+the state_dict stay as they are; the model still pickles, deep-copies (the copy stays fused) and
+loads checkpoints. :func:`disable` turns them back. ``resnetlab train`` enables it where it applies.
+
+A fused forward runs the kernel only where it computes what the parent's modules would: training-mode
+affine batch norms with running statistics, exactly ``nn.BatchNorm2d`` / ``nn.ReLU`` / ``ResidualAdd``,
+float32 channels_last CPU tensors, outside autocast, ``torch.compile`` and tracing, and no hook on any
+module it would replace (nor a global module hook). Otherwise it runs the parent's forward, so forward
+and backward hooks (the analyses) and evaluation always see the modules run one by one. PyTorch has no
+public "does this module have hooks" query: the check reads the same per-module hook dictionaries
+(``_forward_hooks``, ...) and global hook tables that ``nn.Module.__call__`` itself reads.
+
+In a fresh process (a pickled fused model just loaded) the fused modules use the parent's forward
+until the extension is loaded: call :func:`extension` (or :func:`enable`) first.
 """
 from __future__ import annotations
 
@@ -29,6 +42,11 @@ import time
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as _torch_module
+
+from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ProjectionShortcut, ResidualAdd
+from .io import cache_dir
+from .models import ResNet
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "fused_bn.cpp")
 _lock = threading.Lock()
@@ -79,7 +97,6 @@ def _ninja_on_path():
 
 def build_folder() -> str:
     """Where the extension for this source, PyTorch, Python and CPU is (or will be) built."""
-    from .io import cache_dir
     return os.path.join(cache_dir(), "ext", f"resnetlab_fused_{_build_tag()}")
 
 
@@ -121,38 +138,52 @@ def unavailable_reason() -> str | None:
     return _error
 
 
-def enable(model: nn.Module, on: bool = True) -> int:
-    """Turn the fused path on (or off) in every block and stem of ``model``; returns how many modules
-    it applies to. Turning it on builds the extension first and raises ``RuntimeError`` if that fails."""
-    if on and extension() is None:
-        raise RuntimeError(f"the fused batch-norm extension could not be built ({_error})")
-    count = 0
-    for module in model.modules():
-        if hasattr(type(module), "fused"):
-            module.fused = bool(on)
-            count += 1
-    return count
+def _hooked(module: nn.Module) -> bool:
+    # The dictionaries nn.Module.__call__ reads to decide whether to run hooks (no public query exists).
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
-def _hooked(module: nn.Module | None) -> bool:
-    return module is not None and bool(module._forward_hooks or module._forward_pre_hooks
-                                       or module._backward_hooks or module._backward_pre_hooks)
+def _global_hooks() -> bool:
+    m = _torch_module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
 
 
-def applies(x: torch.Tensor, bn: nn.Module, *others: nn.Module | None) -> bool:
-    """Whether ``relu(bn(x) [+ shortcut])`` may take the fused path here: a training-mode affine batch
-    norm with running statistics, a float32 channels_last CPU input outside autocast and compilation,
-    and no hook on ``bn`` or on any of ``others`` (the ReLU and the add it replaces)."""
-    from torch.nn.modules import module as _m
-    if not (bn.training and bn.affine and bn.track_running_stats and x.device.type == "cpu"
-            and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+def _fits(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor the kernel takes: float32, four-dimensional, channels_last, on the CPU."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _plain_norm(bn: nn.Module) -> bool:
+    """A training-mode affine ``nn.BatchNorm2d`` with running statistics and no hook: what the kernel does."""
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats
+            and not _hooked(bn))
+
+
+def _free() -> bool:
+    """The extension is loaded and nothing (autocast, compilation, tracing, a global hook) needs the
+    modules run one by one."""
+    return not (_ext is None or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
+                or torch.jit.is_tracing() or _global_hooks())
+
+
+def _may_fuse(norms, relu: nn.Module, add: nn.Module | None = None, shortcut: nn.Module | None = None) -> bool:
+    """Whether a fused forward may replace ``norms``, ``relu`` and ``add`` (the shortcut still runs as a
+    module, but a hook on it also sends the block down the parent's forward, as it always has)."""
+    if not _free() or type(relu) is not nn.ReLU or _hooked(relu) or not all(_plain_norm(bn) for bn in norms):
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if add is not None and (type(add) is not ResidualAdd or _hooked(add)):
         return False
-    if _m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks \
-            or _m._global_backward_pre_hooks:
-        return False
-    return not (_hooked(bn) or any(_hooked(m) for m in others)) and _ext is not None
+    return shortcut is None or not _hooked(shortcut)
+
+
+def applies(x: torch.Tensor, bn: nn.Module, *others: nn.Module) -> bool:
+    """Whether ``relu(bn(x))`` may take the fused path here: the extension is loaded, ``bn`` is a
+    training-mode affine batch norm with running statistics, ``x`` a float32 channels_last CPU tensor,
+    outside autocast, compilation and tracing, and there is no hook on ``bn`` or on any of ``others``."""
+    return _fits(x) and _free() and _plain_norm(bn) and not any(_hooked(m) for m in others)
 
 
 class _BatchNormReLU(torch.autograd.Function):
@@ -175,13 +206,6 @@ class _BatchNormReLU(torch.autograd.Function):
         return grads[0], grads[1], grads[2], dshortcut, None, None, None, None
 
 
-def relu_bn(on: bool, bn: nn.Module, relu: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``relu(bn(x))``: through the fused op when ``on`` and :func:`applies`, else the two modules."""
-    if on and applies(x, bn, relu):
-        return batch_norm_relu(bn, x)
-    return relu(bn(x))
-
-
 def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
     """``relu(bn(x) + shortcut)`` through the extension; the caller checked :func:`applies`.
     Updates ``bn``'s running statistics and batch counter as ``bn(x)`` would."""
@@ -191,3 +215,126 @@ def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor 
         shortcut = shortcut.contiguous(memory_format=torch.channels_last)
     return _BatchNormReLU.apply(x, bn.weight, bn.bias, shortcut, bn.running_mean, bn.running_var,
                                 float(momentum), float(bn.eps))
+
+
+def _bn_relu(bn: nn.BatchNorm2d, relu: nn.ReLU, x: torch.Tensor) -> torch.Tensor:
+    """``relu(bn(x))``: one kernel call when ``x`` fits it, else the two modules."""
+    if _fits(x):
+        return batch_norm_relu(bn, x)
+    return relu(bn(x))
+
+
+def _bn_add_relu(bn: nn.BatchNorm2d, add: ResidualAdd, relu: nn.ReLU, branch: torch.Tensor,
+                 shortcut: torch.Tensor | None) -> torch.Tensor:
+    """``relu(add(bn(branch), shortcut))``: one kernel call when ``branch`` fits it, else the modules."""
+    if not _fits(branch):
+        return relu(add(bn(branch), shortcut))
+    if shortcut is not None and add.scale != 1.0:
+        shortcut = shortcut * add.scale  # as ResidualAdd scales it, so the sum rounds the same
+    return batch_norm_relu(bn, branch, shortcut)
+
+
+class FusedBasicBlock(BasicBlock):
+    """A :class:`BasicBlock` whose BN-ReLU and BN-add-ReLU steps each run as one kernel call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _may_fuse((self.bn1, self.bn2), self.relu, self.add, self.downsample):
+            return super().forward(x)
+        out = _bn_relu(self.bn1, self.relu, self.conv1(x))
+        out = self.conv2(out)
+        return _bn_add_relu(self.bn2, self.add, self.relu, out, self.downsample(x))
+
+
+class FusedBottleneck(Bottleneck):
+    """A :class:`Bottleneck` whose BN-ReLU and BN-add-ReLU steps each run as one kernel call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _may_fuse((self.bn1, self.bn2, self.bn3), self.relu, self.add, self.downsample):
+            return super().forward(x)
+        out = _bn_relu(self.bn1, self.relu, self.conv1(x))
+        out = _bn_relu(self.bn2, self.relu, self.conv2(out))
+        out = self.conv3(out)
+        return _bn_add_relu(self.bn3, self.add, self.relu, out, self.downsample(x))
+
+
+class FusedPreActBasicBlock(PreActBasicBlock):
+    """A :class:`PreActBasicBlock` whose BN-ReLU steps each run as one kernel call (the add stays)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _may_fuse((self.bn1, self.bn2), self.relu):
+            return super().forward(x)
+        pre = _bn_relu(self.bn1, self.relu, x)
+        out = self.conv1(pre)
+        out = self.conv2(_bn_relu(self.bn2, self.relu, out))
+        shortcut = self.downsample(pre if isinstance(self.downsample, ProjectionShortcut) else x)
+        return self.add(out, shortcut)
+
+
+class FusedPreActBottleneck(PreActBottleneck):
+    """A :class:`PreActBottleneck` whose BN-ReLU steps each run as one kernel call (the add stays)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _may_fuse((self.bn1, self.bn2, self.bn3), self.relu):
+            return super().forward(x)
+        pre = _bn_relu(self.bn1, self.relu, x)
+        out = self.conv1(pre)
+        out = self.conv2(_bn_relu(self.bn2, self.relu, out))
+        out = self.conv3(_bn_relu(self.bn3, self.relu, out))
+        shortcut = self.downsample(pre if isinstance(self.downsample, ProjectionShortcut) else x)
+        return self.add(out, shortcut)
+
+
+class FusedResNet(ResNet):
+    """A :class:`ResNet` whose stem BN-ReLU (and the pre-activated net's final BN-ReLU) run as one kernel
+    call each; its blocks are fused by their own classes."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = ([(self.bn1, self.relu)] if self.stem_norm else []) \
+            + ([(self.final_bn, self.final_relu)] if self.preact else [])
+        if not pairs or not all(_may_fuse((bn,), relu) for bn, relu in pairs):
+            return super().forward_features(x)
+        x = self.conv1(x)
+        if self.stem_norm:
+            x = _bn_relu(self.bn1, self.relu, x)
+        if self.spec.family == "imagenet":
+            x = self.maxpool(x)
+        for stage in self.stages:
+            x = stage(x)
+        if self.preact:
+            x = _bn_relu(self.final_bn, self.final_relu, x)
+        return x
+
+
+_FUSED: dict[type, type] = {BasicBlock: FusedBasicBlock, Bottleneck: FusedBottleneck,
+                            PreActBasicBlock: FusedPreActBasicBlock, PreActBottleneck: FusedPreActBottleneck,
+                            ResNet: FusedResNet}
+_UNFUSED: dict[type, type] = {fused: plain for plain, fused in _FUSED.items()}
+
+
+def enable(model: nn.Module, on: bool = True) -> int:
+    """Turn every block and stem of ``model`` into its fused subclass (``on=False``: back into the plain
+    class); returns how many modules are now in the requested state. Only the classes change: parameters,
+    buffers and their names stay. Turning it on builds the extension first and raises ``RuntimeError`` if
+    that fails."""
+    if on and extension() is None:
+        raise RuntimeError(f"the fused batch-norm extension could not be built ({_error})")
+    swap, done = (_FUSED, _UNFUSED) if on else (_UNFUSED, _FUSED)
+    count = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls in swap:
+            module.__class__ = swap[cls]
+            count += 1
+        elif cls in done:
+            count += 1
+    return count
+
+
+def disable(model: nn.Module) -> int:
+    """``enable(model, False)``: every fused module back to its plain class."""
+    return enable(model, False)
+
+
+def is_enabled(model: nn.Module) -> bool:
+    """Whether any module of ``model`` is fused."""
+    return any(type(m) in _UNFUSED for m in model.modules())

@@ -18,8 +18,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from . import fused as _fused
-from .blocks import (SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
+from .blocks import (BLOCKS, SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
                      PreActBottleneck, _check_choice)
 
 FAMILIES = ("imagenet", "cifar")
@@ -196,8 +195,6 @@ class ResNet(nn.Module):
     Attributes ``spec`` and ``options`` record how it was made; ``stages`` lists ``layer1..layerK``.
     """
 
-    fused = False  # set by resnetlab.fused.enable, as in the blocks
-
     def __init__(self, spec: ModelSpec, options: ModelConfig):
         super().__init__()
         self.spec, self.options = spec, options
@@ -256,13 +253,15 @@ class ResNet(nn.Module):
         # x: (N, 3, H, W)
         x = self.conv1(x)  # ImageNet: (N, 64, H/2, W/2); CIFAR: (N, 16, H, W)
         if self.stem_norm:
-            x = _fused.relu_bn(self.fused, self.bn1, self.relu, x)
+            x = self.bn1(x)
+            x = self.relu(x)
         if self.spec.family == "imagenet":
             x = self.maxpool(x)  # (N, 64, H/4, W/4)
         for stage in self.stages:
             x = stage(x)  # each later stage halves H and W and doubles the width
-        if self.preact:
-            x = _fused.relu_bn(self.fused, self.final_bn, self.final_relu, x)
+        if self.preact:  # the last block's add is not normalised yet
+            x = self.final_bn(x)
+            x = self.final_relu(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,8 +295,8 @@ def init_weights(model: nn.Module, seed: int, zero_init_residual: bool = False) 
             m.bias.uniform_(-bound, bound, generator=_param_generator(seed, name + ".bias"))
     if zero_init_residual:
         for m in model.modules():
-            if hasattr(m, "last_norm"):
-                m.last_norm().weight.zero_()
+            if isinstance(m, BLOCKS):
+                m.last_residual_layer().weight.zero_()
 
 
 def create_model(config: ModelConfig | str = "resnet20", **options) -> ResNet:
