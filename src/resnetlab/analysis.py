@@ -44,7 +44,7 @@ from .blocks import BLOCKS, ProjectionShortcut
 from .config import Positional, given_model, name_given, parse
 from .datasets import NAMED_DATASETS as DATASETS, ArrayDataset, load_dataset
 from .io import format_table as io_format_table
-from .models import ModelConfig, create_model
+from .models import ModelConfig, create_model, model_config
 from .plots import plot_results
 from .stream import Normalization, eval_batches
 from .weights import load_checkpoint, load_state_dict_strict
@@ -619,7 +619,6 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
     model.to(device)
     splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
     norm = norm.to(device)
-    from .models import model_config
     result = {"analysis": name, "source": source, "model_config": model_config(model),
               "shortcut": getattr(model, "shortcut", None),
               "data": {"name": cfg.data, "batches": cfg.batches, "batch_size": cfg.batch_size}}

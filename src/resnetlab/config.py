@@ -23,7 +23,7 @@ import os
 import sys
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 import tyro
 import yaml

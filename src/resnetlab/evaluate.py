@@ -19,7 +19,6 @@ Python API: :func:`load_for_eval`, :func:`evaluate`, :func:`load_image`, :func:`
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -41,9 +40,9 @@ from .datasets import DATASETS
 from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
 from .io import PRECISIONS, resolve_device, write_json
 from .io import progress as progress_bar
-from .models import ModelConfig
+from .models import ModelConfig, get_spec
 from .stream import Normalization, eval_input, raw_batches
-from .weights import model_from_checkpoint, unwrap
+from .weights import model_from_checkpoint, peek_checkpoint, unwrap
 
 SPLITS = ("test", "val", "train")
 
@@ -544,7 +543,6 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
 
 def _input_geometry(cfg: EvalConfig, first_ckpt: dict | None) -> tuple[int, str]:
     """(image size, family) the first model expects, known before loading it (for image folders)."""
-    from .models import get_spec
     name = (given_model(cfg).name if given_model(cfg) else None) or \
         ((first_ckpt or {}).get("model_config") or {}).get("name")
     spec = get_spec(name) if name else None

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from torch.func import functional_call
 from .analysis import DATASETS, Progress, load_data, load_model, resolve_device, seeded_subset, write_json
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save
-from .models import ModelConfig
+from .models import ModelConfig, model_config
 from .plots import plot_1d, plot_2d
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
@@ -486,8 +485,6 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     else:
         base, file_seed, directions_from = None, cfg.seed, None
         dirs = random_directions(model, cfg.seed, cfg.dims)
-
-    from .models import model_config
     settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
                 "dims": cfg.dims, "data": cfg.data, "directions_file": directions_from,
                 "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),

@@ -25,6 +25,7 @@ from typing import Literal, Optional
 
 import torch
 
+from . import analysis, landscape, summary
 from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
@@ -32,6 +33,7 @@ from .datasets import NAMED_DATASETS as DATASETS, find_cifar, load_dataset
 from .io import cache_dir, resolve_device
 from .models import ModelConfig, create_model
 from .stream import Normalization
+from .train import TrainConfig, TrainingDiverged, resolve_config, train
 from .weights import load_checkpoint, model_from_checkpoint
 
 BUDGETS = ("smoke", "short", "paper")
@@ -185,7 +187,6 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
 
 def train_config(cfg: StudyConfig, run: RunSpec):
     """The :class:`resnetlab.train.TrainConfig` of one run: same seed for twins, only the shortcut differs."""
-    from .train import TrainConfig
     b = budget(cfg)
     save_at = tuple(s for s in grad_steps(cfg) if s > 0)
     values = dict(model=dataclasses.replace(cfg.model, name=run.model, shortcut=run.option), seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
@@ -211,7 +212,6 @@ def _check_same_run(run: RunSpec, tcfg) -> None:
     path = os.path.join(run.dir, "config.json")
     if not os.path.isfile(path):
         return
-    from .train import resolve_config
     with open(path) as fh:
         old = json.load(fh).get("config", {})
     new = to_dict(resolve_config(tcfg))
@@ -238,7 +238,6 @@ def _log(msg: str) -> None:
 
 def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
     """Train (or resume, or skip) every run of the grid; returns the grid and the runs that diverged."""
-    from .train import TrainingDiverged, train
     failed = []
     runs = grid(cfg)
     b = budget(cfg)
@@ -317,7 +316,6 @@ def init_model(run_dir: str):
     ``create_model`` seeds every parameter by its name, so this is bit-identical to the model ``train`` started
     from, and twins (same seed, other shortcut) share every parameter they both have.
     """
-    from .models import create_model
     meta = _read_json(os.path.join(run_dir, "config.json"))
     return create_model(**meta["model_config"], seed=int(meta["config"]["seed"]))
 
@@ -325,7 +323,6 @@ def init_model(run_dir: str):
 def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor, device) -> dict:
     """Layer responses, path and projection stats on the final checkpoint; block gradient norms at the
     initialisation (the fresh model with the run's seed) and at every saved step of ``grad_steps``."""
-    from . import analysis
     final_model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
     final_steps = int(ckpt.get("step", budget(cfg)["iterations"]))
     final_model.to(device)
@@ -383,7 +380,6 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
 
 def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | None:
     """Loss landscapes of the deepest plain net and its residual twin (repeat 0)."""
-    from . import landscape
     done = {(r.depth, r.option): r for r in runs if r.repeat == 0 and run_state(r) == "done"}
     pairs = [d for d in sorted({d for d, _ in done}, reverse=True)
              if (d, "none") in done and any((d, o) in done for o in ("A", "B", "C"))]
@@ -433,25 +429,11 @@ def _jsonable(d):
     return d
 
 
-def shapes_markdown(cfg: StudyConfig) -> str | None:
-    """The layer-shape table (``resnetlab.summary``) of the studied models, when that module is available."""
-    try:
-        from . import summary
-    except ImportError:
-        return None
-    parts = []
-    for depth in sorted(set(cfg.depths)):
-        for option in dict.fromkeys(cfg.options):
-            from .models import create_model
-            model = create_model(cfg.model, name=f"resnet{depth}", shortcut=option, seed=0)
-            try:
-                s = summary.summarize(model)
-                md = s.to_markdown() if hasattr(s, "to_markdown") else summary.format_markdown(s)
-            except Exception as e:  # the summary is a courtesy: never fail the report over it
-                _log(f"shape table unavailable: {e}")
-                return None
-            parts.append(md)
-    return "\n\n".join(parts)
+def shapes_markdown(cfg: StudyConfig) -> str:
+    """The layer-shape tables (``resnetlab summary``) of the studied models, in Markdown."""
+    return "\n\n".join(summary.summarize(summary.build_model(cfg.model, name=f"resnet{depth}", shortcut=option))
+                       .to_markdown()
+                       for depth in sorted(set(cfg.depths)) for option in dict.fromkeys(cfg.options))
 
 
 def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = False) -> dict:

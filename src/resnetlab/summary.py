@@ -37,7 +37,7 @@ from .io import format_table
 from .models import model_config
 
 from .config import Positional, from_strings, parse
-from .models import ModelConfig, ResNet
+from .models import ModelConfig, ResNet, count_parameters, get_spec, list_models
 from .weights import unwrap
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -660,13 +660,11 @@ def main_summary(argv: list[str] | None = None) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _default_params(name: str) -> int:
-    from .models import count_parameters
     return count_parameters(build_model(name))
 
 
 def list_rows() -> list[dict]:
     """One dict per registered model: name, depth, family, block, layers, shortcut, preact, params."""
-    from .models import get_spec, list_models
     out = []
     for name in list_models():
         spec = get_spec(name)
