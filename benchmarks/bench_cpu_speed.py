@@ -33,14 +33,13 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import fused as resnetlab_fused
 from resnetlab.blocks import ResidualAdd
-from resnetlab.models import create_model
+from resnetlab.models import ModelConfig, create_model
 from resnetlab.summary import summarize
-from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train
+from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train, train_step
 
 
 class KeepBranch(nn.Module):
@@ -77,12 +76,7 @@ def plain_loop(model_name: str, batch: int, bf16: bool, channels_last: bool, see
     y = torch.randint(0, 10, (batch,), generator=g)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, _ = train_step(model, opt, x, y, bf16=bf16)
         return loss
     return step
 
@@ -110,7 +104,7 @@ def matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
 
 def time_ours(model_name: str, batch: int, steps: int, threads: int, folder: str, precision: str) -> float:
     out = tempfile.mkdtemp(dir=folder)
-    cfg = TrainConfig(model=model_name, data="synthetic", out=os.path.join(out, "run"), iterations=2 * steps,
+    cfg = TrainConfig(model=ModelConfig(model_name), data="synthetic", out=os.path.join(out, "run"), iterations=2 * steps,
                       batch_size=batch, log_every=steps, eval_every=10 ** 9, checkpoint_every=10 ** 9,
                       threads=threads, quiet=True, precision=precision, schedule="constant")
     train(cfg)

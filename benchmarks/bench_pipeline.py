@@ -31,6 +31,7 @@ import torch
 from resnetlab.datasets import load_dataset
 from resnetlab.models import create_model
 from resnetlab.stream import Normalization, TrainStream
+from resnetlab.train import train_step
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -144,20 +145,15 @@ def bench_training(data, args, device, norm):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
     stream = TrainStream(data, args.batch_size, device=device, seed=0, normalization=norm,
                          channels_last=args.channels_last)
     premade = [stream.batch(10_000 + i) for i in range(args.steps)]
 
-    def train_step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    def step(x, y):
+        return train_step(model, opt, x, y)[0]
 
     for i in range(3):                                        # warm-up (allocator, cudnn autotune)
-        train_step(*premade[i % len(premade)])
+        step(*premade[i % len(premade)])
     sync(device)
     results = {"premade batches": [], "TrainStream": []}
     cpu = {n: [] for n in results}
@@ -166,7 +162,7 @@ def bench_training(data, args, device, norm):
     for r in range(args.repeats):
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(args.steps):
-            train_step(*premade[i])
+            step(*premade[i])
         sync(device)
         results["premade batches"].append((time.perf_counter() - t0) / args.steps)
         cpu["premade batches"].append((time.process_time() - c0) / args.steps)
@@ -176,7 +172,7 @@ def bench_training(data, args, device, norm):
             tb = time.perf_counter()
             x, y = stream.batch(step + i)
             in_batch += time.perf_counter() - tb
-            train_step(x, y)
+            step(x, y)
         sync(device)
         share.append(in_batch / (time.perf_counter() - t0))
         results["TrainStream"].append((time.perf_counter() - t0) / args.steps)

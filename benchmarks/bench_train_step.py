@@ -22,11 +22,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from resnetlab.models import create_model
 from resnetlab import fused
-from resnetlab.train import physical_cores, resolve_precision, use_fused_bn
+from resnetlab.train import physical_cores, resolve_precision, train_step, use_fused_bn
 
 
 def sync(device):
@@ -46,21 +45,16 @@ def make(model_name, device, bf16, cl, compiled, mode, batch, eval_batch, fused_
     y = torch.randint(0, 10, (batch,), device=device)
     xe = torch.randn(eval_batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
 
-    def train_step():
+    def step():
         net.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = net(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(net, opt, x, y, bf16=bf16)
 
     @torch.no_grad()
     def eval_step():
         net.eval()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             net(xe)
-    return train_step, eval_step
+    return step, eval_step
 
 
 def rate(fn, steps, n, device):
