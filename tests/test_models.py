@@ -23,7 +23,7 @@ def on_meta(name, **options):
     """The architecture ``create_model(name, **options)`` builds, on the meta device: parameters with their
     shapes and no storage, left uninitialised (a count needs no values; seeded init on meta is slower)."""
     with torch.device("meta"):
-        return resnetlab.ResNet(resnetlab.get_spec(name), resnetlab.ModelOptions(**options))
+        return resnetlab.ResNet(resnetlab.get_spec(name), resnetlab.ModelConfig(name, **options))
 
 
 @pytest.mark.parametrize("name,expected", sorted(IMAGENET_PARAMS.items()))

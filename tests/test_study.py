@@ -41,7 +41,8 @@ def test_grid_names_seeds_and_twin_configs(tmp_path):
     # Twins: the same depth and repeat give configs that differ only in the shortcut and the folder.
     a, b = (study.train_config(cfg, r) for r in runs if r.depth == 20 and r.repeat == 1 and r.option in "AB")
     da, db = study.to_dict(a), study.to_dict(b)
-    assert {k for k in da if da[k] != db[k]} == {"shortcut", "out"}
+    assert {k for k in da if da[k] != db[k]} == {"model", "out"}
+    assert {k for k in da["model"] if da["model"][k] != db["model"][k]} == {"shortcut"}
     assert a.seed == b.seed == 6
 
 
@@ -264,7 +265,7 @@ def test_bad_inputs_exit_2_with_clear_message(tmp_path, capsys, args, message):
 
 def test_unknown_study_is_a_usage_error(capsys):
     assert cli.main(["study", "landscapes"]) == 2
-    assert "invalid choice: 'landscapes'" in capsys.readouterr().err
+    assert "unknown: 'landscapes'" in capsys.readouterr().err
 
 
 def test_demo_picks_its_data(tmp_path, monkeypatch):

@@ -89,7 +89,7 @@ def test_torchvision_pth_loads_bit_for_bit(tmp_path, name, seed):
 def _architecture(name):
     """``[(key, shape), ...]`` of our ``name``, built on the meta device: shapes without memory or init."""
     with torch.device("meta"):
-        model = resnetlab.ResNet(resnetlab.get_spec(name), resnetlab.ModelOptions())
+        model = resnetlab.ResNet(resnetlab.get_spec(name), resnetlab.ModelConfig(name))
     return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
 
 
