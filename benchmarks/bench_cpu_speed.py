@@ -39,7 +39,8 @@ from resnetlab import fused as resnetlab_fused
 from resnetlab.blocks import ResidualAdd
 from resnetlab.models import ModelConfig, create_model
 from resnetlab.summary import summarize
-from resnetlab.train import TrainConfig, physical_cores, resolve_precision, train, train_step
+from resnetlab.runtime import physical_cores, resolve_precision
+from resnetlab.train import TrainConfig, train, train_step
 
 
 class KeepBranch(nn.Module):

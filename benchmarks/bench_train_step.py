@@ -25,7 +25,8 @@ import torch
 
 from resnetlab.models import create_model
 from resnetlab import fused
-from resnetlab.train import physical_cores, resolve_precision, train_step, use_fused_bn
+from resnetlab.runtime import physical_cores, resolve_precision
+from resnetlab.train import train_step, use_fused_bn
 
 
 def sync(device):

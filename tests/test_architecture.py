@@ -9,11 +9,11 @@ LAYERS = [
     {"__init__"},                                            # the package root: lazy, imports nothing
     {"io", "config", "schedule", "images"},                  # leaves
     {"blocks", "datasets", "plots"},
-    {"models", "stream"},
+    {"models", "stream", "runtime"},
     {"fused", "weights"},
-    {"evaluate"},
+    {"evaluate", "sources"},
     {"train"},
-    {"analysis", "summary"},
+    {"analysis", "summary", "evaluate_cli"},
     {"landscape", "report"},
     {"study"},
     {"cli"},

@@ -147,7 +147,7 @@ def test_model_options_are_declared_only_in_model_config():
 
 def test_every_command_nests_the_model_config():
     from resnetlab.analysis import AnalyzeConfig
-    from resnetlab.evaluate import EvalConfig, PredictConfig
+    from resnetlab.evaluate_cli import EvalConfig, PredictConfig
     from resnetlab.landscape import LandscapeConfig
     from resnetlab.study import DemoConfig, StudyConfig
     from resnetlab.summary import SummaryConfig

@@ -281,7 +281,7 @@ def test_class_names_must_agree_across_members(tmp_path, norm):
 
 
 def test_report_for_many_classes_lists_top_confusions():
-    from resnetlab.evaluate import format_report
+    from resnetlab.evaluate_cli import format_report
     data = tiny_data(200, seed=5, num_classes=25)
     result = evaluate(tiny_model(17, num_classes=25), data, Normalization.fit(data.x))
     text = format_report(result, ["m.pt"], "header")

@@ -18,7 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from resnetlab.weights import load_checkpoint
-from resnetlab.train import TrainConfig, TrainingDiverged, main_train, resolve_precision, train
+from resnetlab.runtime import resolve_precision
+from resnetlab.train import TrainConfig, TrainingDiverged, main_train, train
 
 TINY = dict(model=ModelConfig("resnet8", width=4), data="synthetic", batch_size=32, precision="fp32", threads=1, quiet=True)
 TINY_FLAGS = ["--model", "resnet8", "--width", "4", "--data", "synthetic", "--batch-size", "32",

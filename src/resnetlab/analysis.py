@@ -26,13 +26,8 @@ Definitions (the numbers depend on them):
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from typing import Iterator, Literal, Optional
 
@@ -42,12 +37,12 @@ from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
 from .config import Positional, given_model, name_given, parse
-from .datasets import NAMED_DATASETS as DATASETS, ArrayDataset, load_dataset
+from .datasets import NAMED_DATASETS as DATASETS
 from .io import format_table as io_format_table
-from .models import ModelConfig, create_model, model_config
+from .io import progress, resolve_device, write_json
+from .models import ModelConfig, model_config
 from .plots import plot_results
-from .stream import Normalization, eval_batches
-from .weights import load_checkpoint, load_state_dict_strict
+from .sources import labelled_batches, load_data, load_model, seeded_subset
 
 ANALYSES = ("paths", "gradients", "responses")
 
@@ -309,12 +304,12 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
     Returns ``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]`` (``delta = accuracy - baseline``).
     """
     device = torch.device(device) if device is not None else _device_of(model)
-    batches = list(_iter_labelled(data, normalization, batch_size, device, max_batches))
+    batches = list(labelled_batches(data, normalization, batch_size, device, max_batches))
     blocks = model_blocks(model)
     rows = []
     with _EvalMode(model):
         baseline = _accuracy(model, batches)
-        progress = Progress(len(blocks), "lesion", "blocks", quiet=quiet)
+        bar = progress(total=len(blocks), desc="lesion", unit="block", quiet=quiet)
         for name, block in blocks:
             row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline}
             if block.shortcut_kind != "none":
@@ -332,8 +327,8 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
                     h.remove()
                 row.update(accuracy=acc, delta=acc - baseline)
             rows.append(row)
-            progress.step()
-        progress.done()
+            bar.update()
+        bar.close()
     return rows
 
 
@@ -408,145 +403,6 @@ def layer_responses(model: nn.Module, x) -> list[tuple[str, float]]:
     """Figure 7 of He et al. 2015: ``[(conv name, std of its response), ...]`` for every 3x3 conv in forward
     order; the response is its BN's output before ReLU/addition (see :func:`layer_response_stats`)."""
     return [(r["layer"], r["std"]) for r in layer_response_stats(model, x)]
-
-
-# --------------------------------------------------------------------------------------------------
-# Shared command-line plumbing (also used by resnetlab.landscape)
-# --------------------------------------------------------------------------------------------------
-
-class Progress:
-    """A progress line with rate and ETA on stderr (at most twice a second)."""
-
-    def __init__(self, total: int, label: str, unit: str = "it", quiet: bool = False):
-        self.total, self.label, self.unit, self.quiet = total, label, unit, quiet
-        self.n, self.start, self.last = 0, time.perf_counter(), 0.0
-
-    def step(self, k: int = 1) -> None:
-        self.n += k
-        now = time.perf_counter()
-        tty = sys.stderr.isatty()
-        # A terminal gets one line rewritten in place; a log file a new line every 10 s.
-        if self.quiet or self.n >= self.total or now - self.last < (0.5 if tty else 10.0):
-            return
-        self.last = now
-        rate = self.n / max(now - self.start, 1e-9)
-        eta = (self.total - self.n) / rate if rate > 0 else 0.0
-        print(f"{chr(13) if tty else ''}{self.label}: {self.n}/{self.total} {self.unit}, {rate:.2f} "
-              f"{self.unit}/s, ETA {eta:.0f}s   ", end="" if tty else "\n", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if not self.quiet and self.total:
-            print(f"{chr(13) if sys.stderr.isatty() else ''}{self.label}: {self.n}/{self.total} {self.unit} in "
-                  f"{time.perf_counter() - self.start:.1f}s" + " " * 20, file=sys.stderr, flush=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"bad device {name!r}: {e}") from None
-
-
-def _looks_like_path(source: str) -> bool:
-    return os.path.exists(source) or os.sep in source or source.endswith((".pt", ".pth"))
-
-
-def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, name_given: bool | None = None):
-    """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
-
-    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model
-    name: a fresh model built with the options of ``model`` and, unless it sets one, ``seed``. A checkpoint
-    rebuilds the architecture it records; given ``model`` (with its name), it is loaded into that
-    configuration instead, and must fit it (strict loading names the mismatched keys). ``name_given``:
-    whether ``model.name`` was set explicitly (default: whether it differs from the default name).
-    """
-    if name_given is None:
-        name_given = model is not None and model.name != ModelConfig().name
-    if not _looks_like_path(source):
-        if name_given:
-            raise ValueError(f"--model names the architecture of a checkpoint; {source!r} is a model name, "
-                             f"not a checkpoint path")
-        config = dataclasses.replace(model or ModelConfig(), name=source)
-        return create_model(config, seed=seed if config.seed is None else config.seed), None
-    if os.path.isdir(source):  # a training run folder: its latest checkpoint
-        if not os.path.isfile(os.path.join(source, "last.pt")):
-            raise FileNotFoundError(f"{source} is a folder without a last.pt checkpoint")
-        source = os.path.join(source, "last.pt")
-    ckpt = load_checkpoint(source)
-    recorded = ModelConfig.from_dict(dict(ckpt.get("model_config") or {}), where=source)
-    if model is None:
-        net = create_model(recorded)
-    elif not name_given:
-        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(ModelConfig)
-                 if getattr(model, f.name) != getattr(ModelConfig(), f.name)]
-        raise ValueError(f"model options ({', '.join(given)}) apply to fresh models; {source} already records "
-                         f"its architecture (add --model NAME to load it into another configuration)")
-    elif recorded.spec.name != model.spec.name:
-        raise ValueError(f"checkpoint {source} holds a {recorded.name}, not the {model.name} given with --model")
-    else:
-        net = create_model(model)  # the weights must fit the configuration given: strict loading checks it
-    load_state_dict_strict(net, ckpt["model"], source=source)
-    return net, ckpt
-
-
-_SYNTHETIC: dict = {}
-
-
-def load_data(name: str, data_dir: str | None, ckpt: dict | None):
-    """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
-    per-channel mean/std fitted on the training split)."""
-    if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
-        if "synthetic" not in _SYNTHETIC:
-            _SYNTHETIC["synthetic"] = load_dataset(name)
-        splits = _SYNTHETIC["synthetic"]
-    else:
-        splits = load_dataset(name, data_dir)
-    norm_state = (ckpt or {}).get("normalization")
-    if norm_state:
-        norm = Normalization.from_state_dict(norm_state)
-    else:
-        norm = Normalization.fit(splits["train"].x, mode="channel")
-    return splits, norm
-
-
-def seeded_subset(ds, n: int, seed: int):
-    """The first ``n`` images of a permutation of ``ds`` seeded by ``seed`` (all when ``n >= len``)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds.y), generator=g)[: max(1, min(n, len(ds.y)))]
-    return ArrayDataset(x=ds.x[idx], y=ds.y[idx], classes=list(ds.classes))
-
-
-def _iter_labelled(data, normalization, batch_size, device, max_batches=None):
-    """Batches ``(x, y)`` on ``device`` from an ArrayDataset or from an iterable of ``(x, y)`` pairs."""
-    if hasattr(data, "x") and hasattr(data, "y"):
-        norm = normalization.to(device) if normalization is not None else None
-        source = eval_batches(data, batch_size, device=device, normalization=norm)
-    else:
-        source = data
-    for i, (xb, yb) in enumerate(source):
-        if max_batches is not None and i >= max_batches:
-            break
-        yield xb.to(device), yb.to(device)
-
-
-def write_json(obj, path: str) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -624,19 +480,19 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
               "data": {"name": cfg.data, "batches": cfg.batches, "batch_size": cfg.batch_size}}
     nb = cfg.batches or None
     if name == "paths":
-        batches = [xb for xb, _ in _iter_labelled(splits["test"], norm, cfg.batch_size, device, nb)]
+        batches = [xb for xb, _ in labelled_batches(splits["test"], norm, cfg.batch_size, device, nb)]
         result["data"]["split"] = "test"
         result["paths"] = path_stats(model, batches)
         result["projections"] = projection_stats(model)
     elif name == "responses":
-        batches = [xb for xb, _ in _iter_labelled(splits["test"], norm, cfg.batch_size, device, nb)]
+        batches = [xb for xb, _ in labelled_batches(splits["test"], norm, cfg.batch_size, device, nb)]
         result["data"]["split"] = "test"
         rows = layer_response_stats(model, batches)
         result["responses"] = rows
         result["sorted"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["std"])]
     else:  # gradients: train split, train-mode BN, mean over batches of the per-batch norms
         train = seeded_subset(splits["train"], cfg.batch_size * max(cfg.batches, 1), cfg.seed)
-        batches = list(_iter_labelled(train, norm, cfg.batch_size, device, None))
+        batches = list(labelled_batches(train, norm, cfg.batch_size, device, None))
         layer_sums: dict[str, float] = {}
         group_sums: dict[str, float] = {}
         losses = []
@@ -726,7 +582,7 @@ def main_analyze(argv: list[str] | None = None) -> int:
         results.append(run_analysis(name, cfg, source))
         print(format_result(results[-1]))
     if cfg.json:
-        write_json(results[0] if len(results) == 1 else {"analysis": name, "results": results}, cfg.json)
+        write_json(cfg.json, results[0] if len(results) == 1 else {"analysis": name, "results": results})
     if cfg.plot:
         plot_results(results, cfg.plot)
     return 0

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 """What ``--device`` accepts: ``auto`` picks CUDA when available, else the CPU."""
 PRECISIONS = ("auto", "fp32", "bf16")
-"""What ``--precision`` accepts: ``auto`` decides by the hardware (see :func:`resnetlab.train.resolve_precision`)."""
+"""What ``--precision`` accepts: ``auto`` decides by the hardware (see :func:`resnetlab.runtime.resolve_precision`)."""
 
 
 def _umask() -> int:

@@ -41,11 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .analysis import DATASETS, Progress, load_data, load_model, resolve_device, seeded_subset, write_json
+from .datasets import NAMED_DATASETS as DATASETS
 from .config import Positional, given_model, name_given, parse, to_dict
-from .io import atomic_save
+from .io import atomic_save, progress, resolve_device, write_json
 from .models import ModelConfig, model_config
 from .plots import plot_1d, plot_2d
+from .sources import load_data, load_model, seeded_subset
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
@@ -180,7 +181,7 @@ def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label):
     was = model.training
     model.eval()
     losses, accs = [], []
-    progress = Progress(len(coords), label, "points", quiet=quiet)
+    bar = progress(total=len(coords), desc=label, unit="point", quiet=quiet)
     try:
         for c in coords:
             params = {}
@@ -195,8 +196,8 @@ def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label):
             loss, acc = _evaluate(model, params, batches)
             losses.append(loss)
             accs.append(acc)
-            progress.step()
-        progress.done()
+            bar.update()
+        bar.close()
     finally:
         model.train(was)
     return np.array(losses), np.array(accs)
@@ -534,7 +535,7 @@ def write_outputs(result: dict, out: str, directions_file: str | None = None) ->
         raise
     written = [npz]
     summary = {"settings": s, "flatness": result["flatness"], "hessian": result.get("hessian")}
-    write_json(summary, os.path.join(out, "flatness.json"))
+    write_json(os.path.join(out, "flatness.json"), summary)
     written.append(os.path.join(out, "flatness.json"))
     dpath = os.path.join(out, "directions.pt")
     save_directions(result["raw_directions"], dpath, seed=result["directions_seed"], meta=s["model_config"])

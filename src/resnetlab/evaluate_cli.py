@@ -1,0 +1,395 @@
+"""``resnetlab eval`` and ``resnetlab predict``: what the command line says, resolved into
+:func:`resnetlab.evaluate.evaluate` and :func:`resnetlab.evaluate.predict` calls.
+
+Our checkpoints record their dataset (and folder), preprocessing, classes and architecture; what is not
+given on the command line comes from there. Weights from other projects need the architecture
+(``--model NAME [--shortcut ...]``) and the preprocessing (``--mean R,G,B --std R,G,B`` or ``--pixel-mean``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional
+
+import tyro
+
+from . import config as configlib
+from . import datasets as datalib
+from .config import Floats, Positional, given_model, name_given
+from .datasets import DATASETS
+from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches, use_bf16
+from .images import ImageFolder
+from .io import PRECISIONS, resolve_device, write_json
+from .models import ModelConfig, get_spec
+from .stream import Normalization
+from .weights import peek_checkpoint
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass(frozen=True)
+class ForeignWeights:
+    """Options for weights that are not resnetlab checkpoints (and overrides for ours)."""
+
+    model: ModelConfig = ModelConfig()
+    """the architecture to build for weights from other projects (which record none); for our
+    checkpoints, options given here must fit the recorded weights (default: the recorded architecture)"""
+    mean: Optional[Floats] = None
+    """per-channel input mean R,G,B on the 0..1 scale (replaces a checkpoint's own normalization, with a warning)"""
+    std: Optional[Floats] = None
+    """per-channel input std R,G,B on the 0..1 scale (with --mean)"""
+
+
+@dataclass(frozen=True)
+class EvalConfig(ForeignWeights):
+    """Evaluate checkpoints: top-1/top-5, loss, per-class accuracy, confusion matrix; several checkpoints
+    are evaluated as an ensemble (their softmax probabilities averaged)."""
+
+    weights: tuple[str, ...] = ()
+    """checkpoint file(s); several form an ensemble (probabilities averaged)"""
+    data: Optional[Literal[DATASETS]] = None
+    """dataset: cifar10 | cifar100 | synthetic | folder (default: the one the first checkpoint was trained on)"""
+    data_dir: Optional[str] = None
+    """dataset folder (or its .tar.gz); default: the training run's, else the cache folder; not needed for synthetic"""
+    split: Literal[SPLITS] = "test"
+    """split to evaluate: test | val | train"""
+    val_split: Optional[int] = None
+    """training images held out as the val split (default: as recorded in the checkpoint's training config)"""
+    split_seed: Optional[int] = None
+    """seed of the train/val split (default: as recorded, else 0)"""
+    batch_size: int = 1000
+    """images per forward pass"""
+    limit: Optional[int] = None
+    """evaluate only the first N images of the split"""
+    tta: Literal[("none", "flip")] = "none"
+    """test-time augmentation: flip averages each image's and its mirror's probabilities (none | flip)"""
+    workers: int = 2
+    """DataLoader workers decoding image folders (--data folder)"""
+    pixel_mean: bool = False
+    """preprocess by subtracting the per-pixel mean of the training split (the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)"""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N"""
+    precision: Literal[PRECISIONS] = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (also on the CPU, as training does on CPUs with fast bf16)"""
+    json: Optional[str] = None
+    """write all results (confusion matrix included) to this JSON file"""
+    quiet: bool = False
+    """no progress line"""
+
+
+@dataclass(frozen=True)
+class PredictConfig(ForeignWeights):
+    """Print the top-k classes of image files (decoded with Pillow, resized as the model expects)."""
+
+    images: Positional[tuple[str, ...]] = ()
+    """image files (PNG, JPEG, ... any mode)"""
+    weights: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """checkpoint file; repeat the flag for an ensemble (probabilities averaged), so images may follow"""
+    top_k: int = 5
+    """classes to show per image"""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N"""
+    json: Optional[str] = None
+    """also write the predictions to this JSON file"""
+
+
+def _explicit_normalization(cfg):
+    """The normalization given by --mean/--std, or None."""
+    if cfg.mean is None and cfg.std is None:
+        return None
+    if cfg.mean is None or cfg.std is None:
+        raise ValueError("--mean and --std go together (per-channel values R,G,B on the 0..1 scale)")
+    for what, values in (("--mean", cfg.mean), ("--std", cfg.std)):
+        if len(values) not in (1, 3):
+            raise ValueError(f"{what} needs 3 values R,G,B (or one for all channels), got {len(values)}")
+    if any(s <= 0 for s in cfg.std):
+        raise ValueError(f"--std values must be positive, got {cfg.std}")
+    if max(cfg.mean) > 1.5 or max(cfg.std) > 1.5:
+        raise ValueError("--mean/--std are on the 0..1 scale (divide 0..255 values by 255)")
+    expand = (lambda v: tuple(v) * 3 if len(v) == 1 else tuple(v))
+    return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
+
+
+def _check_model_options(cfg) -> None:
+    if given_model(cfg) is not None and name_given(cfg) is False:
+        raise ValueError("model options (--shortcut, --num-classes, ...) describe the architecture given by "
+                         "--model NAME; our checkpoints record their own")
+
+
+def _check_files(paths) -> list[str]:
+    if not paths:
+        raise ValueError("give at least one checkpoint: --weights CKPT [CKPT ...]")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+    return list(paths)
+
+
+class _Warnings:
+    """Print warnings as ``resnetlab CMD: warning: ...`` lines on stderr while the command runs."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.context = warnings.catch_warnings()
+
+    def __enter__(self):
+        self.context.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = (lambda message, *a, **k:
+                                print(f"resnetlab {self.command}: warning: {message}", file=sys.stderr))
+        return self
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc)
+
+
+def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
+    """Fill in the dataset (and its folder) the first checkpoint was trained on, when not given."""
+    recorded = (first_ckpt or {}).get("config") or {}
+    trained_on = ((first_ckpt or {}).get("data") or {}).get("name")
+    if cfg.data is None:
+        if trained_on is None:
+            raise ValueError(f"give the dataset: --data {' | '.join(DATASETS)} (the checkpoint does not record it)")
+        cfg = dataclasses.replace(cfg, data=trained_on)
+    if cfg.data not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.data!r}; valid: {', '.join(DATASETS)}")
+    if cfg.data_dir is None and cfg.data == trained_on and recorded.get("data_dir") \
+            and os.path.exists(recorded["data_dir"]):
+        cfg = dataclasses.replace(cfg, data_dir=recorded["data_dir"])
+    if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
+        raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist")
+    return cfg
+
+
+def _class_count(cfg: EvalConfig) -> int | None:
+    """The dataset's class count without loading it (the default classifier size for --model)."""
+    if cfg.data == "folder":
+        for split in ("train", cfg.split):
+            folder = os.path.join(cfg.data_dir or "", split)
+            if cfg.data_dir and os.path.isdir(folder):
+                return sum(1 for e in os.scandir(folder) if e.is_dir())
+        return None
+    return {"cifar10": 10, "cifar100": 100, "synthetic": len(datalib.SYNTHETIC_CLASSES)}.get(cfg.data)
+
+
+def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
+    """(evaluation split, training split or None): ArrayDatasets, or ImageFolders for --data folder."""
+    if cfg.data == "folder":
+        return _load_folder_split(cfg, *_input_geometry(cfg, first_ckpt))
+    recorded = (first_ckpt or {}).get("config") or {}
+    val_split = cfg.val_split if cfg.val_split is not None else int(recorded.get("val_split") or 0)
+    split_seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("split_seed") or 0)
+    if cfg.split == "val" and val_split <= 0:
+        raise ValueError("--split val needs --val-split N (no val split is recorded in the checkpoint)")
+    options = {}
+    if cfg.split == "test":
+        val_split = 0  # the test split does not depend on it
+        if cfg.data == "synthetic" and not need_train:
+            options["synthetic_train"] = 10  # generated independently of the test images: skip the work
+    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed, **options)
+    if cfg.split not in sets:
+        raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
+    return sets[cfg.split], (sets.get("train") if need_train else None)
+
+
+def _input_geometry(cfg: EvalConfig, first_ckpt: dict | None) -> tuple[int, str]:
+    """(image size, family) the first model expects, known before loading it (for image folders)."""
+    name = (given_model(cfg).name if given_model(cfg) else None) or \
+        ((first_ckpt or {}).get("model_config") or {}).get("name")
+    spec = get_spec(name) if name else None
+    size = ((first_ckpt or {}).get("data") or {}).get("image_size") or (spec.image_size if spec else 32)
+    return int(size), (spec.family if spec else "cifar")
+
+
+def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
+    """``ROOT/<split>/<class>/<images>`` as an ImageFolder (decoded lazily, in workers), with the classes
+    of ``ROOT/train`` when it exists. CIFAR-style models: shorter side resized to the image size (CIFAR-sized
+    files pass unchanged); ImageNet-style: shorter side to size * 256 / 224, centre crop."""
+    if cfg.data_dir is None:
+        raise ValueError("--data folder needs --data-dir ROOT (with ROOT/<split>/<class>/<image files>)")
+    split_dir = os.path.join(cfg.data_dir, cfg.split)
+    if not os.path.isdir(split_dir):
+        raise FileNotFoundError(f"{split_dir} not found: --data folder expects the layout "
+                                f"ROOT/{cfg.split}/<class>/<image files> (ROOT = --data-dir)")
+    train_dir = os.path.join(cfg.data_dir, "train")
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir()) if os.path.isdir(train_dir) else None
+    options = dict(classes=classes, image_size=image_size,
+                   resize=image_size if family == "cifar" else None, on_bad_image="skip")
+    split = ImageFolder(split_dir, **options)
+    train = None
+    if cfg.pixel_mean and cfg.split != "train" and os.path.isdir(train_dir):
+        train = ImageFolder(train_dir, **{**options, "classes": split.classes})
+    return split, (split if cfg.split == "train" else train)
+
+
+def _pixel_mean(train, batch_size: int, num_workers: int) -> Normalization:
+    """The per-pixel mean image of a training split (in memory or an image folder) as a Normalization."""
+    if isinstance(train, ImageFolder):
+        return Normalization.fit((x for x, _ in raw_image_batches(train, batch_size, num_workers, [], False)), "pixel")
+    return Normalization.fit(train.x, "pixel")
+
+
+def _pct(v) -> str:
+    return "   -  " if v is None else f"{100 * v:6.2f}%"
+
+
+def format_report(result: dict, members: list[str], header: str) -> str:
+    """The human-readable report printed by ``resnetlab eval``."""
+    lines = [header, ""]
+    width = max([len(m) for m in members] + [14])
+    lines.append(f"  {'':<{width}}   top-1    top-5     loss")
+    for name, m in zip(members, result["members"]):
+        lines.append(f"  {name:<{width}} {_pct(m['top1'])}  {_pct(m['top5'])}  {m['loss']:7.4f}")
+    if len(members) > 1:
+        name = f"ensemble of {len(members)}"
+        lines.append(f"  {name:<{width}} {_pct(result['top1'])}  {_pct(result['top5'])}  {result['loss']:7.4f}")
+    lines += ["", f"top-1 {100 * result['top1']:.2f}% (error {100 * result['error']:.2f}%)   "
+                  f"top-5 {100 * result['top5']:.2f}% (error {100 * result['top5_error']:.2f}%)   "
+                  f"loss {result['loss']:.4f}   on {result['n']} images", ""]
+    per_class, confusion, classes = result["per_class"], result["confusion"], result["classes"]
+    if len(classes) <= 20:
+        lines.append("per-class accuracy:")
+        name_w = min(16, max(len(c) for c in classes))
+        cells = [f"{c['class'][:name_w]:>{name_w}} {_pct(c['accuracy'])}" for c in per_class]
+        lines += ["  " + "  ".join(cells[i:i + 4]) for i in range(0, len(cells), 4)]
+        lines += ["", "confusion matrix (rows: true class, columns: predicted class by number; counts):"]
+        cw = max(4, len(str(max(max(r) for r in confusion))) + 1)
+        lines.append(f"  {'':<{name_w + 3}}" + "".join(f"{j:>{cw}}" for j in range(len(classes))))
+        for i, (name, row) in enumerate(zip(classes, confusion)):
+            lines.append(f"  {i:>2} {name[:name_w]:<{name_w}}" + "".join(f"{v:>{cw}}" for v in row))
+    else:
+        ranked = sorted((c for c in per_class if c["accuracy"] is not None), key=lambda c: c["accuracy"])
+        lines.append("lowest per-class accuracy:  " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
+                                                              for c in ranked[:5]))
+        lines.append("highest per-class accuracy: " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
+                                                              for c in ranked[::-1][:5]))
+        pairs = sorted(((v, i, j) for i, row in enumerate(confusion) for j, v in enumerate(row) if i != j and v),
+                       key=lambda t: (-t[0], t[1], t[2]))[:10]  # most frequent first, ties in class order
+        lines.append("most frequent confusions (true -> predicted: count): " +
+                     ", ".join(f"{classes[i]} -> {classes[j]}: {v}" for v, i, j in pairs))
+        lines.append("(the full confusion matrix is in the --json output)")
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """``resnetlab eval`` as a function: load, evaluate, print, write the JSON; returns the results."""
+    paths = _check_files(cfg.weights)
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"--limit must be positive, got {cfg.limit}")
+    override = _explicit_normalization(cfg)
+    if override is not None and cfg.pixel_mean:
+        raise ValueError("give either --mean/--std or --pixel-mean, not both")
+    device = resolve_device(cfg.device)
+    first_ckpt = peek_checkpoint(paths[0])
+    cfg = _resolve_data(cfg, first_ckpt)
+
+    # The checkpoints first (fast, and most mistakes are there), then the data.
+    _check_model_options(cfg)
+    given = given_model(cfg)
+    num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else _class_count(cfg)
+    members = [load_for_eval(p, given, num_classes=num_classes if given else None, normalization=override)
+               for p in paths]
+    counts = [m.num_classes for m in members]
+    if len(set(counts)) > 1:
+        raise ValueError("the checkpoints have different class counts: " +
+                         ", ".join(f"{m.path}: {m.num_classes}" for m in members))
+    missing = [m.path for m in members if m.normalization is None]
+    if missing and not cfg.pixel_mean:
+        raise ValueError(f"no preprocessing known for {', '.join(missing)} (not a resnetlab checkpoint): "
+                         f"give --mean R,G,B --std R,G,B (0..1 scale) or --pixel-mean")
+
+    data, train = _load_split(cfg, first_ckpt, need_train=cfg.pixel_mean)
+    if counts[0] is not None and counts[0] != len(data.classes):
+        raise ValueError(f"{members[0].path} has {counts[0]} classes but {cfg.data} has {len(data.classes)}")
+    if cfg.pixel_mean:
+        if train is None:
+            raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
+        pixel = _pixel_mean(train, cfg.batch_size, cfg.workers)
+        for m in members:
+            if m.normalization is not None:
+                warnings.warn(f"{m.path}: replacing the normalization recorded in the checkpoint by the "
+                              f"per-pixel mean; the model was trained with the recorded one")
+            m.normalization = pixel
+    if cfg.limit is not None and cfg.limit < len(data):
+        if hasattr(data, "x"):
+            data = dataclasses.replace(data, x=data.x[:cfg.limit], y=data.y[:cfg.limit])
+        else:  # an ImageFolder: keep its first files
+            data.samples = data.samples[:cfg.limit]
+    check_same_classes(members)
+    for m in members:
+        if m.classes is not None and list(m.classes) != list(data.classes):
+            warnings.warn(f"{m.path} was trained on classes {m.classes[:4]}... but {cfg.data} has "
+                          f"{data.classes[:4]}...; outputs are compared by index")
+        side = data.x.shape[-1] if hasattr(data, "x") else data.image_size
+        if m.image_size != side:
+            warnings.warn(f"{m.path} was trained on {m.image_size}x{m.image_size} images, "
+                          f"the {cfg.data} images are {side}x{side}")
+
+    start = time.perf_counter()
+    result = evaluate([m.model for m in members], data, [m.normalization for m in members],
+                      batch_size=cfg.batch_size, device=device, tta_flip=cfg.tta == "flip",
+                      precision=cfg.precision, progress=not cfg.quiet, num_workers=cfg.workers)
+    seconds = time.perf_counter() - start
+    autocast = use_bf16(device, cfg.precision)
+    header = (f"{cfg.data} {cfg.split}: {result['n']} images, {result['num_classes']} classes | "
+              f"tta: {cfg.tta} | {device} {'bf16' if autocast else 'fp32'} | {seconds:.1f}s")
+    names = [f"{m.path} [{m.description}]" for m in members]
+    print(format_report(result, names, header))
+    for entry, m in zip(result["members"], members):
+        entry.update({"path": m.path, "model": m.description})
+    result = {"command": "eval", "config": configlib.to_dict(cfg), "data": cfg.data, "split": cfg.split,
+              "device": str(device), "precision": "bf16" if autocast else "fp32", "seconds": seconds, **result}
+    if cfg.json:
+        write_json(cfg.json, result)
+        print(f"\nwrote {cfg.json}")
+    return result
+
+
+def main_eval(argv: list[str] | None = None) -> int:
+    """``resnetlab eval --weights CKPT [CKPT ...] --data cifar10 --data-dir DIR [--tta flip] [--json OUT]``."""
+    cfg = configlib.parse(EvalConfig, argv, prog="resnetlab eval")
+    with _Warnings("eval"):
+        run_eval(cfg)
+    return 0
+
+
+def run_predict(cfg: PredictConfig) -> list[dict]:
+    """``resnetlab predict`` as a function: prints the top-k classes per image; returns the predictions."""
+    paths = _check_files(cfg.weights)
+    if not cfg.images:
+        raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
+    for p in cfg.images:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"image not found: {p}")
+    override = _explicit_normalization(cfg)
+    _check_model_options(cfg)
+    given = given_model(cfg)
+    members = [load_for_eval(p, given, normalization=override) for p in paths]
+    results = predict(members, cfg.images, top_k=cfg.top_k, device=cfg.device)
+    for r in results:
+        print(r["image"])
+        for rank, t in enumerate(r["top"], 1):
+            print(f"  {rank:>2}. {t['prob']:7.4f}  {t['class']}")
+    if cfg.json:
+        write_json(cfg.json, {"command": "predict", "weights": paths,
+                              "predictions": [{k: v for k, v in r.items() if k != "probabilities"} for r in results]})
+    return results
+
+
+def main_predict(argv: list[str] | None = None) -> int:
+    """``resnetlab predict IMAGE [IMAGE ...] --weights CKPT [--top-k 5] [--json OUT]``."""
+    cfg = configlib.parse(PredictConfig, argv, prog="resnetlab predict")
+    with _Warnings("predict"):
+        run_predict(cfg)
+    return 0
+
+
+main = main_eval

@@ -1,0 +1,123 @@
+"""Where and how a run executes: CPU threads and instruction sets, the numeric precision, the processes of a
+``torchrun`` launch, the state of every RNG (for exact resume), and the versions a run records.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import __version__
+from .io import PRECISIONS, resolve_device
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads share a core's vector units)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as fh:
+                cores.add(fh.read().strip())
+        except OSError:
+            cores.add(str(c))
+    return max(1, len(cores))
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles: the CPUs on which bf16 convolutions clearly beat fp32."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def cpu_has_avx512() -> bool:
+    """AVX-512 (oneDNN's channels_last convolutions are faster than NCHW ones there)."""
+    check = getattr(torch.cpu, "_is_avx512_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def resolve_precision(precision: str, device: torch.device, channels_last: bool | None) -> tuple[bool, bool]:
+    """``(bf16 autocast?, channels_last?)`` for ``precision`` on ``device``.
+
+    ``auto``: bf16 autocast + channels_last on CUDA and on CPUs with AMX; fp32 + channels_last on other
+    AVX-512 CPUs (on an AVX512-BF16 Xeon without AMX, bf16 convolutions with 16-64 channels measured slower
+    than fp32 ones, and channels_last fp32 faster than NCHW: benchmarks/RESULTS.md); fp32 elsewhere.
+    ``bf16``/``fp32`` force the precision; channels_last then follows bf16 unless given.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            bf16 = cl = torch.cuda.is_bf16_supported()
+        elif device.type == "cpu":
+            bf16 = cpu_has_amx()
+            cl = bf16 or cpu_has_avx512()
+        else:
+            bf16 = cl = False
+    else:
+        bf16 = cl = precision == "bf16"
+    return bf16, (cl if channels_last is None else bool(channels_last))
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by ``torchrun``), start the process group when there
+    is more than one process (NCCL on CUDA, gloo on CPU) and pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        # Under torchrun each process takes the GPU of its local rank; "cuda:N" pins a single process.
+        dev = torch.device("cuda", local) if (world > 1 or dev.index is None) else dev
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def rng_state() -> dict:
+    """Every generator's state, as tensors and numbers (loadable with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict:
+    """The versions a run records beside its results."""
+    return {"resnetlab": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}

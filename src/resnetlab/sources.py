@@ -1,0 +1,100 @@
+"""What an analysis or a landscape runs on: a model (fresh by name, or from a checkpoint) and its data.
+
+``resnetlab analyze`` and ``resnetlab landscape`` take ``MODEL|CKPT``: a registered name builds a fresh model
+with the command's model options; a checkpoint path (or a run folder, meaning its ``last.pt``) rebuilds
+the architecture it records and loads its weights, unless model options given with ``--model NAME`` ask
+for another configuration. The data is the named dataset, normalised as the checkpoint was trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from .datasets import ArrayDataset, load_dataset
+from .models import ModelConfig, create_model
+from .stream import Normalization, eval_batches
+from .weights import load_checkpoint, load_state_dict_strict
+
+
+def _looks_like_path(source: str) -> bool:
+    return os.path.exists(source) or os.sep in source or source.endswith((".pt", ".pth"))
+
+
+def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, name_given: bool | None = None):
+    """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
+
+    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model
+    name: a fresh model built with the options of ``model`` and, unless it sets one, ``seed``. A checkpoint
+    rebuilds the architecture it records; given ``model`` (with its name), it is loaded into that
+    configuration instead, and must fit it (strict loading names the mismatched keys). ``name_given``:
+    whether ``model.name`` was set explicitly (default: whether it differs from the default name).
+    """
+    if name_given is None:
+        name_given = model is not None and model.name != ModelConfig().name
+    if not _looks_like_path(source):
+        if name_given:
+            raise ValueError(f"--model names the architecture of a checkpoint; {source!r} is a model name, "
+                             f"not a checkpoint path")
+        config = dataclasses.replace(model or ModelConfig(), name=source)
+        return create_model(config, seed=seed if config.seed is None else config.seed), None
+    if os.path.isdir(source):  # a training run folder: its latest checkpoint
+        if not os.path.isfile(os.path.join(source, "last.pt")):
+            raise FileNotFoundError(f"{source} is a folder without a last.pt checkpoint")
+        source = os.path.join(source, "last.pt")
+    ckpt = load_checkpoint(source)
+    recorded = ModelConfig.from_dict(dict(ckpt.get("model_config") or {}), where=source)
+    if model is None:
+        net = create_model(recorded)
+    elif not name_given:
+        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(ModelConfig)
+                 if getattr(model, f.name) != getattr(ModelConfig(), f.name)]
+        raise ValueError(f"model options ({', '.join(given)}) apply to fresh models; {source} already records "
+                         f"its architecture (add --model NAME to load it into another configuration)")
+    elif recorded.spec.name != model.spec.name:
+        raise ValueError(f"checkpoint {source} holds a {recorded.name}, not the {model.name} given with --model")
+    else:
+        net = create_model(model)  # the weights must fit the configuration given: strict loading checks it
+    load_state_dict_strict(net, ckpt["model"], source=source)
+    return net, ckpt
+
+
+_SYNTHETIC: dict = {}
+
+
+def load_data(name: str, data_dir: str | None, ckpt: dict | None):
+    """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
+    per-channel mean/std fitted on the training split)."""
+    if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
+        if "synthetic" not in _SYNTHETIC:
+            _SYNTHETIC["synthetic"] = load_dataset(name)
+        splits = _SYNTHETIC["synthetic"]
+    else:
+        splits = load_dataset(name, data_dir)
+    norm_state = (ckpt or {}).get("normalization")
+    if norm_state:
+        norm = Normalization.from_state_dict(norm_state)
+    else:
+        norm = Normalization.fit(splits["train"].x, mode="channel")
+    return splits, norm
+
+
+def seeded_subset(ds, n: int, seed: int):
+    """The first ``n`` images of a permutation of ``ds`` seeded by ``seed`` (all when ``n >= len``)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds.y), generator=g)[: max(1, min(n, len(ds.y)))]
+    return ArrayDataset(x=ds.x[idx], y=ds.y[idx], classes=list(ds.classes))
+
+
+def labelled_batches(data, normalization, batch_size, device, max_batches=None):
+    """Batches ``(x, y)`` on ``device`` from an ArrayDataset or from an iterable of ``(x, y)`` pairs."""
+    if hasattr(data, "x") and hasattr(data, "y"):
+        norm = normalization.to(device) if normalization is not None else None
+        source = eval_batches(data, batch_size, device=device, normalization=norm)
+    else:
+        source = data
+    for i, (xb, yb) in enumerate(source):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield xb.to(device), yb.to(device)
