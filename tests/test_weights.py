@@ -101,8 +101,6 @@ def test_imagenet_state_dict_has_torchvision_keys_and_shapes(name):
 
 
 @needs_golden
-@pytest.mark.xfail(strict=True, reason="blocks.py registers each block's downsample before conv1; torchvision "
-                                       "registers it last, so parameters() and optimizer state run in another order")
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_imagenet_state_dict_is_in_torchvision_order(name):
     assert [k for k, _ in _architecture(name)] == [k for k, _ in _golden(name)]

@@ -154,12 +154,17 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def _init_shortcut(self, in_channels, out_channels, stride, shortcut, zero_pad, shortcut_scale, norm):
+    def _check_channels(self, in_channels, out_channels, stride):
         for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride, zero_pad, norm=norm)
+
+    def _set_shortcut(self, shortcut, zero_pad, shortcut_scale, norm):
+        # Registered after the branch's layers, as torchvision does: state_dict keys, parameters() and so
+        # the optimizer's state come in torchvision's order.
+        self.downsample = make_shortcut(shortcut, self.in_channels, self.out_channels, self.stride, zero_pad,
+                                        norm=norm)
         self.add = ResidualAdd(shortcut_scale)
 
     @property
@@ -185,12 +190,13 @@ class BasicBlock(_Block):
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0):
         super().__init__()
-        self._init_shortcut(in_channels, planes, stride, shortcut, zero_pad, shortcut_scale, norm=True)
+        self._check_channels(in_channels, planes, stride)
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU()
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True)
 
     def last_residual_layer(self) -> nn.Module:
         return self.bn2
@@ -221,7 +227,7 @@ class Bottleneck(_Block):
         super().__init__()
         _check_choice("stride_at", stride_at, STRIDE_AT)
         out_channels = planes * self.expansion
-        self._init_shortcut(in_channels, out_channels, stride, shortcut, zero_pad, shortcut_scale, norm=True)
+        self._check_channels(in_channels, out_channels, stride)
         self.stride_at = stride_at
         s1, s3 = (stride, 1) if stride_at == "1x1" else (1, stride)
         self.conv1 = conv1x1(in_channels, planes, s1)
@@ -231,6 +237,7 @@ class Bottleneck(_Block):
         self.conv3 = conv1x1(planes, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU()
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True)
 
     def last_residual_layer(self) -> nn.Module:
         return self.bn3
@@ -262,12 +269,13 @@ class PreActBasicBlock(_Block):
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0):
         super().__init__()
-        self._init_shortcut(in_channels, planes, stride, shortcut, zero_pad, shortcut_scale, norm=False)
+        self._check_channels(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU()
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False)
 
     def last_residual_layer(self) -> nn.Module:
         return self.conv2
@@ -296,7 +304,7 @@ class PreActBottleneck(_Block):
         super().__init__()
         _check_choice("stride_at", stride_at, STRIDE_AT)
         out_channels = planes * self.expansion
-        self._init_shortcut(in_channels, out_channels, stride, shortcut, zero_pad, shortcut_scale, norm=False)
+        self._check_channels(in_channels, out_channels, stride)
         self.stride_at = stride_at
         s1, s3 = (stride, 1) if stride_at == "1x1" else (1, stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
@@ -306,6 +314,7 @@ class PreActBottleneck(_Block):
         self.conv2 = conv3x3(planes, planes, s3)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, out_channels)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False)
 
     def last_residual_layer(self) -> nn.Module:
         return self.conv3
