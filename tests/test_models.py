@@ -248,3 +248,50 @@ def test_clear_errors(call, match):
 def test_public_surface():
     for name in ("create_model", "list_models", "load_weights", "BasicBlock", "Bottleneck"):
         assert hasattr(resnetlab, name)
+
+
+# --- the transition option: what the shape-changing blocks use ------------------------------------------
+
+def _transition_kinds(model):
+    return {n: b.shortcut_kind for n, b in model.blocks() if b.stride != 1 or b.in_channels != b.out_channels}
+
+
+def test_transition_none_keeps_identities_and_drops_the_shape_changing_shortcuts():
+    model = create_model("resnet20", shortcut="A", transition="none", seed=0)
+    assert count_parameters(model) == 269_722  # zero-pad shortcuts have no parameters either
+    assert _transition_kinds(model) == {"layer2.0": "none", "layer3.0": "none"}
+    others = {b.shortcut_kind for n, b in model.blocks() if n not in ("layer2.0", "layer3.0")}
+    assert others == {"identity"}
+    # and the net really computes something else than option A: the transition blocks add nothing
+    a = create_model("resnet20", shortcut="A", seed=0)
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(a.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name,params", [("resnet20", 272_474), ("resnet50", 25_557_032)])
+def test_avgpool_projection_is_resnet_d(name, params):
+    model = create_model(name, transition="avgpool-projection", seed=0)
+    assert count_parameters(model) == params  # a pool adds no parameters to option B's 1x1 projection
+    block = dict(model.blocks())["layer2.0"]
+    pool, conv = block.downsample[0], block.downsample[1]
+    assert isinstance(pool, torch.nn.AvgPool2d) and pool.kernel_size == 2 and pool.stride == 2
+    assert conv.stride == (1, 1) and conv.kernel_size == (1, 1)
+    # the shortcut of a stride-2 block is the mean of each 2x2 window, then the 1x1 map
+    x = torch.randn(1, block.in_channels, 8, 8)
+    expected = torch.nn.functional.conv2d(torch.nn.functional.avg_pool2d(x, 2), conv.weight)
+    assert torch.allclose(conv(pool(x)), expected, atol=1e-6)
+
+
+def test_transition_checkpoint_round_trip_never_loads_as_option_a(tmp_path):
+    from resnetlab.io import atomic_save
+    from resnetlab.weights import make_checkpoint, model_from_checkpoint
+    model = create_model("resnet8", shortcut="A", transition="none", width=4, seed=1)
+    path = tmp_path / "t.pt"
+    atomic_save(make_checkpoint(model), path)
+    rebuilt, _ = model_from_checkpoint(path)
+    assert rebuilt.options.transition == "none" and _transition_kinds(rebuilt) == _transition_kinds(model)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+    # the same keys and shapes as option A: only the recorded architecture can tell them apart
+    with pytest.raises(ValueError, match="another architecture.*transition: 'none' in the file, 'zero-pad' here"):
+        model_from_checkpoint(path, "resnet8", width=4, shortcut="A")

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "blocks": ("BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "IdentityShortcut",
-               "ZeroPadShortcut", "ProjectionShortcut", "NoShortcut", "ResidualAdd"),
+               "ZeroPadShortcut", "ProjectionShortcut", "AvgPoolProjectionShortcut", "NoShortcut", "ResidualAdd"),
     "models": ("ModelConfig", "ModelSpec", "ResNet", "create_model", "list_models", "get_spec",
                "count_parameters"),
     "weights": ("load_weights",),

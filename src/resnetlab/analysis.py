@@ -189,7 +189,7 @@ def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict
         zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
     rows = []
     for name, block in model_blocks(model):
-        if not isinstance(block.downsample, ProjectionShortcut):
+        if block.shortcut_kind != "projection":  # the 1x1 map alone (not ResNet-D's pooled one)
             continue
         w, b = folded_projection(block.downsample)
         mask = identity_mask(w.shape[0], w.shape[1], zero_pad).to(w)

@@ -8,6 +8,11 @@ Four shortcut options, after He et al. 2015 ("Deep Residual Learning for Image R
 * ``"C"``    1x1 projection + BN on every block.
 * ``"none"`` no shortcut: the plain network of the paper.
 
+``transition`` overrides what the shape-changing blocks (the first of each later stage) use:
+``"zero-pad"`` (option A's), ``"projection"`` (option B's), ``"avgpool-projection"`` (a 2x2 average pool with
+the stride, then a 1x1 convolution + BN: "ResNet-D", He et al. 2019, "Bag of Tricks") or ``"none"``; e.g.
+``shortcut="A", transition="none"`` keeps the identity shortcuts and drops the others.
+
 Every block reads like torchvision's: its ``forward`` spells out each convolution, batch norm and ReLU,
 then ``out = self.add(out, self.downsample(x))``. The shortcut is always a module (``downsample``), even
 in the plain network, where :class:`NoShortcut` stands for "no connection"; the add is a
@@ -22,6 +27,7 @@ from torch import nn
 
 
 SHORTCUTS = ("A", "B", "C", "none")
+TRANSITIONS = ("zero-pad", "projection", "avgpool-projection", "none")
 ZERO_PADS = ("split", "end")
 STRIDE_AT = ("3x3", "1x1")
 
@@ -106,6 +112,23 @@ class NoShortcut(nn.Module):
         return None
 
 
+class AvgPoolProjectionShortcut(ProjectionShortcut):
+    """ResNet-D's shortcut (He et al. 2019, "Bag of Tricks"): a 2x2 average pool with the stride, then a
+    stride-1 1x1 convolution + BN, so the projection sees every input position, not one in four.
+
+    The parameters are ``downsample.1`` (conv) and ``downsample.2`` (BN), as in timm's ResNet-D.
+    """
+
+    kind = "avgpool-projection"
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: bool = True):
+        pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        layers = [pool, conv1x1(in_channels, out_channels)]
+        if norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        nn.Sequential.__init__(self, *layers)
+
+
 class ResidualAdd(nn.Module):
     """``branch + scale * shortcut``, or ``branch`` alone when the shortcut is ``None`` (:class:`NoShortcut`).
 
@@ -129,14 +152,27 @@ class ResidualAdd(nn.Module):
 
 
 def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
-                  zero_pad: str = "split", norm: bool = True) -> nn.Module:
-    """The shortcut module for one block (a :class:`NoShortcut` for the plain network, option ``"none"``)."""
+                  zero_pad: str = "split", norm: bool = True, transition: str | None = None) -> nn.Module:
+    """The shortcut module for one block (a :class:`NoShortcut` for the plain network, option ``"none"``).
+
+    ``transition`` (one of :data:`TRANSITIONS`), when given, decides the shortcut of a block whose shape
+    changes, whatever ``option`` says for the others."""
     _check_choice("shortcut option", option, SHORTCUTS)
+    if transition is not None:
+        _check_choice("transition", transition, TRANSITIONS)
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    shape_changes = stride != 1 or in_channels != out_channels
+    if shape_changes and transition is not None:
+        if transition == "zero-pad":
+            return ZeroPadShortcut(in_channels, out_channels, stride, zero_pad)
+        if transition == "projection":
+            return ProjectionShortcut(in_channels, out_channels, stride, norm=norm)
+        if transition == "avgpool-projection":
+            return AvgPoolProjectionShortcut(in_channels, out_channels, stride, norm=norm)
+        return NoShortcut()
     if option == "none":
         return NoShortcut()
-    shape_changes = stride != 1 or in_channels != out_channels
     if option == "C" or (option == "B" and shape_changes):
         return ProjectionShortcut(in_channels, out_channels, stride, norm=norm)
     if option == "A" and shape_changes:
@@ -160,11 +196,11 @@ class _Block(nn.Module):
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
-    def _set_shortcut(self, shortcut, zero_pad, shortcut_scale, norm):
+    def _set_shortcut(self, shortcut, zero_pad, shortcut_scale, norm, transition=None):
         # Registered after the branch's layers, as torchvision does: state_dict keys, parameters() and so
         # the optimizer's state come in torchvision's order.
         self.downsample = make_shortcut(shortcut, self.in_channels, self.out_channels, self.stride, zero_pad,
-                                        norm=norm)
+                                        norm=norm, transition=transition)
         self.add = ResidualAdd(shortcut_scale)
 
     @property
@@ -188,7 +224,7 @@ class BasicBlock(_Block):
     expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 zero_pad: str = "split", shortcut_scale: float = 1.0):
+                 zero_pad: str = "split", shortcut_scale: float = 1.0, transition: str | None = None):
         super().__init__()
         self._check_channels(in_channels, planes, stride)
         self.conv1 = conv3x3(in_channels, planes, stride)
@@ -196,7 +232,7 @@ class BasicBlock(_Block):
         self.relu = nn.ReLU()
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True, transition=transition)
 
     def last_residual_layer(self) -> nn.Module:
         return self.bn2
@@ -223,7 +259,8 @@ class Bottleneck(_Block):
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 zero_pad: str = "split", shortcut_scale: float = 1.0, stride_at: str = "3x3"):
+                 zero_pad: str = "split", shortcut_scale: float = 1.0, stride_at: str = "3x3",
+                 transition: str | None = None):
         super().__init__()
         _check_choice("stride_at", stride_at, STRIDE_AT)
         out_channels = planes * self.expansion
@@ -237,7 +274,7 @@ class Bottleneck(_Block):
         self.conv3 = conv1x1(planes, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU()
-        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True, transition=transition)
 
     def last_residual_layer(self) -> nn.Module:
         return self.bn3
@@ -267,7 +304,7 @@ class PreActBasicBlock(_Block):
     expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 zero_pad: str = "split", shortcut_scale: float = 1.0):
+                 zero_pad: str = "split", shortcut_scale: float = 1.0, transition: str | None = None):
         super().__init__()
         self._check_channels(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
@@ -275,7 +312,7 @@ class PreActBasicBlock(_Block):
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
-        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False, transition=transition)
 
     def last_residual_layer(self) -> nn.Module:
         return self.conv2
@@ -300,7 +337,8 @@ class PreActBottleneck(_Block):
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 zero_pad: str = "split", shortcut_scale: float = 1.0, stride_at: str = "3x3"):
+                 zero_pad: str = "split", shortcut_scale: float = 1.0, stride_at: str = "3x3",
+                 transition: str | None = None):
         super().__init__()
         _check_choice("stride_at", stride_at, STRIDE_AT)
         out_channels = planes * self.expansion
@@ -314,7 +352,7 @@ class PreActBottleneck(_Block):
         self.conv2 = conv3x3(planes, planes, s3)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, out_channels)
-        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False)
+        self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False, transition=transition)
 
     def last_residual_layer(self) -> nn.Module:
         return self.conv3

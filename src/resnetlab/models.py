@@ -18,7 +18,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from .blocks import (BLOCKS, SHORTCUTS, STRIDE_AT, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
+from .blocks import (BLOCKS, SHORTCUTS, STRIDE_AT, TRANSITIONS, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
                      PreActBottleneck, _check_choice)
 
 FAMILIES = ("imagenet", "cifar")
@@ -47,6 +47,7 @@ class ModelSpec:
 
 
 Shortcut = Literal[SHORTCUTS]
+Transition = Literal[TRANSITIONS]
 StrideAt = Literal[STRIDE_AT]
 ZeroPad = Literal[ZERO_PADS]
 
@@ -66,6 +67,10 @@ class ModelConfig:
     """model name: resnet18/34/50/101/152, resnet20/32/44/56/110/1202 or any resnet<6n+2>, preact-resnet110/164/1001"""
     shortcut: Optional[Shortcut] = None
     """shortcut option: A (zero-pad identity), B (projection where shapes change), C (projection everywhere), none (the plain net); default: the model's"""
+    transition: Optional[Transition] = None
+    """shortcut of the blocks where the shape changes: zero-pad (A's), projection (B's), avgpool-projection
+    (ResNet-D) or none; default: as the shortcut option says (e.g. shortcut A, transition none: identity
+    shortcuts, none where the shape changes)"""
     stride_at: Optional[StrideAt] = None
     """bottleneck stride on the 3x3 (torchvision v1.5) or on the first 1x1 (the paper); default: the model's"""
     preact: Optional[bool] = None
@@ -89,6 +94,8 @@ class ModelConfig:
         get_spec(self.name)  # an unknown name or depth fails here, before anything is built
         if self.shortcut is not None:
             _check_choice("shortcut option", self.shortcut, SHORTCUTS)
+        if self.transition is not None:
+            _check_choice("transition", self.transition, TRANSITIONS)
         if self.stride_at is not None:
             _check_choice("stride_at", self.stride_at, STRIDE_AT)
         _check_choice("zero_pad", self.zero_pad, ZERO_PADS)
@@ -110,6 +117,19 @@ class ModelConfig:
     @property
     def spec(self) -> "ModelSpec":
         return get_spec(self.name)
+
+    def architecture(self) -> dict:
+        """Every choice that shapes the network's function, with the named model's defaults filled in (the
+        class count, the seed and the initialisation aside): two configs with equal architectures build the
+        same network."""
+        spec = self.spec
+        shortcut = self.shortcut or spec.shortcut
+        implied = {"A": "zero-pad", "B": "projection", "C": "projection", "none": "none"}[shortcut]
+        return {"name": spec.name, "shortcut": shortcut, "transition": self.transition or implied,
+                "preact": spec.preact if self.preact is None else self.preact,
+                "stride_at": (self.stride_at or spec.stride_at) if spec.block == "bottleneck" else None,
+                "width": self.width or spec.widths[0], "zero_pad": self.zero_pad,
+                "shortcut_scale": float(self.shortcut_scale), "in_channels": self.in_channels}
 
     def to_dict(self) -> dict:
         """The fields that differ from "not set", with the name: what a checkpoint records."""
@@ -221,7 +241,8 @@ class ResNet(nn.Module):
         if spec.family == "imagenet":
             self.maxpool = nn.MaxPool2d(3, 2, 1)
 
-        kwargs = dict(shortcut=shortcut, zero_pad=options.zero_pad, shortcut_scale=options.shortcut_scale)
+        kwargs = dict(shortcut=shortcut, zero_pad=options.zero_pad, shortcut_scale=options.shortcut_scale,
+                      transition=options.transition)
         if spec.block == "bottleneck":
             kwargs["stride_at"] = stride_at
         in_ch = stem_width

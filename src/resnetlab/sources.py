@@ -15,7 +15,7 @@ import torch
 from .datasets import ArrayDataset, load_dataset
 from .models import ModelConfig, create_model
 from .stream import Normalization, eval_batches
-from .weights import load_checkpoint, load_state_dict_strict
+from .weights import check_same_architecture, load_checkpoint, load_state_dict_strict
 
 
 def _looks_like_path(source: str) -> bool:
@@ -57,6 +57,7 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, nam
     else:
         net = create_model(model)  # the weights must fit the configuration given: strict loading checks it
     load_state_dict_strict(net, ckpt["model"], source=source)
+    check_same_architecture(net, ckpt.get("model_config") or {}, source)
     return net, ckpt
 
 

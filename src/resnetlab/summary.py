@@ -165,6 +165,8 @@ def describe(model: nn.Module) -> str:
     if spec is None:
         return type(model).__name__
     opts = [f"shortcut={model.shortcut}"]
+    if model.options.transition is not None:
+        opts.append(f"transition={model.options.transition}")
     if spec.block == "bottleneck":
         opts.append(f"stride_at={model.stride_at}")
     if model.preact != spec.preact or model.preact:

@@ -295,6 +295,21 @@ def _build(model, recorded: dict, options: dict) -> nn.Module:
     return model
 
 
+def check_same_architecture(model: nn.Module, recorded: dict, source: str) -> None:
+    """Refuse weights recorded for another architecture that happen to fit ``model``'s keys and shapes (a
+    ``transition=none`` net and option A have the same parameters, as do other shortcut scales or paddings):
+    loading them would silently change the function."""
+    options = getattr(model, "options", None)
+    if not isinstance(options, ModelConfig) or not recorded:
+        return
+    saved = ModelConfig.from_dict(recorded, where=source).architecture()
+    here = options.architecture()
+    diff = [f"{k}: {saved[k]!r} in the file, {here[k]!r} here" for k in saved if saved[k] != here[k]]
+    if diff:
+        raise ValueError(f"{source} was trained as another architecture than the model it is loaded into "
+                         f"({'; '.join(diff)}); rebuild it from the checkpoint (give no model options)")
+
+
 def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn.Module | None = None, *,
                           map_location="cpu", **options) -> tuple[nn.Module, dict | None]:
     """``(model, checkpoint)``: the network stored in ``path``, its weights loaded strictly.
@@ -324,6 +339,7 @@ def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn
             load_state_dict_strict(unwrap(net), ckpt["model"], source=path)
         except ValueError as e:
             raise ValueError(f"{e}\n  (the checkpoint was trained as {_config_text(recorded)})") from None
+        check_same_architecture(unwrap(net), recorded, path)
         return net, ckpt
     recorded = _safetensors_config(path) if model is None and _is_safetensors(path) else {}
     if model is None and not recorded.get("name"):
