@@ -1,6 +1,10 @@
 """Shortcut analyses: path ratios, projection energy, gradient norms, lesions, Fig. 7 responses, CLI errors."""
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -230,7 +234,8 @@ def checkpoint(tmp_path_factory):
 
 def test_cli_paths_and_responses_on_a_checkpoint(checkpoint, tmp_path, capsys):
     out = tmp_path / "paths.json"
-    assert cli_main(["analyze", "paths", checkpoint, "--batches", "1", "--batch-size", "16", "--quiet",
+    assert cli_main(["analyze", "paths", checkpoint, "--data", "synthetic", "--batches", "1", "--batch-size", "16",
+                     "--quiet",
                      "--json", str(out), "--plot", str(tmp_path / "paths.png"), "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
     assert [r["block"] for r in result["paths"]] == ["layer1.0", "layer2.0", "layer3.0"]
@@ -282,3 +287,36 @@ def test_cli_checkpoint_of_another_architecture(checkpoint, capsys):
     assert "fresh models" in capsys.readouterr().err
     assert cli_main(["analyze", "paths", checkpoint, "--model", "resnet8", "--shortcut", "A"]) == 2
     assert "unexpected keys" in capsys.readouterr().err  # B's projections do not fit option A
+
+
+def test_checkpoint_commands_measure_on_the_data_the_checkpoint_records(tmp_path, monkeypatch, capsys):
+    """A CIFAR-10 run's checkpoint is analysed on CIFAR-10 from its recorded (absolute) folder, from any
+    working directory; a missing folder is refused with what is missing; --data overrides explicitly."""
+    from resnetlab.models import ModelConfig
+    from resnetlab.sources import resolve_data
+    from resnetlab.train import TrainConfig, train
+    tool = str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "tools" / "cifar10_fixture.py")
+    if not os.path.exists(tool):
+        pytest.skip("../shared/tools/cifar10_fixture.py is not there")
+    subprocess.run([sys.executable, tool, "batches", str(tmp_path / "cifar"), "--per-class", "10"], check=True,
+                   capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(model=ModelConfig("resnet8", width=4), data="cifar10", data_dir="cifar", out="run",
+                      iterations=2, batch_size=16, eval_every=2, log_every=1, precision="fp32", threads=1,
+                      quiet=True))
+    ckpt_path = str(tmp_path / "run" / "last.pt")
+    from resnetlab.weights import load_checkpoint
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["data"]["dir"] == str(tmp_path / "cifar")  # recorded absolute
+    assert resolve_data(None, None, ckpt) == ("cifar10", str(tmp_path / "cifar"))
+    assert resolve_data("synthetic", None, ckpt) == ("synthetic", None)  # explicit: another dataset
+    assert resolve_data(None, None, None) == ("synthetic", None)  # a fresh model
+    monkeypatch.chdir(tmp_path / "cifar")
+    assert cli_main(["analyze", "responses", ckpt_path, "--batches", "1", "--batch-size", "8",
+                     "--json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["data"]["name"] == "cifar10"
+    os.rename(tmp_path / "cifar", tmp_path / "moved")
+    capsys.readouterr()
+    assert cli_main(["analyze", "responses", ckpt_path]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "cifar") in err and "not there" in err and "--data-dir" in err

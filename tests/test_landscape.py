@@ -172,7 +172,7 @@ def checkpoint(tmp_path_factory):
 def test_cli_landscape_writes_grids_settings_and_plots(checkpoint, tmp_path, capsys):
     out = tmp_path / "run"
     dirs = tmp_path / "shared-directions.pt"
-    argv = ["landscape", checkpoint, "--subset", "24", "--steps", "3", "--span", "0.5", "--seed", "2",
+    argv = ["landscape", checkpoint, "--data", "synthetic", "--subset", "24", "--steps", "3", "--span", "0.5", "--seed", "2",
             "--hessian-iters", "3", "--hessian-samples", "8", "--directions", str(dirs), "--out", str(out),
             "--quiet", "--device", "cpu"]
     assert cli_main(argv) == 0

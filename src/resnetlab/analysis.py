@@ -42,7 +42,7 @@ from .io import format_table as io_format_table
 from .io import progress, resolve_device, write_json
 from .models import ModelConfig, model_config
 from .plots import plot_results
-from .sources import labelled_batches, load_data, load_model, seeded_subset
+from .sources import labelled_batches, load_data, load_model, resolve_data, seeded_subset
 
 ANALYSES = ("paths", "gradients", "responses")
 
@@ -434,8 +434,9 @@ class AnalyzeConfig:
     model: ModelConfig = ModelConfig()
     """fresh models: their options (the name comes from the source); checkpoints: the architecture they
     must hold, when given (default: as recorded)"""
-    data: Literal[DATASETS] = "synthetic"
-    """data set the measurements run on"""
+    data: Optional[Literal[DATASETS]] = None
+    """data set the measurements run on; default: the one a checkpoint was trained on (from its recorded
+    folder), the synthetic set for fresh models"""
     data_dir: Optional[str] = None
     """folder (or .tar.gz) of the data set; not needed for synthetic"""
     batches: int = 4
@@ -473,11 +474,12 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
     device = resolve_device(cfg.device)
     model, ckpt = load_model(source, given_model(cfg), cfg.seed, name_given(cfg))
     model.to(device)
-    splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
+    data_name, data_dir = resolve_data(cfg.data, cfg.data_dir, ckpt)
+    splits, norm = load_data(data_name, data_dir, ckpt)
     norm = norm.to(device)
     result = {"analysis": name, "source": source, "model_config": model_config(model),
               "shortcut": getattr(model, "shortcut", None),
-              "data": {"name": cfg.data, "batches": cfg.batches, "batch_size": cfg.batch_size}}
+              "data": {"name": data_name, "batches": cfg.batches, "batch_size": cfg.batch_size}}
     nb = cfg.batches or None
     if name == "paths":
         batches = [xb for xb, _ in labelled_batches(splits["test"], norm, cfg.batch_size, device, nb)]

@@ -46,7 +46,7 @@ from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, progress, resolve_device, write_json
 from .models import ModelConfig, model_config
 from .plots import plot_1d, plot_2d
-from .sources import load_data, load_model, seeded_subset
+from .sources import load_data, load_model, resolve_data, seeded_subset
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
@@ -422,8 +422,9 @@ class LandscapeConfig:
     model: ModelConfig = ModelConfig()
     """fresh model: its options (the name comes from the source); checkpoint: the architecture it must
     hold, when given (default: as recorded)"""
-    data: Literal[DATASETS] = "synthetic"
-    """data set (the training split is used)"""
+    data: Optional[Literal[DATASETS]] = None
+    """data set (its training split is used); default: the one a checkpoint was trained on (from its
+    recorded folder), the synthetic set for fresh models"""
     data_dir: Optional[str] = None
     """folder (or .tar.gz) of the data set; not needed for synthetic"""
     subset: int = 2048
@@ -473,7 +474,8 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     device = resolve_device(cfg.device)
     model, ckpt = load_model(source, given_model(cfg), cfg.seed, name_given(cfg))
     model.to(device).eval()
-    splits, norm = load_data(cfg.data, cfg.data_dir, ckpt)
+    data_name, data_dir = resolve_data(cfg.data, cfg.data_dir, ckpt)
+    splits, norm = load_data(data_name, data_dir, ckpt)
     sub = seeded_subset(splits["train"], cfg.subset, cfg.seed)
     x = norm.to(device)(sub.x.to(device))
     y = sub.y.to(device)
@@ -487,7 +489,7 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
         base, file_seed, directions_from = None, cfg.seed, None
         dirs = random_directions(model, cfg.seed, cfg.dims)
     settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
-                "dims": cfg.dims, "data": cfg.data, "directions_file": directions_from,
+                "dims": cfg.dims, "data": data_name, "directions_file": directions_from,
                 "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),
                 "config": to_dict(cfg)}
     result: dict = {"settings": settings}

@@ -64,6 +64,26 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, nam
 _SYNTHETIC: dict = {}
 
 
+def resolve_data(name: str | None, data_dir: str | None, ckpt: dict | None) -> tuple[str, str | None]:
+    """``(dataset, folder)`` to measure on: the ones given, else those the checkpoint was trained on (its
+    recorded folder, which must still exist), else (a fresh model) the synthetic set. Measuring a checkpoint
+    on another dataset than its own takes an explicit ``--data``."""
+    recorded = (ckpt or {}).get("data") or {}
+    trained_on = recorded.get("name") or ((ckpt or {}).get("config") or {}).get("data")
+    if name is None:
+        if ckpt is None:
+            return "synthetic", data_dir
+        if trained_on is None:
+            raise ValueError("the checkpoint does not record its dataset: give --data NAME (and --data-dir)")
+        name = trained_on
+    if data_dir is None and name == trained_on and name != "synthetic":
+        data_dir = recorded.get("dir") or ((ckpt or {}).get("config") or {}).get("data_dir")
+        if data_dir is not None and not os.path.exists(data_dir):
+            raise FileNotFoundError(f"the checkpoint was trained on {name} from {data_dir}, which is not there "
+                                    f"any more: give --data-dir")
+    return name, data_dir
+
+
 def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""

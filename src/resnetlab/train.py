@@ -165,6 +165,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     recipe = get_recipe(cfg.recipe)
     spec = cfg.model.spec
     values = {}
+    if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
+        values["data_dir"] = os.path.abspath(os.path.expanduser(cfg.data_dir))
     for key, default in recipe.items():
         if getattr(cfg, key) is None:
             values[key] = default
@@ -434,7 +436,8 @@ def train(config: TrainConfig) -> dict:
                                    f"{' ...' if len(bad) > 5 else ''}; {where}. Lower --lr or use a warm-up.")
         state = make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
-            data={"name": cfg.data, "image_size": int(train_set.x.shape[-1])}, step=step, config=to_dict(cfg),
+            data={"name": cfg.data, "dir": cfg.data_dir, "image_size": int(train_set.x.shape[-1])}, step=step,
+            config=to_dict(cfg),
             optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
             accumulators={"loss_sum": loss_sum.item(), "err_sum": err_sum.item(), "warm_err": warm_err.item(),
                           "seen": seen},
