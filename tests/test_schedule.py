@@ -26,13 +26,16 @@ def test_he2016_cifar_step_schedule():
 
 def test_he2016_warmup_for_110_layers():
     cfg = he2016("resnet110")
-    assert cfg.warmup == "he2016" and cfg.warmup_lr == 0.01 and cfg.warmup_steps == 400
+    assert cfg.warmup == "he2016" and cfg.warmup_lr == 0.01 and cfg.warmup_steps == 0  # no cap: the paper's
     s = make_schedule(cfg)
-    # Not yet below 80% training error: 0.01 until the 400-step cap, then back to 0.1.
-    assert [s(t) for t in (0, 1, 399)] == [0.01, 0.01, 0.01]
-    assert s(400) == 0.1 and s(31999) == 0.1 and s(32000) == pytest.approx(0.01)
-    # The error fell below 80% at step 150: 0.1 from step 150 on.
+    # Not yet below 80% training error: 0.01 for as long as that lasts (the paper caps nothing).
+    assert [s(t) for t in (0, 1, 399, 400, 5000)] == [0.01] * 5
+    # The error fell below 80% at step 150: 0.1 from step 150 on, then the step decays.
     assert s(149, warmup_end=150) == 0.01 and s(150, warmup_end=150) == 0.1
+    assert s(31999, warmup_end=150) == 0.1 and s(32000, warmup_end=150) == pytest.approx(0.01)
+    # The optional cap: back to 0.1 at step 400 even if the error is still high.
+    capped = make_schedule(he2016("resnet110", warmup_steps=400))
+    assert capped(399) == 0.01 and capped(400) == 0.1 and capped(30, warmup_end=30) == 0.1
     assert resolve_warmup("auto", 56) == "none" and resolve_warmup("auto", 1202) == "he2016"
     assert he2016("resnet56", warmup="he2016").warmup == "he2016"  # a flag for shallower nets
 

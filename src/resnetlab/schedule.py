@@ -27,7 +27,7 @@ RECIPES: dict[str, dict] = {
         decay_norm_and_bias=True,  # the paper's Torch/Caffe code decays every parameter
         schedule="step", milestones=(32000, 48000), gamma=0.1,
         warmup="auto",  # "he2016" for depth >= 110, "none" below
-        warmup_lr=0.01, warmup_steps=400, warmup_error=0.8,
+        warmup_lr=0.01, warmup_steps=0, warmup_error=0.8,  # 0: no cap, as in the paper
         label_smoothing=0.0, grad_clip=0.0, normalization="pixel", padding="mean",
     ),
     "modern-cifar": dict(
@@ -69,7 +69,8 @@ class Schedule:
     over the run, after the warm-up), ``"onecycle"`` (cosine up from ``lr/div`` over ``pct_start`` of the run,
     then cosine down to ``lr/(div*final_div)``: PyTorch's ``OneCycleLR``), ``"constant"``.
     warmup: ``"none"``; ``"he2016"``: ``warmup_lr`` until the run reports ``warmup_end`` (the step at which
-    training error fell below the threshold) or ``warmup_steps``, whichever comes first; ``"linear"``: a ramp
+    training error fell below the threshold), or ``warmup_steps`` if that is positive and comes first (off in
+    the he2016-cifar recipe: the paper caps nothing); ``"linear"``: a ramp
     from ``warmup_lr`` to ``lr`` over ``warmup_steps`` (cosine then starts after it).
     """
 
@@ -99,8 +100,9 @@ class Schedule:
     def in_warmup(self, step: int, warmup_end: int | None = None) -> bool:
         """Whether ``step`` is still in the he2016/linear warm-up."""
         if self.warmup == "he2016":
-            end = self.warmup_steps if warmup_end is None else min(warmup_end, self.warmup_steps)
-            return step < end
+            # The paper ends it on the training error alone; warmup_steps > 0 adds a cap.
+            cap = self.warmup_steps if self.warmup_steps > 0 else math.inf
+            return step < (cap if warmup_end is None else min(warmup_end, cap))
         return self.warmup == "linear" and step < self.warmup_steps
 
     def __call__(self, step: int, warmup_end: int | None = None) -> float:

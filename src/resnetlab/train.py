@@ -115,7 +115,8 @@ class TrainConfig:
     warmup_lr: Optional[float] = None
     """lr during the he2016 warm-up / start of the linear ramp"""
     warmup_steps: Optional[int] = None
-    """he2016: most steps of warm-up; linear: ramp length"""
+    """he2016: at most this many steps of warm-up (0, the recipe's: no cap, it ends on the training error
+    alone, as in the paper); linear: ramp length"""
     warmup_error: Optional[float] = None
     """he2016 warm-up ends once the training error is below this"""
     label_smoothing: Optional[float] = None
