@@ -320,3 +320,38 @@ def test_checkpoint_commands_measure_on_the_data_the_checkpoint_records(tmp_path
     assert cli_main(["analyze", "responses", ckpt_path]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "cifar") in err and "not there" in err and "--data-dir" in err
+
+
+@pytest.mark.parametrize("shortcut", ["A", "none"])
+def test_signal_norms_are_the_gradients_at_the_block_outputs(shortcut):
+    """The backward hooks read exactly autograd's dL/d(block output) (taken here from forward-hook outputs),
+    BN statistics are left as they were, and the signal is invariant to scaling a conv under BN."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", shortcut=shortcut, width=4, seed=3)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = dict(A.signal_norms(model, x, y))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    outs = {}
+    handles = [b.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n, b in model.blocks()]
+    model.train()
+    xi = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(xi), y)
+    names = [n for n, _ in model.blocks()]
+    grads = torch.autograd.grad(loss, [xi] + [outs[n] for n in names])
+    for h in handles:
+        h.remove()
+    model.load_state_dict(before)
+    assert list(got) == ["input"] + names
+    for name, g in zip(["input"] + names, grads):
+        assert got[name] == pytest.approx(g.norm().item(), rel=1e-5), name
+    # Scaling a conv followed by BN by 4 changes nothing the loss sees: the signal stays, its weight
+    # gradient is divided by 4 (what makes raw weight-gradient norms a confounded measure).
+    scaled = create_model("resnet8", shortcut=shortcut, width=4, seed=3)
+    with torch.no_grad():
+        scaled.layer2[0].conv1.weight.mul_(4)
+    again = dict(A.signal_norms(scaled, x, y))
+    assert all(again[k] == pytest.approx(got[k], rel=1e-3) for k in got)
+    g1 = A.gradient_norms(model, x, y)["layer2.0.conv1.weight"]
+    g4 = A.gradient_norms(scaled, x, y)["layer2.0.conv1.weight"]
+    assert g4 == pytest.approx(g1 / 4, rel=1e-3)

@@ -96,8 +96,13 @@ def test_report_files_and_links(tiny_study):
     md = open(paths["md"], encoding="utf-8").read()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     names = {os.path.basename(i) for i in images}
-    assert {"training_curves.png", "layer_responses.png", "gradient_flow.png", "first_layer_gradient.png",
-            "path_ratios.png", "landscape.png"} <= names
+    assert {"training_curves.png", "layer_responses.png", "signal_flow.png", "gradient_flow.png",
+            "first_layer_gradient.png", "path_ratios.png", "landscape.png"} <= names
+    # the signal curves come first in the gradient section, and hold the input plus one value per block
+    assert md.index("signal_flow.png") < md.index("gradient_flow.png")
+    record = next(r for r in json.load(open(os.path.join(out, "runs", "resnet8-B-r0", "analysis.json")))["analysis"]
+                  ["signal"].items())
+    assert [name for name, _ in record[1]][:2] == ["input", "layer1.0"] and len(record[1]) == 1 + 3
     for rel in images:
         with open(os.path.join(out, rel), "rb") as fh:
             assert fh.read(8) == PNG_MAGIC, rel

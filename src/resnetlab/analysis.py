@@ -214,6 +214,50 @@ def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict
 # Gradients and lesions
 # --------------------------------------------------------------------------------------------------
 
+class _KeepBuffers:
+    """Context: BN running statistics (every buffer) put back on exit, after a train-mode measurement."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.saved = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(self.saved[k])
+
+
+def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
+    """``||dL/dx_l||`` for the input images (``"input"``) and each block's output, in forward order, for the
+    mean cross-entropy of the batch in train mode (BN statistics restored afterwards).
+
+    This is the back-propagated signal the vanishing-gradient argument is about. Weight-gradient norms are
+    not: under BN, scaling a conv's weight by c leaves the function unchanged and divides its gradient by c.
+    Read from full backward hooks on the blocks (``grad_output`` is the gradient at the block's output).
+    """
+    device = _device_of(model)
+    x, y = x.to(device).detach().requires_grad_(True), y.to(device)
+    blocks = model_blocks(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def keep(module, grad_input, grad_output):
+            seen[name] = grad_output[0].detach()
+        return keep
+
+    handles = [b.register_full_backward_hook(hook(name)) for name, b in blocks]
+    try:
+        with _EvalMode(model, train=True), _KeepBuffers(model), torch.enable_grad():
+            loss = F.cross_entropy(model(x), y)
+            (gx,) = torch.autograd.grad(loss, [x])
+    finally:
+        for h in handles:
+            h.remove()
+    return [("input", gx.norm().item())] + [(name, seen[name].norm().item()) for name, _ in blocks]
+
+
 def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, list[str], float]:
     """``({param name: grad}, conv/linear module names in forward order, loss)`` in train mode.
 
@@ -227,18 +271,14 @@ def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dic
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(
                 lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     try:
-        with _EvalMode(model, train=True), torch.enable_grad():
+        with _EvalMode(model, train=True), _KeepBuffers(model), torch.enable_grad():
             loss = F.cross_entropy(model(x), y)
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     finally:
         for h in handles:
             h.remove()
-        with torch.no_grad():  # train-mode BN updated its running statistics: put them back
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
     out = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(named, grads)}
     return out, order, loss.item()
 
@@ -497,7 +537,9 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         batches = list(labelled_batches(train, norm, cfg.batch_size, device, None))
         layer_sums: dict[str, float] = {}
         group_sums: dict[str, float] = {}
+        signal_sums: dict[str, float] = {}
         losses = []
+        weights = dict(model.named_parameters())
         for xb, yb in batches:
             grads, order, loss = _loss_grads(model, xb, yb)
             losses.append(loss)
@@ -507,10 +549,15 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
                     layer_sums[k] = layer_sums.get(k, 0.0) + grads[k].norm().item()
             for g, v in _group_norms(model, grads):
                 group_sums[g] = group_sums.get(g, 0.0) + v
+            for name, v in signal_norms(model, xb, yb):
+                signal_sums[name] = signal_sums.get(name, 0.0) + v
         n = len(batches)
         result["data"]["split"] = "train (seeded subset)"
         result["loss"] = sum(losses) / n
-        result["layers"] = [{"param": k, "grad_norm": v / n} for k, v in layer_sums.items()]
+        result["signal"] = [{"at": k, "grad_norm": v / n} for k, v in signal_sums.items()]
+        result["layers"] = [{"param": k, "grad_norm": v / n,
+                             "relative": v / n / max(weights[k].detach().norm().item(), 1e-30)}
+                            for k, v in layer_sums.items()]
         result["blocks"] = [{"group": k, "grad_norm": v / n} for k, v in group_sums.items()]
         result["first_layer"] = result["layers"][0]
         if cfg.lesion:
@@ -544,7 +591,10 @@ def format_result(result: dict) -> str:
         parts.append("sorted by std: " + ", ".join(result["sorted"]))
     else:
         parts.append(f"loss {result['loss']:.4f} (train mode, mean over {result['data']['batches']} batch(es))")
-        parts.append(format_table(result["layers"], [("param", "weight", ""), ("grad_norm", "grad norm", ".3e")]))
+        parts.append("back-propagated signal ||dL/dx|| at the input and at each block's output:")
+        parts.append(format_table(result["signal"], [("at", "at", ""), ("grad_norm", "||dL/dx||", ".3e")]))
+        parts.append(format_table(result["layers"], [("param", "weight", ""), ("grad_norm", "grad norm", ".3e"),
+                                                     ("relative", "||g||/||W||", ".3e")]))
         parts.append(format_table(result["blocks"], [("group", "group", ""), ("grad_norm", "grad norm", ".3e")]))
         if "lesion" in result:
             rows = result["lesion"]
@@ -562,7 +612,8 @@ def main_analyze(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]\n\n"
              "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
-             "  gradients  per-layer and per-block gradient norms (--lesion: accuracy without each block)\n"
+             "  gradients  the back-propagated signal ||dL/dx|| per block; per-layer and per-block weight-gradient\n"
+             "             norms, absolute and relative to ||W|| (--lesion: accuracy without each block)\n"
              "  responses  std of every 3x3 layer's response (He et al. 2015, Fig. 7)\n\n"
              "resnetlab analyze NAME --help for the options")
     if argv and argv[0] in ("-h", "--help"):

@@ -104,8 +104,8 @@ def layer_responses(curves, path: str) -> str:
 
 
 @_report_style
-def gradient_flow(panels, path: str) -> str:
-    """Gradient norm per block, one panel per training step: ``panels`` holds ``(title, curves)``, the
+def gradient_flow(panels, path: str, ylabel: str = "gradient norm per block") -> str:
+    """A per-block gradient measure, one panel per training step: ``panels`` holds ``(title, curves)``, the
     curves ``(style, values)`` as in :func:`layer_responses`."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 1.6, 3.6), sharey=True, squeeze=False)
@@ -117,7 +117,7 @@ def gradient_flow(panels, path: str) -> str:
         ax.set_title(title)
         ax.set_xlabel("relative depth (0 = stem, 1 = classifier)")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("gradient norm per block")
+    axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_figure(fig, path, REPORT_DPI)

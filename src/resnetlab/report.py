@@ -256,22 +256,31 @@ def _grad_steps(records) -> list[str]:
     return sorted(steps, key=int)
 
 
-def figure_gradient_flow(records, path) -> str | None:
-    """Gradient norm per block, one panel per training step (0 = initialisation), plain vs residual."""
-    steps = _grad_steps(records)
-    if not steps:
-        return None
+def _per_block_panels(records, key: str):
+    """One panel per measured step of the per-block curves stored under ``analysis[key]``."""
     groups = _groups(records)
     depths = sorted({d for d, _ in groups})
     panels = []
-    for step in steps:
+    for step in _grad_steps(records):
         curves = []
         for (depth, option), runs in groups.items():
-            got = _mean_named(runs, lambda r: ((r.get("analysis") or {}).get("grad_norms") or {}).get(step))
+            got = _mean_named(runs, lambda r: ((r.get("analysis") or {}).get(key) or {}).get(step))
             if got:
                 curves.append((_style(depth, option, depths), got[1]))
         panels.append((_step_title(step), curves))
-    return plots.gradient_flow(panels, path)
+    return panels if any(curves for _, curves in panels) else None
+
+
+def figure_signal_flow(records, path) -> str | None:
+    """The back-propagated signal ||dL/dx|| at the input and each block's output, one panel per step."""
+    panels = _per_block_panels(records, "signal")
+    return plots.gradient_flow(panels, path, "||dL/dx|| at the block's output") if panels else None
+
+
+def figure_gradient_flow(records, path) -> str | None:
+    """Gradient norm per block, one panel per training step (0 = initialisation), plain vs residual."""
+    panels = _per_block_panels(records, "grad_norms")
+    return plots.gradient_flow(panels, path, "weight-gradient norm per block") if panels else None
 
 
 def _step_title(step: str) -> str:
@@ -477,8 +486,16 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
 
     if _grad_steps(records):
         doc.h("Gradient flow")
-        doc.p("Norm of the training-loss gradient with respect to each block's parameters, on a fixed batch of "
-              "training images, at initialisation (the fresh model with the run's seed) and at saved steps.")
+        if rel := figure(figure_signal_flow, "signal_flow.png", records):
+            doc.p("The back-propagated signal: the norm of the training-loss gradient with respect to the input "
+                  "images and to each block's output, on a fixed batch of training images, at initialisation "
+                  "(the fresh model with the run's seed) and at saved steps. This is what the vanishing-gradient "
+                  "argument is about: how much of the loss's signal reaches each depth.")
+            doc.image(rel, "||dL/dx|| at the input (left end) and after each block (log scale); colour = family, "
+                           "line style = depth")
+        doc.p("Norm of the training-loss gradient with respect to each block's parameters, same batch and steps. "
+              "Under BN this scales as 1/||W|| (scaling a conv by c leaves the function unchanged and divides "
+              "its gradient by c), so it mixes the signal with how large the weights have grown.")
         rel = figure(figure_gradient_flow, "gradient_flow.png", records)
         doc.image(rel, "Gradient norm per block (log scale); colour = family, line style = depth")
         rel = figure(figure_first_layer, "first_layer_gradient.png", records)

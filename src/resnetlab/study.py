@@ -321,8 +321,9 @@ def init_model(run_dir: str):
 
 
 def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor, device) -> dict:
-    """Layer responses, path and projection stats on the final checkpoint; block gradient norms at the
-    initialisation (the fresh model with the run's seed) and at every saved step of ``grad_steps``."""
+    """Layer responses, path and projection stats on the final checkpoint; the back-propagated signal
+    ``||dL/dx||`` per block and the block weight-gradient norms at the initialisation (the fresh model with
+    the run's seed) and at every saved step of ``grad_steps``."""
     final_model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
     final_steps = int(ckpt.get("step", budget(cfg)["iterations"]))
     final_model.to(device)
@@ -331,7 +332,7 @@ def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor
            "path_stats": [] if run.option == "none" else analysis.path_stats(final_model, xd),
            "projection_stats": [{k: v for k, v in p.items() if k != "singular_values"}
                                 for p in analysis.projection_stats(final_model)],
-           "grad_norms": {}, "missing_steps": []}
+           "grad_norms": {}, "signal": {}, "missing_steps": []}
     for step in grad_steps(cfg):
         if step == 0:
             model = init_model(run.dir)
@@ -344,13 +345,14 @@ def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor
             continue
         model.to(device)
         out["grad_norms"][str(step)] = [list(t) for t in analysis.block_gradient_norms(model, xd, yd)]
+        out["signal"][str(step)] = [list(t) for t in analysis.signal_norms(model, xd, yd)]
     return out
 
 
 def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
     """Run records for the report, with measurements cached in each run folder (``analysis.json``)."""
     records, batch = [], None
-    key = {"grad_steps": list(grad_steps(cfg)), "analysis_images": cfg.analysis_images, "version": 1}
+    key = {"grad_steps": list(grad_steps(cfg)), "analysis_images": cfg.analysis_images, "version": 2}
     for run in runs:
         if run_state(run) != "done":
             continue
