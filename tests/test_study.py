@@ -320,3 +320,25 @@ def test_config_file_reaches_the_study(tmp_path, capsys):
     assert cli.main(["study", "shortcuts", "--config", str(conf), "--out", str(out)]) == 2
     assert "unknown key(s) budgets" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_paired_intervals_against_hand_computed_values():
+    from resnetlab.report import paired_interval, paired_rows, t975
+    # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, n 3 -> half-width t(0.975, 2) * 0.01 / sqrt(3)
+    iv = paired_interval([0.11, 0.22, 0.33], [0.10, 0.20, 0.30])
+    assert iv["n"] == 3 and iv["mean"] == pytest.approx(0.02)
+    assert iv["high"] - iv["mean"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-4)
+    assert paired_interval([0.1], [0.2]) is None and paired_interval([0.1, None], [0.2, 0.3]) is None
+    # the t quantiles: the table's end and the expansion beyond it, against known values
+    assert t975(30) == pytest.approx(2.042272, abs=1e-4) and t975(40) == pytest.approx(2.021075, abs=2e-4)
+    assert t975(120) == pytest.approx(1.979930, abs=1e-4)
+    # twins are paired by repeat, and options are compared with the plain net and with each other
+    def rec(option, repeat, train, test):
+        return {"depth": 20, "option": option, "repeat": repeat, "final": {"train_error": train, "test_error": test}}
+    records = [rec("none", 0, 0.30, 0.35), rec("none", 1, 0.32, 0.36), rec("A", 0, 0.20, 0.30), rec("A", 1, 0.24, 0.29),
+               rec("B", 0, 0.19, 0.28), rec("B", 1, 0.21, 0.31)]
+    rows = {(r["a"], r["b"]): r for r in paired_rows(records)}
+    assert set(rows) == {("A", "none"), ("B", "none"), ("B", "A")}
+    a = rows[("A", "none")]["train_error"]
+    assert a["mean"] == pytest.approx(-0.09) and a["n"] == 2
+    assert a["high"] - a["mean"] == pytest.approx(12.7062 * (0.02 / 2 ** 0.5) / 2 ** 0.5, rel=1e-4)

@@ -82,6 +82,63 @@ def mean_std(values) -> tuple[float, float] | None:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion
+# around the normal quantile is accurate to 1e-4.
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
+         2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
+         2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the 95% two-sided interval)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def paired_interval(a, b) -> dict | None:
+    """The paired difference ``a - b`` of twins (same seeds, in the same order): mean, its 95% t-interval
+    and the number of pairs; ``None`` with fewer than two complete pairs."""
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None]
+    if len(pairs) < 2:
+        return None
+    d = np.asarray([x - y for x, y in pairs], dtype=np.float64)
+    half = t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return {"mean": float(d.mean()), "low": float(d.mean() - half), "high": float(d.mean() + half), "n": len(d)}
+
+
+def paired_rows(records) -> list[dict]:
+    """For each depth, every residual option against the plain net and the residual options against each
+    other: paired differences (by repeat) of the training and test error."""
+    by = {}
+    for r in records:
+        by.setdefault((r["depth"], r["option"]), {})[r["repeat"]] = r["final"]
+    rows = []
+    for depth in sorted({d for d, _ in by}):
+        options = _family_order([o for d, o in by if d == depth])
+        pairs = [(o, "none") for o in options if o != "none" and "none" in options]
+        residual = [o for o in options if o != "none"]
+        pairs += [(x, y) for i, y in enumerate(residual) for x in residual[i + 1:]]
+        for x, y in pairs:
+            reps = sorted(set(by[(depth, x)]) & set(by[(depth, y)]))
+            row = {"depth": depth, "a": x, "b": y, "n": len(reps)}
+            for metric in ("train_error", "test_error"):
+                row[metric] = paired_interval([by[(depth, x)][k].get(metric) for k in reps],
+                                              [by[(depth, y)][k].get(metric) for k in reps])
+            if row["train_error"] or row["test_error"]:
+                rows.append(row)
+    return rows
+
+
+def _interval_text(iv) -> str:
+    if iv is None:
+        return "n/a"
+    return f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
@@ -429,7 +486,7 @@ def write_results(out_dir, records) -> tuple[str, str]:
                         for k in ("train_error", "val_error", "test_error", "wall_time_s")}}
                for s in summary_rows(records)]
     first = first_layer_norms(records)
-    payload = {"runs": rows, "summary": summary,
+    payload = {"runs": rows, "summary": summary, "paired": paired_rows(records),
                "first_layer_grad_norm": {step: [{"depth": d, "option": o, "norm": v} for (d, o), v in per.items()]
                                          for step, per in first.items()}}
     write_json(json_path, payload, indent=1)
@@ -470,6 +527,16 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                            "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
           + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
             "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
+
+    paired = paired_rows(records)
+    if paired:
+        doc.h("Paired differences between twins")
+        doc.p("Twins share the seed (initial weights and batches), so each repeat gives one paired difference. "
+              "Rows: the first network's error minus the second's, in percentage points, mean over repeats "
+              "and its 95% t-interval; an interval that excludes 0 is a difference these repeats resolve.")
+        doc.table(["depth", "A - B", "pairs", "train error (pp)", "test error (pp)"],
+                  [[str(r["depth"]), f"{net_label(r['depth'], r['a'])} - {net_label(r['depth'], r['b'])}",
+                    str(r["n"]), _interval_text(r["train_error"]), _interval_text(r["test_error"])] for r in paired])
 
     doc.h("Training curves (Figure 6)")
     for line in degradation_text(records):
