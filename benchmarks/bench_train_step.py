@@ -2,11 +2,12 @@
 
     python benchmarks/bench_train_step.py [--models resnet20,resnet56,resnet110] [--device cpu|cuda]
                                           [--precision auto] [--steps 5] [--repeats 3] [--mode default]
-                                          [--eager-only]
+                                          [--channels-last auto|on|off] [--eager-only]
 
 Each model is timed in four ways: train eager, train compiled, eval eager, eval compiled (eval: batch
 ``--eval-batch`` under ``torch.no_grad``). The step is the one ``resnetlab.train`` runs: autocast per
-``--precision`` (auto: bf16 + channels_last where bf16 is fast), SGD with momentum and weight decay;
+``--precision`` (auto: bf16 + channels_last where bf16 is fast; ``--channels-last`` overrides the
+layout as ``resnetlab train --channels-last`` does), SGD with momentum and weight decay;
 eager includes the fused batch-norm kernels where ``resnetlab train`` uses them (``--fused-bn auto``:
 fp32 channels_last on the CPU), compiled never does.
 Eager and compiled are interleaved ``--repeats`` times; medians, the compile (warm-up) time and the
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", default="default", help="torch.compile mode")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--fused-bn", default="auto", choices=("auto", "off"), help="as resnetlab train --fused-bn")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="memory format (auto: as --precision implies)")
     p.add_argument("--eager-only", action="store_true", help="skip the torch.compile runs")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         return 0
     if device.type == "cpu":
         torch.set_num_threads(args.threads or physical_cores())
-    bf16, cl = resolve_precision(args.precision, device, None)
+    bf16, cl = resolve_precision(args.precision, device, {"auto": None, "on": True, "off": False}[args.channels_last])
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads, load "
           f"{os.getloadavg()[0]:.1f}); {'bf16 autocast' if bf16 else 'fp32'}{' + channels_last' if cl else ''}"
           f"{' + fused BN (eager)' if use_fused_bn(args.fused_bn, device, bf16, cl, False) else ''}; "

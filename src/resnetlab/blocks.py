@@ -211,7 +211,8 @@ class _Block(nn.Module):
     def last_residual_layer(self) -> nn.Module:
         """The layer that ends the residual branch ``F(x)``: the last batch norm of a post-activation block,
         the last convolution of a pre-activation one (no norm follows it there). Zeroing its weight
-        (``zero_init_residual``) makes the block start as its shortcut."""
+        (``zero_init_residual``) makes ``F(x)`` start at zero, so the block starts as its shortcut (followed
+        by the final ReLU in a post-activation block)."""
         raise NotImplementedError
 
 
