@@ -1,4 +1,5 @@
 """Loss landscapes: filter normalisation, the origin, restored weights, twin directions, Hessian, CLI."""
+import copy
 import json
 
 import numpy as np
@@ -59,8 +60,9 @@ def test_landscape_origin_equals_the_model_loss_and_weights_are_restored_bit_for
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     dirs = L.random_directions(model, seed=0)
-    r2 = L.landscape_2d(model, x, y, dirs, span=0.5, steps=3, batch_size=10)
-    r1 = L.landscape_1d(model, x, y, dirs[0], span=0.5, steps=3, batch_size=7)
+    r2 = L.landscape_2d(model, x, y, dirs, span=0.5, steps=3, batch_size=10, bn="eval")
+    r1 = L.landscape_1d(model, x, y, dirs[0], span=0.5, steps=3, batch_size=7, bn="eval")
+    L.landscape_1d(model, x, y, dirs[0], span=0.5, steps=3, batch_size=7, bn="recompute")
     L.hessian_top_eigs(model, x, y, k=1, iters=3)
     assert model.training  # mode restored
     after = model.state_dict()
@@ -219,3 +221,41 @@ def test_cli_landscape_directions_of_another_architecture(tmp_path, capsys):
     assert cli_main(["landscape", "resnet8", "--width", "2", "--directions", path, "--subset", "8",
                      "--out", str(tmp_path / "x")]) == 2
     assert "not a twin" in capsys.readouterr().err
+
+
+def test_batch_and_recompute_modes_are_scale_invariant_and_eval_mode_is_not():
+    """Filter normalisation assumes scaling a filter leaves the loss alone. Doubling every conv weight of a
+    (briefly) trained BN net: the batch- and recompute-mode losses change by under 1%, the eval-mode loss
+    (stored running statistics) moves. The model's own buffers are never touched."""
+    from resnetlab.datasets import load_dataset
+    from resnetlab.stream import Normalization, TrainStream
+    from resnetlab.train import train_step
+    torch.manual_seed(0)
+    data = load_dataset("synthetic", synthetic_train=512, synthetic_test=10)["train"]
+    norm = Normalization.fit(data.x, "channel")
+    stream = TrainStream(data, 64, seed=0, normalization=norm)
+    model = create_model("resnet8", width=8, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for step in range(30):
+        train_step(model, opt, *stream.batch(step))
+    x, y = norm(data.x[:256]), data.y[:256]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = {bn: L.evaluate_loss(model, x, y, 128, bn)[0] for bn in L.BN_MODES}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    doubled = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in doubled.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(2)
+    again = {bn: L.evaluate_loss(doubled, x, y, 128, bn)[0] for bn in L.BN_MODES}
+    assert abs(again["batch"] / loss["batch"] - 1) < 0.01
+    assert abs(again["recompute"] / loss["recompute"] - 1) < 0.01
+    assert abs(again["eval"] / loss["eval"] - 1) > 0.5
+    # recompute ignores the stored statistics: a copy with reset running statistics gives the same loss
+    reset = copy.deepcopy(model)
+    for m in reset.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+    assert L.evaluate_loss(reset, x, y, 128, "recompute")[0] == pytest.approx(loss["recompute"], rel=1e-6)
+    assert L.evaluate_loss(reset, x, y, 128, "eval")[0] != pytest.approx(loss["eval"], rel=1e-2)

@@ -149,57 +149,87 @@ def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
+BN_MODES = ("batch", "recompute", "eval")
+"""How batch norm normalises at each grid point: ``batch`` with each batch's own statistics (the training
+mode), ``recompute`` with running statistics re-estimated on the subset for the shifted weights, ``eval``
+with the checkpoint's running statistics. Filter normalisation assumes the loss does not change when a
+filter is scaled; with BN that holds in ``batch`` and ``recompute`` modes but not in ``eval`` mode, where
+stored statistics no longer match the scaled weights."""
+
+
+def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
-def _evaluate(model: nn.Module, params: dict | None, batches) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` with ``params`` substituted (eval mode)."""
-    loss_sum = 0.0
-    correct = total = 0
-    for xb, yb in batches:
-        logits = model(xb) if params is None else functional_call(model, params, (xb,))
-        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-        total += yb.numel()
+def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` with ``params`` substituted, BN as ``bn`` says
+    (:data:`BN_MODES`). The model's own buffers are never changed."""
+    if bn not in BN_MODES:
+        raise ValueError(f"unknown BN mode {bn!r}; valid: {', '.join(BN_MODES)}")
+    state = {k: v.detach().clone() for k, v in model.named_buffers()}  # BN writes into these, not the model's
+    state.update(params if params is not None else {k: p.detach() for k, p in model.named_parameters()})
+    norms = _bn_modules(model)
+    saved = [(m, m.training, m.momentum) for m in norms]
+    was = model.training
+    try:
+        model.eval()
+        if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
+            for name, m in model.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    state[f"{name}.running_mean"].zero_(), state[f"{name}.running_var"].fill_(1.0)
+                    state[f"{name}.num_batches_tracked"].zero_()
+                    m.train(), setattr(m, "momentum", None)
+            for xb, _ in batches:
+                functional_call(model, state, (xb,))
+            for m in norms:
+                m.eval()
+        elif bn == "batch":
+            for m in norms:
+                m.train()
+        loss_sum = 0.0
+        correct = total = 0
+        for xb, yb in batches:
+            logits = functional_call(model, state, (xb,))
+            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+            total += yb.numel()
+    finally:
+        for m, training, momentum in saved:
+            m.training, m.momentum = training, momentum
+        model.train(was)
     return loss_sum / total, correct / total
 
 
-def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = 256):
-    """``(loss, accuracy)`` of the model as it is, in eval mode, in batches (the landscape's origin)."""
-    was = model.training
-    model.eval()
-    try:
-        dev = next(model.parameters()).device
-        return _evaluate(model, None, _as_batches(x.to(dev), y.to(dev), batch_size))
-    finally:
-        model.train(was)
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = 256,
+                  bn: str = "batch"):
+    """``(loss, accuracy)`` of the model as it is, in batches, BN as ``bn`` says (the landscape's origin)."""
+    dev = next(model.parameters()).device
+    return _evaluate(model, None, _as_batches(x.to(dev), y.to(dev), batch_size), bn)
 
 
-def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label):
+def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label, bn="batch"):
     dev = next(model.parameters()).device
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
     base = {k: p.detach() for k, p in model.named_parameters()}
     dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]
-    was = model.training
-    model.eval()
     losses, accs = [], []
     bar = progress(total=len(coords), desc=label, unit="point", quiet=quiet)
-    try:
-        for c in coords:
-            params = {}
-            for k, w in base.items():
-                if k in dirs[0]:
-                    shifted = w
-                    for a, d in zip(c, dirs):
-                        shifted = shifted + a * d[k]
-                    params[k] = shifted
-                else:
-                    params[k] = w
-            loss, acc = _evaluate(model, params, batches)
-            losses.append(loss)
-            accs.append(acc)
-            bar.update()
-        bar.close()
-    finally:
-        model.train(was)
+    for c in coords:
+        params = {}
+        for k, w in base.items():
+            if k in dirs[0]:
+                shifted = w
+                for a, d in zip(c, dirs):
+                    shifted = shifted + a * d[k]
+                params[k] = shifted
+            else:
+                params[k] = w
+        loss, acc = _evaluate(model, params, batches, bn)
+        losses.append(loss)
+        accs.append(acc)
+        bar.update()
+    bar.close()
     return np.array(losses), np.array(accs)
 
 
@@ -211,7 +241,8 @@ def _check_grid(span: float, steps: int) -> None:
 
 
 def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: dict[str, torch.Tensor],
-                 span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True) -> dict:
+                 span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True,
+                 bn: str = "batch") -> dict:
     """Loss and accuracy at ``theta + a * d`` for ``steps`` values of ``a`` in ``[-span, span]``.
 
     Returns ``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``;
@@ -222,14 +253,15 @@ def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: 
         direction = direction[0]
     alphas = np.linspace(-span, span, steps)
     loss, acc = _grid_eval(model, x, y, [direction], [(float(a),) for a in alphas], batch_size, quiet,
-                           "landscape 1-D")
-    loss0, acc0 = evaluate_loss(model, x, y, batch_size)
+                           "landscape 1-D", bn)
+    loss0, acc0 = evaluate_loss(model, x, y, batch_size, bn)
     return {"kind": "1d", "alphas": alphas, "loss": loss, "acc": acc, "loss0": loss0, "acc0": acc0,
             "span": float(span), "steps": steps}
 
 
 def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: list[dict[str, torch.Tensor]],
-                 span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True) -> dict:
+                 span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True,
+                 bn: str = "batch") -> dict:
     """Loss and accuracy at ``theta + a * d1 + b * d2`` on a ``steps x steps`` grid over ``[-span, span]^2``.
 
     Returns ``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``; the grids
@@ -241,8 +273,8 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions:
     alphas = np.linspace(-span, span, steps)
     betas = np.linspace(-span, span, steps)
     coords = [(float(a), float(b)) for a in alphas for b in betas]
-    loss, acc = _grid_eval(model, x, y, directions[:2], coords, batch_size, quiet, "landscape 2-D")
-    loss0, acc0 = evaluate_loss(model, x, y, batch_size)
+    loss, acc = _grid_eval(model, x, y, directions[:2], coords, batch_size, quiet, "landscape 2-D", bn)
+    loss0, acc0 = evaluate_loss(model, x, y, batch_size, bn)
     return {"kind": "2d", "alphas": alphas, "betas": betas, "loss": loss.reshape(steps, steps),
             "acc": acc.reshape(steps, steps), "loss0": loss0, "acc0": acc0, "span": float(span), "steps": steps}
 
@@ -431,6 +463,10 @@ class LandscapeConfig:
     """training images in the fixed evaluation subset"""
     seed: int = 0
     """seed of the subset and of the directions (and of a fresh model)"""
+    bn: Literal[BN_MODES] = "batch"
+    """batch norm at each grid point: batch (each batch's statistics, as in training), recompute (running
+    statistics re-estimated on the subset for the shifted weights; twice the cost) or eval (the checkpoint's
+    running statistics, which break the scale invariance filter normalisation relies on)"""
     dims: int = 2
     """1: a curve along one direction; 2: also the surface over two"""
     span: float = 1.0
@@ -489,13 +525,13 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
         base, file_seed, directions_from = None, cfg.seed, None
         dirs = random_directions(model, cfg.seed, cfg.dims)
     settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
-                "dims": cfg.dims, "data": data_name, "directions_file": directions_from,
+                "dims": cfg.dims, "bn": cfg.bn, "data": data_name, "directions_file": directions_from,
                 "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),
                 "config": to_dict(cfg)}
     result: dict = {"settings": settings}
-    result["1d"] = landscape_1d(model, x, y, dirs[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet)
+    result["1d"] = landscape_1d(model, x, y, dirs[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
     if cfg.dims == 2:
-        result["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet)
+        result["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
     if cfg.hessian_iters:
         m = min(cfg.hessian_samples, len(y))
         ritz = hessian_eigs(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
