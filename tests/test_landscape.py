@@ -259,3 +259,19 @@ def test_batch_and_recompute_modes_are_scale_invariant_and_eval_mode_is_not():
             m.reset_running_stats()
     assert L.evaluate_loss(reset, x, y, 128, "recompute")[0] == pytest.approx(loss["recompute"], rel=1e-6)
     assert L.evaluate_loss(reset, x, y, 128, "eval")[0] != pytest.approx(loss["eval"], rel=1e-2)
+
+
+def test_direction_seeds_give_flatness_mean_and_spread(tmp_path, checkpoint, capsys):
+    out = tmp_path / "land"
+    assert cli_main(["landscape", checkpoint, "--data", "synthetic", "--subset", "16", "--steps", "3",
+                     "--dims", "1", "--hessian-iters", "0", "--direction-seeds", "3", "--out", str(out),
+                     "--quiet"]) == 0
+    summary = json.loads((out / "flatness.json").read_text())
+    per_seed = [f["1d"]["rise_at_r"] for f in summary["flatness_per_direction_seed"]]
+    spread = summary["flatness_over_direction_seeds"]["1d"]["rise_at_r"]
+    assert len(per_seed) == 3 and len(set(per_seed)) == 3  # three different direction draws
+    assert spread["mean"] == pytest.approx(np.mean(per_seed))
+    assert spread["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert per_seed[0] == summary["flatness"]["1d"]["rise_at_r"]  # the first seed is the plotted one
+    assert "over 3 direction seeds" in capsys.readouterr().out
+    assert cli_main(["landscape", checkpoint, "--direction-seeds", "0", "--out", str(tmp_path / "x")]) == 2

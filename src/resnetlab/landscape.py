@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -43,7 +42,7 @@ from torch.func import functional_call
 
 from .datasets import NAMED_DATASETS as DATASETS
 from .config import Positional, given_model, name_given, parse, to_dict
-from .io import atomic_save, progress, resolve_device, write_json
+from .io import atomic_save, atomic_write, progress, resolve_device, write_json
 from .models import ModelConfig, model_config
 from .plots import plot_1d, plot_2d
 from .sources import load_data, load_model, resolve_data, seeded_subset
@@ -445,6 +444,24 @@ def flatness(result: dict, radius: float | None = None) -> dict:
 # resnetlab landscape
 # --------------------------------------------------------------------------------------------------
 
+def flatness_spread(per_seed: list[dict]) -> dict:
+    """``{"1d": {"rise_at_r": {"mean", "std", "values"}, ...}, "2d": ...}`` over direction seeds (std with
+    ``ddof=1``; 0 for a single seed)."""
+    out = {}
+    for key in ("1d", "2d"):
+        rows = [f[key] for f in per_seed if key in f]
+        if not rows:
+            continue
+        out[key] = {}
+        for metric in ("rise_at_r", "mean_rise_within_r", "max_rise"):
+            vals = [r[metric] for r in rows if r.get(metric) is not None]
+            if vals:
+                arr = np.asarray(vals, dtype=np.float64)
+                out[key][metric] = {"mean": float(arr.mean()), "values": [float(v) for v in vals],
+                                    "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+    return out
+
+
 @dataclass(frozen=True)
 class LandscapeConfig:
     """Options of ``resnetlab landscape``."""
@@ -463,6 +480,9 @@ class LandscapeConfig:
     """training images in the fixed evaluation subset"""
     seed: int = 0
     """seed of the subset and of the directions (and of a fresh model)"""
+    direction_seeds: int = 3
+    """direction pairs (seeds SEED, SEED+1, ...): the flatness figures are mean +- std over them; the grids and
+    plots are those of the first"""
     bn: Literal[BN_MODES] = "batch"
     """batch norm at each grid point: batch (each batch's statistics, as in training), recompute (running
     statistics re-estimated on the subset for the shifted weights; twice the cost) or eval (the checkpoint's
@@ -498,6 +518,8 @@ def _validate(cfg: LandscapeConfig) -> None:
     for what in ("subset", "batch_size", "hessian_samples"):
         if getattr(cfg, what) < 1:
             raise ValueError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(cfg, what)}")
+    if cfg.direction_seeds < 1:
+        raise ValueError(f"--direction-seeds must be >= 1, got {cfg.direction_seeds}")
     if cfg.hessian_iters < 0:
         raise ValueError(f"--hessian-iters must be >= 0, got {cfg.hessian_iters}")
     if cfg.radius is not None and not cfg.radius > 0:
@@ -539,6 +561,17 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
         result["hessian"] = {"max": float(ritz[-1]), "min": float(ritz[0]), "iters": cfg.hessian_iters,
                              "samples": m}
     result["flatness"] = flatness(result, cfg.radius)
+    # More direction pairs: a flatness figure from one random pair moves a lot from pair to pair. Seeds
+    # seed+1, seed+2, ... draw by parameter name, so twins get the same directions for shared filters.
+    per_seed = [result["flatness"]]
+    for k in range(1, cfg.direction_seeds):
+        extra = random_directions(model, cfg.seed + k, cfg.dims)
+        more = {"1d": landscape_1d(model, x, y, extra[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)}
+        if cfg.dims == 2:
+            more["2d"] = landscape_2d(model, x, y, extra, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
+        per_seed.append(flatness(more, cfg.radius))
+    result["flatness_seeds"] = per_seed
+    result["flatness_spread"] = flatness_spread(per_seed)
     # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
     raw = raw_directions(model, file_seed if file_seed is not None else cfg.seed, cfg.dims)
     if base is not None:
@@ -562,17 +595,12 @@ def write_outputs(result: dict, out: str, directions_file: str | None = None) ->
         arrays.update(alphas_2d=result["2d"]["alphas"], betas_2d=result["2d"]["betas"],
                       loss_2d=result["2d"]["loss"], acc_2d=result["2d"]["acc"])
     npz = os.path.join(out, "landscape.npz")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=out)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, npz)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(npz, "wb") as fh:
+        np.savez(fh, **arrays)
     written = [npz]
-    summary = {"settings": s, "flatness": result["flatness"], "hessian": result.get("hessian")}
+    summary = {"settings": s, "flatness": result["flatness"], "hessian": result.get("hessian"),
+               "flatness_over_direction_seeds": result.get("flatness_spread"),
+               "flatness_per_direction_seed": result.get("flatness_seeds")}
     write_json(os.path.join(out, "flatness.json"), summary)
     written.append(os.path.join(out, "flatness.json"))
     dpath = os.path.join(out, "directions.pt")
@@ -604,6 +632,12 @@ def format_summary(result: dict) -> str:
             lines.append(f"  {key}: loss(0) {f['loss0']:.4f}  acc(0) {f['acc0']:.4f}  rise at r={f['radius']:g} "
                          f"{f['rise_at_r']:.4f}  mean rise within r {f['mean_rise_within_r']:.4f}  "
                          f"max rise {f['max_rise']:.4f}")
+    spread = result.get("flatness_spread") or {}
+    seeds = len(result.get("flatness_seeds") or [])
+    if seeds > 1:
+        for key, metrics in spread.items():
+            lines.append(f"  {key} over {seeds} direction seeds: " + "  ".join(
+                f"{m.replace('_', ' ')} {v['mean']:.4f} +- {v['std']:.4f}" for m, v in metrics.items()))
     if "hessian_max" in fl:
         ratio = fl["hessian_min_max_ratio"]
         lines.append(f"  Hessian ({result['hessian']['iters']} Lanczos steps, {result['hessian']['samples']} images): "
