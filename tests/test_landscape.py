@@ -138,14 +138,22 @@ def test_top_hessian_eigenvalue_matches_an_explicit_hessian():
                            for i in range(n)])
     eigs = torch.linalg.eigvalsh((hessian + hessian.T) / 2)
     top2 = sorted(eigs.tolist(), reverse=True)[:2]
-    lanczos = L.hessian_top_eigs(model, x, y, k=2, iters=n)
+    lanczos = L.hessian_top_eigs(model, x, y, k=2, iters=n, weights_only=False)
     assert lanczos == pytest.approx(top2, rel=1e-6)
-    assert L.hessian_eigs(model, x, y, iters=n)[0] == pytest.approx(eigs[0].item(), abs=1e-6)
+    assert L.hessian_eigs(model, x, y, iters=n, weights_only=False)[0] == pytest.approx(eigs[0].item(), abs=1e-6)
     biggest = max(eigs.tolist(), key=abs)
-    power = L.hessian_top_eigs(model, x, y, k=1, iters=300, method="power")
+    power = L.hessian_top_eigs(model, x, y, k=1, iters=300, method="power", weights_only=False)
     assert power[0] == pytest.approx(biggest, rel=1e-4)
-    few = L.hessian_top_eigs(model, x, y, k=1, iters=8, batch_size=7)  # batched HVPs, few steps
+    few = L.hessian_top_eigs(model, x, y, k=1, iters=8, batch_size=7, weights_only=False)  # batched HVPs
     assert few[0] == pytest.approx(top2[0], rel=1e-3)
+    # The default: the weights of dimension > 1 only (Li et al.), the sub-Hessian on those entries.
+    is_weight = torch.cat([torch.full((p.numel(),), p.ndim > 1) for p in params])
+    sub = torch.linalg.eigvalsh(((hessian + hessian.T) / 2)[is_weight][:, is_weight])
+    assert L.hessian_top_eigs(model, x, y, k=1, iters=n) == pytest.approx([sub[-1].item()], rel=1e-6)
+    ext = L.hessian_extremes(model, x, y, iters=2)
+    assert ext["converged"] and ext["min"] == pytest.approx(sub[0].item(), rel=0.02)
+    assert ext["max"] == pytest.approx(sub[-1].item(), rel=1e-3)
+    assert ext["ratio"] == pytest.approx(abs(ext["min"] / ext["max"]))
 
 
 def test_flatness_summaries_on_known_landscapes():
@@ -161,7 +169,7 @@ def test_flatness_summaries_on_known_landscapes():
           "acc": np.zeros((21, 21)), "loss0": 1.0, "acc0": 0.5, "span": 1.0, "steps": 21}
     f2 = L.flatness({"2d": r2, "hessian": {"max": 4.0, "min": -1.0}})
     assert f2["2d"]["rise_at_r"] == pytest.approx(0.0, abs=1e-12)  # a plane averages to 0 on a circle
-    assert f2["2d"]["radius"] == 0.5 and f2["hessian_min_max_ratio"] == -0.25
+    assert f2["2d"]["radius"] == 0.5 and f2["hessian_min_max_ratio"] == 0.25
 
 
 @pytest.fixture(scope="module")

@@ -282,9 +282,10 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions:
 # Hessian
 # --------------------------------------------------------------------------------------------------
 
-def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
-    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``, eval mode."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool = True):
+    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``, eval mode; over the
+    weights of dimension > 1 (conv and linear kernels, as Li et al.) unless ``weights_only`` is False."""
+    params = [p for p in model.parameters() if p.requires_grad and (p.ndim > 1 or not weights_only)]
     dev = params[0].device
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
     n = len(y)
@@ -310,30 +311,44 @@ def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     return hvp, sum(p.numel() for p in params), dev
 
 
+class _Lanczos:
+    """Lanczos on a symmetric operator with full re-orthogonalisation, extended step by step, so that the
+    Ritz values after k and after 2k steps come from one run."""
+
+    def __init__(self, hvp, n: int, generator: torch.Generator, device):
+        q = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+        self.hvp, self.n = hvp, n
+        self.basis, self.alphas, self.betas, self.done = [q / q.norm()], [], [], False
+
+    def extend(self, steps: int) -> None:
+        while len(self.alphas) < min(steps, self.n) and not self.done:
+            j = len(self.alphas)
+            w = self.hvp(self.basis[j])
+            self.alphas.append(torch.dot(w, self.basis[j]).item())
+            # Re-orthogonalising (twice) against every previous vector keeps the Ritz values honest in
+            # floating point at these small step counts.
+            for _ in range(2):
+                for b in self.basis:
+                    w = w - torch.dot(w, b) * b
+            beta = w.norm().item()
+            if beta < 1e-10 or len(self.alphas) == self.n:
+                self.done = True  # an invariant subspace: the Ritz values are exact
+                break
+            self.betas.append(beta)
+            self.basis.append(w / beta)
+
+    def ritz(self, steps: int | None = None) -> np.ndarray:
+        """Ritz values (ascending) after the first ``steps`` steps (default: all taken)."""
+        k = len(self.alphas) if steps is None else min(steps, len(self.alphas))
+        t = np.diag(self.alphas[:k]) + np.diag(self.betas[: k - 1], 1) + np.diag(self.betas[: k - 1], -1)
+        return np.linalg.eigvalsh(t)
+
+
 def _lanczos(hvp, n: int, iters: int, generator: torch.Generator, device) -> np.ndarray:
-    """Ritz values (ascending) of a symmetric operator after ``iters`` Lanczos steps (full re-orthog.)."""
-    m = min(iters, n)
-    q = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
-    q /= q.norm()
-    basis = [q]
-    alphas, betas = [], []
-    for j in range(m):
-        w = hvp(basis[j])
-        a = torch.dot(w, basis[j]).item()
-        alphas.append(a)
-        # Full re-orthogonalisation (twice) against all previous vectors keeps the Ritz values honest
-        # in floating point at these small iteration counts.
-        for _ in range(2):
-            for b in basis:
-                w = w - torch.dot(w, b) * b
-        beta = w.norm().item()
-        if j == m - 1 or beta < 1e-10:
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    k = len(alphas)
-    t = np.diag(alphas) + np.diag(betas[: k - 1], 1) + np.diag(betas[: k - 1], -1)
-    return np.linalg.eigvalsh(t)
+    """Ritz values (ascending) of a symmetric operator after ``iters`` Lanczos steps."""
+    run = _Lanczos(hvp, n, generator, device)
+    run.extend(iters)
+    return run.ritz()
 
 
 def _power(hvp, n: int, iters: int, k: int, generator: torch.Generator, device) -> list[float]:
@@ -357,33 +372,63 @@ def _power(hvp, n: int, iters: int, k: int, generator: torch.Generator, device) 
 
 
 def hessian_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
-                 batch_size: int | None = None) -> np.ndarray:
+                 batch_size: int | None = None, weights_only: bool = True) -> np.ndarray:
     """Ritz values (ascending) of the loss Hessian after ``iters`` Lanczos steps: the extremes converge
-    first, so ``[-1]`` estimates the top eigenvalue and ``[0]`` the smallest."""
+    first, so ``[-1]`` estimates the top eigenvalue and ``[0]`` the smallest. Over the weights of
+    dimension > 1 unless ``weights_only`` is False."""
     was = model.training
     model.eval()
     try:
-        hvp, n, dev = _hvp_fn(model, x, y, batch_size)
+        hvp, n, dev = _hvp_fn(model, x, y, batch_size, weights_only)
         return _lanczos(hvp, n, iters, torch.Generator().manual_seed(seed), dev)
     finally:
         model.train(was)
 
 
+def hessian_extremes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
+                     batch_size: int | None = None, weights_only: bool = True, tol: float = 0.01,
+                     max_iters: int = 320) -> dict:
+    """The Hessian's largest and smallest eigenvalues by Lanczos, with steps doubled from ``iters`` until the
+    smallest (the slower to converge) changes by less than ``tol`` (relative) between k and 2k steps, or
+    ``max_iters`` is reached. Returns ``{"max", "min", "ratio" = |min / max|, "iters", "min_change",
+    "converged", "weights_only"}``."""
+    was = model.training
+    model.eval()
+    try:
+        hvp, n, dev = _hvp_fn(model, x, y, batch_size, weights_only)
+        run = _Lanczos(hvp, n, torch.Generator().manual_seed(seed), dev)
+        k = max(1, iters)
+        while True:
+            run.extend(2 * k)
+            before, after = run.ritz(k), run.ritz(2 * k)
+            change = abs(after[0] - before[0]) / max(abs(after[0]), 1e-12)
+            if change < tol or run.done or 2 * k >= max_iters:
+                break
+            k *= 2
+    finally:
+        model.train(was)
+    top, low = float(after[-1]), float(after[0])
+    return {"max": top, "min": low, "ratio": abs(low / top) if top else None, "iters": len(run.alphas),
+            "min_change": float(change), "converged": bool(change < tol or run.done), "weights_only": weights_only}
+
+
 def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 1, iters: int = 20,
-                     seed: int = 0, method: str = "lanczos", batch_size: int | None = None) -> list[float]:
+                     seed: int = 0, method: str = "lanczos", batch_size: int | None = None,
+                     weights_only: bool = True) -> list[float]:
     """The ``k`` largest Hessian eigenvalues (descending) of the mean cross-entropy on ``(x, y)`` with
-    respect to all trainable parameters, model in eval mode. ``method="lanczos"`` (largest algebraic) or
-    ``"power"`` (power iteration with deflation: largest in magnitude, ``iters`` steps each)."""
+    respect to the weights of dimension > 1 (all trainable parameters unless ``weights_only``), model in
+    eval mode. ``method="lanczos"`` (largest algebraic) or ``"power"`` (power iteration with deflation:
+    largest in magnitude, ``iters`` steps each)."""
     if k < 1 or iters < 1:
         raise ValueError(f"k and iters must be >= 1, got k={k}, iters={iters}")
     if method == "lanczos":
-        return [float(v) for v in hessian_eigs(model, x, y, iters, seed, batch_size)[::-1][:k]]
+        return [float(v) for v in hessian_eigs(model, x, y, iters, seed, batch_size, weights_only)[::-1][:k]]
     if method != "power":
         raise ValueError(f"unknown method {method!r}; valid: lanczos, power")
     was = model.training
     model.eval()
     try:
-        hvp, n, dev = _hvp_fn(model, x, y, batch_size)
+        hvp, n, dev = _hvp_fn(model, x, y, batch_size, weights_only)
         return _power(hvp, n, iters, k, torch.Generator().manual_seed(seed), dev)
     finally:
         model.train(was)
@@ -409,7 +454,7 @@ def flatness(result: dict, radius: float | None = None) -> dict:
       2-D: 64 points on the circle), linearly interpolated on the grid; ``r`` defaults to ``span / 2``.
     * ``mean_rise_within_r``: mean of ``loss - loss0`` over the grid points within distance ``r``.
     * ``max_rise``: the largest ``loss - loss0`` on the grid.
-    * with Hessian values: ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = min / max``.
+    * with Hessian values: ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = |min / max|``.
     """
     out: dict = {}
     parts = {"1d": result.get("1d"), "2d": result.get("2d")} if "kind" not in result else {result["kind"]: result}
@@ -436,7 +481,7 @@ def flatness(result: dict, radius: float | None = None) -> dict:
     if hess:
         out["hessian_max"] = hess["max"]
         out["hessian_min"] = hess["min"]
-        out["hessian_min_max_ratio"] = hess["min"] / hess["max"] if hess["max"] else None
+        out["hessian_min_max_ratio"] = abs(hess["min"] / hess["max"]) if hess["max"] else None
     return out
 
 
@@ -500,7 +545,8 @@ class LandscapeConfig:
     batch_size: int = 512
     """images per forward pass"""
     hessian_iters: int = 20
-    """Lanczos steps for the Hessian's extreme eigenvalues (0: skip)"""
+    """Lanczos steps to start from for the Hessian's extreme eigenvalues (over the conv and linear weights),
+    doubled until the smallest changes by under 1% (0: skip)"""
     hessian_samples: int = 512
     """subset images used for the Hessian"""
     radius: Optional[float] = None
@@ -556,10 +602,8 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
         result["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
     if cfg.hessian_iters:
         m = min(cfg.hessian_samples, len(y))
-        ritz = hessian_eigs(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
-                            batch_size=cfg.batch_size)
-        result["hessian"] = {"max": float(ritz[-1]), "min": float(ritz[0]), "iters": cfg.hessian_iters,
-                             "samples": m}
+        result["hessian"] = {**hessian_extremes(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
+                                                batch_size=cfg.batch_size), "samples": m}
     result["flatness"] = flatness(result, cfg.radius)
     # More direction pairs: a flatness figure from one random pair moves a lot from pair to pair. Seeds
     # seed+1, seed+2, ... draw by parameter name, so twins get the same directions for shared filters.
@@ -640,9 +684,11 @@ def format_summary(result: dict) -> str:
                 f"{m.replace('_', ' ')} {v['mean']:.4f} +- {v['std']:.4f}" for m, v in metrics.items()))
     if "hessian_max" in fl:
         ratio = fl["hessian_min_max_ratio"]
-        lines.append(f"  Hessian ({result['hessian']['iters']} Lanczos steps, {result['hessian']['samples']} images): "
-                     f"max {fl['hessian_max']:.4g}  min {fl['hessian_min']:.4g}  "
-                     f"min/max {ratio:.4g}" if ratio is not None else "")
+        h = result["hessian"]
+        lines.append(f"  Hessian over the weights ({h['iters']} Lanczos steps, {h['samples']} images"
+                     f"{'' if h.get('converged', True) else ', NOT converged: min moved ' + format(h['min_change'], '.1%')}"
+                     f"): max {fl['hessian_max']:.4g}  min {fl['hessian_min']:.4g}"
+                     + (f"  |min/max| {ratio:.4g}" if ratio is not None else ""))
     return "\n".join(lines)
 
 
