@@ -70,7 +70,7 @@ def test_run_folder_contract(finished_run):
     for key in ("model_config", "model", "normalization", "classes", "data", "step", "config", "optimizer",
                 "rng", "schedule", "versions"):
         assert key in ck, key
-    assert ck["step"] == 40 and ck["data"] == {"name": "synthetic", "image_size": 32}
+    assert ck["step"] == 40 and ck["data"] == {"name": "synthetic", "dir": None, "image_size": 32}
     assert load_checkpoint(os.path.join(out, "step_30.pt"))["step"] == 30
     assert load_checkpoint(os.path.join(out, "best.pt"))["best_val_error"] == min(
         e["error"] for e in evals if e["split"] == "val")
