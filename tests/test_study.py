@@ -342,3 +342,20 @@ def test_paired_intervals_against_hand_computed_values():
     a = rows[("A", "none")]["train_error"]
     assert a["mean"] == pytest.approx(-0.09) and a["n"] == 2
     assert a["high"] - a["mean"] == pytest.approx(12.7062 * (0.02 / 2 ** 0.5) / 2 ** 0.5, rel=1e-4)
+
+
+def test_transition_variants_are_twins_of_the_grid(tmp_path):
+    """`A:none` (identity shortcuts, none where the shape changes) is one more twin: same seed and batches,
+    its model gets the transition, the report names it in words."""
+    from resnetlab.report import describe_option, option_fields
+    cfg = StudyConfig(out=str(tmp_path), depths=(8,), options=("A", "A:none", "none"), seed=4)
+    runs = study.grid(cfg)
+    assert [r.name for r in runs] == ["resnet8-A-r0", "resnet8-A_none-r0", "resnet8-none-r0"]
+    a, t = (study.train_config(cfg, r) for r in runs[:2])
+    assert t.model.shortcut == "A" and t.model.transition == "none" and a.model.transition is None
+    assert a.seed == t.seed == 4 and a.data == t.data
+    assert describe_option("A:none") == "identity shortcuts, none where the shape changes"
+    assert describe_option("B") == "identity shortcuts, projections where the shape changes"
+    assert option_fields("none:projection") == {"shortcut": "none", "transition": "projection"}
+    with pytest.raises(ValueError, match="unknown transition 'sideways' in 'A:sideways'"):
+        study.grid(StudyConfig(out=str(tmp_path), depths=(8,), options=("A:sideways",)))

@@ -27,14 +27,45 @@ import markdown
 import numpy as np
 
 from . import plots
+from .blocks import SHORTCUTS, TRANSITIONS
 from .io import atomic_write, format_table, write_json, write_text
 
 DEPTH_COLORS = ("tab:orange", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink")
-FAMILY_COLORS = {"plain": "black", "residual-A": "tab:blue", "residual-B": "tab:red", "residual-C": "tab:green"}
+FAMILY_COLORS = {"plain": "black", "residual-A": "tab:blue", "residual-B": "tab:red", "residual-C": "tab:green",
+                 "residual-A:none": "tab:purple", "residual-B:none": "tab:brown",
+                 "residual-A:avgpool-projection": "tab:olive", "residual-B:avgpool-projection": "tab:cyan"}
 DEPTH_STYLES = ("-", "--", ":", "-.")
 
 
 # --------------------------------------------------------------------------------------------- naming
+
+def option_fields(option: str) -> dict:
+    """A study's network option as model options: ``"A"`` -> ``{"shortcut": "A"}``, ``"A:none"`` ->
+    ``{"shortcut": "A", "transition": "none"}`` (identity shortcuts, none where the shape changes)."""
+    shortcut, _, transition = option.partition(":")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut option {shortcut!r} in {option!r}; valid: {', '.join(SHORTCUTS)} "
+                         f"(none = plain net), optionally with ':TRANSITION', e.g. A:none")
+    if transition and transition not in TRANSITIONS:
+        raise ValueError(f"unknown transition {transition!r} in {option!r}; valid: {', '.join(TRANSITIONS)}")
+    return {"shortcut": shortcut, **({"transition": transition} if transition else {})}
+
+
+_SHORTCUT_WORDS = {"A": "zero-padded identity shortcuts", "B": "identity shortcuts, projections where the shape "
+                   "changes", "C": "projection shortcuts everywhere", "none": "no shortcuts (the plain net)"}
+_TRANSITION_WORDS = {"zero-pad": "zero-padded identities", "projection": "1x1 projections",
+                     "avgpool-projection": "average-pool + 1x1 projections (ResNet-D)", "none": "none"}
+
+
+def describe_option(option: str) -> str:
+    """The option in words, e.g. ``"A:none"`` -> ``"identity shortcuts, none where the shape changes"``."""
+    fields = option_fields(option)
+    if "transition" not in fields:
+        return _SHORTCUT_WORDS[fields["shortcut"]]
+    within = {"A": "identity shortcuts", "B": "identity shortcuts", "C": "projection shortcuts",
+              "none": "no shortcuts"}[fields["shortcut"]]
+    return f"{within}, {_TRANSITION_WORDS[fields['transition']]} where the shape changes"
+
 
 def family(option: str) -> str:
     """``"plain"`` for the net without shortcuts, ``"residual-<option>"`` otherwise."""
@@ -42,15 +73,17 @@ def family(option: str) -> str:
 
 
 def net_label(depth: int, option: str) -> str:
-    """The paper's names: ``plain-20``, ``ResNet-20 (A)``."""
+    """The paper's names: ``plain-20``, ``ResNet-20 (A)``, ``ResNet-20 (A:none)``."""
     return f"plain-{depth}" if option == "none" else f"ResNet-{depth} ({option})"
 
 
 OPTION_ORDER = ("none", "A", "B", "C")  # plain first, then the residual options
 
 
-def _option_rank(option: str) -> int:
-    return OPTION_ORDER.index(option) if option in OPTION_ORDER else len(OPTION_ORDER)
+def _option_rank(option: str) -> float:
+    base, _, transition = option.partition(":")
+    rank = OPTION_ORDER.index(base) if base in OPTION_ORDER else len(OPTION_ORDER)
+    return rank + (0.5 if transition else 0.0)  # a transition variant right after its option
 
 
 def _family_order(options) -> list[str]:
@@ -527,6 +560,9 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                            "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
           + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
             "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
+
+    variants = sorted({r["option"] for r in records}, key=_option_rank)
+    doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}" for o in variants) + ".")
 
     paired = paired_rows(records)
     if paired:

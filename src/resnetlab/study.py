@@ -58,7 +58,8 @@ class StudyConfig:
     depths: Ints = (20, 56)
     """CIFAR depths 6n+2, comma-separated"""
     options: Strs = ("A", "B", "C", "none")
-    """shortcut options (none = the plain net)"""
+    """networks of the grid: shortcut options A, B, C, none (the plain net), each optionally with
+    ':TRANSITION' for the shape-changing blocks (zero-pad, projection, avgpool-projection, none), e.g. A:none"""
     data: Literal[DATASETS] = "synthetic"
     """dataset"""
     data_dir: Optional[str] = None
@@ -134,8 +135,7 @@ def check_config(cfg: StudyConfig) -> None:
             raise ValueError(f"depth {d} is not a CIFAR ResNet depth: it must be 6n+2 with n >= 1 "
                              f"(8, 14, 20, 26, 32, 44, 56, 110, ...)")
     for o in cfg.options:
-        if o not in SHORTCUTS:
-            raise ValueError(f"unknown shortcut option {o!r}; valid: {', '.join(SHORTCUTS)} (none = plain net)")
+        report_mod.option_fields(o)  # an unknown option or transition raises, naming the valid ones
     for what in ("repeats", "analysis_images", "landscape_steps"):
         if getattr(cfg, what) < 1:
             raise ValueError(f"{what} must be at least 1, got {getattr(cfg, what)}")
@@ -176,7 +176,7 @@ def grid(cfg: StudyConfig) -> list[RunSpec]:
         for depth in dict.fromkeys(cfg.depths):
             for option in options:
                 model = f"resnet{depth}"
-                name = f"{model}-{option}-r{repeat}"
+                name = f"{model}-{option.replace(':', '_')}-r{repeat}"
                 if name in seen:
                     continue
                 seen.add(name)
@@ -189,7 +189,8 @@ def train_config(cfg: StudyConfig, run: RunSpec):
     """The :class:`resnetlab.train.TrainConfig` of one run: same seed for twins, only the shortcut differs."""
     b = budget(cfg)
     save_at = tuple(s for s in grad_steps(cfg) if s > 0)
-    values = dict(model=dataclasses.replace(cfg.model, name=run.model, shortcut=run.option), seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
+    values = dict(model=dataclasses.replace(cfg.model, name=run.model, **report_mod.option_fields(run.option)),
+                  seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
                   recipe=cfg.recipe, iterations=b["iterations"], batch_size=b["batch_size"],
                   val_split=b["val_split"], eval_every=b["eval_every"], log_every=b["log_every"],
                   checkpoint_every=b["checkpoint_every"], save_at=save_at, device=cfg.device,
@@ -433,7 +434,8 @@ def _jsonable(d):
 
 def shapes_markdown(cfg: StudyConfig) -> str:
     """The layer-shape tables (``resnetlab summary``) of the studied models, in Markdown."""
-    return "\n\n".join(summary.summarize(summary.build_model(cfg.model, name=f"resnet{depth}", shortcut=option))
+    return "\n\n".join(summary.summarize(summary.build_model(cfg.model, name=f"resnet{depth}",
+                                                            **report_mod.option_fields(option)))
                        .to_markdown()
                        for depth in sorted(set(cfg.depths)) for option in dict.fromkeys(cfg.options))
 
