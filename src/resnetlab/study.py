@@ -459,10 +459,12 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"],
                 "recipe": cfg.recipe, "repeats": cfg.repeats, "seed": cfg.seed,
                 "width": cfg.model.width or 16, "blocks": "pre-activation" if cfg.model.preact else "original",
-                "shortcut scale": cfg.model.shortcut_scale}
-    notes = [f"Matched twins: for each depth and repeat every shortcut option starts from the same seed "
-             f"(shared parameters bit-identical) and sees the same batches; only the shortcut differs. "
-             f"Study settings: [study.json](study.json)."]
+                "shortcut scale": cfg.model.shortcut_scale,
+                "threads": cfg.threads or "train's default (the physical cores)", "torch": torch.__version__}
+    notes = ["Matched twins: for each depth and repeat every shortcut option starts from the same seed "
+             "(shared parameters bit-identical) and sees the same batches; only the shortcut differs. "
+             "The same seed, thread count and PyTorch build give the same numbers. "
+             "Study settings: [study.json](study.json)."]
     notes += [f"**Diverged** (left out of the results): {f}" for f in failed]
     missing = sorted({(r["name"], s) for r in records for s in r["analysis"].get("missing_steps", [])})
     if missing:
@@ -517,8 +519,10 @@ class DemoConfig:
     """seed shared by the twins"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N, mps"""
-    threads: Optional[int] = None
-    """CPU threads (default: all cores when the machine is idle, 1 when it is busy: threads fighting over busy cores make small models 10x slower)"""
+    threads: int = 2
+    """CPU threads; fixed, not chosen by the machine's load, because the thread count changes the last bits
+    of PyTorch's CPU reductions: the same seed and thread count give the same numbers (on a busy machine,
+    --threads 1 is faster for these small models)"""
     quiet: bool = True
     """no per-run training progress (the study still reports each run)"""
 
@@ -541,16 +545,7 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
                        eval_every=max(1, d.iterations // 4), log_every=max(1, d.iterations // 30),
                        checkpoint_every=max(1, d.iterations // 2),
                        model=d.model, seed=d.seed, grad_steps=(0, d.iterations), analysis_images=128,
-                       device=d.device, precision="fp32", threads=d.threads or _auto_threads(), quiet=d.quiet)
-
-
-def _auto_threads() -> int | None:
-    """1 when other processes keep the cores busy (load average near the core count), else train's default."""
-    try:
-        busy = os.getloadavg()[0] >= 0.75 * (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        busy = False
-    return 1 if busy else None
+                       device=d.device, precision="fp32", threads=d.threads, quiet=d.quiet)
 
 
 def main_demo(argv: list[str] | None = None) -> int:
