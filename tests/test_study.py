@@ -359,3 +359,22 @@ def test_transition_variants_are_twins_of_the_grid(tmp_path):
     assert option_fields("none:projection") == {"shortcut": "none", "transition": "projection"}
     with pytest.raises(ValueError, match="unknown transition 'sideways' in 'A:sideways'"):
         study.grid(StudyConfig(out=str(tmp_path), depths=(8,), options=("A:sideways",)))
+
+
+def test_claims_are_judged_in_words_including_when_they_fail():
+    from resnetlab.report import claims_text
+
+    def rec(depth, option, train_error, responses, signal_in, repeat=0):
+        return {"depth": depth, "option": option, "repeat": repeat, "name": f"{depth}-{option}",
+                "final": {"train_error": train_error},
+                "analysis": {"layer_responses": [["l1", responses], ["l2", responses]],
+                             "signal": {"0": [["input", signal_in], ["layer1.0", 1.0], ["layer2.0", 2.0]]}}}
+    records = [rec(8, "none", 0.30, 0.5, 1.0), rec(8, "A", 0.20, 0.3, 4.0),
+               rec(20, "none", 0.40, 0.6, 0.1), rec(20, "A", 0.45, 0.7, 2.0)]
+    text = "\n".join(claims_text(records))
+    assert "Degradation" in text  # plain-20 trains worse than plain-8
+    assert "ResNet-8 (A) ends with a lower training error than plain-8 (20.00% vs 30.00%): the paper's claim holds" in text
+    assert "ResNet-20 (A) ends with a higher training error than plain-20 (45.00% vs 40.00%): the paper's claim does not hold" in text
+    assert "respond more weakly than those of plain-8" in text and "respond more strongly than those of plain-20" in text
+    # input signal over the last block's: 4.0/2.0 = 2 for ResNet-8 (A) vs 0.5 for plain-8
+    assert "is 2 in ResNet-8 (A) and 0.5 in plain-8" in text

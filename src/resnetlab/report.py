@@ -287,6 +287,63 @@ def degradation_text(records) -> list[str]:
     return lines or ["No complete plain/residual pair across depths to compare."]
 
 
+def _mean_of(runs, get):
+    vals = [v for v in (get(r) for r in runs) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _input_fraction(run, step: str):
+    """The signal reaching the input, as a fraction of the signal at the last block's output."""
+    sig = ((run.get("analysis") or {}).get("signal") or {}).get(step)
+    return sig[0][1] / sig[-1][1] if sig and sig[-1][1] else None
+
+
+def claims_text(records) -> list[str]:
+    """The paper's claims, each judged in words from this run's own numbers, including when one fails."""
+    groups = _groups(records)
+    depths = sorted({d for d, _ in groups})
+    lines = degradation_text(records)[:1] if len(depths) > 1 else []
+    for depth in depths:
+        plain = groups.get((depth, "none"))
+        if not plain:
+            continue
+        p_err = _mean_of(plain, lambda r: r["final"].get("train_error"))
+        p_resp = _mean_of(plain, lambda r: np.mean([v for _, v in (r.get("analysis") or {})
+                                                   .get("layer_responses", [])] or [np.nan]))
+        for (d, option), runs in groups.items():
+            if d != depth or option == "none":
+                continue
+            name, pname = net_label(depth, option), net_label(depth, "none")
+            err = _mean_of(runs, lambda r: r["final"].get("train_error"))
+            if err is not None and p_err is not None:
+                held = err < p_err
+                lines.append(f"**Residual vs plain at depth {depth}:** {name} ends with a {'lower' if held else 'higher'}"
+                             f" training error than {pname} ({100 * err:.2f}% vs {100 * p_err:.2f}%): the paper's "
+                             f"claim {'holds' if held else 'does not hold'} here.")
+            resp = _mean_of(runs, lambda r: np.mean([v for _, v in (r.get("analysis") or {})
+                                                    .get("layer_responses", [])] or [np.nan]))
+            if resp is not None and p_resp is not None and np.isfinite(resp) and np.isfinite(p_resp):
+                held = resp < p_resp
+                lines.append(f"**Layer responses (Fig. 7), depth {depth}:** the 3x3 layers of {name} respond "
+                             f"{'more weakly' if held else 'more strongly'} than those of {pname} (mean std "
+                             f"{resp:.3f} vs {p_resp:.3f}): the paper's observation {'holds' if held else 'does not hold'}"
+                             " here.")
+            for step in _grad_steps(records)[:1] + _grad_steps(records)[-1:]:
+                f_res = _mean_of(runs, lambda r: _input_fraction(r, step))
+                f_plain = _mean_of(plain, lambda r: _input_fraction(r, step))
+                if f_res is None or f_plain is None:
+                    continue
+                held = f_res > f_plain
+                lines.append(f"**Gradient signal toward the input, depth {depth}, {_step_title(step)}:** "
+                             f"||dL/dx|| at the input over ||dL/dx|| at the last block's output is {f_res:.3g} in "
+                             f"{name} and {f_plain:.3g} in {pname}: relative to the top, "
+                             f"{'more' if held else 'less'} of the signal reaches the input of the residual net"
+                             f"{'' if held else ', unlike the vanishing-gradient story'}.")
+                if len(_grad_steps(records)) == 1:
+                    break
+    return lines
+
+
 # --------------------------------------------------------------------------------------------- figures
 
 def _mean_curve(runs, kind: str, split: str | None = None):
@@ -340,9 +397,11 @@ def figure_layer_responses(records, path) -> str | None:
 
 
 def _grad_steps(records) -> list[str]:
+    """The steps at which gradients (weight norms or the back-propagated signal) were measured."""
     steps = set()
     for r in records:
-        steps |= set(((r.get("analysis") or {}).get("grad_norms") or {}).keys())
+        a = r.get("analysis") or {}
+        steps |= set((a.get("grad_norms") or {}).keys()) | set((a.get("signal") or {}).keys())
     return sorted(steps, key=int)
 
 
@@ -560,6 +619,15 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                            "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
           + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
             "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
+
+    claims = claims_text(records)
+    if claims:
+        doc.h("The paper's claims in this run")
+        for line in claims:
+            doc.p(line)
+        doc.p("Judged from this run's numbers alone" + (" (one run per network: a single seed can go either "
+              "way where differences are small)." if max(len(v) for v in _groups(records).values()) == 1
+              else "; the paired intervals below say which differences the repeats resolve."))
 
     variants = sorted({r["option"] for r in records}, key=_option_rank)
     doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}" for o in variants) + ".")
