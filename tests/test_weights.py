@@ -357,3 +357,35 @@ def test_make_checkpoint_unwraps_compiled_models(tmp_path):
     _assert_same(src, model)
     save_weights(compiled, tmp_path / "c.pth")
     assert list(torch.load(tmp_path / "c.pth", weights_only=True)) == list(src.state_dict())
+
+
+def test_checkpoints_carry_a_checksum_and_corruption_or_nan_is_refused(tmp_path):
+    """Bytes flipped inside a stored tensor keep the file loadable by torch but change its contents: every
+    reader refuses it, naming the file; so does a checkpoint with a non-finite weight."""
+    from resnetlab.weights import checksum, load_checkpoint, make_checkpoint, model_from_checkpoint
+    model = create_model("resnet8", width=4, seed=0)
+    ckpt = make_checkpoint(model, normalization={"mean": [0.5]}, step=3)
+    assert ckpt["checksum"] == checksum(ckpt) and ckpt["checksum"].startswith("sha256:")
+    path = tmp_path / "ok.pt"
+    torch.save(ckpt, path)
+    assert load_checkpoint(path)["step"] == 3
+    # corrupt one stored weight: torch.load still works, the contents no longer match
+    bad = dict(ckpt, model={**ckpt["model"], "fc.bias": ckpt["model"]["fc.bias"] + 1e-3})
+    torch.save(bad, tmp_path / "bad.pt")
+    for reader in (load_checkpoint, model_from_checkpoint,
+                   lambda p: load_weights(create_model("resnet8", width=4), p)):
+        with pytest.raises(ValueError, match=r"bad\.pt is corrupted"):
+            reader(tmp_path / "bad.pt")
+    # raw bytes flipped in the middle of the file, where the tensor data lies
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
+    (tmp_path / "flipped.pt").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="flipped.pt"):
+        load_checkpoint(tmp_path / "flipped.pt")
+    nan = make_checkpoint(model)
+    nan["model"]["layer1.0.bn1.running_var"][0] = float("nan")
+    nan["checksum"] = checksum(nan)  # written that way: consistent, but not finite
+    torch.save(nan, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=r"non-finite values in layer1\.0\.bn1\.running_var"):
+        model_from_checkpoint(tmp_path / "nan.pt")

@@ -29,6 +29,7 @@ only, never arbitrary objects (a pickle can run code when it is loaded). Every f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -69,12 +70,47 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _digest(obj, h) -> None:
+    """Feed a checkpoint's contents into the hash ``h`` in a fixed order (tensors by dtype, shape and bytes)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _digest(v, h)
+    else:
+        h.update(repr(obj).encode())
+
+
+def checksum(ckpt: dict) -> str:
+    """``"sha256:..."`` of a checkpoint's contents, its own ``checksum`` entry aside."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in ckpt.items() if k != "checksum"}, h)
+    return "sha256:" + h.hexdigest()
+
+
+def nonfinite_entries(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())]
+
+
 def make_checkpoint(model: nn.Module, **extra) -> dict:
     """A checkpoint dict for ``model`` (a :class:`resnetlab.models.ResNet`, possibly wrapped); ``extra``
-    entries (optimizer state, step, normalization, ...) are stored beside the weights."""
+    entries (optimizer state, step, normalization, ...) are stored beside the weights, and a ``checksum``
+    of everything, which every reader verifies."""
     model = unwrap(model)
-    return {"format": FORMAT, "version": VERSION, "model_config": model_config(model),
+    ckpt = {"format": FORMAT, "version": VERSION, "model_config": model_config(model),
             "model": {k: v.detach().clone() for k, v in model.state_dict().items()}, **extra}
+    ckpt["checksum"] = checksum(ckpt)
+    return ckpt
 
 
 def _looks_like_safetensors(path: str) -> bool:
@@ -109,7 +145,20 @@ def _read_ours(path: str, map_location="cpu") -> tuple[dict | None, str | None]:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # not a pickle, a truncated one, or one holding objects weights_only refuses
         return None, _load_failure(e)
-    return (obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None), None
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+        return None, None
+    _verify(obj, path)
+    return obj, None
+
+
+def _verify(ckpt: dict, path: str) -> None:
+    """Refuse a checkpoint whose bytes changed since it was written, or whose weights are not finite."""
+    if "checksum" in ckpt and ckpt["checksum"] != checksum(ckpt):
+        raise ValueError(f"{path} is corrupted: its contents do not match the checksum it was written with")
+    bad = nonfinite_entries(ckpt.get("model") or {})
+    if bad:
+        raise ValueError(f"{path} holds non-finite values in {', '.join(bad[:5])}"
+                         f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; it cannot be used")
 
 
 def peek_checkpoint(path: str | os.PathLike) -> dict | None:
@@ -183,6 +232,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of named tensors")
     if obj.get("format") == FORMAT and isinstance(obj.get("model"), dict):
+        _verify(obj, path)
         sd, kind = obj["model"], "resnetlab checkpoint"
     elif isinstance(obj.get("state_dict"), dict):
         sd, kind = obj["state_dict"], "state_dict wrapper"
