@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from resnetlab.weights import load_checkpoint
+from resnetlab.cli import main as cli_main
 from resnetlab.runtime import resolve_precision
 from resnetlab.train import TrainConfig, TrainingDiverged, main_train, train
 
@@ -179,7 +180,6 @@ def test_clear_errors(tmp_path, capsys):
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(ValueError, match="tensorboard"):
             train(TrainConfig(**TINY, out=str(tmp_path / "e"), iterations=2, tensorboard=True))
-    from resnetlab.cli import main as cli_main
     assert cli_main(["train", "--data", "nope", "--out", str(tmp_path / "f")]) == 2
     assert "error: unknown dataset" in capsys.readouterr().err
 
@@ -288,3 +288,57 @@ def test_precision_decides_what_the_training_convolutions_run_in(tmp_path, preci
         train(TrainConfig(**{**TINY, "precision": precision}, out=str(tmp_path / "r"), iterations=2, log_every=1,
                           eval_every=1000, fused_bn="off"))
     assert watch.seen == {torch.bfloat16 if bf16 else torch.float32}
+
+
+def test_one_writer_per_run_folder_and_no_litter(tmp_path):
+    """A folder held by a running training refuses a second one, naming the holder's pid; a resume cleans
+    the temporary files a kill between write and rename left; --resume with nothing to resume says so."""
+    from resnetlab.io import FolderLock
+    out = str(tmp_path / "run")
+    held = FolderLock(out)
+    try:
+        with pytest.raises(ValueError, match=rf"in use by another run \(pid {os.getpid()}\)"):
+            train(TrainConfig(**TINY, out=out, iterations=2))
+    finally:
+        held.release()
+    with pytest.raises(ValueError, match="nothing to resume in"):
+        train(TrainConfig(**TINY, out=out, iterations=2, resume=True))
+    train(TrainConfig(**TINY, out=out, iterations=4, checkpoint_every=2, log_every=2, eval_every=100))
+    litter = os.path.join(out, ".tmp-last.pt-abc.pt")
+    open(litter, "wb").write(b"half a checkpoint")
+    train(TrainConfig(**TINY, out=out, iterations=6, checkpoint_every=2, log_every=2, eval_every=100, resume=True))
+    assert not os.path.exists(litter)
+    events = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [e["step"] for e in events if e["kind"] == "train"] == [2, 4, 6]  # the history kept whole
+
+
+def test_ctrl_c_names_the_step_the_checkpoint_and_the_resume_command(tmp_path, monkeypatch, capsys):
+    import resnetlab.train as T
+    calls = {"n": 0}
+    real = T.train_step
+
+    def interrupted_at_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", interrupted_at_7)
+    out = str(tmp_path / "run")
+    argv = ["train", "--model", "resnet8", "--width", "4", "--data", "synthetic", "--batch-size", "16",
+            "--iterations", "20", "--checkpoint-every", "5", "--log-every", "5", "--eval-every", "100",
+            "--precision", "fp32", "--threads", "1", "--quiet", "--out", out]
+    assert cli_main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 7" in err and f"{out}/last.pt (step 5)" in err
+    assert f"resnetlab train --out {out} --resume" in err
+
+
+def test_disk_errors_are_one_line_naming_the_path(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = ["train", "--model", "resnet8", "--width", "4", "--data", "synthetic", "--iterations", "2",
+            "--precision", "fp32", "--threads", "1", "--quiet", "--out", str(blocker / "run")]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and str(blocker) in err

@@ -52,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `resnetlab summary resnet152 | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("resnetlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"resnetlab {name}: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
         print(f"resnetlab {name}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk or the system refused: one line naming the path
+        where = f": {e.filename}" if e.filename else ""
+        print(f"resnetlab {name}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

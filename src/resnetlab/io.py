@@ -12,6 +12,11 @@ import json
 import os
 import sys
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per folder is then the user's to keep
+    fcntl = None
 from typing import Any, Iterator
 
 import torch
@@ -97,6 +102,46 @@ def read_json(path: str | os.PathLike):
     """The JSON value in ``path``."""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+class FolderLock:
+    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock``, which holds the owner's pid.
+    The lock goes with the process (a killed run leaves no stale lock); :meth:`release` ends it sooner."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = os.path.join(os.fspath(folder), ".lock")
+        os.makedirs(os.fspath(folder), exist_ok=True)
+        self.fh = open(self.path, "a+")
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "unknown"
+            self.fh.close()
+            raise ValueError(f"{os.fspath(folder)} is in use by another run (pid {holder}); wait for it to "
+                             f"finish or choose another --out") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{os.getpid()}\n")
+        self.fh.flush()
+
+    def release(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+
+
+def remove_litter(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``folder`` (a kill between the
+    write and the rename); call it only while holding the folder's lock. Returns what was removed."""
+    removed = []
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
 
 
 def cache_dir() -> str:

@@ -41,7 +41,7 @@ from . import fused
 from .config import Ints, parse, to_dict
 from .datasets import load_dataset
 from .evaluate import evaluate
-from .io import PRECISIONS, atomic_save, read_json, write_json
+from .io import PRECISIONS, FolderLock, atomic_save, atomic_write, read_json, remove_litter, write_json
 from .models import ModelConfig, count_parameters, create_model, model_config
 from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, versions
 from .stream import Normalization, TrainStream
@@ -50,6 +50,10 @@ from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_
 from .weights import load_checkpoint, make_checkpoint
 
 RESUMABLE = "last.pt"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the message says at which step, where the last checkpoint is, how to resume."""
 
 
 class TrainingDiverged(ValueError):
@@ -242,9 +246,10 @@ class MetricsLog:
         if not self.enabled:
             return
         kept = [e for e in self.events() if e["step"] <= step]
-        with open(self.jsonl, "w") as fh:
+        # Rewritten atomically: a kill here must not lose the history the resume keeps.
+        with atomic_write(self.jsonl, "w") as fh:
             fh.writelines(json.dumps(e) + "\n" for e in kept)
-        with open(self.csv, "w", newline="") as fh:
+        with atomic_write(self.csv, "w", newline="") as fh:
             writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)
@@ -392,8 +397,13 @@ def train(config: TrainConfig) -> dict:
     err_sum = torch.zeros((), device=device)
     warm_err = torch.zeros((), device=device)   # he2016 warm-up: errors of the current check window
     seen = 0                                    # steps in loss_sum
+    if cfg.resume and not os.path.exists(last_path):
+        raise ValueError(f"nothing to resume in {out}: it has no {RESUMABLE} (start a new run without --resume)")
+    lock = FolderLock(out) if main else None  # one writer per run folder
+    if main:
+        remove_litter(out)
     log = MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard and main)
-    if cfg.resume and os.path.exists(last_path):
+    if cfg.resume:
         ck = load_checkpoint(last_path, map_location="cpu")
         _check_resumable(ck, model_config(model), cfg, last_path)
         model.load_state_dict(ck["model"])
@@ -427,6 +437,8 @@ def train(config: TrainConfig) -> dict:
     if cfg.compile:
         net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
+    saved = [start if cfg.resume else None]  # the step last.pt holds
+
     def save(step: int, *paths: str) -> None:
         """Write the full training state to ``paths``, refusing non-finite weights or statistics."""
         bad = nonfinite_tensors(model)
@@ -446,6 +458,8 @@ def train(config: TrainConfig) -> dict:
             versions=versions())
         for path in paths:
             atomic_save(state, path)
+        if last_path in paths:
+            saved[0] = step
 
     def check_loss(step: int, value: float, what: str) -> None:
         if not math.isfinite(value):
@@ -470,72 +484,79 @@ def train(config: TrainConfig) -> dict:
     lr = None
     local = slice(dist.rank * cfg.batch_size // dist.world_size, (dist.rank + 1) * cfg.batch_size // dist.world_size)
     net.train()
-    for step in range(start, cfg.iterations):
-        new_lr = schedule(step, warmup_end)
-        if new_lr != lr:
-            lr = new_lr
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        x, y = stream.batch(step)
-        loss, error = train_step(net, optimizer, x[local], y[local], bf16=bf16,
-                                 label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip)
-        loss_sum += loss
-        err_sum += error
-        seen += 1
-        done = step + 1
+    step = start
+    try:
+        for step in range(start, cfg.iterations):
+            new_lr = schedule(step, warmup_end)
+            if new_lr != lr:
+                lr = new_lr
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            x, y = stream.batch(step)
+            loss, error = train_step(net, optimizer, x[local], y[local], bf16=bf16,
+                                     label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip)
+            loss_sum += loss
+            err_sum += error
+            seen += 1
+            done = step + 1
 
-        # The he2016 warm-up: every 10 steps, look at the mean training error of those steps.
-        if cfg.warmup == "he2016" and warmup_end is None and schedule.in_warmup(done):
-            warm_err += error
-            if done % 10 == 0:
-                if dist.world_size > 1:  # every process must end the warm-up at the same step
-                    torch.distributed.all_reduce(warm_err)
-                    warm_err /= dist.world_size
-                if warm_err.item() / 10 < cfg.warmup_error:
-                    warmup_end = done
-                    say(f"warm-up over at step {done}: training error {warm_err.item() / 10:.1%}")
-                warm_err.zero_()
+            # The he2016 warm-up: every 10 steps, look at the mean training error of those steps.
+            if cfg.warmup == "he2016" and warmup_end is None and schedule.in_warmup(done):
+                warm_err += error
+                if done % 10 == 0:
+                    if dist.world_size > 1:  # every process must end the warm-up at the same step
+                        torch.distributed.all_reduce(warm_err)
+                        warm_err /= dist.world_size
+                    if warm_err.item() / 10 < cfg.warmup_error:
+                        warmup_end = done
+                        say(f"warm-up over at step {done}: training error {warm_err.item() / 10:.1%}")
+                    warm_err.zero_()
 
-        if done % cfg.log_every == 0 or done == cfg.iterations:
-            sums = torch.stack([loss_sum, err_sum])
-            if dist.world_size > 1:
-                torch.distributed.all_reduce(sums)
-                sums /= dist.world_size
-            train_loss, train_error = (sums / seen).tolist()
-            check_loss(done, train_loss, f"mean training loss since step {done - seen}")
-            now = time.perf_counter()
-            rate = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
-            log.write({"step": done, "kind": "train", "loss": train_loss, "error": train_error, "lr": lr,
-                       "img_per_s": rate, "time": elapsed + now - t0})
-            eta = (cfg.iterations - done) * cfg.batch_size / max(rate, 1e-9)
-            say(f"step {done}/{cfg.iterations} ({done / steps_per_epoch:.1f} ep) loss {train_loss:.4f} "
-                f"err {train_error:.2%} lr {lr:.4g} | {rate:.0f} img/s | ETA {_fmt_time(eta)}")
-            loss_sum.zero_(), err_sum.zero_()
-            seen, t_log, step_log = 0, now, done
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                sums = torch.stack([loss_sum, err_sum])
+                if dist.world_size > 1:
+                    torch.distributed.all_reduce(sums)
+                    sums /= dist.world_size
+                train_loss, train_error = (sums / seen).tolist()
+                check_loss(done, train_loss, f"mean training loss since step {done - seen}")
+                now = time.perf_counter()
+                rate = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
+                log.write({"step": done, "kind": "train", "loss": train_loss, "error": train_error, "lr": lr,
+                           "img_per_s": rate, "time": elapsed + now - t0})
+                eta = (cfg.iterations - done) * cfg.batch_size / max(rate, 1e-9)
+                say(f"step {done}/{cfg.iterations} ({done / steps_per_epoch:.1f} ep) loss {train_loss:.4f} "
+                    f"err {train_error:.2%} lr {lr:.4g} | {rate:.0f} img/s | ETA {_fmt_time(eta)}")
+                loss_sum.zero_(), err_sum.zero_()
+                seen, t_log, step_log = 0, now, done
 
-        t_pause = time.perf_counter()  # evaluation and checkpoints do not count in img/s
-        if (done % cfg.eval_every == 0 or done == cfg.iterations) and main:
-            results = {}
-            for split in ("val", "test"):
-                if split in data:
-                    r = evaluate(model if dist.world_size > 1 else net, data[split], normalization, device=device,
-                                 batch_size=cfg.eval_batch_size, precision="bf16" if bf16 else "fp32",
-                                 channels_last=channels_last)
-                    results[split] = r = {k: r[k] for k in ("loss", "error", "top5_error")}
-                    log.write({"step": done, "kind": "eval", "split": split, **r})
-            say("eval " + ", ".join(f"{s} err {r['error']:.2%}" for s, r in results.items()))
-            if "val" in results and results["val"]["error"] < best_val:
-                best_val = results["val"]["error"]
-                check_loss(done, results["val"]["loss"], "validation loss")
-                save(done, os.path.join(out, "best.pt"))
+            t_pause = time.perf_counter()  # evaluation and checkpoints do not count in img/s
+            if (done % cfg.eval_every == 0 or done == cfg.iterations) and main:
+                results = {}
+                for split in ("val", "test"):
+                    if split in data:
+                        r = evaluate(model if dist.world_size > 1 else net, data[split], normalization, device=device,
+                                     batch_size=cfg.eval_batch_size, precision="bf16" if bf16 else "fp32",
+                                     channels_last=channels_last)
+                        results[split] = r = {k: r[k] for k in ("loss", "error", "top5_error")}
+                        log.write({"step": done, "kind": "eval", "split": split, **r})
+                say("eval " + ", ".join(f"{s} err {r['error']:.2%}" for s, r in results.items()))
+                if "val" in results and results["val"]["error"] < best_val:
+                    best_val = results["val"]["error"]
+                    check_loss(done, results["val"]["loss"], "validation loss")
+                    save(done, os.path.join(out, "best.pt"))
 
-        if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
-            check_loss(done, loss_sum.item() / seen if seen else 0.0, f"mean training loss since step {done - seen}")
-            paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                paths.append(last_path)
-            save(done, *paths)
-        t_log += time.perf_counter() - t_pause
+            if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
+                check_loss(done, loss_sum.item() / seen if seen else 0.0, f"mean training loss since step {done - seen}")
+                paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
+                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                    paths.append(last_path)
+                save(done, *paths)
+            t_log += time.perf_counter() - t_pause
+    except KeyboardInterrupt:
+        where = f"the last checkpoint is {last_path} (step {saved[0]})" if saved[0] is not None else \
+            "no checkpoint was written yet"
+        raise TrainingInterrupted(f"interrupted at step {step}; {where}; continue with: resnetlab train --out "
+                                  f"{out} --resume") from None
 
     # 6. Final metrics, written last: final.json means "finished".
     events = log.events() if main else []
@@ -549,6 +570,8 @@ def train(config: TrainConfig) -> dict:
         write_json(os.path.join(out, "final.json"), final)
     if log.tb is not None:
         log.tb.close()
+    if lock is not None:
+        lock.release()
     return final
 
 
