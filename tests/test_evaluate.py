@@ -565,3 +565,9 @@ def test_cuda_bf16_close_to_cpu(data, norm):
     assert gpu["loss"] == pytest.approx(cpu["loss"], rel=0.05)
     exact = evaluate(model, data, norm, device="cuda", precision="fp32")
     assert exact["loss"] == pytest.approx(cpu["loss"], rel=1e-3)
+
+
+def test_repeated_weights_flag_is_an_error_not_a_silent_last_one_wins(tmp_path, capsys):
+    from resnetlab.cli import main as cli_main
+    assert cli_main(["eval", "--weights", "a.pt", "--weights", "b.pt"]) == 2
+    assert "--weights is given more than once" in capsys.readouterr().err

@@ -283,3 +283,8 @@ def test_direction_seeds_give_flatness_mean_and_spread(tmp_path, checkpoint, cap
     assert per_seed[0] == summary["flatness"]["1d"]["rise_at_r"]  # the first seed is the plotted one
     assert "over 3 direction seeds" in capsys.readouterr().out
     assert cli_main(["landscape", checkpoint, "--direction-seeds", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_radius_beyond_the_grid_is_refused(checkpoint, tmp_path, capsys):
+    assert cli_main(["landscape", checkpoint, "--radius", "5", "--span", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "--radius must be in (0, span]" in capsys.readouterr().err

@@ -342,3 +342,14 @@ def test_disk_errors_are_one_line_naming_the_path(tmp_path, capsys):
     assert cli_main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err and str(blocker) in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+    (dict(milestones=(10, 500), iterations=100), "milestones must lie between 0 and iterations"),
+    (dict(weight_decay=-1e-4), "weight_decay must be >= 0"),
+])
+def test_nonsense_values_are_refused_with_the_valid_range(flags, message):
+    from resnetlab.train import resolve_config
+    with pytest.raises(ValueError, match=message):
+        resolve_config(TrainConfig(**{**TINY, **flags}, out="x"))

@@ -355,6 +355,10 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def main_eval(argv: list[str] | None = None) -> int:
     """``resnetlab eval --weights CKPT [CKPT ...] --data cifar10 --data-dir DIR [--tta flip] [--json OUT]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if sum(a == "--weights" or a.startswith("--weights=") for a in argv) > 1:
+        raise ValueError("--weights is given more than once: list every checkpoint after one --weights "
+                         "(--weights A B) to evaluate them as an ensemble")
     cfg = configlib.parse(EvalConfig, argv, prog="resnetlab eval")
     with _Warnings("eval"):
         run_eval(cfg)

@@ -568,8 +568,8 @@ def _validate(cfg: LandscapeConfig) -> None:
         raise ValueError(f"--direction-seeds must be >= 1, got {cfg.direction_seeds}")
     if cfg.hessian_iters < 0:
         raise ValueError(f"--hessian-iters must be >= 0, got {cfg.hessian_iters}")
-    if cfg.radius is not None and not cfg.radius > 0:
-        raise ValueError(f"--radius must be positive, got {cfg.radius}")
+    if cfg.radius is not None and not 0 < cfg.radius <= cfg.span:
+        raise ValueError(f"--radius must be in (0, span] = (0, {cfg.span:g}], got {cfg.radius}")
 
 
 def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
