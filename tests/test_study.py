@@ -378,3 +378,11 @@ def test_claims_are_judged_in_words_including_when_they_fail():
     assert "respond more weakly than those of plain-8" in text and "respond more strongly than those of plain-20" in text
     # input signal over the last block's: 4.0/2.0 = 2 for ResNet-8 (A) vs 0.5 for plain-8
     assert "is 2 in ResNet-8 (A) and 0.5 in plain-8" in text
+
+
+def test_missing_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    empty, out = tmp_path / "empty", tmp_path / "demo"
+    empty.mkdir()
+    assert cli.main(["demo", "--data-dir", str(empty), "--out", str(out)]) == 2
+    assert "cifar" in capsys.readouterr().err.lower()
+    assert not out.exists()

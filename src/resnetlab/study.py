@@ -443,6 +443,8 @@ def shapes_markdown(cfg: StudyConfig) -> str:
 def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = False) -> dict:
     """Train the grid (resuming), measure every run and write the report. Returns report paths."""
     check_config(cfg)
+    if cfg.data != "synthetic":  # the data first: a study that cannot read it writes nothing
+        find_cifar(cfg.data, cfg.data_dir if cfg.data_dir is not None else cache_dir())
     t0 = time.perf_counter()
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "study.json.tmp"), "w") as fh:
