@@ -534,3 +534,23 @@ def test_rgba_becomes_the_same_rgb_in_folders_and_predict(tmp_path):
     assert (x[0, :, 17:] == 200).all() and (x[1:, :, 17:] == 0).all()
     pixels = np.array(to_rgb(Image.open(folder / "x.png")))  # what predict uses
     assert torch.equal(torch.from_numpy(pixels).permute(2, 0, 1), x)
+
+
+def test_image_folders_skip_hidden_entries_and_refuse_empty_classes(tmp_path):
+    from PIL import Image
+    from resnetlab.images import ImageFolder
+    root = tmp_path / "train"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(root / cls / "a.png")
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(root / ".ipynb_checkpoints" / "x.png")
+    (root / "cat" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "cat" / ".ipynb_checkpoints" / "x.png")
+    (root / "dog" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    ds = ImageFolder(root, image_size=8)
+    assert ds.classes == ["cat", "dog"]  # no class 0 ".ipynb_checkpoints" shifting the labels
+    assert sorted((os.path.relpath(p, root), y) for p, y in ds.samples) == [("cat/a.png", 0), ("dog/a.png", 1)]
+    (root / "empty").mkdir()
+    with pytest.raises(ValueError, match="without image files: empty"):
+        ImageFolder(root, image_size=8)

@@ -68,7 +68,8 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder {root} not found")
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-        found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        # Hidden entries (".ipynb_checkpoints", macOS "._x.jpg" AppleDouble files, ".git") are never data.
+        found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if classes is None:
             classes = found
         else:
@@ -80,14 +81,21 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
         self.root, self.classes = root, list(classes)
         self.samples: list[tuple[str, int]] = []
+        empty = []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
             if not os.path.isdir(folder):
                 continue
-            for dirpath, _, files in sorted(os.walk(folder)):
+            before = len(self.samples)
+            for dirpath, dirs, files in os.walk(folder):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends only into these
                 for f in sorted(files):
-                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                    if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, f), label))
+            if len(self.samples) == before:
+                empty.append(name)
+        if empty:  # as torchvision's ImageFolder: an empty class would shift nothing but train nothing
+            raise ValueError(f"{root}: class folder(s) without image files: {', '.join(empty[:5])}")
         if not self.samples:
             raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
         self.image_size, self.on_bad_image = int(image_size), on_bad_image
