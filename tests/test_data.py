@@ -554,3 +554,32 @@ def test_image_folders_skip_hidden_entries_and_refuse_empty_classes(tmp_path):
     (root / "empty").mkdir()
     with pytest.raises(ValueError, match="without image files: empty"):
         ImageFolder(root, image_size=8)
+
+
+def test_archives_with_bombs_or_duplicate_members_are_refused(tmp_path, monkeypatch):
+    """A member over the size limit (a decompression bomb) and a member named twice are refused, both when
+    the tarball is read directly and when it is extracted; nothing is extracted."""
+    import tarfile
+    from resnetlab import datasets
+    monkeypatch.setattr(datasets, "MAX_MEMBER_BYTES", 1000)  # the limit, scaled down to a test-sized bomb
+
+    def tarball(path, members):
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return str(path)
+
+    bomb = tarball(tmp_path / "bomb.tar.gz", [("cifar-10-batches-py/data_batch_1", bytes(5000))])
+    with pytest.raises(ValueError, match="over the limit"):
+        datasets.load_cifar("cifar10", bomb)
+    with pytest.raises(ValueError, match="over the limit"):
+        datasets.safe_extract(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("data_batch_1"))
+    twice = tarball(tmp_path / "twice.tar.gz", [("cifar-10-batches-py/batches.meta", b"x"),
+                                                ("cifar-10-batches-py/batches.meta", b"y")])
+    with pytest.raises(ValueError, match="twice"):
+        datasets.load_cifar("cifar10", twice)
+    with pytest.raises(ValueError, match="twice"):
+        datasets.safe_extract(twice, tmp_path / "out2")

@@ -214,6 +214,16 @@ _CIFAR_MEMBERS = {"cifar10": ("batches.meta", "data_batch_1", "data_batch_2", "d
                    "cifar100": ("meta", "train", "test")}
 
 
+def _check_download(name: str, path: str) -> None:
+    """An archive that :func:`download_cifar` put in the cache is checked against the official MD5 on every
+    read (a copy anywhere else is the user's own, e.g. a re-encoded one, and is read as it is)."""
+    cache = os.path.realpath(_cache_dir())
+    if os.path.commonpath([cache, os.path.realpath(path)]) == cache and \
+            os.path.basename(path) == CIFAR_ARCHIVES[name] and _md5(path) != CIFAR_MD5[name]:
+        raise ValueError(f"{path}: the downloaded archive does not match the official MD5 (changed or "
+                         f"truncated since the download); delete it and download again")
+
+
 class _CifarSource:
     """Reads the member files of a CIFAR python release from its folder or straight from the tarball (in one
     sequential pass: a gzip stream is slow to seek backwards, and the official archive is not in order)."""
@@ -224,11 +234,16 @@ class _CifarSource:
         if os.path.isfile(path):
             wanted = set(_CIFAR_MEMBERS[name])
             self.blobs = {}
+            _check_download(name, path)
+            total = 0
             try:
                 with tarfile.open(path, "r:*") as tar:
                     for m in tar:
                         base = m.name.rstrip("/").rsplit("/", 1)[-1]
-                        if m.isfile() and base in wanted and base not in self.blobs:
+                        if m.isfile() and base in wanted:
+                            if base in self.blobs:
+                                raise ValueError(f"{path}: refusing an archive that holds {base!r} twice")
+                            total = _check_size(m, total, path)
                             self.blobs[base] = tar.extractfile(m).read()
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise ValueError(f"{path}: not a readable .tar.gz archive ({e})") from None
@@ -372,11 +387,33 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
 # Downloading the official archives
 # ----------------------------------------------------------------------------------------------------------
 
+# An official CIFAR member is at most ~160 MB (CIFAR-100's train batch), the whole release ~180 MB: anything
+# far larger is a decompression bomb, not a dataset.
+MAX_MEMBER_BYTES = 512 * 2 ** 20
+MAX_ARCHIVE_BYTES = 2 * 2 ** 30
+
+
+def _check_size(m: tarfile.TarInfo, total: int, archive: str) -> int:
+    if m.size > MAX_MEMBER_BYTES:
+        raise ValueError(f"{archive}: refusing {m.name!r}: {m.size:,} bytes unpacked, over the limit of "
+                         f"{MAX_MEMBER_BYTES:,} for one member")
+    if total + m.size > MAX_ARCHIVE_BYTES:
+        raise ValueError(f"{archive}: refusing to unpack more than {MAX_ARCHIVE_BYTES:,} bytes")
+    return total + m.size
+
+
 def _check_members(tar: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
-    """The archive's members if every one is a plain file or folder inside the extraction folder."""
+    """The archive's members if every one is a plain file or folder inside the extraction folder, named
+    once, within the size limits."""
     members = tar.getmembers()
+    seen, total = set(), 0
     for m in members:
         name = m.name
+        key = name.replace("\\", "/").strip("/")
+        if key in seen and not m.isdir():
+            raise ValueError(f"{archive}: refusing an archive that holds {name!r} twice")
+        seen.add(key)
+        total = _check_size(m, total, archive)
         parts = name.replace("\\", "/").split("/")
         if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
             raise ValueError(f"{archive}: refusing to extract {name!r}: absolute path")
