@@ -169,6 +169,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones to ``iterations``) and validate."""
     recipe = get_recipe(cfg.recipe)
     spec = cfg.model.spec
+    given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # the recipe's scale along
     values = {}
     if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
         values["data_dir"] = os.path.abspath(os.path.expanduser(cfg.data_dir))
@@ -188,8 +189,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         (0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}"),
         (cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}"),
         (cfg.gamma > 0, f"gamma must be > 0, got {cfg.gamma}"),
-        (cfg.schedule != "step" or all(0 < m < cfg.iterations for m in cfg.milestones),
-         f"milestones must lie between 0 and iterations ({cfg.iterations}), got {tuple(cfg.milestones)}"),
+        (given_milestones is None or all(0 <= m <= cfg.iterations for m in given_milestones),
+         f"milestones must lie between 0 and iterations ({cfg.iterations}), got {given_milestones}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}"),
         (cfg.warmup in WARMUPS, f"unknown warmup {cfg.warmup!r}; valid: {', '.join(WARMUPS)}"),
         (cfg.normalization in ("pixel", "channel"), f"normalization must be pixel or channel, got {cfg.normalization!r}"),
