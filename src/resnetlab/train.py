@@ -169,7 +169,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones to ``iterations``) and validate."""
     recipe = get_recipe(cfg.recipe)
     spec = cfg.model.spec
-    given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # the recipe's scale along
+    given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # checked; the recipe's are scaled
     values = {}
     if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
         values["data_dir"] = os.path.abspath(os.path.expanduser(cfg.data_dir))
