@@ -112,3 +112,15 @@ def test_no_weight_decay_on_norm_and_bias_by_rank():
     assert len(everything["params"]) == len(list(model.parameters()))
     assert not math.isnan(everything["weight_decay"])
 
+
+
+def test_recipe_warmups_scale_with_iterations():
+    """modern-cifar's 1000-step linear warm-up of 64k iterations is 1/64 of any run: a 100-iteration run
+    leaves it after 2 steps instead of never; a warm-up given explicitly is kept."""
+    short = resolve_config(TrainConfig(out="x", recipe="modern-cifar", iterations=100))
+    assert short.warmup == "linear" and short.warmup_steps == 2
+    s = make_schedule(short)
+    assert s(0) == pytest.approx(short.lr / 2) and s(1) == pytest.approx(short.lr)  # the ramp is over
+    assert resolve_config(TrainConfig(out="x", recipe="modern-cifar", iterations=64000)).warmup_steps == 1000
+    assert resolve_config(TrainConfig(out="x", recipe="modern-cifar", iterations=100, warmup_steps=30)).warmup_steps == 30
+    assert he2016("resnet110", iterations=100).warmup_steps == 0  # the paper's: no cap, nothing to scale

@@ -166,7 +166,8 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------------
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Fill the ``None`` fields from the recipe (scaling its milestones to ``iterations``) and validate."""
+    """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
+    and validate."""
     recipe = get_recipe(cfg.recipe)
     spec = cfg.model.spec
     given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # checked; the recipe's are scaled
@@ -179,6 +180,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     iterations = cfg.iterations if cfg.iterations is not None else recipe["iterations"]
     if cfg.milestones is None:
         values["milestones"] = scale_milestones(recipe["milestones"], RECIPE_LENGTH[cfg.recipe], iterations)
+    if cfg.warmup_steps is None and recipe["warmup_steps"]:
+        # A recipe's warm-up keeps its share of the run, as its milestones do (at least one step).
+        values["warmup_steps"] = max(1, round(recipe["warmup_steps"] * iterations / RECIPE_LENGTH[cfg.recipe]))
     cfg = dataclasses.replace(cfg, **values)
     warmup = resolve_warmup(cfg.warmup, spec.depth)
     cfg = dataclasses.replace(cfg, warmup=warmup)
