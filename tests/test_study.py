@@ -386,3 +386,12 @@ def test_missing_data_is_refused_before_anything_is_written(tmp_path, capsys):
     assert cli.main(["demo", "--data-dir", str(empty), "--out", str(out)]) == 2
     assert "cifar" in capsys.readouterr().err.lower()
     assert not out.exists()
+
+
+def test_curves_carry_the_spread_over_repeats():
+    from resnetlab.report import _mean_curve
+    runs = [{"events": [{"kind": "train", "step": 10, "error": e}, {"kind": "train", "step": 20, "error": e / 2}]}
+            for e in (0.4, 0.6, 0.5)]
+    steps, mean, low, high = _mean_curve(runs, "train")
+    assert steps.tolist() == [10, 20] and mean == pytest.approx([50.0, 25.0])
+    assert low == pytest.approx([40.0, 20.0]) and high == pytest.approx([60.0, 30.0])

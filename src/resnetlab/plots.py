@@ -58,18 +58,23 @@ def _report_style(draw):
 def training_curves(panels, path: str) -> str:
     """The paper's Figure 6: training error (dashed) and test error (solid) against iterations.
 
-    ``panels``: one ``(title, nets)`` per family, ``nets`` a list of ``(label, color, (train steps,
-    train error %), (test steps, test error %))``.
+    ``panels``: one ``(title, nets)`` per family, ``nets`` a list of ``(label, color, train, test)``, each
+    curve ``(steps, mean error %, lowest, highest)`` over repeats; the band between lowest and highest is
+    shaded where repeats differ.
     """
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.5, 3.6), sharey=True, squeeze=False)
     for ax, (title, nets) in zip(axes[0], panels):
-        for name, color, (s, e), (ts, te) in nets:
+        for name, color, (s, e, lo, hi), (ts, te, tlo, thi) in nets:
             if len(s):
                 ax.plot(s, e, linestyle="--", linewidth=1.0, color=color, alpha=0.85, label=f"{name} train")
+                if np.any(hi > lo):
+                    ax.fill_between(s, lo, hi, color=color, alpha=0.12, linewidth=0)
             if len(ts):
                 ax.plot(ts, te, linestyle="-", linewidth=2.0, color=color, marker="o" if len(ts) <= 12 else None,
                         markersize=3, label=f"{name} test")
+                if np.any(thi > tlo):
+                    ax.fill_between(ts, tlo, thi, color=color, alpha=0.18, linewidth=0)
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)

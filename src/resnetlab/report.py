@@ -347,7 +347,8 @@ def claims_text(records) -> list[str]:
 # --------------------------------------------------------------------------------------------- figures
 
 def _mean_curve(runs, kind: str, split: str | None = None):
-    """Steps and the repeat-averaged error curve of one (depth, option) from the metrics events."""
+    """``(steps, mean, low, high)``: the repeat-averaged error curve (%) of one (depth, option) from the
+    metrics events, with the lowest and highest repeat at each step (the spread band)."""
     by_step = defaultdict(list)
     for r in runs:
         for e in r["events"]:
@@ -357,7 +358,8 @@ def _mean_curve(runs, kind: str, split: str | None = None):
                 continue
             by_step[int(e["step"])].append(float(e["error"]))
     steps = sorted(by_step)
-    return np.array(steps), np.array([100 * np.mean(by_step[s]) for s in steps])
+    return (np.array(steps), np.array([100 * np.mean(by_step[s]) for s in steps]),
+            np.array([100 * min(by_step[s]) for s in steps]), np.array([100 * max(by_step[s]) for s in steps]))
 
 
 def figure_training_curves(records, path) -> str:
