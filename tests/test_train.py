@@ -353,3 +353,18 @@ def test_nonsense_values_are_refused_with_the_valid_range(flags, message):
     from resnetlab.train import resolve_config
     with pytest.raises(ValueError, match=message):
         resolve_config(TrainConfig(**{**TINY, **flags}, out="x"))
+
+
+def test_resume_with_another_world_size_is_refused_unless_asked(tmp_path):
+    from resnetlab.weights import checksum, load_checkpoint
+    out = str(tmp_path / "run")
+    train(TrainConfig(**TINY, out=out, iterations=4, checkpoint_every=2, log_every=2, eval_every=100))
+    ck = load_checkpoint(os.path.join(out, "last.pt"))
+    assert ck["world_size"] == 1
+    ck["world_size"] = 2  # as a 2-process torchrun would have written it
+    ck["checksum"] = checksum(ck)
+    torch.save(ck, os.path.join(out, "last.pt"))
+    with pytest.raises(ValueError, match=r"with 1 process\(es\): it was trained with 2"):
+        train(TrainConfig(**TINY, out=out, iterations=6, resume=True))
+    final = train(TrainConfig(**TINY, out=out, iterations=6, resume=True, allow_world_size_change=True))
+    assert final["steps"] == 6

@@ -157,6 +157,9 @@ class TrainConfig:
     """fused batch norm + ReLU (+ residual add) kernels for fp32 channels_last CPU training: auto (use them there when the extension builds) | on | off"""
     threads: Optional[int] = None
     """CPU threads (default: the physical cores available)"""
+    allow_world_size_change: bool = False
+    """resume a run with another number of processes than it was trained with (refused by default: the
+    per-process batches and BN statistics change, so the run is no longer the same)"""
     deterministic: bool = False
     """deterministic algorithms (CUDA: slower; CPU runs are exact anyway)"""
 
@@ -416,6 +419,10 @@ def train(config: TrainConfig) -> dict:
     if cfg.resume:
         ck = load_checkpoint(last_path, map_location="cpu")
         _check_resumable(ck, model_config(model), cfg, last_path)
+        if ck.get("world_size", dist.world_size) != dist.world_size and not cfg.allow_world_size_change:
+            raise ValueError(f"cannot resume {last_path} with {dist.world_size} process(es): it was trained with "
+                             f"{ck['world_size']}, and each process's batch (and its BN statistics) would change; "
+                             f"pass --allow-world-size-change to continue anyway")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         set_rng_state(ck["rng"])
@@ -465,7 +472,7 @@ def train(config: TrainConfig) -> dict:
             accumulators={"loss_sum": loss_sum.item(), "err_sum": err_sum.item(), "warm_err": warm_err.item(),
                           "seen": seen},
             elapsed=elapsed + time.perf_counter() - t0, best_val_error=None if best_val == math.inf else best_val,
-            versions=versions())
+            world_size=dist.world_size, versions=versions())
         for path in paths:
             atomic_save(state, path)
         if last_path in paths:
