@@ -571,3 +571,24 @@ def test_repeated_weights_flag_is_an_error_not_a_silent_last_one_wins(tmp_path, 
     from resnetlab.cli import main as cli_main
     assert cli_main(["eval", "--weights", "a.pt", "--weights", "b.pt"]) == 2
     assert "--weights is given more than once" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_predicts_the_readable_and_names_the_rest(tmp_path, norm, monkeypatch):
+    """A folder is expanded (hidden entries skipped); a broken file and a decompression bomb are each named
+    on stderr, the readable images are predicted, and the exit code says something was skipped."""
+    from PIL import Image
+    ckpt = save_ckpt(tiny_model(0), tmp_path / "m.pt", norm)
+    folder = tmp_path / "imgs"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", ".ipynb_checkpoints/c.png"):
+        write_png(folder / name, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB")
+    write_png(folder / "huge.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 = 4096 pixels: over twice the limit, a bomb
+    out = tmp_path / "p.json"
+    code, err = run_cli(["predict", str(folder), "--weights", ckpt, "--json", str(out)])
+    assert code == 1
+    assert "broken.jpg" in err and "huge.png" in err and "c.png" not in err
+    predicted = [os.path.basename(p["image"]) for p in json.loads(out.read_text())["predictions"] if "top" in p]
+    assert predicted == ["a.png", "b.png"]

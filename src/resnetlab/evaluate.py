@@ -295,7 +295,7 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
         with Image.open(path) as im:
             im.load()
             im = to_rgb(ImageOps.exif_transpose(im))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     if family == "cifar":
         if im.size != (image_size, image_size):
@@ -306,12 +306,14 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
 
 
 def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto",
-            batch_size: int = 256) -> list[dict]:
+            batch_size: int = 256, skip_unreadable: bool = False) -> list[dict]:
     """Top-k classes of image files. ``models``: a :class:`LoadedModel` or a list (an ensemble: softmax
     probabilities averaged; each member sees the image preprocessed its own way).
 
     Returns one dict per image: ``image`` (the path), ``top`` (``[{"class", "index", "prob"}]``, best
-    first) and ``probabilities`` (all classes, summing to 1).
+    first) and ``probabilities`` (all classes, summing to 1). An unreadable file (broken, truncated, a
+    decompression bomb) raises a ``ValueError`` naming it, or with ``skip_unreadable`` gets
+    ``{"image", "error"}`` instead, in its place, while the others are predicted.
     """
     members = [models] if isinstance(models, LoadedModel) else list(models)
     if not members:
@@ -332,12 +334,26 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
     device = resolve_device(device if device is not None else "auto")
     autocast = use_bf16(device, precision)
     cache: dict[tuple[int, str], torch.Tensor] = {}
+    errors: dict[str, str] = {}
+    first = members[0]
+    decoded = []
+    for p in images:  # readability does not depend on the preprocessing: decide it once
+        try:
+            decoded.append(load_image(p, first.image_size, first.family))
+        except ValueError as e:
+            if not skip_unreadable:
+                raise
+            errors[p] = str(e)
+    readable = [p for p in images if p not in errors]
+    if not readable:
+        raise ValueError(f"none of the {len(images)} image file(s) could be read: " + "; ".join(errors.values()))
+    cache[(first.image_size, first.family)] = torch.stack(decoded)
     probs = None
     with torch.inference_mode():
         for m in members:
             key = (m.image_size, m.family)
             if key not in cache:  # decode each image once per preprocessing
-                cache[key] = torch.stack([load_image(p, m.image_size, m.family) for p in images])
+                cache[key] = torch.stack([load_image(p, m.image_size, m.family) for p in readable])
             norm, model = m.normalization.to(device), m.model.to(device).eval()
             p = torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
                            for chunk in cache[key].split(batch_size)])
@@ -345,12 +361,16 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
     probs = probs / len(members)
     classes = next((m.classes for m in members if m.classes is not None), None)
     k = min(top_k, probs.shape[1])
+    rows = dict(zip(readable, probs))
     results = []
-    for path, row in zip(images, probs):
-        values, indices = row.topk(k)
+    for path in images:
+        if path in errors:
+            results.append({"image": path, "error": errors[path]})
+            continue
+        values, indices = rows[path].topk(k)
         top = [{"class": classes[i] if classes else str(int(i)), "index": int(i), "prob": float(v)}
                for v, i in zip(values, indices)]
-        results.append({"image": path, "top": top, "probabilities": row.tolist()})
+        results.append({"image": path, "top": top, "probabilities": rows[path].tolist()})
     return results
 
 

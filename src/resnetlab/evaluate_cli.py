@@ -22,7 +22,7 @@ from . import datasets as datalib
 from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
 from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches, use_bf16
-from .images import ImageFolder
+from .images import IMAGE_EXTENSIONS, ImageFolder
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig, get_spec
 from .stream import Normalization
@@ -85,7 +85,9 @@ class EvalConfig(ForeignWeights):
 
 @dataclass(frozen=True)
 class PredictConfig(ForeignWeights):
-    """Print the top-k classes of image files (decoded with Pillow, resized as the model expects)."""
+    """Print the top-k classes of image files and folders of them (decoded with Pillow, resized as the model
+    expects). Unreadable files (broken, truncated, decompression bombs) are listed on stderr and the others
+    predicted; the exit code is then 1."""
 
     images: Positional[tuple[str, ...]] = ()
     """image files (PNG, JPEG, ... any mode)"""
@@ -365,23 +367,51 @@ def main_eval(argv: list[str] | None = None) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """A file name that prints on any terminal (bytes that are not UTF-8 shown as U+FFFD)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def image_files(paths) -> list[str]:
+    """Files as given, folders expanded to the image files below them (sorted; hidden entries skipped)."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for dirpath, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [os.path.join(dirpath, f) for f in sorted(files)
+                          if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+            if not found:
+                raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {printable(p)}")
+            out += found
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {printable(p)}")
+    return out
+
+
 def run_predict(cfg: PredictConfig) -> list[dict]:
     """``resnetlab predict`` as a function: prints the top-k classes per image; returns the predictions."""
     paths = _check_files(cfg.weights)
     if not cfg.images:
         raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
-    for p in cfg.images:
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"image not found: {p}")
+    images = image_files(cfg.images)
     override = _explicit_normalization(cfg)
     _check_model_options(cfg)
     given = given_model(cfg)
     members = [load_for_eval(p, given, normalization=override) for p in paths]
-    results = predict(members, cfg.images, top_k=cfg.top_k, device=cfg.device)
+    results = predict(members, images, top_k=cfg.top_k, device=cfg.device, skip_unreadable=True)
     for r in results:
-        print(r["image"])
+        if "error" in r:
+            continue
+        print(printable(r["image"]))
         for rank, t in enumerate(r["top"], 1):
             print(f"  {rank:>2}. {t['prob']:7.4f}  {t['class']}")
+    skipped = [r for r in results if "error" in r]
+    for r in skipped:
+        print(f"resnetlab predict: skipped {printable(r['error'])}", file=sys.stderr)
     if cfg.json:
         write_json(cfg.json, {"command": "predict", "weights": paths,
                               "predictions": [{k: v for k, v in r.items() if k != "probabilities"} for r in results]})
@@ -392,8 +422,8 @@ def main_predict(argv: list[str] | None = None) -> int:
     """``resnetlab predict IMAGE [IMAGE ...] --weights CKPT [--top-k 5] [--json OUT]``."""
     cfg = configlib.parse(PredictConfig, argv, prog="resnetlab predict")
     with _Warnings("predict"):
-        run_predict(cfg)
-    return 0
+        results = run_predict(cfg)
+    return 1 if any("error" in r for r in results) else 0  # some files could not be read: they were listed
 
 
 main = main_eval
