@@ -15,7 +15,9 @@ from resnetlab.models import OPTION_NAMES, ModelConfig
 from resnetlab.train import TrainConfig
 from resnetlab.weights import checksum, load_checkpoint, make_checkpoint
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: CI runs the same examples every time, so a pass or a failure is reproducible.
+FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
                            | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3), max_leaves=5)

@@ -101,12 +101,12 @@ class ModelConfig:
         _check_choice("zero_pad", self.zero_pad, ZERO_PADS)
         for what, most in (("num_classes", MAX_CLASSES), ("width", MAX_WIDTH), ("in_channels", MAX_IN_CHANNELS)):
             value = getattr(self, what)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or not 1 <= value <= most):
+            if (value is not None or what == "in_channels") and (
+                    not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most):
                 raise ValueError(f"{what} must be an integer from 1 to {most}, got {value!r}")
-        for what in ("preact", "zero_init_residual"):
+        for what in ("preact", "zero_init_residual"):  # preact may be None: "the model's own"
             value = getattr(self, what)
-            if value is not None and not isinstance(value, bool):
+            if (value is not None or what == "zero_init_residual") and not isinstance(value, bool):
                 raise ValueError(f"{what} must be True or False, got {value!r}")
         if isinstance(self.shortcut_scale, bool) or not isinstance(self.shortcut_scale, (int, float)) \
                 or not math.isfinite(self.shortcut_scale):
