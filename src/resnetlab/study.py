@@ -30,7 +30,7 @@ from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
 from .datasets import NAMED_DATASETS as DATASETS, find_cifar, load_dataset
-from .io import cache_dir, resolve_device
+from .io import cache_dir, read_json, resolve_device, write_json
 from .models import ModelConfig, create_model
 from .stream import Normalization
 from .train import TrainConfig, TrainingDiverged, resolve_config, train
@@ -213,8 +213,7 @@ def _check_same_run(run: RunSpec, tcfg) -> None:
     path = os.path.join(run.dir, "config.json")
     if not os.path.isfile(path):
         return
-    with open(path) as fh:
-        old = json.load(fh).get("config", {})
+    old = read_json(path).get("config", {})
     new = to_dict(resolve_config(tcfg))
     diff = sorted(k for k in new if k not in _VOLATILE and k in old and old[k] != new[k]
                   and not (old[k] is None or new[k] is None))
@@ -282,11 +281,6 @@ def _duration(s: float) -> str:
 
 # --------------------------------------------------------------------------------------------- measurements
 
-def _read_json(path):
-    with open(path) as fh:
-        return json.load(fh)
-
-
 def _read_events(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
     events = []
@@ -317,7 +311,7 @@ def init_model(run_dir: str):
     ``create_model`` seeds every parameter by its name, so this is bit-identical to the model ``train`` started
     from, and twins (same seed, other shortcut) share every parameter they both have.
     """
-    meta = _read_json(os.path.join(run_dir, "config.json"))
+    meta = read_json(os.path.join(run_dir, "config.json"))
     return create_model(**meta["model_config"], seed=int(meta["config"]["seed"]))
 
 
@@ -357,11 +351,11 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
     for run in runs:
         if run_state(run) != "done":
             continue
-        final = _read_json(os.path.join(run.dir, "final.json"))
+        final = read_json(os.path.join(run.dir, "final.json"))
         cache = os.path.join(run.dir, "analysis.json")
         analysis = None
         if os.path.isfile(cache):
-            cached = _read_json(cache)
+            cached = read_json(cache)
             if cached.get("key") == key and cached.get("final") == final:
                 analysis = cached["analysis"]
         if analysis is None:
@@ -370,10 +364,7 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
                 batch = analysis_batch(cfg, norm)
             _log(f"measuring {run.name}")
             analysis = measure_run(cfg, run, *batch, device)
-            tmp = cache + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump({"key": key, "final": final, "analysis": analysis}, fh)
-            os.replace(tmp, cache)
+            write_json(cache, {"key": key, "final": final, "analysis": analysis}, indent=None)
         records.append({"name": run.name, "model": run.model, "depth": run.depth, "option": run.option,
                         "repeat": run.repeat, "seed": run.seed,
                         "dir": os.path.relpath(run.dir, os.path.abspath(cfg.out)),
@@ -393,9 +384,9 @@ def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | N
     cache = os.path.join(os.path.abspath(cfg.out), "landscape.json")
     key = {"depth": depth, "option": option, "steps": cfg.landscape_steps, "span": cfg.landscape_span,
            "images": cfg.analysis_images, "seed": cfg.seed,
-           "finals": [_read_json(os.path.join(done[(depth, o)].dir, "final.json")) for o in ("none", option)]}
+           "finals": [read_json(os.path.join(done[(depth, o)].dir, "final.json")) for o in ("none", option)]}
     if os.path.isfile(cache):
-        cached = _read_json(cache)
+        cached = read_json(cache)
         if cached.get("key") == key:
             return cached["landscape"]
     x = y = None
@@ -416,9 +407,7 @@ def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | N
     out = {"nets": nets, "note": f"Training loss on {len(y)} training images around the final weights of "
                                  f"{nets[0]['label']} and {nets[1]['label']}, along two filter-normalised "
                                  f"random directions (seed {cfg.seed}), span ±{cfg.landscape_span}."}
-    with open(cache + ".tmp", "w") as fh:
-        json.dump({"key": key, "landscape": out}, fh)
-    os.replace(cache + ".tmp", cache)
+    write_json(cache, {"key": key, "landscape": out}, indent=None)
     return out
 
 
@@ -447,10 +436,8 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
         find_cifar(cfg.data, cfg.data_dir if cfg.data_dir is not None else cache_dir())
     t0 = time.perf_counter()
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "study.json.tmp"), "w") as fh:
-        json.dump({"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, fh,
-                  indent=1)
-    os.replace(os.path.join(cfg.out, "study.json.tmp"), os.path.join(cfg.out, "study.json"))
+    write_json(os.path.join(cfg.out, "study.json"),
+               {"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, indent=1)
     runs, failed = train_grid(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
