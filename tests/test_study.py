@@ -5,6 +5,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,16 +164,20 @@ def test_measurements(tiny_study):
     report = open(os.path.join(cfg.out, "report.md")).read()
     section = report[report.index("## Loss landscape"):]
     header = next(line for line in section.splitlines() if line.startswith("| network"))
-    assert "rise_at_r" in header
     def cells(line):
         return [c.strip() for c in line.strip("|").split("|")]
 
-    col = cells(header).index("2d rise_at_r")
+    col, count = cells(header).index("loss rise at r"), cells(header).index("landscapes")
     for net in land["nets"]:
+        # every repeat x direction seed (3 by default), BN with the batch's statistics
+        assert [p["direction_seed"] for p in net["per"]] == [0, 1, 2]
         row = next(cells(line) for line in section.splitlines() if line.startswith("|")
                    and cells(line)[0] == net["label"])
-        value = float(row[col])
-        assert value == pytest.approx(net["flatness"]["2d"]["rise_at_r"], rel=1e-3)
+        mean, std = (float(v) for v in row[col].split(" ± "))
+        rises = [p["flatness"]["2d"]["rise_at_r"] for p in net["per"]]
+        assert mean == pytest.approx(np.mean(rises), abs=1e-4) and std == pytest.approx(np.std(rises, ddof=1), abs=1e-4)
+        assert row[count] == "3"
+    assert land["bn"] == "batch" and "batch's statistics" in land["note"]
 
 
 def test_resume_skips_finished_and_continues_interrupted(tiny_study, capsys):

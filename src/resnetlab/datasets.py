@@ -340,14 +340,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         the data is not there.
     val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
         stratified by class and drawn with ``split_seed``; 0 trains on all of it.
-    The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, 32x32.
+    The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, ``image_size``
+    pixels square.
     ``"folder"``: a tree of small images (``data_dir/train/<class>/*``, ``data_dir/test`` or ``data_dir/val``)
     decoded into memory at ``image_size`` (:func:`load_folder_arrays`); ``val/`` serves as ``"test"`` when
     there is no ``test/``. (Large image folders are evaluated from disk: :class:`resnetlab.images.ImageFolder`.)
     """
     if name == "synthetic":
-        out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed),
-               "test": make_synthetic(synthetic_test, seed=synthetic_seed + 1_000_003)}
+        out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed, image_size=image_size),
+               "test": make_synthetic(synthetic_test, seed=synthetic_seed + 1_000_003, image_size=image_size)}
     elif name in CIFAR_FOLDERS:
         if data_dir is None:
             cache = os.fspath(cache_dir) if cache_dir is not None else _cache_dir()

@@ -86,7 +86,7 @@ def _option_rank(option: str) -> float:
     return rank + (0.5 if transition else 0.0)  # a transition variant right after its option
 
 
-def _family_order(options) -> list[str]:
+def family_order(options) -> list[str]:
     return sorted(set(options), key=_option_rank)
 
 
@@ -105,6 +105,19 @@ def _style(depth: int, option: str, depths: list[int]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- numbers
+
+TAIL_FRACTION = 0.1  # the report's training error: the logged intervals of the last 10% of the iterations
+
+
+def tail_train_error(events, steps: int, fraction: float = TAIL_FRACTION) -> float | None:
+    """Mean training error of the logged intervals that end in the last ``fraction`` of ``steps`` (at least
+    the last one). Steadier than the last interval alone, whose few hundred images move it by points."""
+    train = [e for e in events if e.get("kind") == "train" and e.get("error") is not None]
+    if not train:
+        return None
+    tail = [e["error"] for e in train if e["step"] > (1 - fraction) * steps] or [train[-1]["error"]]
+    return float(np.mean(tail))
+
 
 def mean_std(values) -> tuple[float, float] | None:
     """Mean and sample standard deviation (0 for a single value); None when no value is known."""
@@ -151,7 +164,7 @@ def paired_rows(records) -> list[dict]:
         by.setdefault((r["depth"], r["option"]), {})[r["repeat"]] = r["final"]
     rows = []
     for depth in sorted({d for d, _ in by}):
-        options = _family_order([o for d, o in by if d == depth])
+        options = family_order([o for d, o in by if d == depth])
         pairs = [(o, "none") for o in options if o != "none" and "none" in options]
         residual = [o for o in options if o != "none"]
         pairs += [(x, y) for i, y in enumerate(residual) for x in residual[i + 1:]]
@@ -195,17 +208,6 @@ def _fmt_best(values) -> str:
         return _pct(vals[0])
     m, s = mean_std(vals)
     return f"{100 * min(vals):.2f} ({100 * m:.2f}±{100 * s:.2f})"
-
-
-def _flatten_numbers(d: dict, prefix: str = "") -> dict:
-    """``{"2d": {"rise_at_r": 1.0}}`` -> ``{"2d rise_at_r": 1.0}``: the numbers of a nested summary."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten_numbers(v, f"{prefix}{k} "))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def results_rows(records) -> list[dict]:
@@ -263,7 +265,7 @@ def degradation_text(records) -> list[str]:
         return ["Only one depth was trained, so degradation cannot be judged."]
     lo, hi = depths[0], depths[-1]
     lines = []
-    for option in _family_order([o for _, o in agg]):
+    for option in family_order([o for _, o in agg]):
         a, b = agg.get((lo, option)), agg.get((hi, option))
         if not a or not b or a["train_error"] is None or b["train_error"] is None:
             continue
@@ -287,6 +289,29 @@ def degradation_text(records) -> list[str]:
     return lines or ["No complete plain/residual pair across depths to compare."]
 
 
+def figure6_checks(records) -> dict:
+    """The three patterns of the paper's Figure 6, judged on the mean training error of the shallowest and the
+    deepest depth: ``degradation`` (the deeper plain net trains worse), ``residual_beats_plain`` (at the deeper
+    depth every residual option trains better than the plain net) and ``deeper_residual`` (every residual
+    option trains at least as well at the deeper depth). Each is True/False, or None when the grid lacks the
+    nets; ``errors`` holds the numbers they were judged on."""
+    agg = {(s["depth"], s["option"]): s["train_error"][0] for s in summary_rows(records) if s["train_error"]}
+    depths = sorted({d for d, _ in agg})
+    residual = sorted({o for _, o in agg if o != "none"}, key=_option_rank)
+    out = {"degradation": None, "residual_beats_plain": None, "deeper_residual": None,
+           "errors": {f"{net_label(d, o)}": e for (d, o), e in agg.items()}}
+    if not depths:
+        return out
+    lo, hi = depths[0], depths[-1]
+    if lo != hi and (lo, "none") in agg and (hi, "none") in agg:
+        out["degradation"] = agg[(hi, "none")] > agg[(lo, "none")]
+    if (hi, "none") in agg and residual and all((hi, o) in agg for o in residual):
+        out["residual_beats_plain"] = all(agg[(hi, o)] < agg[(hi, "none")] for o in residual)
+    if lo != hi and residual and all((d, o) in agg for d in (lo, hi) for o in residual):
+        out["deeper_residual"] = all(agg[(hi, o)] <= agg[(lo, o)] for o in residual)
+    return out
+
+
 def _mean_of(runs, get):
     vals = [v for v in (get(r) for r in runs) if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -303,6 +328,19 @@ def claims_text(records) -> list[str]:
     groups = _groups(records)
     depths = sorted({d for d, _ in groups})
     lines = degradation_text(records)[:1] if len(depths) > 1 else []
+    if len(depths) > 1:
+        lo, hi = depths[0], depths[-1]
+        for option in family_order([o for _, o in groups if o != "none"]):
+            a, b = groups.get((lo, option)), groups.get((hi, option))
+            ea = _mean_of(a or [], lambda r: r["final"].get("train_error"))
+            eb = _mean_of(b or [], lambda r: r["final"].get("train_error"))
+            if ea is None or eb is None:
+                continue
+            held = eb <= ea
+            lines.append(f"**Deeper residual net, option {option}:** {net_label(hi, option)} ends with "
+                         f"{'a lower or equal' if held else 'a higher'} training error than {net_label(lo, option)} "
+                         f"({100 * eb:.2f}% vs {100 * ea:.2f}%): the paper's Figure 6 (right), where the deeper "
+                         f"ResNet trains better, {'holds' if held else 'does not hold'} here.")
     for depth in depths:
         plain = groups.get((depth, "none"))
         if not plain:
@@ -367,7 +405,7 @@ def figure_training_curves(records, path) -> str:
     groups = _groups(records)
     depths = sorted({d for d, _ in groups})
     panels = []
-    for option in _family_order([o for _, o in groups]):
+    for option in family_order([o for _, o in groups]):
         nets = [(net_label(depth, option), DEPTH_COLORS[i % len(DEPTH_COLORS)],
                  _mean_curve(groups[(depth, option)], "train"), _mean_curve(groups[(depth, option)], "eval", "test"))
                 for i, depth in enumerate(depths) if (depth, option) in groups]
@@ -460,7 +498,7 @@ def figure_first_layer(records, path) -> str | None:
     panels = []
     for step, per in data.items():
         lines = []
-        for option in _family_order([o for _, o in per]):
+        for option in family_order([o for _, o in per]):
             pts = sorted((d, v) for (d, o), v in per.items() if o == option)
             lines.append(("plain" if option == "none" else f"residual {option}",
                           FAMILY_COLORS.get(family(option), "tab:purple"), [d for d, _ in pts], [v for _, v in pts]))
@@ -482,6 +520,21 @@ def figure_path_ratios(records, path) -> str | None:
         if got:
             curves.append((_style(depth, option, depths), got[1]))
     return plots.path_ratios(curves, path) if curves else None
+
+
+def landscape_table(landscape: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per network: the loss at the weights and the flatness figures (``landscape.flatness``) as
+    mean ± std over repeats x direction seeds, with how many landscapes each row averages."""
+    metrics = (("rise_at_r", "loss rise at r"), ("mean_rise_within_r", "mean rise within r"),
+               ("max_rise", "max rise on the grid"))
+    rows = []
+    for n in landscape["nets"]:
+        per = [p["flatness"].get("2d") or {} for p in n.get("per", [])]
+        radius = next((f["radius"] for f in per if "radius" in f), None)
+        cells = [n["label"], _fmt_mean([f.get("loss0") for f in per], scale=1.0, digits=4)]
+        cells += [_fmt_mean([f.get(m) for f in per], scale=1.0, digits=4) for m, _ in metrics]
+        rows.append(cells + [f"{radius:g}" if radius is not None else "", str(len(per))])
+    return (["network", "loss at the weights"] + [label for _, label in metrics] + ["r", "landscapes"], rows)
 
 
 def figure_landscape(landscape: dict, path) -> str | None:
@@ -616,8 +669,9 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
     head, rows = results_table(records)
     doc.table(head, rows)
     repeats = max(len(v) for v in _groups(records).values())
-    doc.p("Errors are percentages at the end of training (training error: the average over the last logging "
-          "interval). " + ("With several repeats each cell is mean ± std; the test error reads "
+    doc.p("Errors are percentages at the end of training (training error: the mean of the logged "
+          f"training batches of the last {TAIL_FRACTION:.0%} of the iterations, where one logging interval alone "
+          "is a few hundred images). " + ("With several repeats each cell is mean ± std; the test error reads "
                            "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
           + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
             "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
@@ -675,7 +729,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
         doc.image(rel, "The first layer's gradient norm against depth")
         first = first_layer_norms(records)
         depths = sorted({d for per in first.values() for d, _ in per})
-        opts = _family_order({o for per in first.values() for _, o in per})
+        opts = family_order({o for per in first.values() for _, o in per})
         head = ["step", "network"] + [f"depth {d}" for d in depths]
         trows = [[step, "plain" if o == "none" else f"residual {o}"]
                  + [f"{first[step][(d, o)]:.3g}" if (d, o) in first[step] else "" for d in depths]
@@ -702,11 +756,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
         doc.h("Loss landscape")
         if landscape.get("note"):
             doc.p(landscape["note"])
-        flat = [_flatten_numbers(n.get("flatness") or {}) for n in landscape["nets"]]
-        keys = list(dict.fromkeys(k for f in flat for k in f))
-        doc.table(["network"] + keys,
-                  [[n["label"]] + [f"{f[k]:.4g}" if k in f else "" for k in keys]
-                   for n, f in zip(landscape["nets"], flat)])
+        doc.table(*landscape_table(landscape))
         if rel := figure(figure_landscape, "landscape.png", landscape):
             doc.image(rel, "Loss contours around the final weights, deepest plain vs residual net")
 

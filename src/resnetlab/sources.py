@@ -88,9 +88,10 @@ def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""
     if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
-        if "synthetic" not in _SYNTHETIC:
-            _SYNTHETIC["synthetic"] = load_dataset(name)
-        splits = _SYNTHETIC["synthetic"]
+        size = int(((ckpt or {}).get("data") or {}).get("image_size") or 32)  # the side it was trained on
+        if size not in _SYNTHETIC:
+            _SYNTHETIC[size] = load_dataset(name, image_size=size)
+        splits = _SYNTHETIC[size]
     else:
         splits = load_dataset(name, data_dir)
     norm_state = (ckpt or {}).get("normalization")

@@ -64,6 +64,8 @@ class StudyConfig:
     """dataset"""
     data_dir: Optional[str] = None
     """folder or .tar.gz of the dataset (default: the cache folder)"""
+    synthetic_size: int = 32
+    """side in pixels of the synthetic images"""
     out: str = "study"
     """report folder; runs go to OUT/runs/"""
     budget: Literal[BUDGETS] = "smoke"
@@ -99,6 +101,11 @@ class StudyConfig:
     """grid points per axis of the landscape"""
     landscape_span: float = 1.0
     """the landscape covers [-SPAN, SPAN] along each direction"""
+    landscape_direction_seeds: int = 3
+    """direction pairs per landscape (seeds 0..K-1); flatness is mean ± std over them and the repeats"""
+    landscape_bn: Literal[landscape.BN_MODES] = "batch"
+    """BN during the landscape: batch (the batch's statistics, the default), recompute or eval (resnetlab
+    landscape --help)"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N, mps"""
     precision: Literal[("auto", "fp32", "bf16")] = "auto"
@@ -136,7 +143,7 @@ def check_config(cfg: StudyConfig) -> None:
                              f"(8, 14, 20, 26, 32, 44, 56, 110, ...)")
     for o in cfg.options:
         report_mod.option_fields(o)  # an unknown option or transition raises, naming the valid ones
-    for what in ("repeats", "analysis_images", "landscape_steps"):
+    for what in ("repeats", "analysis_images", "landscape_steps", "landscape_direction_seeds"):
         if getattr(cfg, what) < 1:
             raise ValueError(f"{what} must be at least 1, got {getattr(cfg, what)}")
     if cfg.iterations is not None and cfg.iterations < 1:
@@ -190,7 +197,7 @@ def train_config(cfg: StudyConfig, run: RunSpec):
     b = budget(cfg)
     save_at = tuple(s for s in grad_steps(cfg) if s > 0)
     values = dict(model=dataclasses.replace(cfg.model, name=run.model, **report_mod.option_fields(run.option)),
-                  seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, out=run.dir,
+                  seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, synthetic_size=cfg.synthetic_size, out=run.dir,
                   recipe=cfg.recipe, iterations=b["iterations"], batch_size=b["batch_size"],
                   val_split=b["val_split"], eval_every=b["eval_every"], log_every=b["log_every"],
                   checkpoint_every=b["checkpoint_every"], save_at=save_at, device=cfg.device,
@@ -299,7 +306,7 @@ def _read_events(run_dir: str) -> list[dict]:
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
     b = budget(cfg)
-    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"])["train"]
+    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"], image_size=cfg.synthetic_size)["train"]
     n = min(cfg.analysis_images, len(ds))
     norm = Normalization.from_state_dict(normalization_state)
     return norm(ds.x[:n]), ds.y[:n].clone()
@@ -365,50 +372,75 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
             _log(f"measuring {run.name}")
             analysis = measure_run(cfg, run, *batch, device)
             write_json(cache, {"key": key, "final": final, "analysis": analysis}, indent=None)
+        events = _read_events(run.dir)
+        # The report's training error: the last 10% of the iterations, not the last log interval alone.
+        final = {**final, "train_error_last": final.get("train_error"),
+                 "train_error": report_mod.tail_train_error(events, int(final.get("steps") or 0))}
         records.append({"name": run.name, "model": run.model, "depth": run.depth, "option": run.option,
                         "repeat": run.repeat, "seed": run.seed,
                         "dir": os.path.relpath(run.dir, os.path.abspath(cfg.out)),
-                        "final": final, "events": _read_events(run.dir), "analysis": analysis})
+                        "final": final, "events": events, "analysis": analysis})
     return records
 
 
 def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | None:
-    """Loss landscapes of the deepest plain net and its residual twin (repeat 0)."""
-    done = {(r.depth, r.option): r for r in runs if r.repeat == 0 and run_state(r) == "done"}
-    pairs = [d for d in sorted({d for d, _ in done}, reverse=True)
-             if (d, "none") in done and any((d, o) in done for o in ("A", "B", "C"))]
-    if not pairs:
+    """Loss landscapes of the deepest plain net and every residual twin, for every repeat and
+    ``landscape_direction_seeds`` direction pairs (twins share the direction seeds). Each landscape is cached
+    in its run folder (``landscape.json``), so a resumed study computes only the missing ones."""
+    done = {(r.depth, r.option, r.repeat): r for r in runs if run_state(r) == "done"}
+    depths = [d for d in sorted({d for d, _, _ in done}, reverse=True)
+              if any(k[:2] == (d, "none") for k in done) and any(k[0] == d and k[1] != "none" for k in done)]
+    if not depths:
         return None
-    depth = pairs[0]
-    option = next(o for o in ("A", "B", "C") if (depth, o) in done)
-    cache = os.path.join(os.path.abspath(cfg.out), "landscape.json")
-    key = {"depth": depth, "option": option, "steps": cfg.landscape_steps, "span": cfg.landscape_span,
-           "images": cfg.analysis_images, "seed": cfg.seed,
-           "finals": [read_json(os.path.join(done[(depth, o)].dir, "final.json")) for o in ("none", option)]}
-    if os.path.isfile(cache):
-        cached = read_json(cache)
-        if cached.get("key") == key:
-            return cached["landscape"]
+    depth = depths[0]
+    options = report_mod.family_order({o for d, o, _ in done if d == depth})
+    seeds = list(range(cfg.landscape_direction_seeds))
+    key = {"steps": cfg.landscape_steps, "span": cfg.landscape_span, "images": cfg.analysis_images,
+           "bn": cfg.landscape_bn, "direction_seeds": seeds, "version": 2}
     x = y = None
     nets = []
-    for o in ("none", option):
-        run = done[(depth, o)]
-        _log(f"landscape of {run.name} ({cfg.landscape_steps}x{cfg.landscape_steps} points)")
-        model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
-        if x is None:
-            x, y = analysis_batch(cfg, ckpt.get("normalization"))
-        model.to(device)
-        dirs = landscape.random_directions(model, seed=cfg.seed, n=2)
-        res = landscape.landscape_2d(model, x.to(device), y.to(device), dirs, span=cfg.landscape_span,
-                                     steps=cfg.landscape_steps)
-        res = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in res.items()}
-        nets.append({"run": run.name, "label": report_mod.net_label(depth, o), "result": res,
-                     "flatness": _jsonable(landscape.flatness(res))})
-    out = {"nets": nets, "note": f"Training loss on {len(y)} training images around the final weights of "
-                                 f"{nets[0]['label']} and {nets[1]['label']}, along two filter-normalised "
-                                 f"random directions (seed {cfg.seed}), span ±{cfg.landscape_span}."}
-    write_json(cache, {"key": key, "landscape": out}, indent=None)
+    for option in options:
+        per, first = [], None
+        for repeat in sorted(k[2] for k in done if k[:2] == (depth, option)):
+            run = done[(depth, option, repeat)]
+            cache = os.path.join(run.dir, "landscape.json")
+            final = read_json(os.path.join(run.dir, "final.json"))
+            cached = read_json(cache) if os.path.isfile(cache) else {}
+            if cached.get("key") == key and cached.get("final") == final:
+                results = cached["results"]
+            else:
+                _log(f"landscape of {run.name}: {len(seeds)} direction pair(s), "
+                     f"{cfg.landscape_steps}x{cfg.landscape_steps} points, BN {cfg.landscape_bn}")
+                model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
+                if x is None:
+                    x, y = analysis_batch(cfg, ckpt.get("normalization"))
+                model.to(device)
+                results = []
+                for seed in seeds:
+                    dirs = landscape.random_directions(model, seed=seed, n=2)
+                    res = landscape.landscape_2d(model, x.to(device), y.to(device), dirs, span=cfg.landscape_span,
+                                                 steps=cfg.landscape_steps, bn=cfg.landscape_bn)
+                    results.append(_jsonable(res))
+                write_json(cache, {"key": key, "final": final, "results": results}, indent=None)
+            first = first or {"run": run.name, "result": results[0]}
+            per += [{"repeat": repeat, "direction_seed": s, "flatness": _jsonable(landscape.flatness(r))}
+                    for s, r in zip(seeds, results)]
+        nets.append({"run": first["run"], "label": report_mod.net_label(depth, option), "result": first["result"],
+                     "per": per, "flatness": landscape.flatness_spread([p["flatness"] for p in per])})
+    n_rep = len({p["repeat"] for p in nets[0]["per"]})
+    out = {"nets": nets, "bn": cfg.landscape_bn,
+            "note": f"Training loss on {cfg.analysis_images} training images around the final weights of the "
+                    f"depth-{depth} nets, along two filter-normalised random directions, span ±{cfg.landscape_span}, "
+                    f"BN {_BN_WORDS[cfg.landscape_bn]}; {len(seeds)} direction seed(s) x {n_rep} repeat(s) per "
+                    f"network (twins share the direction seeds); figures are mean ± std over them. "
+                    f"The contours show repeat 0, direction seed 0."}
+    write_json(os.path.join(os.path.abspath(cfg.out), "landscape.json"), {"landscape": out}, indent=None)
     return out
+
+
+_BN_WORDS = {"batch": "with the batch's statistics (scale-invariant, as filter normalisation assumes)",
+             "recompute": "with running statistics re-estimated at each point",
+             "eval": "in eval mode with the checkpoint's running statistics"}
 
 
 def _jsonable(d):

@@ -80,6 +80,8 @@ class TrainConfig:
     """training images held out for validation (the paper: 5000)"""
     split_seed: int = 0
     """seed of the train/val split (kept apart from --seed so twins share it)"""
+    synthetic_size: int = 32
+    """side in pixels of the synthetic images (the demo trains on 16x16: a quarter of the arithmetic)"""
     augment: bool = True
     """pad-4 random crop + horizontal flip"""
     normalization: Optional[Literal["pixel", "channel"]] = None
@@ -207,6 +209,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         (0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}"),
         (cfg.grad_clip >= 0, f"grad_clip must be >= 0, got {cfg.grad_clip}"),
         (cfg.val_split >= 0, f"val_split must be >= 0, got {cfg.val_split}"),
+        (8 <= cfg.synthetic_size <= 512, f"synthetic_size must be in [8, 512], got {cfg.synthetic_size}"),
         (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
         (cfg.out is not None and str(cfg.out).strip() != "", "a run folder is required: --out RUN_DIR"),
     ]
@@ -386,7 +389,8 @@ def train(config: TrainConfig) -> dict:
 
     # 1. Data: the (seeded) split, normalisation statistics of the training images, the batch stream.
     data = load_dataset(cfg.data, cfg.data_dir, download=cfg.download, val_split=cfg.val_split,
-                        split_seed=cfg.split_seed)
+                        split_seed=cfg.split_seed,
+                        **({"image_size": cfg.synthetic_size} if cfg.data == "synthetic" else {}))
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
     bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
