@@ -194,7 +194,8 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
         val_split = 0  # the test split does not depend on it
         if cfg.data == "synthetic" and not need_train:
             options["synthetic_train"] = 10  # generated independently of the test images: skip the work
-    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed, **options)
+    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed,
+                                hint=datalib.DATA_DIR_HINT, **options)
     if cfg.split not in sets:
         raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
     return sets[cfg.split], (sets.get("train") if need_train else None)

@@ -39,7 +39,7 @@ from torch import nn
 
 from . import fused
 from .config import Ints, parse, to_dict
-from .datasets import load_dataset
+from .datasets import DATA_DIR_HINT, load_dataset
 from .evaluate import evaluate
 from .io import PRECISIONS, FolderLock, atomic_save, atomic_write, read_json, remove_litter, write_json
 from .models import ModelConfig, count_parameters, create_model, model_config
@@ -386,7 +386,7 @@ def train(config: TrainConfig) -> dict:
 
     # 1. Data: the (seeded) split, normalisation statistics of the training images, the batch stream.
     data = load_dataset(cfg.data, cfg.data_dir, download=cfg.download, val_split=cfg.val_split,
-                        split_seed=cfg.split_seed)
+                        split_seed=cfg.split_seed, hint=f"{DATA_DIR_HINT}, or --download to fetch it")
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
     bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
