@@ -1,11 +1,15 @@
 """Data-parallel training on the CPU (gloo): synced batch norm computes batch norm of the whole batch, a
-2-process ``torchrun`` with ``--sync-bn`` matches a 1-process run of the same global batch.
+2-process ``torchrun`` with ``--sync-bn`` matches a 1-process run of the same global batch, and killing the
+launcher stops its workers.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -114,3 +118,53 @@ def test_two_processes_with_sync_bn_match_one_process_of_the_same_batch(tmp_path
     for k in one:  # weights, running statistics, batch counters
         torch.testing.assert_close(synced[k], one[k], rtol=1e-4, atol=1e-5)
     assert diff["local"] > 1e-3  # each process normalised with its own half of the batch
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its new parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_torchrun_stops_its_workers(tmp_path):
+    out = tmp_path / "run"
+    launcher = _torchrun("--iterations", "100000", "--checkpoint-every", "5", "--sync-bn", "--out", str(out))
+    workers = []
+    try:
+        deadline = time.time() + 240
+        while not (out / "last.pt").exists() and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.1)
+        assert (out / "last.pt").exists(), launcher.stderr.read() if launcher.poll() is not None else "no checkpoint"
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        t0 = time.time()
+        while any(_running(w) for w in workers) and time.time() < t0 + 30:
+            time.sleep(0.1)
+        print(f"workers gone {time.time() - t0:.1f} s after the launcher was killed")
+        assert not any(_running(w) for w in workers)
+        print(launcher.stderr.read()[-2000:])  # rank 0's "interrupted at step ..." when it stopped gracefully
+        ck = load_checkpoint(str(out / "last.pt"))  # whole: its checksum holds
+        assert ck["step"] >= 5 and ck["step"] % 5 == 0
+    finally:
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)

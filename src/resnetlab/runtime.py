@@ -4,9 +4,13 @@ the versions a run records.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import random
+import signal
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -88,7 +92,10 @@ class Dist:
 
 def setup_distributed(device: str = "auto") -> Dist:
     """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by ``torchrun``), start the process group when there
-    is more than one process (NCCL on CUDA, gloo on CPU) and pick this process's device."""
+    is more than one process (NCCL on CUDA, gloo on CPU) and pick this process's device. A worker of
+    ``torchrun`` also stops when the launcher dies (:func:`exit_with_parent`)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        exit_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -100,6 +107,26 @@ def setup_distributed(device: str = "auto") -> Dist:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, local, dev)
+
+
+def _interrupt_once(signum, frame):
+    # A dying multi-threaded parent sends the death signal once per thread the child is handed to: stop once.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def exit_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies, even by SIGKILL (Linux only; elsewhere
+    nothing), and make SIGTERM a ``KeyboardInterrupt`` so the run stops as after Ctrl-C. A killed ``torchrun``
+    otherwise leaves its workers training on, each in its own session, with no one to stop them."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_once)
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, ctypes.c_ulong(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect, so no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):

@@ -583,6 +583,8 @@ def train(config: TrainConfig) -> dict:
                 save(done, *paths)
             t_log += time.perf_counter() - t_pause
     except KeyboardInterrupt:
+        if not main:  # rank 0 names the checkpoint; the other ranks never save
+            raise
         where = f"the last checkpoint is {last_path} (step {saved[0]})" if saved[0] is not None else \
             "no checkpoint was written yet"
         raise TrainingInterrupted(f"interrupted at step {step}; {where}; continue with: resnetlab train --out "
