@@ -11,6 +11,9 @@ SLOW_TESTS = {
     "test_models.py": ("test_torch_compile",),  # TorchDynamo's import and a compilation
     "test_study.py": ("test_demo_end_to_end",),
     "test_train.py": ("test_resume_after_sigkill_is_bit_identical", "test_he2016_warmup_ends_on_training_error"),
+    "test_distributed.py": ("test_sync_batch_norm_is_batch_norm_of_the_whole_batch",  # processes importing torch
+                            "test_two_processes_with_sync_bn_match_one_process_of_the_same_batch",
+                            "test_killing_torchrun_stops_its_workers"),
 }
 # Fixtures that run something long once per module: every test that uses one is slow.
 SLOW_FIXTURES = ("tiny_study",)

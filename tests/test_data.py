@@ -19,10 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resnetlab import cli, create_model
 from resnetlab import datasets as D
 from resnetlab.datasets import ArrayDataset, download_cifar, load_dataset
 from resnetlab.images import ImageFolder, folder_batches, to_rgb
+from resnetlab.models import ModelConfig
 from resnetlab.stream import Normalization, TrainStream, eval_batches
+from resnetlab.weights import make_checkpoint
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = SHARED / "tools" / "cifar10_fixture.py"
@@ -165,8 +168,27 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_missing_data_hint_names_download_only_on_train(tmp_path, monkeypatch, capsys):
+    # Every command that loads CIFAR names its own flags: --download exists on train alone.
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "empty-cache"))
+    torch.save(make_checkpoint(create_model(ModelConfig("resnet8", width=4), num_classes=10)), tmp_path / "w.pt")
+    commands = {"train": ["--data", "cifar10", "--out", str(tmp_path / "run")],
+                "eval": ["--weights", str(tmp_path / "w.pt"), "--data", "cifar10", "--mean", "0.5,0.5,0.5",
+                         "--std", "0.25,0.25,0.25"],
+                "analyze": ["paths", "resnet8", "--data", "cifar10"],
+                "landscape": ["resnet8", "--data", "cifar10", "--out", str(tmp_path / "ls")]}
+    for name, args in commands.items():
+        assert cli.main([name, "--help"]) == 0
+        has_flag = "--download" in capsys.readouterr().out
+        assert has_flag == (name == "train"), name
+        assert cli.main([name, *args]) == 2
+        err = capsys.readouterr().err
+        assert "cifar10 not found in the cache" in err and "--data-dir" in err, (name, err)
+        assert ("--download" in err) == has_flag and "download=True" not in err, (name, err)
+
+
 def test_missing_and_unknown_datasets(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--download"):
+    with pytest.raises(FileNotFoundError, match="download=True"):
         load_dataset("cifar10", cache_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         load_dataset("cifar10", tmp_path)

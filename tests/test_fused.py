@@ -233,5 +233,8 @@ def test_train_choice_of_fused_path():
     assert not use_fused_bn("auto", cpu, bf16=False, channels_last=False, compiled=False)
     assert not use_fused_bn("auto", cpu, bf16=False, channels_last=True, compiled=True)
     assert not use_fused_bn("off", cpu, bf16=False, channels_last=True, compiled=False)
+    assert not use_fused_bn("auto", cpu, bf16=False, channels_last=True, compiled=False, synced=True)
+    with pytest.raises(ValueError, match="synced BN True"):  # the kernels see one process's statistics
+        use_fused_bn("on", cpu, bf16=False, channels_last=True, compiled=False, synced=True)
     with pytest.raises(ValueError, match="fused-bn on needs CPU training in fp32"):
         use_fused_bn("on", torch.device("cuda"), bf16=True, channels_last=True, compiled=False)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt as e:
-        print(f"resnetlab {name}: {e or 'interrupted'}", file=sys.stderr)
+        print(f"resnetlab {name}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
         print(f"resnetlab {name}: error: {e}", file=sys.stderr)

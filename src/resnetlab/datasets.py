@@ -327,17 +327,22 @@ def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> d
         src.close()
 
 
+DATA_DIR_HINT = "pass its folder or .tar.gz with --data-dir"  # the hint of the commands without --download
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
                  cache_dir: str | os.PathLike | None = None, val_split: int = 0, split_seed: int = 0,
                  synthetic_train: int = 5000, synthetic_test: int = 1000, synthetic_seed: int = 0,
-                 labels: str = "fine", image_size: int = 32) -> dict[str, ArrayDataset]:
+                 labels: str = "fine", image_size: int = 32,
+                 hint: str = "pass its folder or .tar.gz as data_dir, or download=True to fetch it"
+                 ) -> dict[str, ArrayDataset]:
     """Load a dataset as ``{"train", "test"}`` (+ ``"val"`` when ``val_split > 0``) of :class:`ArrayDataset`.
 
     name: one of :data:`DATASETS`.
     data_dir: the extracted official folder, its parent, or the ``.tar.gz``; when omitted, the cache folder
         (``cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``) is searched. With
         ``download=True`` the official archive is fetched (into ``data_dir`` if given, else the cache) when
-        the data is not there.
+        the data is not there; otherwise the error says ``hint`` (a command names its own flags).
     val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
         stratified by class and drawn with ``split_seed``; 0 trains on all of it.
     The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, ``image_size``
@@ -356,9 +361,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                 data_dir = find_cifar(name, cache)
             except FileNotFoundError:
                 if not download:
-                    raise FileNotFoundError(
-                        f"{name} not found in the cache {cache}; pass its folder or .tar.gz as data_dir "
-                        f"(--data-dir), or download=True (--download) to fetch it") from None
+                    raise FileNotFoundError(f"{name} not found in the cache {cache}; {hint}") from None
                 data_dir = download_cifar(name, cache)
         elif download and not os.path.isfile(data_dir):
             try:

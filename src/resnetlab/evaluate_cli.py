@@ -196,7 +196,8 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
             options["synthetic_train"] = 10  # generated independently of the test images: skip the work
     if cfg.data == "synthetic":  # at the side the model was trained on
         options["image_size"] = _input_geometry(cfg, first_ckpt)[0]
-    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed, **options)
+    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed,
+                                hint=datalib.DATA_DIR_HINT, **options)
     if cfg.split not in sets:
         raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
     return sets[cfg.split], (sets.get("train") if need_train else None)

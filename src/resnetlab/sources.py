@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .datasets import ArrayDataset, load_dataset
+from .datasets import DATA_DIR_HINT, ArrayDataset, load_dataset
 from .models import ModelConfig, create_model
 from .stream import Normalization, eval_batches
 from .weights import check_same_architecture, load_checkpoint, load_state_dict_strict
@@ -93,7 +93,7 @@ def load_data(name: str, data_dir: str | None, ckpt: dict | None):
             _SYNTHETIC[size] = load_dataset(name, image_size=size)
         splits = _SYNTHETIC[size]
     else:
-        splits = load_dataset(name, data_dir)
+        splits = load_dataset(name, data_dir, hint=DATA_DIR_HINT)
     norm_state = (ckpt or {}).get("normalization")
     if norm_state:
         norm = Normalization.from_state_dict(norm_state)

@@ -29,7 +29,7 @@ from . import analysis, landscape, summary
 from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
-from .datasets import NAMED_DATASETS as DATASETS, find_cifar, load_dataset
+from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
 from .io import cache_dir, read_json, resolve_device, write_json
 from .models import ModelConfig, create_model
 from .stream import Normalization
@@ -306,7 +306,8 @@ def _read_events(run_dir: str) -> list[dict]:
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
     b = budget(cfg)
-    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"], image_size=cfg.synthetic_size)["train"]
+    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"], image_size=cfg.synthetic_size,
+                      hint=DATA_DIR_HINT)["train"]
     n = min(cfg.analysis_images, len(ds))
     norm = Normalization.from_state_dict(normalization_state)
     return norm(ds.x[:n]), ds.y[:n].clone()

@@ -39,11 +39,12 @@ from torch import nn
 
 from . import fused
 from .config import Ints, parse, to_dict
-from .datasets import load_dataset
+from .datasets import DATA_DIR_HINT, load_dataset
 from .evaluate import evaluate
 from .io import PRECISIONS, FolderLock, atomic_save, atomic_write, read_json, remove_litter, write_json
 from .models import ModelConfig, count_parameters, create_model, model_config
-from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, versions
+from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, \
+    sync_batch_norm, versions
 from .stream import Normalization, TrainStream
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
@@ -159,6 +160,10 @@ class TrainConfig:
     """fused batch norm + ReLU (+ residual add) kernels for fp32 channels_last CPU training: auto (use them there when the extension builds) | on | off"""
     threads: Optional[int] = None
     """CPU threads (default: the physical cores available)"""
+    sync_bn: bool = False
+    """batch norm with the statistics of the global batch, over all processes (one all_reduce per BN layer in
+    the forward and one in the backward; the fused BN kernels are then off); without it each process
+    normalises with its own slice's. A no-op with one process"""
     allow_world_size_change: bool = False
     """resume a run with another number of processes than it was trained with (refused by default: the
     per-process batches and BN statistics change, so the run is no longer the same)"""
@@ -311,14 +316,16 @@ def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -
 # The training loop
 # ----------------------------------------------------------------------------------------------------------
 
-def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: bool, compiled: bool) -> bool:
+def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: bool, compiled: bool,
+                 synced: bool = False) -> bool:
     """Whether to try the fused batch-norm kernels: ``auto`` where they apply (fp32 channels_last CPU
-    training without torch.compile), ``on`` there too (and a ``ValueError`` elsewhere), ``off`` never."""
-    applies = device.type == "cpu" and not bf16 and channels_last and not compiled
+    training without torch.compile or synced BN: the kernels see one process's statistics only), ``on``
+    there too (and a ``ValueError`` elsewhere), ``off`` never."""
+    applies = device.type == "cpu" and not bf16 and channels_last and not compiled and not synced
     if setting == "on" and not applies:
-        raise ValueError("--fused-bn on needs CPU training in fp32 with channels_last and without --compile "
-                         f"(here: device {device.type}, {'bf16' if bf16 else 'fp32'}, "
-                         f"channels_last {channels_last}, compile {compiled})")
+        raise ValueError("--fused-bn on needs CPU training in fp32 with channels_last, without --compile and "
+                         f"synced BN (here: device {device.type}, {'bf16' if bf16 else 'fp32'}, "
+                         f"channels_last {channels_last}, compile {compiled}, synced BN {synced})")
     return setting != "off" and applies
 
 
@@ -358,9 +365,10 @@ def _runtime_setup(cfg: TrainConfig, device: torch.device) -> None:
     np.random.seed(cfg.seed % 2 ** 32)
 
 
-def _enable_fused(cfg: TrainConfig, model: nn.Module, device, bf16: bool, channels_last: bool, say) -> bool:
+def _enable_fused(cfg: TrainConfig, model: nn.Module, device, bf16: bool, channels_last: bool, synced: bool,
+                  say) -> bool:
     """Swap in the fused batch-norm kernels where they apply; ``True`` if they are on."""
-    if not use_fused_bn(cfg.fused_bn, device, bf16, channels_last, cfg.compile):
+    if not use_fused_bn(cfg.fused_bn, device, bf16, channels_last, cfg.compile, synced):
         return False
     if not fused.built():
         say(f"compiling the fused batch-norm kernels into {fused.build_folder()} (once; about a minute)")
@@ -389,7 +397,7 @@ def train(config: TrainConfig) -> dict:
 
     # 1. Data: the (seeded) split, normalisation statistics of the training images, the batch stream.
     data = load_dataset(cfg.data, cfg.data_dir, download=cfg.download, val_split=cfg.val_split,
-                        split_seed=cfg.split_seed,
+                        split_seed=cfg.split_seed, hint=f"{DATA_DIR_HINT}, or --download to fetch it",
                         **({"image_size": cfg.synthetic_size} if cfg.data == "synthetic" else {}))
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
@@ -403,7 +411,12 @@ def train(config: TrainConfig) -> dict:
     model = create_model(cfg.model, num_classes=len(train_set.classes),
                          seed=cfg.seed if cfg.model.seed is None else cfg.model.seed)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    fused_on = _enable_fused(cfg, model, device, bf16, channels_last, say)
+    synced = cfg.sync_bn and dist.world_size > 1
+    if synced and cfg.compile and device.type != "cuda":  # its differentiable all_reduce refuses to be compiled
+        raise ValueError("--sync-bn with several CPU processes does not work with --compile; drop one of them")
+    if synced:
+        model = sync_batch_norm(model)
+    fused_on = _enable_fused(cfg, model, device, bf16, channels_last, synced, say)
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.nesterov)
     schedule = make_schedule(cfg)
@@ -448,7 +461,7 @@ def train(config: TrainConfig) -> dict:
         write_json(os.path.join(out, "config.json"),
                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
                     "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
-                                "fused_bn": fused_on, "world_size": dist.world_size,
+                                "fused_bn": fused_on, "world_size": dist.world_size, "sync_bn": synced,
                                 "threads": torch.get_num_threads() if device.type == "cpu" else None}})
 
     # 4. Wrappers: DDP across processes, torch.compile. Checkpoints always save the plain `model`.
@@ -497,7 +510,7 @@ def train(config: TrainConfig) -> dict:
         + f", warm-up {cfg.warmup}; {'bf16 autocast' if bf16 else 'fp32'}"
         + f"{' + channels_last' if channels_last else ''}{' + fused BN' if fused_on else ''} on {device}"
         + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
-        + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
+        + (f", {dist.world_size} processes{' + synced BN' if synced else ''}" if dist.world_size > 1 else ""))
 
     # 5. The loop. Host syncs happen only at log/eval/checkpoint steps.
     t0 = time.perf_counter()
@@ -574,6 +587,8 @@ def train(config: TrainConfig) -> dict:
                 save(done, *paths)
             t_log += time.perf_counter() - t_pause
     except KeyboardInterrupt:
+        if not main:  # rank 0 names the checkpoint; the other ranks never save
+            raise
         where = f"the last checkpoint is {last_path} (step {saved[0]})" if saved[0] is not None else \
             "no checkpoint was written yet"
         raise TrainingInterrupted(f"interrupted at step {step}; {where}; continue with: resnetlab train --out "
