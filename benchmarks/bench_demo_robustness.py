@@ -37,9 +37,10 @@ def main() -> None:
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     counts = {k: 0 for k, _ in CHECKS}
+    per_option = {}
     walls = []
     for seed in seeds:
-        cfg = demo_study_config(DemoConfig(seed=seed, out=os.path.join(args.out, f"seed{seed}")))
+        cfg = demo_study_config(DemoConfig(seed=seed, data="synthetic", out=os.path.join(args.out, f"seed{seed}")))
         t0 = time.perf_counter()
         run_study(cfg, title=f"demo, seed {seed}", shapes=True)
         walls.append(time.perf_counter() - t0)
@@ -49,11 +50,14 @@ def main() -> None:
         print(f"seed {seed}: {flags}  | {errors} | {walls[-1]:.0f} s", flush=True)
         for k, _ in CHECKS:
             counts[k] += bool(checks[k])
+        for option, held in checks["deeper_residual_by_option"].items():
+            per_option[option] = per_option.get(option, 0) + bool(held)
     print(f"\n{len(seeds)} seeds, demo config: depths {cfg.depths}, options {cfg.options}, "
           f"{cfg.iterations} iterations, batch {cfg.batch_size}, width {cfg.model.width}, "
           f"{cfg.synthetic_size}x{cfg.synthetic_size} synthetic images, {cfg.threads} threads")
     for k, label in CHECKS:
         print(f"  {label}: {counts[k]}/{len(seeds)} seeds")
+    print("  (iii) by option: " + ", ".join(f"{o} {n}/{len(seeds)}" for o, n in per_option.items()))
     print(f"  wall time per seed: median {statistics.median(walls):.0f} s, max {max(walls):.0f} s")
 
 

@@ -85,18 +85,28 @@ def training_curves(panels, path: str) -> str:
     return save_figure(fig, path, REPORT_DPI)
 
 
+def _line_with_band(ax, x, values, style, **line) -> None:
+    """Plot the mean over repeats (the rows of ``values``) and, with two or more, their min-max band."""
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    ax.plot(x, values.mean(0), **line, **style)
+    if len(values) > 1:
+        ax.fill_between(x, values.min(0), values.max(0), color=style.get("color"), alpha=0.15, linewidth=0)
+
+
 @_report_style
 def layer_responses(curves, path: str) -> str:
     """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom).
 
-    ``curves``: ``(style, values)`` per network, ``style`` the keyword arguments of its line.
+    ``curves``: ``(style, values)`` per network, ``style`` the keyword arguments of its line, ``values`` one
+    row per repeat (the mean is drawn, with the min-max band over repeats).
     """
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 6.0))
     for style, values in curves:
-        x = np.arange(1, len(values) + 1)
-        top.plot(x, values, marker=".", markersize=4, linewidth=1.2, **style)
-        bottom.plot(x, np.sort(values)[::-1], marker=".", markersize=4, linewidth=1.2, **style)
+        values = np.atleast_2d(values)
+        x = np.arange(1, values.shape[1] + 1)
+        _line_with_band(top, x, values, style, marker=".", markersize=4, linewidth=1.2)
+        _line_with_band(bottom, x, -np.sort(-values, axis=1), style, marker=".", markersize=4, linewidth=1.2)
     top.set_title("Responses of the 3x3 layers (std of the BN output), final checkpoints")
     top.set_xlabel("layer index (original order)")
     bottom.set_xlabel("layer index (sorted by magnitude)")
@@ -117,7 +127,8 @@ def gradient_flow(panels, path: str, ylabel: str = "gradient norm per block") ->
     for ax, (title, curves) in zip(axes[0], panels):
         for style, values in curves:
             # x: position in the network, so that nets of different depths line up
-            ax.plot(np.linspace(0, 1, len(values)), values, marker=".", markersize=4, linewidth=1.2, **style)
+            x = np.linspace(0, 1, np.atleast_2d(values).shape[1])
+            _line_with_band(ax, x, values, style, marker=".", markersize=4, linewidth=1.2)
         ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("relative depth (0 = stem, 1 = classifier)")
@@ -153,7 +164,7 @@ def path_ratios(curves, path: str) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 3.6))
     for style, values in curves:
-        ax.plot(np.arange(len(values)), values, marker=".", linewidth=1.2, **style)
+        _line_with_band(ax, np.arange(np.atleast_2d(values).shape[1]), values, style, marker=".", linewidth=1.2)
     ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("residual block (forward order)")

@@ -293,8 +293,8 @@ def figure6_checks(records) -> dict:
     """The three patterns of the paper's Figure 6, judged on the mean training error of the shallowest and the
     deepest depth: ``degradation`` (the deeper plain net trains worse), ``residual_beats_plain`` (at the deeper
     depth every residual option trains better than the plain net) and ``deeper_residual`` (every residual
-    option trains at least as well at the deeper depth). Each is True/False, or None when the grid lacks the
-    nets; ``errors`` holds the numbers they were judged on."""
+    option trains at least as well at the deeper depth; ``deeper_residual_by_option`` per option). Each is
+    True/False, or None when the grid lacks the nets; ``errors`` holds the numbers they were judged on."""
     agg = {(s["depth"], s["option"]): s["train_error"][0] for s in summary_rows(records) if s["train_error"]}
     depths = sorted({d for d, _ in agg})
     residual = sorted({o for _, o in agg if o != "none"}, key=_option_rank)
@@ -307,8 +307,10 @@ def figure6_checks(records) -> dict:
         out["degradation"] = agg[(hi, "none")] > agg[(lo, "none")]
     if (hi, "none") in agg and residual and all((hi, o) in agg for o in residual):
         out["residual_beats_plain"] = all(agg[(hi, o)] < agg[(hi, "none")] for o in residual)
-    if lo != hi and residual and all((d, o) in agg for d in (lo, hi) for o in residual):
-        out["deeper_residual"] = all(agg[(hi, o)] <= agg[(lo, o)] for o in residual)
+    by_option = {o: agg[(hi, o)] <= agg[(lo, o)] for o in residual if lo != hi and (lo, o) in agg and (hi, o) in agg}
+    if residual and len(by_option) == len(residual):
+        out["deeper_residual"] = all(by_option.values())
+    out["deeper_residual_by_option"] = by_option
     return out
 
 
@@ -413,14 +415,15 @@ def figure_training_curves(records, path) -> str:
     return plots.training_curves(panels, path)
 
 
-def _mean_named(runs, get) -> tuple[list[str], np.ndarray] | None:
-    """Average a per-layer list [(name, value), ...] over repeats (names must agree)."""
+def _per_repeat(runs, get) -> tuple[list[str], np.ndarray] | None:
+    """A per-layer list [(name, value), ...] of every repeat (names must agree): ``(names, values)`` with one
+    row of ``values`` per repeat (the figures draw the mean and the spread)."""
     lists = [get(r) for r in runs]
     lists = [l for l in lists if l]
     if not lists:
         return None
     names = [n for n, _ in lists[0]]
-    values = np.mean([[float(v) for _, v in l] for l in lists if len(l) == len(names)], axis=0)
+    values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(names)])
     return names, values
 
 
@@ -430,7 +433,7 @@ def figure_layer_responses(records, path) -> str | None:
     depths = sorted({d for d, _ in groups})
     curves = []
     for (depth, option), runs in groups.items():
-        got = _mean_named(runs, lambda r: (r.get("analysis") or {}).get("layer_responses"))
+        got = _per_repeat(runs, lambda r: (r.get("analysis") or {}).get("layer_responses"))
         if got:
             curves.append((_style(depth, option, depths), got[1]))
     return plots.layer_responses(curves, path) if curves else None
@@ -453,7 +456,7 @@ def _per_block_panels(records, key: str):
     for step in _grad_steps(records):
         curves = []
         for (depth, option), runs in groups.items():
-            got = _mean_named(runs, lambda r: ((r.get("analysis") or {}).get(key) or {}).get(step))
+            got = _per_repeat(runs, lambda r: ((r.get("analysis") or {}).get(key) or {}).get(step))
             if got:
                 curves.append((_style(depth, option, depths), got[1]))
         panels.append((_step_title(step), curves))
@@ -514,7 +517,7 @@ def figure_path_ratios(records, path) -> str | None:
     for (depth, option), runs in groups.items():
         if option == "none":
             continue
-        got = _mean_named(runs, lambda r: [(p.get("block"), p.get("ratio")) for p in
+        got = _per_repeat(runs, lambda r: [(p.get("block"), p.get("ratio")) for p in
                                            ((r.get("analysis") or {}).get("path_stats") or [])
                                            if p.get("ratio") is not None and math.isfinite(p["ratio"])])
         if got:

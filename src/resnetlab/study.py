@@ -32,6 +32,7 @@ from .config import Ints, Strs, parse, to_dict
 from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
 from .io import cache_dir, read_json, resolve_device, write_json
 from .models import ModelConfig, create_model
+from .schedule import RECIPES
 from .stream import Normalization
 from .train import TrainConfig, TrainingDiverged, resolve_config, train
 from .weights import load_checkpoint, model_from_checkpoint
@@ -89,7 +90,7 @@ class StudyConfig:
     model: ModelConfig = ModelConfig()
     """options shared by every net of the grid (width, preact, shortcut_scale, zero_pad, ...); the grid sets
     the name (--depths) and the shortcut (--options)"""
-    recipe: str = "he2016-cifar"
+    recipe: Literal[tuple(RECIPES)] = "he2016-cifar"
     """training recipe (resnetlab train --help)"""
     grad_steps: Optional[Ints] = None
     """steps at which to measure gradient flow (0 = at initialisation; default: 0, 10% and 100% of training)"""
@@ -517,7 +518,7 @@ def main_study(argv: list[str] | None = None) -> int:
     return 0
 
 
-DEMO_DEPTHS = (8, 20)
+DEMO_DEPTHS = (8, 26)
 DEMO_OPTIONS = ("A", "B", "none")
 
 
@@ -531,10 +532,14 @@ class DemoConfig:
     """auto: CIFAR-10 when --data-dir is given or it is in the cache, else synthetic"""
     data_dir: Optional[str] = None
     """CIFAR-10 folder or .tar.gz"""
-    iterations: int = 240
+    iterations: int = 400
     """training iterations per run"""
     batch_size: int = 64
     """batch size"""
+    synthetic_size: int = 16
+    """side of the synthetic images (16: a quarter of the arithmetic of 32x32)"""
+    recipe: Literal[tuple(RECIPES)] = "he2016-short"
+    """training recipe: the paper's, with the lr divided at 75% and 90% of this short run"""
     model: ModelConfig = ModelConfig(width=8)
     """options of every net (the paper's width 16 is slower); the demo sets the depths and shortcuts"""
     seed: int = 0
@@ -563,7 +568,7 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
             except FileNotFoundError:
                 pass
     return StudyConfig(depths=DEMO_DEPTHS, options=DEMO_OPTIONS, data=data, data_dir=d.data_dir, out=d.out,
-                       budget="smoke", iterations=d.iterations, batch_size=d.batch_size, val_split=250,
+                       synthetic_size=d.synthetic_size, recipe=d.recipe, budget="smoke", iterations=d.iterations, batch_size=d.batch_size, val_split=250,
                        eval_every=max(1, d.iterations // 4), log_every=max(1, d.iterations // 30),
                        checkpoint_every=max(1, d.iterations // 2),
                        model=d.model, seed=d.seed, grad_steps=(0, d.iterations), analysis_images=128,
@@ -571,7 +576,7 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
 
 
 def main_demo(argv: list[str] | None = None) -> int:
-    """``resnetlab demo``: plain vs residual (options A, B) at depths 8 and 20, trained offline, with the report."""
+    """``resnetlab demo``: plain vs residual (options A, B) at depths 8 and 26, trained offline, with the report."""
     d = parse(DemoConfig, argv, prog="resnetlab demo", description=main_demo.__doc__.replace("``", ""))
     cfg = demo_study_config(d)
     t0 = time.perf_counter()
