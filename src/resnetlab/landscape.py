@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import zlib
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -25,7 +24,7 @@ from torch.func import functional_call
 from .datasets import NAMED_DATASETS as DATASETS
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, atomic_write, progress, resolve_device, write_json
-from .models import ModelConfig, model_config
+from .models import ModelConfig, model_config, named_generator
 from .plots import plot_1d, plot_2d
 from .sources import load_data, load_model, resolve_data, seeded_subset
 
@@ -35,12 +34,6 @@ DIRECTIONS_FORMAT = "resnetlab-directions"
 # --------------------------------------------------------------------------------------------------
 # directions
 
-def _direction_generator(seed: int, name: str, index: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + zlib.crc32(f"{name}#direction{index}".encode())) % (2 ** 63))
-    return g
-
-
 def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
     """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
     out = []
@@ -48,7 +41,7 @@ def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, to
         d = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                d[name] = torch.randn(p.shape, generator=_direction_generator(seed, name, i))
+                d[name] = torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
         out.append(d)
     return out
 

@@ -291,7 +291,8 @@ class ResNet(nn.Module):
         return self.fc(x)  # (N, num_classes)
 
 
-def _param_generator(seed: int, name: str) -> torch.Generator:
+def named_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and ``name``."""
     # Seeding each tensor by its own name (not by creation order) is what makes twins match: a parameter
     # shared by two shortcut options has the same name in both, whatever extra modules either has.
     g = torch.Generator()
@@ -305,15 +306,15 @@ def init_weights(model: nn.Module, seed: int, zero_init_residual: bool = False) 
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=_param_generator(seed, name + ".weight"))
+            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=named_generator(seed, name + ".weight"))
         elif isinstance(m, nn.BatchNorm2d):
             m.weight.fill_(1.0)
             m.bias.zero_()
             m.reset_running_stats()
         elif isinstance(m, nn.Linear):
             bound = 1.0 / math.sqrt(m.in_features)
-            m.weight.uniform_(-bound, bound, generator=_param_generator(seed, name + ".weight"))
-            m.bias.uniform_(-bound, bound, generator=_param_generator(seed, name + ".bias"))
+            m.weight.uniform_(-bound, bound, generator=named_generator(seed, name + ".weight"))
+            m.bias.uniform_(-bound, bound, generator=named_generator(seed, name + ".bias"))
     if zero_init_residual:
         for m in model.modules():
             if isinstance(m, BLOCKS):
