@@ -22,7 +22,7 @@ from . import datasets as datalib
 from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
 from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches, use_bf16
-from .images import IMAGE_EXTENSIONS, ImageFolder
+from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig, get_spec
 from .stream import Normalization
@@ -373,15 +373,11 @@ def printable(text: str) -> str:
 
 
 def image_files(paths) -> list[str]:
-    """Files as given, folders expanded to the image files below them (sorted; hidden entries skipped)."""
+    """Files as given, folders expanded to the image files below them (:func:`resnetlab.images.find_images`)."""
     out = []
     for p in paths:
         if os.path.isdir(p):
-            found = []
-            for dirpath, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in sorted(files)
-                          if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+            found = find_images(p)
             if not found:
                 raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {printable(p)}")
             out += found
