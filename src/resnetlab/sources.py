@@ -1,13 +1,10 @@
-"""What an analysis or a landscape runs on: a model (fresh by name, or from a checkpoint) and its data.
-
-``resnetlab analyze`` and ``resnetlab landscape`` take ``MODEL|CKPT``: a registered name builds a fresh model
-with the command's model options; a checkpoint path (or a run folder, meaning its ``last.pt``) rebuilds
-the architecture it records and loads its weights, unless model options given with ``--model NAME`` ask
-for another configuration. The data is the named dataset, normalised as the checkpoint was trained.
+"""What ``resnetlab analyze`` and ``landscape`` run on: ``MODEL|CKPT`` (a fresh model by name, or a
+checkpoint's recorded architecture and weights) and its data, normalised as the checkpoint was trained.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import torch
@@ -23,14 +20,10 @@ def _looks_like_path(source: str) -> bool:
 
 
 def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, name_given: bool | None = None):
-    """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
-
-    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model
-    name: a fresh model built with the options of ``model`` and, unless it sets one, ``seed``. A checkpoint
-    rebuilds the architecture it records; given ``model`` (with its name), it is loaded into that
-    configuration instead, and must fit it (strict loading names the mismatched keys). ``name_given``:
-    whether ``model.name`` was set explicitly (default: whether it differs from the default name).
-    """
+    """``(model, checkpoint or None)`` for MODEL|CKPT: a registered name builds a fresh model with the
+    options of ``model`` (and ``seed`` unless it sets one); a checkpoint path (a run folder: its ``last.pt``)
+    rebuilds the recorded architecture, or, given ``model`` with its name (``name_given``), that one, which
+    the weights must fit."""
     if name_given is None:
         name_given = model is not None and model.name != ModelConfig().name
     if not _looks_like_path(source):
@@ -61,7 +54,10 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, nam
     return net, ckpt
 
 
-_SYNTHETIC: dict = {}
+@functools.cache
+def _synthetic() -> dict:
+    """The synthetic set, generated once per process (it is deterministic)."""
+    return load_dataset("synthetic")
 
 
 def resolve_data(name: str | None, data_dir: str | None, ckpt: dict | None) -> tuple[str, str | None]:
@@ -87,12 +83,7 @@ def resolve_data(name: str | None, data_dir: str | None, ckpt: dict | None) -> t
 def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""
-    if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
-        if "synthetic" not in _SYNTHETIC:
-            _SYNTHETIC["synthetic"] = load_dataset(name)
-        splits = _SYNTHETIC["synthetic"]
-    else:
-        splits = load_dataset(name, data_dir)
+    splits = _synthetic() if name == "synthetic" else load_dataset(name, data_dir)
     norm_state = (ckpt or {}).get("normalization")
     if norm_state:
         norm = Normalization.from_state_dict(norm_state)
