@@ -83,7 +83,6 @@ def path_stats(model: nn.Module, x) -> list[dict]:
     """
     blocks = model_blocks(model)
     acc = {name: {"ratio": 0.0, "cosine": 0.0, "f2": 0.0, "s2": 0.0, "n": 0, "numel": 0} for name, _ in blocks}
-    handles = []
 
     def hook(name):
         def fn(module, inputs, output):
@@ -103,17 +102,13 @@ def path_stats(model: nn.Module, x) -> list[dict]:
             a["numel"] += f.numel()
         return fn
 
-    for name, block in blocks:
-        if block.shortcut_kind != "none":
-            handles.append(block.add.register_forward_hook(hook(name)))
     device = _device_of(model)
-    try:
-        with _mode(model):
-            for xb in _batches(x):
-                model(xb.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, _mode(model):
+        for name, block in blocks:
+            if block.shortcut_kind != "none":
+                hooks.enter_context(block.add.register_forward_hook(hook(name)))
+        for xb in _batches(x):
+            model(xb.to(device))
     rows = []
     for name, block in blocks:
         a = acc[name]
@@ -155,15 +150,10 @@ def folded_projection(shortcut: ProjectionShortcut) -> tuple[torch.Tensor, torch
 
 
 def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict]:
-    """For every block with a 1x1 projection shortcut (options B/C): how identity-like is its folded map?
-
-    Returns ``{"block", "in_channels", "out_channels", "stride", "singular_values", "sv_max", "sv_min",
-    "identity_energy", "other_energy", "identity_mean", "identity_distance", "bias_norm"}`` per block:
-    ``identity_energy`` is the fraction of ``||W_eff||_F^2`` on the (out, in) pairs an option-A shortcut
-    would carry (:func:`identity_mask`, with the model's ``zero_pad`` convention), ``other_energy`` the
-    rest; ``identity_mean`` the mean of those entries (1 for option A itself); ``identity_distance``
-    ``||W_eff - M||_F / ||M||_F``. Models without projections give ``[]``.
-    """
+    """For every block with a 1x1 projection shortcut (options B/C): how identity-like is its folded map
+    ``W_eff``? ``identity_energy`` is the fraction of ``||W_eff||_F^2`` on the entries an option-A shortcut
+    carries (the mask ``M`` of :func:`identity_mask`), ``identity_mean`` their mean (1 for option A),
+    ``identity_distance`` ``||W_eff - M||_F / ||M||_F``; also the singular values and the bias norm."""
     if zero_pad is None:
         zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
     rows = []
@@ -207,14 +197,11 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
             seen[name] = grad_output[0].detach()
         return keep
 
-    handles = [b.register_full_backward_hook(hook(name)) for name, b in blocks]
-    try:
-        with _mode(model, train=True), torch.enable_grad():
-            loss = F.cross_entropy(model(x), y)
-            (gx,) = torch.autograd.grad(loss, [x])
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
+        for name, b in blocks:
+            hooks.enter_context(b.register_full_backward_hook(hook(name)))
+        loss = F.cross_entropy(model(x), y)
+        (gx,) = torch.autograd.grad(loss, [x])
     return [("input", gx.norm().item())] + [(name, seen[name].norm().item()) for name, _ in blocks]
 
 
@@ -224,19 +211,14 @@ def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dic
     device = _device_of(model)
     x, y = x.to(device), y.to(device)
     order: list[str] = []
-    handles = []
-    for mname, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    try:
-        with _mode(model, train=True), torch.enable_grad():
-            loss = F.cross_entropy(model(x), y)
-            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
+        for mname, m in model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                hooks.enter_context(m.register_forward_hook(
+                    lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     out = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(named, grads)}
     return out, order, loss.item()
 
@@ -304,10 +286,8 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
             if h is None:
                 row.update(accuracy=None, delta=None)
             else:
-                try:
+                with h:  # the hook is removed on leaving
                     acc = _accuracy(model, batches)
-                finally:
-                    h.remove()
                 row.update(accuracy=acc, delta=acc - baseline)
             rows.append(row)
             bar.update()
@@ -327,53 +307,41 @@ def layer_response_stats(model: nn.Module, x) -> list[dict]:
     convs = {m: name for name, m in model.named_modules()
              if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)}
     norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    stats: dict[str, dict] = {}
-    order: list[str] = []
-    handles = []
+    pending: dict[int, tuple[str, torch.Tensor]] = {}  # this batch: id(conv output) -> (conv name, output)
+    chosen: dict[str, tuple[str, torch.Tensor]] = {}  # this batch: conv name -> (source, response)
+    stats: dict[str, dict] = {}  # conv name -> sums over all batches, in forward order
 
-    def run_batch(xb):
-        pending: dict[int, tuple[str, torch.Tensor]] = {}  # id(conv output) -> (conv name, output)
-        chosen: dict[str, tuple[str, torch.Tensor]] = {}
+    def conv_hook(mod, inp, out):
+        pending[id(out)] = (convs[mod], out)
+        chosen[convs[mod]] = (convs[mod], out)
 
-        def conv_hook(mod, inp, out):
-            name = convs[mod]
-            if name not in order:
-                order.append(name)
-            pending[id(out)] = (name, out)
-            chosen[name] = (name, out)
-
-        def bn_hook(mod, inp, out):
-            hit = pending.get(id(inp[0]))
-            if hit is not None and hit[1] is inp[0]:
-                chosen[hit[0]] = (norms[mod], out)
-
-        for m in convs:
-            handles.append(m.register_forward_hook(conv_hook))
-        for m in norms:
-            handles.append(m.register_forward_hook(bn_hook))
-        try:
-            model(xb)
-        finally:
-            while handles:
-                handles.pop().remove()
-        for name, (source, t) in chosen.items():
-            t = t.double()
-            s = stats.setdefault(name, {"source": source, "n": 0, "sum": 0.0, "sq": 0.0,
-                                        "csum": 0.0, "csq": 0.0, "cn": 0})
-            s["n"] += t.numel()
-            s["sum"] += t.sum().item()
-            s["sq"] += (t * t).sum().item()
-            s["csum"] = s["csum"] + t.sum(dim=(0, 2, 3))
-            s["csq"] = s["csq"] + (t * t).sum(dim=(0, 2, 3))
-            s["cn"] += t.numel() // t.shape[1]
+    def bn_hook(mod, inp, out):
+        hit = pending.get(id(inp[0]))
+        if hit is not None and hit[1] is inp[0]:
+            chosen[hit[0]] = (norms[mod], out)
 
     device = _device_of(model)
-    with _mode(model):
+    with contextlib.ExitStack() as hooks, _mode(model):
+        for m in convs:
+            hooks.enter_context(m.register_forward_hook(conv_hook))
+        for m in norms:
+            hooks.enter_context(m.register_forward_hook(bn_hook))
         for xb in _batches(x):
-            run_batch(xb.to(device))
+            pending.clear()
+            chosen.clear()
+            model(xb.to(device))
+            for name, (source, t) in chosen.items():
+                t = t.double()
+                s = stats.setdefault(name, {"source": source, "n": 0, "sum": 0.0, "sq": 0.0,
+                                            "csum": 0.0, "csq": 0.0, "cn": 0})
+                s["n"] += t.numel()
+                s["sum"] += t.sum().item()
+                s["sq"] += (t * t).sum().item()
+                s["csum"] = s["csum"] + t.sum(dim=(0, 2, 3))
+                s["csq"] = s["csq"] + (t * t).sum(dim=(0, 2, 3))
+                s["cn"] += t.numel() // t.shape[1]
     rows = []
-    for name in order:
-        s = stats[name]
+    for name, s in stats.items():
         mean = s["sum"] / s["n"]
         cmean = s["csum"] / s["cn"]
         cstd = torch.sqrt((s["csq"] / s["cn"] - cmean ** 2).clamp_min(0))
