@@ -7,6 +7,7 @@ classifier only (torchvision's convention; docs/summary.md). :func:`diff` compar
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -259,14 +260,13 @@ class _Trace:
     def run(self, meta: bool) -> None:
         self.records, self.stack, self.flops_seen = [], [], {}
         self.counter = FlopCounterMode(display=False)
-        handles = []
-        for m in self.model.modules():
-            handles.append(m.register_forward_pre_hook(self._pre_hook))
-            handles.append(m.register_forward_hook(self._post_hook))
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self.counter:
+            with contextlib.ExitStack() as hooks, torch.no_grad(), self.counter:
+                for m in self.model.modules():
+                    hooks.enter_context(m.register_forward_pre_hook(self._pre_hook))
+                    hooks.enter_context(m.register_forward_hook(self._post_hook))
                 if meta:
                     # meta stand-ins for every parameter and buffer: the model's own tensors stay as they are
                     tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
@@ -277,8 +277,6 @@ class _Trace:
                     self.model(torch.zeros(self.shape, device=device))
         finally:
             self.model.train(was_training)
-            for hd in handles:
-                hd.remove()
 
     @property
     def failing(self) -> str:
