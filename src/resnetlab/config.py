@@ -241,19 +241,16 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
 
 
 def _pop_config_file(argv: list[str]) -> tuple[str | None, list[str]]:
-    path, rest, i = None, [], 0
-    while i < len(argv):
-        a = argv[i]
+    path, rest, args = None, [], iter(argv)
+    for a in args:
         if a == "--config":
-            if i + 1 >= len(argv):
+            path = next(args, None)
+            if path is None:
                 raise ValueError("--config needs a file name")
-            path, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--config="):
+        elif a.startswith("--config="):
             path = a.split("=", 1)[1]
         else:
             rest.append(a)
-        i += 1
     return path, rest
 
 
