@@ -250,7 +250,6 @@ class ResNet(nn.Module):
             self.final_relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
-        self.num_features = in_ch
 
     @property
     def stages(self) -> list[nn.Sequential]:

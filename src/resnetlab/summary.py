@@ -437,12 +437,8 @@ class Diff(_Report):
         return self.b.total_macs - self.a.total_macs
 
     @property
-    def numel_only_a(self) -> int:
-        """Number of parameter values in tensors that only model A has."""
-        return self._numel(self.only_a)
-
-    @property
     def numel_only_b(self) -> int:
+        """Number of parameter values in tensors that only model B has."""
         return self._numel(self.only_b)
 
     @staticmethod
