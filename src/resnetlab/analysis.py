@@ -14,7 +14,7 @@ import contextlib
 import math
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +22,11 @@ from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
 from .config import Positional, given_model, name_given, parse
-from .datasets import NAMED_DATASETS as DATASETS
 from .io import format_table as io_format_table
 from .io import progress, resolve_device, write_json
-from .models import ModelConfig, model_config
+from .models import model_config
 from .plots import plot_results
-from .sources import labelled_batches, load_data, load_model, resolve_data, seeded_subset
+from .sources import SourceOptions, labelled_batches, load_data, load_model, resolve_data, seeded_subset
 
 ANALYSES = ("paths", "gradients", "responses")
 
@@ -376,17 +375,11 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 # resnetlab analyze
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(SourceOptions):
     """Options of ``resnetlab analyze``."""
 
     sources: Positional[tuple[str, ...]] = ()
     """model names (fresh models) or checkpoint paths; several (twins) are measured and drawn together"""
-    model: ModelConfig = ModelConfig()
-    """fresh models: their options; checkpoints: the architecture they must hold (default: as recorded)"""
-    data: Optional[Literal[DATASETS]] = None
-    """data set to measure on; default: a checkpoint's own (from its recorded folder), else synthetic"""
-    data_dir: Optional[str] = None
-    """folder (or .tar.gz) of the data set; not needed for synthetic"""
     batches: int = 4
     """batches of data to measure on (lesion: 0 = the whole test split)"""
     batch_size: int = 128

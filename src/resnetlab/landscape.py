@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .datasets import NAMED_DATASETS as DATASETS
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, atomic_write, progress, resolve_device, write_json
-from .models import ModelConfig, model_config, named_generator
+from .models import model_config, named_generator
 from .plots import plot_1d, plot_2d
-from .sources import load_data, load_model, resolve_data, seeded_subset
+from .sources import SourceOptions, load_data, load_model, resolve_data, seeded_subset
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
@@ -458,17 +457,11 @@ def flatness_spread(per_seed: list[dict]) -> dict:
 
 
 @dataclass(frozen=True)
-class LandscapeConfig:
-    """Options of ``resnetlab landscape``."""
+class LandscapeConfig(SourceOptions):
+    """Options of ``resnetlab landscape`` (its data: the training split)."""
 
     source: Positional[str] = ""
     """checkpoint path, or a registered model name (a fresh model)"""
-    model: ModelConfig = ModelConfig()
-    """fresh model: its options; checkpoint: the architecture it must hold (default: as recorded)"""
-    data: Optional[Literal[DATASETS]] = None
-    """data set (its training split); default: a checkpoint's own (from its recorded folder), else synthetic"""
-    data_dir: Optional[str] = None
-    """folder (or .tar.gz) of the data set; not needed for synthetic"""
     subset: int = 2048
     """training images in the fixed evaluation subset"""
     seed: int = 0

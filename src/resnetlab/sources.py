@@ -6,13 +6,27 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
-from .datasets import ArrayDataset, load_dataset
+from .datasets import NAMED_DATASETS, ArrayDataset, load_dataset
 from .models import ModelConfig, create_model
 from .stream import Normalization, eval_batches
 from .weights import check_same_architecture, load_checkpoint, load_state_dict_strict
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options of ``analyze`` and ``landscape`` that say what they run on (with MODEL|CKPT)."""
+
+    model: ModelConfig = ModelConfig()
+    """fresh models: their options; checkpoints: the architecture they must hold (default: as recorded)"""
+    data: Optional[Literal[NAMED_DATASETS]] = None
+    """data set to measure on; default: a checkpoint's own (from its recorded folder), else synthetic"""
+    data_dir: Optional[str] = None
+    """folder (or .tar.gz) of the data set; not needed for synthetic"""
 
 
 def _looks_like_path(source: str) -> bool:
