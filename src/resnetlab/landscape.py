@@ -134,24 +134,22 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
         raise ValueError(f"unknown BN mode {bn!r}; valid: {', '.join(BN_MODES)}")
     state = {k: v.detach().clone() for k, v in model.named_buffers()}  # BN writes into these, not the model's
     state.update(params if params is not None else {k: p.detach() for k, p in model.named_parameters()})
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.training, m.momentum) for m in norms]
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    saved = [(m, m.training, m.momentum) for m in norms.values()]
     was = model.training
     try:
         model.eval()
         if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
-            for name, m in model.named_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    state[f"{name}.running_mean"].zero_(), state[f"{name}.running_var"].fill_(1.0)
-                    state[f"{name}.num_batches_tracked"].zero_()
-                    m.train(), setattr(m, "momentum", None)
+            for name, m in norms.items():
+                state[f"{name}.running_mean"].zero_()
+                state[f"{name}.running_var"].fill_(1.0)
+                state[f"{name}.num_batches_tracked"].zero_()
+                m.train()
+                m.momentum = None
             for xb, _ in batches:
                 functional_call(model, state, (xb,))
-            for m in norms:
-                m.eval()
-        elif bn == "batch":
-            for m in norms:
-                m.train()
+        for m in norms.values():
+            m.train(bn == "batch")  # batch statistics, or the running ones (recomputed or the checkpoint's)
         loss_sum = 0.0
         correct = total = 0
         for xb, yb in batches:
