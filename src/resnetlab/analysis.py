@@ -1,35 +1,20 @@
-"""Why do shortcuts work? Measurements on any model, fresh or trained.
+"""Why do shortcuts work? Measurements on any model, fresh or trained (``resnetlab analyze``).
 
-Every analysis is a plain function on a model and tensors, and a subcommand of ``resnetlab analyze``:
+* :func:`path_stats`: per block, ``||F(x)|| / ||s * shortcut(x)||`` and their cosine (eval mode, per
+  sample); :func:`projection_stats`: how identity-like a 1x1 projection shortcut (BN folded in) stays.
+* :func:`signal_norms`, :func:`gradient_norms`, :func:`block_gradient_norms`: ``||dL/dx||`` per block and
+  weight-gradient norms (train-mode BN, statistics restored); :func:`lesion`: the accuracy without a block.
+* :func:`layer_response_stats`: the paper's Figure 7, the std of every 3x3 layer's response.
 
-* :func:`path_stats` — per block, how much of the output comes through the residual branch ``F(x)`` and
-  how much through the shortcut: the norm ratio ``||F(x)|| / ||s * shortcut(x)||`` and their cosine
-  (``s`` is ``ResidualAdd.scale``). :func:`projection_stats` — for 1x1 projection shortcuts (options
-  B/C): how close the learned map, with its BN folded in, stays to the identity/zero-pad map of option A.
-* :func:`gradient_norms` / :func:`block_gradient_norms` — the loss gradient's norm per conv/linear weight
-  and per block; :func:`lesion` — the accuracy when one block's residual branch is removed at test time
-  (Veit et al. 2016).
-* :func:`layer_responses` — the paper's Figure 7: the standard deviation of every 3x3 layer's response.
-
-Definitions (the numbers depend on them):
-
-* Paths and responses run the model in **eval mode** (BN uses its running statistics), without gradients.
-  The ratio and cosine are computed **per sample** over the flattened ``(C, H, W)`` tensors, then
-  averaged over all samples; ``ratio_batch`` is the same ratio over the whole batch at once.
-* Gradients run in **train mode** (BN uses batch statistics, as in training), cross-entropy loss
-  averaged over the batch; BN running statistics are restored afterwards, and no ``.grad`` is left.
-* A response is the output of the BN that directly consumes a 3x3 conv's output (post-activation blocks:
-  ``bn1``/``bn2``; pre-activation blocks: the next block-internal BN), or the conv's own output when no
-  BN consumes it (the last conv of a pre-activation branch, which feeds the addition). ``std`` is the
-  population standard deviation over all its elements ``(N, C, H, W)``; ``channel_std`` is the std over
-  ``(N, H, W)`` per channel, averaged over channels.
+docs/analysis.md defines every number precisely.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,19 +22,14 @@ from torch import nn
 
 from .blocks import BLOCKS, ProjectionShortcut
 from .config import Positional, given_model, name_given, parse
-from .datasets import NAMED_DATASETS as DATASETS
 from .io import format_table as io_format_table
 from .io import progress, resolve_device, write_json
-from .models import ModelConfig, model_config
+from .models import model_config
 from .plots import plot_results
-from .sources import labelled_batches, load_data, load_model, resolve_data, seeded_subset
+from .sources import SourceOptions, labelled_batches, load_data, load_model, resolve_data, seeded_subset
 
 ANALYSES = ("paths", "gradients", "responses")
 
-
-# --------------------------------------------------------------------------------------------------
-# Model structure helpers
-# --------------------------------------------------------------------------------------------------
 
 def model_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``[(name, block), ...]`` in forward order: ``model.blocks()`` for a ResNet, else every block module
@@ -68,25 +48,23 @@ def _batches(x) -> Iterator[torch.Tensor]:
         yield item[0] if isinstance(item, (tuple, list)) else item
 
 
-class _EvalMode:
-    """Context: the model in eval (or train) mode, restored on exit."""
-
-    def __init__(self, model: nn.Module, train: bool = False):
-        self.model, self.train = model, train
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.train(self.train)
-        return self.model
-
-    def __exit__(self, *exc):
-        for m, mode in self.modes:
+@contextlib.contextmanager
+def _mode(model: nn.Module, train: bool = False):
+    """``model`` in eval (or train) mode; on exit every module's mode is restored and, after train mode,
+    every buffer (BN's running statistics) too."""
+    modes = [(m, m.training) for m in model.modules()]
+    saved = {k: v.detach().clone() for k, v in model.named_buffers()} if train else {}
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
             m.training = mode
+        buffers = dict(model.named_buffers())
+        with torch.no_grad():
+            for k, v in saved.items():
+                buffers[k].copy_(v)
 
-
-# --------------------------------------------------------------------------------------------------
-# Paths: residual branch vs shortcut
-# --------------------------------------------------------------------------------------------------
 
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
@@ -104,7 +82,6 @@ def path_stats(model: nn.Module, x) -> list[dict]:
     """
     blocks = model_blocks(model)
     acc = {name: {"ratio": 0.0, "cosine": 0.0, "f2": 0.0, "s2": 0.0, "n": 0, "numel": 0} for name, _ in blocks}
-    handles = []
 
     def hook(name):
         def fn(module, inputs, output):
@@ -124,17 +101,13 @@ def path_stats(model: nn.Module, x) -> list[dict]:
             a["numel"] += f.numel()
         return fn
 
-    for name, block in blocks:
-        if block.shortcut_kind != "none":
-            handles.append(block.add.register_forward_hook(hook(name)))
     device = _device_of(model)
-    try:
-        with _EvalMode(model):
-            for xb in _batches(x):
-                model(xb.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, _mode(model):
+        for name, block in blocks:
+            if block.shortcut_kind != "none":
+                hooks.enter_context(block.add.register_forward_hook(hook(name)))
+        for xb in _batches(x):
+            model(xb.to(device))
     rows = []
     for name, block in blocks:
         a = acc[name]
@@ -176,15 +149,10 @@ def folded_projection(shortcut: ProjectionShortcut) -> tuple[torch.Tensor, torch
 
 
 def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict]:
-    """For every block with a 1x1 projection shortcut (options B/C): how identity-like is its folded map?
-
-    Returns ``{"block", "in_channels", "out_channels", "stride", "singular_values", "sv_max", "sv_min",
-    "identity_energy", "other_energy", "identity_mean", "identity_distance", "bias_norm"}`` per block:
-    ``identity_energy`` is the fraction of ``||W_eff||_F^2`` on the (out, in) pairs an option-A shortcut
-    would carry (:func:`identity_mask`, with the model's ``zero_pad`` convention), ``other_energy`` the
-    rest; ``identity_mean`` the mean of those entries (1 for option A itself); ``identity_distance``
-    ``||W_eff - M||_F / ||M||_F``. Models without projections give ``[]``.
-    """
+    """For every block with a 1x1 projection shortcut (options B/C): how identity-like is its folded map
+    ``W_eff``? ``identity_energy`` is the fraction of ``||W_eff||_F^2`` on the entries an option-A shortcut
+    carries (the mask ``M`` of :func:`identity_mask`), ``identity_mean`` their mean (1 for option A),
+    ``identity_distance`` ``||W_eff - M||_F / ||M||_F``; also the singular values and the bias norm."""
     if zero_pad is None:
         zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
     rows = []
@@ -211,31 +179,12 @@ def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict
 
 
 # --------------------------------------------------------------------------------------------------
-# Gradients and lesions
-# --------------------------------------------------------------------------------------------------
-
-class _KeepBuffers:
-    """Context: BN running statistics (every buffer) put back on exit, after a train-mode measurement."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.saved = {k: v.detach().clone() for k, v in self.model.named_buffers()}
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for k, v in self.model.named_buffers():
-                v.copy_(self.saved[k])
-
+# gradients and lesions
 
 def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
-    """``||dL/dx_l||`` for the input images (``"input"``) and each block's output, in forward order, for the
-    mean cross-entropy of the batch in train mode (BN statistics restored afterwards).
-
-    This is the back-propagated signal the vanishing-gradient argument is about. Weight-gradient norms are
-    not: under BN, scaling a conv's weight by c leaves the function unchanged and divides its gradient by c.
-    Read from full backward hooks on the blocks (``grad_output`` is the gradient at the block's output).
+    """``||dL/dx_l||`` at the input images (``"input"``) and at each block's output, in forward order, for
+    the mean cross-entropy in train mode: the back-propagated signal the vanishing-gradient argument is
+    about. (Weight-gradient norms are not: under BN, scaling a conv's weight by c divides its gradient by c.)
     """
     device = _device_of(model)
     x, y = x.to(device).detach().requires_grad_(True), y.to(device)
@@ -247,38 +196,28 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
             seen[name] = grad_output[0].detach()
         return keep
 
-    handles = [b.register_full_backward_hook(hook(name)) for name, b in blocks]
-    try:
-        with _EvalMode(model, train=True), _KeepBuffers(model), torch.enable_grad():
-            loss = F.cross_entropy(model(x), y)
-            (gx,) = torch.autograd.grad(loss, [x])
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
+        for name, b in blocks:
+            hooks.enter_context(b.register_full_backward_hook(hook(name)))
+        loss = F.cross_entropy(model(x), y)
+        (gx,) = torch.autograd.grad(loss, [x])
     return [("input", gx.norm().item())] + [(name, seen[name].norm().item()) for name, _ in blocks]
 
 
 def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, list[str], float]:
-    """``({param name: grad}, conv/linear module names in forward order, loss)`` in train mode.
-
-    BN running statistics are restored afterwards and no ``.grad`` is written (``torch.autograd.grad``).
-    """
+    """``({param name: grad}, conv/linear module names in forward order, loss)`` in train mode, BN
+    statistics restored, no ``.grad`` written."""
     device = _device_of(model)
     x, y = x.to(device), y.to(device)
     order: list[str] = []
-    handles = []
-    for mname, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    try:
-        with _EvalMode(model, train=True), _KeepBuffers(model), torch.enable_grad():
-            loss = F.cross_entropy(model(x), y)
-            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
+    with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
+        for mname, m in model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                hooks.enter_context(m.register_forward_hook(
+                    lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     out = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(named, grads)}
     return out, order, loss.item()
 
@@ -287,32 +226,23 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
     """L2 norm of the cross-entropy loss gradient of every conv/linear weight, in forward order, keyed by
     parameter name (``"conv1.weight"``, ``"layer1.0.conv1.weight"``, ..., ``"fc.weight"``). Train mode."""
     grads, order, _ = _loss_grads(model, x, y)
-    return {f"{m}.weight": grads[f"{m}.weight"].norm().item() for m in order if f"{m}.weight" in grads}
+    return dict(_weight_norms(grads, order))
+
+
+def _weight_norms(grads: dict[str, torch.Tensor], order: list[str]) -> list[tuple[str, float]]:
+    return [(f"{m}.weight", grads[f"{m}.weight"].norm().item()) for m in order if f"{m}.weight" in grads]
 
 
 def _group_norms(model: nn.Module, grads: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
-    blocks = model_blocks(model)
-    groups: dict[str, float] = {"stem": 0.0}
-    groups.update({name: 0.0 for name, _ in blocks})
-    head: dict[str, float] = {}
-    prefixes = [(name + ".", name) for name, _ in blocks]
+    blocks = [name for name, _ in model_blocks(model)]
+    squares = dict.fromkeys(["stem", *blocks], 0.0)
     for k, g in grads.items():
-        sq = float(g.double().pow(2).sum())
-        group = next((name for pre, name in prefixes if k.startswith(pre)), None)
+        group = next((b for b in blocks if k.startswith(b + ".")), None)
         if group is None:
             top = k.split(".")[0]
-            if top == "fc":
-                group = "fc"
-            elif top.startswith("final_"):
-                group = "final_bn"
-            else:
-                group = "stem"
-            target = groups if group == "stem" else head
-            target[group] = target.get(group, 0.0) + sq
-        else:
-            groups[group] += sq
-    ordered = list(groups.items()) + sorted(head.items(), key=lambda kv: kv[0] != "final_bn")
-    return [(k, math.sqrt(v)) for k, v in ordered]
+            group = "fc" if top == "fc" else "final_bn" if top.startswith("final_") else "stem"
+        squares[group] = squares.get(group, 0.0) + float(g.double().pow(2).sum())
+    return [(k, math.sqrt(squares[k])) for k in ("stem", *blocks, "final_bn", "fc") if k in squares]
 
 
 def block_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
@@ -333,21 +263,15 @@ def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
 @torch.no_grad()
 def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
            max_batches: int | None = None, device=None, quiet: bool = True) -> list[dict]:
-    """Remove one block at a time at test time and measure the accuracy (Veit et al. 2016).
-
-    ``data`` is an :class:`resnetlab.datasets.ArrayDataset` (normalised with ``normalization``) or an
-    iterable of already normalised ``(x, y)`` batches. A lesioned block's residual branch outputs zero,
-    so the block returns its (scaled) shortcut, passed through the final ReLU in post-activation blocks
-    (identity shortcuts: exactly ``x``). Plain blocks whose shape is kept are replaced by ``x``; plain
-    blocks that change the shape cannot be removed (``"accuracy": None``, "n/a" in tables).
-
-    Returns ``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]`` (``delta = accuracy - baseline``).
-    """
+    """``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]``: the accuracy with one block at a time
+    removed at test time (Veit et al. 2016) on ``data``, an ArrayDataset (normalised with ``normalization``)
+    or ``(x, y)`` batches. A removed block returns its (scaled) shortcut, through the final ReLU of a
+    post-activation block; a plain block returns ``x``, or ``None`` accuracy where its shape changes."""
     device = torch.device(device) if device is not None else _device_of(model)
     batches = list(labelled_batches(data, normalization, batch_size, device, max_batches))
     blocks = model_blocks(model)
     rows = []
-    with _EvalMode(model):
+    with _mode(model):
         baseline = _accuracy(model, batches)
         bar = progress(total=len(blocks), desc="lesion", unit="block", quiet=quiet)
         for name, block in blocks:
@@ -361,10 +285,8 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
             if h is None:
                 row.update(accuracy=None, delta=None)
             else:
-                try:
+                with h:  # the hook is removed on leaving
                     acc = _accuracy(model, batches)
-                finally:
-                    h.remove()
                 row.update(accuracy=acc, delta=acc - baseline)
             rows.append(row)
             bar.update()
@@ -373,63 +295,52 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
 
 
 # --------------------------------------------------------------------------------------------------
-# Responses (Figure 7)
-# --------------------------------------------------------------------------------------------------
+# responses (Figure 7)
 
 @torch.no_grad()
 def layer_response_stats(model: nn.Module, x) -> list[dict]:
-    """Per 3x3 conv, in forward order: ``{"layer", "source", "std", "channel_std", "mean"}`` of its
-    response (see the module docstring), in eval mode on ``x`` (a batch or an iterable of batches)."""
+    """Per 3x3 conv, in forward order: ``{"layer", "source", "std", "channel_std", "mean"}`` of its response,
+    the output of the BN that consumes the conv's output (or the conv's own, where none does), in eval mode
+    on ``x`` (a batch or an iterable of batches). ``std`` is over ``(N, C, H, W)``, ``channel_std`` the
+    mean over channels of the std over ``(N, H, W)``."""
     convs = {m: name for name, m in model.named_modules()
              if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)}
     norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    stats: dict[str, dict] = {}
-    order: list[str] = []
-    handles = []
+    pending: dict[int, tuple[str, torch.Tensor]] = {}  # this batch: id(conv output) -> (conv name, output)
+    chosen: dict[str, tuple[str, torch.Tensor]] = {}  # this batch: conv name -> (source, response)
+    stats: dict[str, dict] = {}  # conv name -> sums over all batches, in forward order
 
-    def run_batch(xb):
-        pending: dict[int, tuple[str, torch.Tensor]] = {}  # id(conv output) -> (conv name, output)
-        chosen: dict[str, tuple[str, torch.Tensor]] = {}
+    def conv_hook(mod, inp, out):
+        pending[id(out)] = (convs[mod], out)
+        chosen[convs[mod]] = (convs[mod], out)
 
-        def conv_hook(mod, inp, out):
-            name = convs[mod]
-            if name not in order:
-                order.append(name)
-            pending[id(out)] = (name, out)
-            chosen[name] = (name, out)
-
-        def bn_hook(mod, inp, out):
-            hit = pending.get(id(inp[0]))
-            if hit is not None and hit[1] is inp[0]:
-                chosen[hit[0]] = (norms[mod], out)
-
-        for m in convs:
-            handles.append(m.register_forward_hook(conv_hook))
-        for m in norms:
-            handles.append(m.register_forward_hook(bn_hook))
-        try:
-            model(xb)
-        finally:
-            while handles:
-                handles.pop().remove()
-        for name, (source, t) in chosen.items():
-            t = t.double()
-            s = stats.setdefault(name, {"source": source, "n": 0, "sum": 0.0, "sq": 0.0,
-                                        "csum": 0.0, "csq": 0.0, "cn": 0})
-            s["n"] += t.numel()
-            s["sum"] += t.sum().item()
-            s["sq"] += (t * t).sum().item()
-            s["csum"] = s["csum"] + t.sum(dim=(0, 2, 3))
-            s["csq"] = s["csq"] + (t * t).sum(dim=(0, 2, 3))
-            s["cn"] += t.numel() // t.shape[1]
+    def bn_hook(mod, inp, out):
+        hit = pending.get(id(inp[0]))
+        if hit is not None and hit[1] is inp[0]:
+            chosen[hit[0]] = (norms[mod], out)
 
     device = _device_of(model)
-    with _EvalMode(model):
+    with contextlib.ExitStack() as hooks, _mode(model):
+        for m in convs:
+            hooks.enter_context(m.register_forward_hook(conv_hook))
+        for m in norms:
+            hooks.enter_context(m.register_forward_hook(bn_hook))
         for xb in _batches(x):
-            run_batch(xb.to(device))
+            pending.clear()
+            chosen.clear()
+            model(xb.to(device))
+            for name, (source, t) in chosen.items():
+                t = t.double()
+                s = stats.setdefault(name, {"source": source, "n": 0, "sum": 0.0, "sq": 0.0,
+                                            "csum": 0.0, "csq": 0.0, "cn": 0})
+                s["n"] += t.numel()
+                s["sum"] += t.sum().item()
+                s["sq"] += (t * t).sum().item()
+                s["csum"] = s["csum"] + t.sum(dim=(0, 2, 3))
+                s["csq"] = s["csq"] + (t * t).sum(dim=(0, 2, 3))
+                s["cn"] += t.numel() // t.shape[1]
     rows = []
-    for name in order:
-        s = stats[name]
+    for name, s in stats.items():
         mean = s["sum"] / s["n"]
         cmean = s["csum"] / s["cn"]
         cstd = torch.sqrt((s["csq"] / s["cn"] - cmean ** 2).clamp_min(0))
@@ -462,23 +373,13 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # resnetlab analyze
-# --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(SourceOptions):
     """Options of ``resnetlab analyze``."""
 
     sources: Positional[tuple[str, ...]] = ()
-    """registered model names (fresh models, built with --model.* options) or checkpoint paths; several
-    (twins) are measured and drawn together"""
-    model: ModelConfig = ModelConfig()
-    """fresh models: their options (the name comes from the source); checkpoints: the architecture they
-    must hold, when given (default: as recorded)"""
-    data: Optional[Literal[DATASETS]] = None
-    """data set the measurements run on; default: the one a checkpoint was trained on (from its recorded
-    folder), the synthetic set for fresh models"""
-    data_dir: Optional[str] = None
-    """folder (or .tar.gz) of the data set; not needed for synthetic"""
+    """model names (fresh models) or checkpoint paths; several (twins) are measured and drawn together"""
     batches: int = 4
     """batches of data to measure on (lesion: 0 = the whole test split)"""
     batch_size: int = 128
@@ -506,6 +407,15 @@ def _validate(cfg: AnalyzeConfig) -> None:
         raise ValueError(f"--plot must name a .png file, got {cfg.plot!r}")
 
 
+def _mean_over_batches(tables: list[list[tuple[str, float]]]) -> dict[str, float]:
+    """One ``[(key, value), ...]`` per batch -> ``{key: mean value}``, keys in first-seen order."""
+    sums: dict[str, float] = {}
+    for table in tables:
+        for k, v in table:
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / len(tables) for k, v in sums.items()}
+
+
 def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
     """Run one analysis as the command does and return its JSON-ready result."""
     if name not in ANALYSES:
@@ -521,44 +431,33 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
               "shortcut": getattr(model, "shortcut", None),
               "data": {"name": data_name, "batches": cfg.batches, "batch_size": cfg.batch_size}}
     nb = cfg.batches or None
-    if name == "paths":
+    if name in ("paths", "responses"):
         batches = [xb for xb, _ in labelled_batches(splits["test"], norm, cfg.batch_size, device, nb)]
         result["data"]["split"] = "test"
+    if name == "paths":
         result["paths"] = path_stats(model, batches)
         result["projections"] = projection_stats(model)
     elif name == "responses":
-        batches = [xb for xb, _ in labelled_batches(splits["test"], norm, cfg.batch_size, device, nb)]
-        result["data"]["split"] = "test"
         rows = layer_response_stats(model, batches)
         result["responses"] = rows
         result["sorted"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["std"])]
     else:  # gradients: train split, train-mode BN, mean over batches of the per-batch norms
         train = seeded_subset(splits["train"], cfg.batch_size * max(cfg.batches, 1), cfg.seed)
-        batches = list(labelled_batches(train, norm, cfg.batch_size, device, None))
-        layer_sums: dict[str, float] = {}
-        group_sums: dict[str, float] = {}
-        signal_sums: dict[str, float] = {}
-        losses = []
-        weights = dict(model.named_parameters())
-        for xb, yb in batches:
+        losses, layers, groups, signals = [], [], [], []
+        for xb, yb in labelled_batches(train, norm, cfg.batch_size, device, None):
             grads, order, loss = _loss_grads(model, xb, yb)
             losses.append(loss)
-            for m in order:
-                if f"{m}.weight" in grads:
-                    k = f"{m}.weight"
-                    layer_sums[k] = layer_sums.get(k, 0.0) + grads[k].norm().item()
-            for g, v in _group_norms(model, grads):
-                group_sums[g] = group_sums.get(g, 0.0) + v
-            for name, v in signal_norms(model, xb, yb):
-                signal_sums[name] = signal_sums.get(name, 0.0) + v
-        n = len(batches)
+            layers.append(_weight_norms(grads, order))
+            groups.append(_group_norms(model, grads))
+            signals.append(signal_norms(model, xb, yb))
+        weights = dict(model.named_parameters())
         result["data"]["split"] = "train (seeded subset)"
-        result["loss"] = sum(losses) / n
-        result["signal"] = [{"at": k, "grad_norm": v / n} for k, v in signal_sums.items()]
-        result["layers"] = [{"param": k, "grad_norm": v / n,
-                             "relative": v / n / max(weights[k].detach().norm().item(), 1e-30)}
-                            for k, v in layer_sums.items()]
-        result["blocks"] = [{"group": k, "grad_norm": v / n} for k, v in group_sums.items()]
+        result["loss"] = sum(losses) / len(losses)
+        result["signal"] = [{"at": k, "grad_norm": v} for k, v in _mean_over_batches(signals).items()]
+        result["layers"] = [{"param": k, "grad_norm": v,
+                             "relative": v / max(weights[k].detach().norm().item(), 1e-30)}
+                            for k, v in _mean_over_batches(layers).items()]
+        result["blocks"] = [{"group": k, "grad_norm": v} for k, v in _mean_over_batches(groups).items()]
         result["first_layer"] = result["layers"][0]
         if cfg.lesion:
             result["lesion"] = lesion(model, splits["test"], norm, batch_size=cfg.batch_size,

@@ -1,23 +1,10 @@
-"""Residual blocks and the shortcut connections between them.
-
-Four shortcut options, after He et al. 2015 ("Deep Residual Learning for Image Recognition", Sec. 4.1):
-
-* ``"A"``    identity; where the shape changes, subsample spatially and pad the new channels with zeros.
-             No parameters.
-* ``"B"``    identity where shapes match, 1x1 convolution (with stride) + BN where they change.
-* ``"C"``    1x1 projection + BN on every block.
-* ``"none"`` no shortcut: the plain network of the paper.
-
-``transition`` overrides what the shape-changing blocks (the first of each later stage) use:
-``"zero-pad"`` (option A's), ``"projection"`` (option B's), ``"avgpool-projection"`` (a 2x2 average pool with
-the stride, then a 1x1 convolution + BN: "ResNet-D", He et al. 2019, "Bag of Tricks") or ``"none"``; e.g.
-``shortcut="A", transition="none"`` keeps the identity shortcuts and drops the others.
+"""Residual blocks and the shortcut connections between them (He et al. 2015, Sec. 4.1, for the options).
 
 Every block reads like torchvision's: its ``forward`` spells out each convolution, batch norm and ReLU,
-then ``out = self.add(out, self.downsample(x))``. The shortcut is always a module (``downsample``), even
-in the plain network, where :class:`NoShortcut` stands for "no connection"; the add is a
-:class:`ResidualAdd` module that receives the branch output ``F(x)`` and the shortcut output, so a single
-forward hook sees both (the analyses rely on it). All ops are out of place so that backward hooks work.
+then ``out = self.add(out, self.downsample(x))``. The shortcut is always a module (``downsample``), a
+:class:`NoShortcut` in the plain network, and the add a :class:`ResidualAdd` module that receives ``F(x)``
+and the shortcut's output, so one forward hook sees both (the analyses rely on it). All ops are out of
+place, so backward hooks work.
 """
 from __future__ import annotations
 
@@ -26,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# A: identity, zero-padded where the shape changes; B: identity, 1x1 projection where it changes;
+# C: projection everywhere; none: the plain network. A transition overrides it where the shape changes.
 SHORTCUTS = ("A", "B", "C", "none")
 TRANSITIONS = ("zero-pad", "projection", "avgpool-projection", "none")
 ZERO_PADS = ("split", "end")
@@ -100,11 +89,8 @@ class ProjectionShortcut(nn.Sequential):
 
 
 class NoShortcut(nn.Module):
-    """The plain network's shortcut (option ``"none"``): no connection at all.
-
-    ``forward`` returns ``None``, which :class:`ResidualAdd` reads as "nothing to add", so a plain block
-    runs the same ``add(F(x), downsample(x))`` as a residual one and its output is ``F(x)`` alone.
-    """
+    """The plain network's shortcut (option ``"none"``): ``None``, which :class:`ResidualAdd` reads as
+    "nothing to add", so a plain block runs the same ``add(F(x), downsample(x))`` and outputs ``F(x)``."""
 
     kind = "none"
 
@@ -114,10 +100,7 @@ class NoShortcut(nn.Module):
 
 class AvgPoolProjectionShortcut(ProjectionShortcut):
     """ResNet-D's shortcut (He et al. 2019, "Bag of Tricks"): a 2x2 average pool with the stride, then a
-    stride-1 1x1 convolution + BN, so the projection sees every input position, not one in four.
-
-    The parameters are ``downsample.1`` (conv) and ``downsample.2`` (BN), as in timm's ResNet-D.
-    """
+    stride-1 1x1 convolution + BN (``downsample.1``/``.2``, as timm's), so it sees every input position."""
 
     kind = "avgpool-projection"
 
@@ -130,11 +113,8 @@ class AvgPoolProjectionShortcut(ProjectionShortcut):
 
 
 class ResidualAdd(nn.Module):
-    """``branch + scale * shortcut``, or ``branch`` alone when the shortcut is ``None`` (:class:`NoShortcut`).
-
-    A module (not an expression) so that one forward hook sees both inputs ``(branch, shortcut)``.
-    ``scale`` is the constant shortcut scaling studied in "Identity Mappings in Deep Residual Networks".
-    """
+    """``branch + scale * shortcut``, or ``branch`` alone when the shortcut is ``None`` (:class:`NoShortcut`);
+    ``scale`` is the constant shortcut scaling of "Identity Mappings in Deep Residual Networks"."""
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
@@ -153,10 +133,8 @@ class ResidualAdd(nn.Module):
 
 def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
                   zero_pad: str = "split", norm: bool = True, transition: str | None = None) -> nn.Module:
-    """The shortcut module for one block (a :class:`NoShortcut` for the plain network, option ``"none"``).
-
-    ``transition`` (one of :data:`TRANSITIONS`), when given, decides the shortcut of a block whose shape
-    changes, whatever ``option`` says for the others."""
+    """The shortcut module for one block; ``transition`` (one of :data:`TRANSITIONS`), when given, decides
+    it for a block whose shape changes, whatever ``option`` says for the others."""
     _check_choice("shortcut option", option, SHORTCUTS)
     if transition is not None:
         _check_choice("transition", transition, TRANSITIONS)
@@ -209,10 +187,8 @@ class _Block(nn.Module):
         return shortcut_kind(self)
 
     def last_residual_layer(self) -> nn.Module:
-        """The layer that ends the residual branch ``F(x)``: the last batch norm of a post-activation block,
-        the last convolution of a pre-activation one (no norm follows it there). Zeroing its weight
-        (``zero_init_residual``) makes ``F(x)`` start at zero, so the block starts as its shortcut (followed
-        by the final ReLU in a post-activation block)."""
+        """The layer that ends ``F(x)`` (the last BN, or a pre-activated block's last conv): zeroing its
+        weight (``zero_init_residual``) starts the block as its shortcut."""
         raise NotImplementedError
 
 
@@ -221,8 +197,6 @@ class BasicBlock(_Block):
 
     Output channels equal ``planes``; ``stride`` is applied by the first convolution.
     """
-
-    expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0, transition: str | None = None):
@@ -301,8 +275,6 @@ class PreActBasicBlock(_Block):
     A projection shortcut reads the pre-activated input, as in the authors' code; identity and zero-pad
     shortcuts read ``x`` itself, keeping the path from block to block clean.
     """
-
-    expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0, transition: str | None = None):

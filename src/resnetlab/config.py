@@ -1,17 +1,9 @@
 """Configs are frozen dataclasses; this module turns them into command lines (with tyro) and reads files.
 
-Each default is written once, on the dataclass field, and its attribute docstring is its ``--help`` text.
-A config that nests a :class:`resnetlab.models.ModelConfig` as ``model`` takes its options as
-``--model.shortcut B`` or, shorter, ``--shortcut B`` (and ``--model NAME`` for ``--model.name NAME``).
-``--config FILE`` (YAML, TOML or JSON) sets defaults that flags given on the command line override; unknown
-keys are errors, in files as on the command line.
-
-    @dataclass(frozen=True)
-    class MyConfig:
-        lr: float = 0.1
-        '''peak learning rate'''
-
-    cfg = parse(MyConfig, ["--lr", "0.5"], prog="resnetlab my")
+A default is written once, on its field, whose attribute docstring is its ``--help``. A nested
+:class:`resnetlab.models.ModelConfig` takes ``--model.shortcut B`` or ``--shortcut B``; ``--config FILE``
+(YAML, TOML or JSON) sets defaults that flags override; unknown keys are errors. For example
+``parse(TrainConfig, ["--lr", "0.5"], prog="resnetlab train")``.
 """
 from __future__ import annotations
 
@@ -116,25 +108,16 @@ def _convert(where: str, annotation, value):
         if not isinstance(items, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
         return tuple(_convert(where, item, v) for v in items)
-    if base is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if base is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        try:  # YAML reads 1e-3 as a string
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    if base is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if base in expected:
+        if base is float and not isinstance(value, bool):
+            try:  # YAML reads 1e-3 as a string
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        elif isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return value
+        raise ValueError(f"{where}: expected {expected[base]}, got {value!r}")
     return value
 
 
@@ -258,19 +241,16 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
 
 
 def _pop_config_file(argv: list[str]) -> tuple[str | None, list[str]]:
-    path, rest, i = None, [], 0
-    while i < len(argv):
-        a = argv[i]
+    path, rest, args = None, [], iter(argv)
+    for a in args:
         if a == "--config":
-            if i + 1 >= len(argv):
+            path = next(args, None)
+            if path is None:
                 raise ValueError("--config needs a file name")
-            path, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--config="):
+        elif a.startswith("--config="):
             path = a.split("=", 1)[1]
         else:
             rest.append(a)
-        i += 1
     return path, rest
 
 

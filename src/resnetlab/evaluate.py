@@ -1,20 +1,9 @@
-"""Evaluate checkpoints and predict the classes of image files: the evaluator training uses too.
+"""The evaluator (training's val/test evaluations use it too) and prediction on image files.
 
-The commands ``resnetlab eval`` / ``predict`` (:mod:`resnetlab.evaluate_cli`) are built on it. ``eval`` reports top-1/top-5 accuracy (and error), the loss, per-class accuracy and the confusion
-matrix of one checkpoint, or of an *ensemble* of several (their softmax probabilities averaged), optionally
-with flip test-time augmentation (the probabilities of each image and its mirror averaged)::
-
-    resnetlab eval --weights runs/a/best.pt runs/b/best.pt --data cifar10 --data-dir ~/data --tta flip
-
-``resnetlab predict`` prints the top-k classes of image files::
-
-    resnetlab predict cat.png dog.jpg --weights runs/a/best.pt --top-k 3
-
-Our checkpoints carry their preprocessing (``normalization``), class names and image size. Weights from
-other projects (torchvision ``.pth``, akamaster ``.th``, ``.safetensors``) need the architecture
-(``--model NAME [--shortcut ...]``) and the preprocessing (``--mean R,G,B --std R,G,B`` or ``--pixel-mean``).
-
-Python API: :func:`load_for_eval`, :func:`evaluate`, :func:`load_image`, :func:`predict`.
+:func:`load_for_eval` loads a checkpoint with what is known about its inputs, :func:`evaluate` gives top-1/
+top-5, loss, per-class accuracy and the confusion matrix of a model or an ensemble (softmax probabilities
+averaged, optionally with flip test-time augmentation), :func:`predict` the top-k classes of image files.
+The commands are in :mod:`resnetlab.evaluate_cli`; docs/evaluate.md describes them.
 """
 from __future__ import annotations
 
@@ -35,10 +24,6 @@ from .stream import Normalization, eval_input, raw_batches
 from .weights import model_from_checkpoint, unwrap
 
 SPLITS = ("test", "val", "train")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Loading models for evaluation
 
 
 @dataclass
@@ -68,15 +53,9 @@ def _describe(model: nn.Module) -> str:
 
 
 def load_for_eval(path, model=None, *, num_classes: int | None = None, normalization=None) -> LoadedModel:
-    """Load a checkpoint for evaluation or prediction.
-
-    ``path``: one of our checkpoints, or (with ``model``) a torchvision ``.pth``, akamaster ``.th`` or
-    ``.safetensors`` file. ``model``: None (our checkpoints rebuild their own architecture), a model name or
-    :class:`~resnetlab.models.ModelConfig` (built with ``num_classes`` when given; for our checkpoints the
-    weights must fit it, else the error lists the mismatched keys) or an ``nn.Module`` to load into.
-    ``normalization`` overrides the checkpoint's own preprocessing (with a warning when it has one).
-    The model is returned on the CPU in eval mode.
-    """
+    """Load a checkpoint (or, given ``model``, another project's weights) for evaluation or prediction, on
+    the CPU in eval mode. ``model`` is as for :func:`resnetlab.weights.model_from_checkpoint` (built with
+    ``num_classes`` when given); ``normalization`` replaces the checkpoint's own, with a warning."""
     path = os.fspath(path)
     net, ckpt = model_from_checkpoint(path, model, **({"num_classes": num_classes}
                                                        if num_classes is not None and model is not None else {}))
@@ -105,7 +84,7 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
 
 
 # --------------------------------------------------------------------------------------------------------
-# Evaluation
+# evaluation
 
 
 def _num_outputs(model: nn.Module) -> int | None:
@@ -179,24 +158,15 @@ def raw_image_batches(data, batch_size: int, num_workers: int, skipped: list, pi
 def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None, tta_flip: bool = False,
              precision: str = "auto", channels_last: bool = False, progress: bool = False,
              num_workers: int = 2) -> dict:
-    """Evaluate one model or an ensemble on ``data``: a :class:`resnetlab.datasets.ArrayDataset`, or a
-    :class:`resnetlab.images.ImageFolder` (decoded in ``num_workers`` DataLoader workers). This is the
-    one evaluator: ``resnetlab eval`` and the training loop's val/test evaluations both call it.
+    """Evaluate a model, or a list of them (an ensemble: softmax probabilities averaged), on an ArrayDataset
+    or an ImageFolder (decoded in ``num_workers`` DataLoader workers), each model normalised with
+    ``normalization`` (one, or one per model). ``device`` None keeps the first model's; ``precision``
+    "auto" is bf16 autocast on CUDA, fp32 on the CPU; ``tta_flip`` also averages each image's mirror.
+    Only the final numbers are copied to the host.
 
-    ``models``: an ``nn.Module`` or a list of them (an ensemble: their softmax probabilities are averaged).
-    ``normalization``: one :class:`resnetlab.stream.Normalization` for all, or a list with one per model.
-    ``device``: None keeps the first model's device; "auto" picks CUDA when available. ``precision``:
-    "auto" is bf16 autocast on CUDA and fp32 on the CPU. ``channels_last`` feeds the inputs in that memory
-    format (as training does). ``tta_flip`` averages the probabilities of each image and its mirror.
-    Models are put in eval mode (their training flag is restored afterwards). Only the final numbers are
-    copied to the host.
-
-    Returns a dict of plain Python values: ``n``, ``num_classes``, ``classes``, ``top1``, ``top5``,
-    ``error``, ``top5_error`` (fractions), ``loss`` (mean negative log of the averaged probability of the
-    true class), ``per_class`` (one dict per class: ``class``, ``n``, ``correct``, ``accuracy``),
-    ``confusion`` (rows: true class, columns: predicted; counts), ``members`` (``top1``, ``top5``,
-    ``error``, ``top5_error``, ``loss`` of each model alone, with the same TTA), ``tta`` and ``skipped``
-    (paths of unreadable images an ImageFolder skipped).
+    Returns plain values: ``n``, ``num_classes``, ``classes``, ``top1``, ``top5``, ``error``, ``top5_error``,
+    ``loss`` (of the averaged probabilities), ``per_class``, ``confusion`` (rows: true class), ``members``
+    (each model alone), ``tta`` and ``skipped`` (unreadable images of an ImageFolder).
     """
     models = [models] if isinstance(models, nn.Module) else list(models)
     if not models:
@@ -208,8 +178,6 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
         raise ValueError("every model needs a normalization (the preprocessing its training used)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     in_memory = not isinstance(data, ImageFolder)
     labels = data.y if in_memory else torch.as_tensor(data.targets, dtype=torch.int64)
     if in_memory and (data.x.dim() != 4 or data.x.shape[1] != 3 or len(data.x) != len(labels)):
@@ -277,9 +245,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
 
 
 # --------------------------------------------------------------------------------------------------------
-# Prediction on image files
-
-
+# prediction on image files
 
 
 def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tensor:
@@ -307,14 +273,10 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
 
 def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto",
             batch_size: int = 256, skip_unreadable: bool = False) -> list[dict]:
-    """Top-k classes of image files. ``models``: a :class:`LoadedModel` or a list (an ensemble: softmax
-    probabilities averaged; each member sees the image preprocessed its own way).
-
-    Returns one dict per image: ``image`` (the path), ``top`` (``[{"class", "index", "prob"}]``, best
-    first) and ``probabilities`` (all classes, summing to 1). An unreadable file (broken, truncated, a
-    decompression bomb) raises a ``ValueError`` naming it, or with ``skip_unreadable`` gets
-    ``{"image", "error"}`` instead, in its place, while the others are predicted.
-    """
+    """Top-k classes of image files by a :class:`LoadedModel` or an ensemble of them (probabilities averaged,
+    each member's preprocessing its own): per image ``{"image", "top": [{"class", "index", "prob"}, ...],
+    "probabilities"}``. An unreadable file is a ``ValueError`` naming it, or with ``skip_unreadable`` an
+    ``{"image", "error"}`` entry in its place."""
     members = [models] if isinstance(models, LoadedModel) else list(models)
     if not members:
         raise ValueError("predict needs at least one model")
@@ -375,6 +337,7 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
 
 
 def check_same_classes(members: list[LoadedModel]) -> None:
+    """Refuse an ensemble whose members name their classes differently."""
     named = [m for m in members if m.classes is not None]
     for m in named[1:]:
         if m.classes != named[0].classes:

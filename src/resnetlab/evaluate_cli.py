@@ -1,12 +1,11 @@
-"""``resnetlab eval`` and ``resnetlab predict``: what the command line says, resolved into
-:func:`resnetlab.evaluate.evaluate` and :func:`resnetlab.evaluate.predict` calls.
-
-Our checkpoints record their dataset (and folder), preprocessing, classes and architecture; what is not
-given on the command line comes from there. Weights from other projects need the architecture
-(``--model NAME [--shortcut ...]``) and the preprocessing (``--mean R,G,B --std R,G,B`` or ``--pixel-mean``).
+"""``resnetlab eval`` and ``resnetlab predict``: the command line and a checkpoint's record, resolved into
+:func:`resnetlab.evaluate.evaluate` and :func:`resnetlab.evaluate.predict` calls. Our checkpoints record
+their dataset (and folder), preprocessing, classes and architecture; other projects' weights need
+``--model NAME [--shortcut ...]`` and ``--mean R,G,B --std R,G,B`` (or ``--pixel-mean``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -22,15 +21,11 @@ from . import datasets as datalib
 from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
 from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches, use_bf16
-from .images import IMAGE_EXTENSIONS, ImageFolder
+from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig, get_spec
 from .stream import Normalization
 from .weights import peek_checkpoint
-
-
-# --------------------------------------------------------------------------------------------------------
-# Command line
 
 
 @dataclass(frozen=True)
@@ -38,8 +33,7 @@ class ForeignWeights:
     """Options for weights that are not resnetlab checkpoints (and overrides for ours)."""
 
     model: ModelConfig = ModelConfig()
-    """the architecture to build for weights from other projects (which record none); for our
-    checkpoints, options given here must fit the recorded weights (default: the recorded architecture)"""
+    """the architecture for other projects' weights; our checkpoints: must fit (default: as recorded)"""
     mean: Optional[Floats] = None
     """per-channel input mean R,G,B on the 0..1 scale (replaces a checkpoint's own normalization, with a warning)"""
     std: Optional[Floats] = None
@@ -54,9 +48,9 @@ class EvalConfig(ForeignWeights):
     weights: tuple[str, ...] = ()
     """checkpoint file(s); several form an ensemble (probabilities averaged)"""
     data: Optional[Literal[DATASETS]] = None
-    """dataset: cifar10 | cifar100 | synthetic | folder (default: the one the first checkpoint was trained on)"""
+    """dataset (default: the one the first checkpoint was trained on)"""
     data_dir: Optional[str] = None
-    """dataset folder (or its .tar.gz); default: the training run's, else the cache folder; not needed for synthetic"""
+    """dataset folder (or its .tar.gz); default: the training run's, else the cache folder"""
     split: Literal[SPLITS] = "test"
     """split to evaluate: test | val | train"""
     val_split: Optional[int] = None
@@ -72,11 +66,11 @@ class EvalConfig(ForeignWeights):
     workers: int = 2
     """DataLoader workers decoding image folders (--data folder)"""
     pixel_mean: bool = False
-    """preprocess by subtracting the per-pixel mean of the training split (the 2015 paper's CIFAR preprocessing; replaces a checkpoint's own)"""
+    """subtract the training split's per-pixel mean (the paper's CIFAR preprocessing; replaces a checkpoint's)"""
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N"""
     precision: Literal[PRECISIONS] = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (also on the CPU, as training does on CPUs with fast bf16)"""
+    """auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16 (on the CPU too)"""
     json: Optional[str] = None
     """write all results (confusion matrix included) to this JSON file"""
     quiet: bool = False
@@ -133,22 +127,14 @@ def _check_files(paths) -> list[str]:
     return list(paths)
 
 
-class _Warnings:
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
     """Print warnings as ``resnetlab CMD: warning: ...`` lines on stderr while the command runs."""
-
-    def __init__(self, command: str):
-        self.command = command
-        self.context = warnings.catch_warnings()
-
-    def __enter__(self):
-        self.context.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = (lambda message, *a, **k:
-                                print(f"resnetlab {self.command}: warning: {message}", file=sys.stderr))
-        return self
-
-    def __exit__(self, *exc):
-        return self.context.__exit__(*exc)
+        warnings.showwarning = lambda message, *a, **k: print(f"resnetlab {command}: warning: {message}",
+                                                              file=sys.stderr)
+        yield
 
 
 def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
@@ -365,7 +351,7 @@ def main_eval(argv: list[str] | None = None) -> int:
         raise ValueError("--weights is given more than once: list every checkpoint after one --weights "
                          "(--weights A B) to evaluate them as an ensemble")
     cfg = configlib.parse(EvalConfig, argv, prog="resnetlab eval")
-    with _Warnings("eval"):
+    with _warnings_as_lines("eval"):
         run_eval(cfg)
     return 0
 
@@ -376,15 +362,11 @@ def printable(text: str) -> str:
 
 
 def image_files(paths) -> list[str]:
-    """Files as given, folders expanded to the image files below them (sorted; hidden entries skipped)."""
+    """Files as given, folders expanded to the image files below them (:func:`resnetlab.images.find_images`)."""
     out = []
     for p in paths:
         if os.path.isdir(p):
-            found = []
-            for dirpath, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [os.path.join(dirpath, f) for f in sorted(files)
-                          if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+            found = find_images(p)
             if not found:
                 raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {printable(p)}")
             out += found
@@ -424,7 +406,7 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
 def main_predict(argv: list[str] | None = None) -> int:
     """``resnetlab predict IMAGE [IMAGE ...] --weights CKPT [--top-k 5] [--json OUT]``."""
     cfg = configlib.parse(PredictConfig, argv, prog="resnetlab predict")
-    with _Warnings("predict"):
+    with _warnings_as_lines("predict"):
         results = run_predict(cfg)
     return 1 if any("error" in r for r in results) else 0  # some files could not be read: they were listed
 

@@ -1,33 +1,17 @@
-"""Fused batch norm + ReLU (+ residual add) for training on the CPU.
+"""Fused batch norm + ReLU (+ residual add) for training on the CPU (docs/train.md#speed).
 
-After the convolutions, most of a CPU training step of a CIFAR ResNet goes to memory-bound ops: batch
-norm, ReLU and the residual add, each a separate pass over an activation tensor forward and backward.
-``csrc/fused_bn.cpp`` does ``relu(bn(x))`` and ``relu(bn(x) + shortcut)`` in two passes forward and two
-backward (benchmarks/RESULTS.md has the measured speed-up). It is compiled on first use with the C++
-compiler PyTorch's extension builder finds (``-O3 -march=native``) into
-``$RESNETLAB_CACHE/ext/`` (default ``~/.cache/resnetlab/ext``); if that fails, or the inputs are not
-float32 channels_last CPU tensors, the blocks use PyTorch's own ops.
+``csrc/fused_bn.cpp`` does ``relu(bn(x))`` and ``relu(bn(x) + shortcut)`` in two passes over the
+activations forward and two backward, where PyTorch makes one per op; it is compiled on first use into
+``$RESNETLAB_CACHE/ext/``, and where that fails the blocks use PyTorch's ops. Its sums run in float per
+chunk of rows and in double across chunks, in a fixed order: the results do not depend on the thread count.
 
-Numerics: the batch statistics and the parameter gradients are accumulated in float per chunk of rows
-and in double across chunks, in a fixed order: results do not depend on the thread count and agree with
-a float64 reference at least as closely as PyTorch's eager ops do (tests/test_fused.py).
-
-The fused path is opt-in per model and this module is the only place that knows it: :func:`enable`
-turns each block (and the network's stem) into its fused subclass below, e.g. a :class:`BasicBlock`
-into a :class:`FusedBasicBlock`, by setting ``module.__class__``. Parameters, buffers, their names and
-the state_dict stay as they are; the model still pickles, deep-copies (the copy stays fused) and
-loads checkpoints. :func:`disable` turns them back. ``resnetlab train`` enables it where it applies.
-
-A fused forward runs the kernel only where it computes what the parent's modules would: training-mode
-affine batch norms with running statistics, exactly ``nn.BatchNorm2d`` / ``nn.ReLU`` / ``ResidualAdd``,
-float32 channels_last CPU tensors, outside autocast, ``torch.compile`` and tracing, and no hook on any
-module it would replace (nor a global module hook). Otherwise it runs the parent's forward, so forward
-and backward hooks (the analyses) and evaluation always see the modules run one by one. PyTorch has no
-public "does this module have hooks" query: the check reads the same per-module hook dictionaries
-(``_forward_hooks``, ...) and global hook tables that ``nn.Module.__call__`` itself reads.
-
-In a fresh process (a pickled fused model just loaded) the fused modules use the parent's forward
-until the extension is loaded: call :func:`extension` (or :func:`enable`) first.
+:func:`enable` turns each block (and the stem) into its fused subclass below by setting ``__class__``:
+parameters, names and state_dict stay; this module is the only place that knows. A fused forward runs
+the kernel only where it computes exactly what the parent's modules would (training-mode affine
+``nn.BatchNorm2d``, ``nn.ReLU``, ``ResidualAdd``; float32 channels_last CPU tensors; no autocast,
+compilation, tracing or hook on a module it replaces), else the parent's forward, so hooks and
+evaluation always see the modules one by one. In a fresh process (a fused model unpickled) the fused
+modules use the parent's forward until :func:`extension` (or :func:`enable`) has loaded the kernels.
 """
 from __future__ import annotations
 
@@ -180,9 +164,8 @@ def _may_fuse(norms, relu: nn.Module, add: nn.Module | None = None, shortcut: nn
 
 
 def applies(x: torch.Tensor, bn: nn.Module, *others: nn.Module) -> bool:
-    """Whether ``relu(bn(x))`` may take the fused path here: the extension is loaded, ``bn`` is a
-    training-mode affine batch norm with running statistics, ``x`` a float32 channels_last CPU tensor,
-    outside autocast, compilation and tracing, and there is no hook on ``bn`` or on any of ``others``."""
+    """Whether ``relu(bn(x))`` may take the fused path here (see the module docstring), with no hook on
+    ``bn`` or on any of ``others``."""
     return _fits(x) and _free() and _plain_norm(bn) and not any(_hooked(m) for m in others)
 
 
@@ -312,10 +295,8 @@ _UNFUSED: dict[type, type] = {fused: plain for plain, fused in _FUSED.items()}
 
 
 def enable(model: nn.Module, on: bool = True) -> int:
-    """Turn every block and stem of ``model`` into its fused subclass (``on=False``: back into the plain
-    class); returns how many modules are now in the requested state. Only the classes change: parameters,
-    buffers and their names stay. Turning it on builds the extension first and raises ``RuntimeError`` if
-    that fails."""
+    """Turn every block and stem of ``model`` into its fused subclass (``on=False``: back); returns how
+    many modules are now in that state. Builds the extension first: ``RuntimeError`` if that fails."""
     if on and extension() is None:
         raise RuntimeError(f"the fused batch-norm extension could not be built ({_error})")
     swap, done = (_FUSED, _UNFUSED) if on else (_UNFUSED, _FUSED)

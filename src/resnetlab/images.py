@@ -46,6 +46,16 @@ def center_crop(im: Image.Image, size: int, resize: int) -> Image.Image:
     return im.resize((size, size), _BILINEAR, box=box)
 
 
+def find_images(folder: str) -> list[str]:
+    """The image files below ``folder``, sorted; hidden entries (".git", macOS "._x.jpg" files) are never data."""
+    found = []
+    for dirpath, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends only into these
+        found += [os.path.join(dirpath, f) for f in sorted(files)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """An RGB Pillow image as uint8 ``(3, H, W)``."""
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
@@ -68,7 +78,6 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder {root} not found")
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-        # Hidden entries (".ipynb_checkpoints", macOS "._x.jpg" AppleDouble files, ".git") are never data.
         found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if classes is None:
             classes = found
@@ -86,13 +95,9 @@ class ImageFolder(torch.utils.data.Dataset):
             folder = os.path.join(root, name)
             if not os.path.isdir(folder):
                 continue
-            before = len(self.samples)
-            for dirpath, dirs, files in os.walk(folder):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends only into these
-                for f in sorted(files):
-                    if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
-                        self.samples.append((os.path.join(dirpath, f), label))
-            if len(self.samples) == before:
+            files = find_images(folder)
+            self.samples += [(f, label) for f in files]
+            if not files:
                 empty.append(name)
         if empty:  # as torchvision's ImageFolder: an empty class would shift nothing but train nothing
             raise ValueError(f"{root}: class folder(s) without image files: {', '.join(empty[:5])}")

@@ -1,9 +1,8 @@
 """The one I/O layer: atomic file writes, JSON, the cache folder, device resolution, text tables, progress.
 
-Every file the package writes goes through :func:`atomic_write`: the bytes go to a temporary file in the
-same folder, are flushed and fsynced, and the file is renamed over its target, so a crash (even SIGKILL)
-at any moment leaves the old file or the new one, never a torn one; on any error the temporary file is
-removed. New files get the permissions the process umask allows, like any ``open()``.
+Every file the package writes goes through :func:`atomic_path`: a temporary file in the same folder,
+fsynced and renamed over its target, so a crash (even SIGKILL) leaves the old file or the new one, never a
+torn one. New files get the permissions the umask allows, like any ``open()``.
 """
 from __future__ import annotations
 

@@ -1,36 +1,17 @@
 """Loss landscapes along filter-normalised random directions (Li et al. 2018), and curvature at the minimum.
 
-``loss(theta + a * d1 + b * d2)`` is evaluated on a grid of ``(a, b)`` in ``[-span, span]^2``.
-
-Definitions (the numbers depend on them):
-
-* **Directions.** Each direction holds one tensor per parameter. Raw directions are Gaussian, each tensor
-  drawn from a generator seeded by ``(seed, parameter name, direction index)``: two models that share a
-  parameter name (twins that differ only in their shortcut) get the same raw draw for it, and a
-  parameter only one of them has (a projection shortcut) gets its own seeded draw. **Filter
-  normalisation** then rescales every filter of the direction — the slice of one output unit of a conv
-  or linear weight, ``d[o]`` — to the norm of the same filter of the model's weight, ``||theta[o]||``.
-  One-dimensional parameters (BN weights and biases, the classifier's bias) get zero: they are not moved.
-  Buffers (BN running statistics) are never moved.
-* **Shared direction files** (``--directions FILE``) store the raw directions by parameter name. Loaded
-  into a twin, shared parameters get exactly the stored tensors; parameters missing from the file get
-  the seeded draw for their name (with the file's seed); then the directions are filter-normalised to
-  the model they are applied to (filter normalisation keeps each filter's direction, so twins share the
-  direction of every shared filter; its length follows each model's own weights).
-* **Evaluation.** The model runs in **eval mode** with its own (the checkpoint's) BN running statistics,
-  on a fixed subset of the training split drawn with ``seed``; loss is the mean cross-entropy over the
-  subset, accuracy the fraction of correct top-1 predictions. The model's weights are never modified:
-  perturbed weights are passed with ``torch.func.functional_call``.
-* **Curvature.** The Hessian of the same loss with respect to all trainable parameters (BN included),
-  via Hessian-vector products (double backward), by Lanczos with full re-orthogonalisation (or power
-  iteration with deflation): the largest eigenvalue and the smallest Ritz value after ``iters`` steps.
+``loss(theta + a * d1 + b * d2)`` on a grid of ``(a, b)`` in ``[-span, span]^2``. Raw directions are drawn
+per parameter from a generator seeded by its name, so twins (models that differ in their shortcut only)
+get the same draw for every parameter they share; then each filter is rescaled to the norm of the model's
+own filter, and 1-D parameters are not moved. The model's weights are never modified (perturbed weights
+go through ``torch.func.functional_call``). docs/analysis.md defines every number.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import zlib
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -40,25 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .datasets import NAMED_DATASETS as DATASETS
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, atomic_write, progress, resolve_device, write_json
-from .models import ModelConfig, model_config
+from .models import model_config, named_generator
 from .plots import plot_1d, plot_2d
-from .sources import load_data, load_model, resolve_data, seeded_subset
+from .sources import SourceOptions, load_data, load_model, resolve_data, seeded_subset
 
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
 
 # --------------------------------------------------------------------------------------------------
-# Directions
-# --------------------------------------------------------------------------------------------------
-
-def _direction_generator(seed: int, name: str, index: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + zlib.crc32(f"{name}#direction{index}".encode())) % (2 ** 63))
-    return g
-
+# directions
 
 def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
     """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
@@ -67,7 +40,7 @@ def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, to
         d = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                d[name] = torch.randn(p.shape, generator=_direction_generator(seed, name, i))
+                d[name] = torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
         out.append(d)
     return out
 
@@ -139,8 +112,7 @@ def load_directions(path: str) -> tuple[list[dict[str, torch.Tensor]], int | Non
 
 
 # --------------------------------------------------------------------------------------------------
-# Landscapes
-# --------------------------------------------------------------------------------------------------
+# landscapes
 
 def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
     if batch_size is None or batch_size >= len(y):
@@ -149,15 +121,9 @@ def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
 
 
 BN_MODES = ("batch", "recompute", "eval")
-"""How batch norm normalises at each grid point: ``batch`` with each batch's own statistics (the training
-mode), ``recompute`` with running statistics re-estimated on the subset for the shifted weights, ``eval``
-with the checkpoint's running statistics. Filter normalisation assumes the loss does not change when a
-filter is scaled; with BN that holds in ``batch`` and ``recompute`` modes but not in ``eval`` mode, where
-stored statistics no longer match the scaled weights."""
-
-
-def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+"""How BN normalises at a grid point: with each batch's statistics, with running statistics re-estimated
+for the shifted weights, or with the checkpoint's. Filter normalisation assumes a filter's scale does not
+change the loss: true in the first two modes, not with stored statistics."""
 
 
 @torch.no_grad()
@@ -168,24 +134,22 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
         raise ValueError(f"unknown BN mode {bn!r}; valid: {', '.join(BN_MODES)}")
     state = {k: v.detach().clone() for k, v in model.named_buffers()}  # BN writes into these, not the model's
     state.update(params if params is not None else {k: p.detach() for k, p in model.named_parameters()})
-    norms = _bn_modules(model)
-    saved = [(m, m.training, m.momentum) for m in norms]
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    saved = [(m, m.training, m.momentum) for m in norms.values()]
     was = model.training
     try:
         model.eval()
         if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
-            for name, m in model.named_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    state[f"{name}.running_mean"].zero_(), state[f"{name}.running_var"].fill_(1.0)
-                    state[f"{name}.num_batches_tracked"].zero_()
-                    m.train(), setattr(m, "momentum", None)
+            for name, m in norms.items():
+                state[f"{name}.running_mean"].zero_()
+                state[f"{name}.running_var"].fill_(1.0)
+                state[f"{name}.num_batches_tracked"].zero_()
+                m.train()
+                m.momentum = None
             for xb, _ in batches:
                 functional_call(model, state, (xb,))
-            for m in norms:
-                m.eval()
-        elif bn == "batch":
-            for m in norms:
-                m.train()
+        for m in norms.values():
+            m.train(bn == "batch")  # batch statistics, or the running ones (recomputed or the checkpoint's)
         loss_sum = 0.0
         correct = total = 0
         for xb, yb in batches:
@@ -215,15 +179,10 @@ def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label, bn="ba
     losses, accs = [], []
     bar = progress(total=len(coords), desc=label, unit="point", quiet=quiet)
     for c in coords:
-        params = {}
-        for k, w in base.items():
-            if k in dirs[0]:
-                shifted = w
-                for a, d in zip(c, dirs):
-                    shifted = shifted + a * d[k]
-                params[k] = shifted
-            else:
-                params[k] = w
+        params = dict(base)
+        for k in dirs[0]:
+            for a, d in zip(c, dirs):
+                params[k] = params[k] + a * d[k]
         loss, acc = _evaluate(model, params, batches, bn)
         losses.append(loss)
         accs.append(acc)
@@ -279,12 +238,11 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions:
 
 
 # --------------------------------------------------------------------------------------------------
-# Hessian
-# --------------------------------------------------------------------------------------------------
+# hessian
 
 def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool = True):
-    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``, eval mode; over the
-    weights of dimension > 1 (conv and linear kernels, as Li et al.) unless ``weights_only`` is False."""
+    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``; over the weights
+    of dimension > 1 (conv and linear kernels, as Li et al.) unless ``weights_only`` is False."""
     params = [p for p in model.parameters() if p.requires_grad and (p.ndim > 1 or not weights_only)]
     dev = params[0].device
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
@@ -309,6 +267,17 @@ def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
         return total
 
     return hvp, sum(p.numel() for p in params), dev
+
+
+@contextlib.contextmanager
+def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool):
+    """``_hvp_fn(...)`` with the model in eval mode meanwhile."""
+    was = model.training
+    model.eval()
+    try:
+        yield _hvp_fn(model, x, y, batch_size, weights_only)
+    finally:
+        model.train(was)
 
 
 class _Lanczos:
@@ -344,13 +313,6 @@ class _Lanczos:
         return np.linalg.eigvalsh(t)
 
 
-def _lanczos(hvp, n: int, iters: int, generator: torch.Generator, device) -> np.ndarray:
-    """Ritz values (ascending) of a symmetric operator after ``iters`` Lanczos steps."""
-    run = _Lanczos(hvp, n, generator, device)
-    run.extend(iters)
-    return run.ritz()
-
-
 def _power(hvp, n: int, iters: int, k: int, generator: torch.Generator, device) -> list[float]:
     """Top-``k`` eigenvalues by magnitude by power iteration with deflation."""
     found: list[tuple[float, torch.Tensor]] = []
@@ -376,13 +338,10 @@ def hessian_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int 
     """Ritz values (ascending) of the loss Hessian after ``iters`` Lanczos steps: the extremes converge
     first, so ``[-1]`` estimates the top eigenvalue and ``[0]`` the smallest. Over the weights of
     dimension > 1 unless ``weights_only`` is False."""
-    was = model.training
-    model.eval()
-    try:
-        hvp, n, dev = _hvp_fn(model, x, y, batch_size, weights_only)
-        return _lanczos(hvp, n, iters, torch.Generator().manual_seed(seed), dev)
-    finally:
-        model.train(was)
+    with _hessian(model, x, y, batch_size, weights_only) as (hvp, n, dev):
+        run = _Lanczos(hvp, n, torch.Generator().manual_seed(seed), dev)
+        run.extend(iters)
+        return run.ritz()
 
 
 def hessian_extremes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int = 20, seed: int = 0,
@@ -392,10 +351,7 @@ def hessian_extremes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: 
     smallest (the slower to converge) changes by less than ``tol`` (relative) between k and 2k steps, or
     ``max_iters`` is reached. Returns ``{"max", "min", "ratio" = |min / max|, "iters", "min_change",
     "converged", "weights_only"}``."""
-    was = model.training
-    model.eval()
-    try:
-        hvp, n, dev = _hvp_fn(model, x, y, batch_size, weights_only)
+    with _hessian(model, x, y, batch_size, weights_only) as (hvp, n, dev):
         run = _Lanczos(hvp, n, torch.Generator().manual_seed(seed), dev)
         k = max(1, iters)
         while True:
@@ -405,8 +361,6 @@ def hessian_extremes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: 
             if change < tol or run.done or 2 * k >= max_iters:
                 break
             k *= 2
-    finally:
-        model.train(was)
     top, low = float(after[-1]), float(after[0])
     return {"max": top, "min": low, "ratio": abs(low / top) if top else None, "iters": len(run.alphas),
             "min_change": float(change), "converged": bool(change < tol or run.done), "weights_only": weights_only}
@@ -425,18 +379,12 @@ def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int 
         return [float(v) for v in hessian_eigs(model, x, y, iters, seed, batch_size, weights_only)[::-1][:k]]
     if method != "power":
         raise ValueError(f"unknown method {method!r}; valid: lanczos, power")
-    was = model.training
-    model.eval()
-    try:
-        hvp, n, dev = _hvp_fn(model, x, y, batch_size, weights_only)
+    with _hessian(model, x, y, batch_size, weights_only) as (hvp, n, dev):
         return _power(hvp, n, iters, k, torch.Generator().manual_seed(seed), dev)
-    finally:
-        model.train(was)
 
 
 # --------------------------------------------------------------------------------------------------
-# Flatness summary
-# --------------------------------------------------------------------------------------------------
+# flatness summary
 
 def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float, py: float) -> float:
     i = int(np.clip(np.searchsorted(xs, px) - 1, 0, len(xs) - 2))
@@ -487,7 +435,6 @@ def flatness(result: dict, radius: float | None = None) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 # resnetlab landscape
-# --------------------------------------------------------------------------------------------------
 
 def flatness_spread(per_seed: list[dict]) -> dict:
     """``{"1d": {"rise_at_r": {"mean", "std", "values"}, ...}, "2d": ...}`` over direction seeds (std with
@@ -508,30 +455,20 @@ def flatness_spread(per_seed: list[dict]) -> dict:
 
 
 @dataclass(frozen=True)
-class LandscapeConfig:
-    """Options of ``resnetlab landscape``."""
+class LandscapeConfig(SourceOptions):
+    """Options of ``resnetlab landscape`` (its data: the training split)."""
 
     source: Positional[str] = ""
-    """checkpoint path, or a registered model name (a fresh model, built with --model.* options)"""
-    model: ModelConfig = ModelConfig()
-    """fresh model: its options (the name comes from the source); checkpoint: the architecture it must
-    hold, when given (default: as recorded)"""
-    data: Optional[Literal[DATASETS]] = None
-    """data set (its training split is used); default: the one a checkpoint was trained on (from its
-    recorded folder), the synthetic set for fresh models"""
-    data_dir: Optional[str] = None
-    """folder (or .tar.gz) of the data set; not needed for synthetic"""
+    """checkpoint path, or a registered model name (a fresh model)"""
     subset: int = 2048
     """training images in the fixed evaluation subset"""
     seed: int = 0
     """seed of the subset and of the directions (and of a fresh model)"""
     direction_seeds: int = 3
-    """direction pairs (seeds SEED, SEED+1, ...): the flatness figures are mean +- std over them; the grids and
-    plots are those of the first"""
+    """direction pairs (seeds SEED, SEED+1, ...) for flatness mean +- std; grids and plots are the first's"""
     bn: Literal[BN_MODES] = "batch"
-    """batch norm at each grid point: batch (each batch's statistics, as in training), recompute (running
-    statistics re-estimated on the subset for the shifted weights; twice the cost) or eval (the checkpoint's
-    running statistics, which break the scale invariance filter normalisation relies on)"""
+    """BN at each grid point: batch statistics, recompute (running statistics re-estimated for the shifted
+    weights; twice the cost) or eval (the checkpoint's, which break filter normalisation's scale invariance)"""
     dims: int = 2
     """1: a curve along one direction; 2: also the surface over two"""
     span: float = 1.0
@@ -545,8 +482,7 @@ class LandscapeConfig:
     batch_size: int = 512
     """images per forward pass"""
     hessian_iters: int = 20
-    """Lanczos steps to start from for the Hessian's extreme eigenvalues (over the conv and linear weights),
-    doubled until the smallest changes by under 1% (0: skip)"""
+    """Lanczos steps for the Hessian's extreme eigenvalues, doubled until the smallest moves by under 1% (0: skip)"""
     hessian_samples: int = 512
     """subset images used for the Hessian"""
     radius: Optional[float] = None
@@ -584,22 +520,24 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     x = norm.to(device)(sub.x.to(device))
     y = sub.y.to(device)
 
+    base, file_seed, directions_from = None, None, None
     if cfg.directions and os.path.isfile(cfg.directions):
         base, file_seed = load_directions(cfg.directions)
-        dirs = random_directions(model, cfg.seed, cfg.dims, base=base,
-                                 base_seed=file_seed if file_seed is not None else cfg.seed)
         directions_from = cfg.directions
-    else:
-        base, file_seed, directions_from = None, cfg.seed, None
-        dirs = random_directions(model, cfg.seed, cfg.dims)
+    directions_seed = cfg.seed if file_seed is None else file_seed
+
+    def surfaces(dirs) -> dict:
+        out = {"1d": landscape_1d(model, x, y, dirs[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)}
+        if cfg.dims == 2:
+            out["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
+        return out
+
     settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
                 "dims": cfg.dims, "bn": cfg.bn, "data": data_name, "directions_file": directions_from,
                 "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),
                 "config": to_dict(cfg)}
-    result: dict = {"settings": settings}
-    result["1d"] = landscape_1d(model, x, y, dirs[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
-    if cfg.dims == 2:
-        result["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
+    result = {"settings": settings,
+              **surfaces(random_directions(model, cfg.seed, cfg.dims, base=base, base_seed=directions_seed))}
     if cfg.hessian_iters:
         m = min(cfg.hessian_samples, len(y))
         result["hessian"] = {**hessian_extremes(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
@@ -609,20 +547,16 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     # seed+1, seed+2, ... draw by parameter name, so twins get the same directions for shared filters.
     per_seed = [result["flatness"]]
     for k in range(1, cfg.direction_seeds):
-        extra = random_directions(model, cfg.seed + k, cfg.dims)
-        more = {"1d": landscape_1d(model, x, y, extra[0], cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)}
-        if cfg.dims == 2:
-            more["2d"] = landscape_2d(model, x, y, extra, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
-        per_seed.append(flatness(more, cfg.radius))
+        per_seed.append(flatness(surfaces(random_directions(model, cfg.seed + k, cfg.dims)), cfg.radius))
     result["flatness_seeds"] = per_seed
     result["flatness_spread"] = flatness_spread(per_seed)
     # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
-    raw = raw_directions(model, file_seed if file_seed is not None else cfg.seed, cfg.dims)
+    raw = raw_directions(model, directions_seed, cfg.dims)
     if base is not None:
         for i in range(cfg.dims):
-            raw[i].update({k: v for k, v in base[i].items()})
+            raw[i].update(base[i])
     result["raw_directions"] = raw
-    result["directions_seed"] = file_seed if file_seed is not None else cfg.seed
+    result["directions_seed"] = directions_seed
     return result
 
 
@@ -638,31 +572,22 @@ def write_outputs(result: dict, out: str, directions_file: str | None = None) ->
     if "2d" in result:
         arrays.update(alphas_2d=result["2d"]["alphas"], betas_2d=result["2d"]["betas"],
                       loss_2d=result["2d"]["loss"], acc_2d=result["2d"]["acc"])
-    npz = os.path.join(out, "landscape.npz")
+    npz, summary, dpath = (os.path.join(out, f) for f in ("landscape.npz", "flatness.json", "directions.pt"))
     with atomic_write(npz, "wb") as fh:
         np.savez(fh, **arrays)
-    written = [npz]
-    summary = {"settings": s, "flatness": result["flatness"], "hessian": result.get("hessian"),
-               "flatness_over_direction_seeds": result.get("flatness_spread"),
-               "flatness_per_direction_seed": result.get("flatness_seeds")}
-    write_json(os.path.join(out, "flatness.json"), summary)
-    written.append(os.path.join(out, "flatness.json"))
-    dpath = os.path.join(out, "directions.pt")
-    save_directions(result["raw_directions"], dpath, seed=result["directions_seed"], meta=s["model_config"])
-    written.append(dpath)
-    if directions_file and not os.path.isfile(directions_file):
-        save_directions(result["raw_directions"], directions_file, seed=result["directions_seed"],
-                        meta=s["model_config"])
-        written.append(directions_file)
-    mc = s["model_config"]
-    title = f"{mc['name']} (shortcut {s.get('shortcut')})"
-    plot_1d(result["1d"], os.path.join(out, "landscape_1d.png"), title)
-    written.append(os.path.join(out, "landscape_1d.png"))
+    write_json(summary, {"settings": s, "flatness": result["flatness"], "hessian": result.get("hessian"),
+                         "flatness_over_direction_seeds": result.get("flatness_spread"),
+                         "flatness_per_direction_seed": result.get("flatness_seeds")})
+    # the first run of twins also writes the shared direction file
+    targets = [dpath] + ([directions_file] if directions_file and not os.path.isfile(directions_file) else [])
+    for path in targets:
+        save_directions(result["raw_directions"], path, seed=result["directions_seed"], meta=s["model_config"])
+    title = f"{s['model_config']['name']} (shortcut {s.get('shortcut')})"
+    pngs = [os.path.join(out, f) for f in ("landscape_1d.png", "landscape_2d_contour.png", "landscape_2d_surface.png")]
+    plot_1d(result["1d"], pngs[0], title)
     if "2d" in result:
-        plot_2d(result["2d"], os.path.join(out, "landscape_2d_contour.png"),
-                os.path.join(out, "landscape_2d_surface.png"), title)
-        written += [os.path.join(out, "landscape_2d_contour.png"), os.path.join(out, "landscape_2d_surface.png")]
-    return written
+        plot_2d(result["2d"], pngs[1], pngs[2], title)
+    return [npz, summary, *targets, *(pngs if "2d" in result else pngs[:1])]
 
 
 def format_summary(result: dict) -> str:

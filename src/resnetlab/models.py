@@ -21,9 +21,6 @@ from torch import nn
 from .blocks import (BLOCKS, SHORTCUTS, STRIDE_AT, TRANSITIONS, ZERO_PADS, BasicBlock, Bottleneck, PreActBasicBlock,
                      PreActBottleneck, _check_choice)
 
-FAMILIES = ("imagenet", "cifar")
-BLOCK_KINDS = ("basic", "bottleneck")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -57,20 +54,16 @@ MAX_WIDTH, MAX_CLASSES, MAX_IN_CHANNELS, MAX_DEPTH = 4096, 100_000, 64, 2000
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network to build: a registered name and the options that vary it.
-
-    The only place model options are declared; every command's config nests one. ``None`` means "the
-    named model's own default" (e.g. option A for the CIFAR nets, B for the ImageNet ones).
-    """
+    """Which network to build: a registered name and the options that vary it, declared here only (every
+    command's config nests one). ``None`` means the named model's own default (e.g. option A for CIFAR)."""
 
     name: str = "resnet20"
     """model name: resnet18/34/50/101/152, resnet20/32/44/56/110/1202 or any resnet<6n+2>, preact-resnet110/164/1001"""
     shortcut: Optional[Shortcut] = None
     """shortcut option: A (zero-pad identity), B (projection where shapes change), C (projection everywhere), none (the plain net); default: the model's"""
     transition: Optional[Transition] = None
-    """shortcut of the blocks where the shape changes: zero-pad (A's), projection (B's), avgpool-projection
-    (ResNet-D) or none; default: as the shortcut option says (e.g. shortcut A, transition none: identity
-    shortcuts, none where the shape changes)"""
+    """shortcut where the shape changes: zero-pad (A's), projection (B's), avgpool-projection (ResNet-D) or
+    none; default: as the shortcut option says"""
     stride_at: Optional[StrideAt] = None
     """bottleneck stride on the 3x3 (torchvision v1.5) or on the first 1x1 (the paper); default: the model's"""
     preact: Optional[bool] = None
@@ -119,9 +112,8 @@ class ModelConfig:
         return get_spec(self.name)
 
     def architecture(self) -> dict:
-        """Every choice that shapes the network's function, with the named model's defaults filled in (the
-        class count, the seed and the initialisation aside): two configs with equal architectures build the
-        same network."""
+        """Every choice that shapes the network's function (the class count, seed and initialisation aside),
+        the named model's defaults filled in: equal architectures build the same network."""
         spec = self.spec
         shortcut = self.shortcut or spec.shortcut
         implied = {"A": "zero-pad", "B": "projection", "C": "projection", "none": "none"}[shortcut]
@@ -210,10 +202,8 @@ def get_spec(name: str) -> ModelSpec:
 
 
 class ResNet(nn.Module):
-    """A residual (or, with ``shortcut="none"``, plain) network built from a spec and options.
-
-    Attributes ``spec`` and ``options`` record how it was made; ``stages`` lists ``layer1..layerK``.
-    """
+    """A residual (or, with ``shortcut="none"``, plain) network; ``spec`` and ``options`` record how it was
+    made, ``stages`` lists ``layer1..layerK``."""
 
     def __init__(self, spec: ModelSpec, options: ModelConfig):
         super().__init__()
@@ -260,7 +250,6 @@ class ResNet(nn.Module):
             self.final_relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
-        self.num_features = in_ch
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -291,7 +280,8 @@ class ResNet(nn.Module):
         return self.fc(x)  # (N, num_classes)
 
 
-def _param_generator(seed: int, name: str) -> torch.Generator:
+def named_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and ``name``."""
     # Seeding each tensor by its own name (not by creation order) is what makes twins match: a parameter
     # shared by two shortcut options has the same name in both, whatever extra modules either has.
     g = torch.Generator()
@@ -305,15 +295,15 @@ def init_weights(model: nn.Module, seed: int, zero_init_residual: bool = False) 
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=_param_generator(seed, name + ".weight"))
+            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=named_generator(seed, name + ".weight"))
         elif isinstance(m, nn.BatchNorm2d):
             m.weight.fill_(1.0)
             m.bias.zero_()
             m.reset_running_stats()
         elif isinstance(m, nn.Linear):
             bound = 1.0 / math.sqrt(m.in_features)
-            m.weight.uniform_(-bound, bound, generator=_param_generator(seed, name + ".weight"))
-            m.bias.uniform_(-bound, bound, generator=_param_generator(seed, name + ".bias"))
+            m.weight.uniform_(-bound, bound, generator=named_generator(seed, name + ".weight"))
+            m.bias.uniform_(-bound, bound, generator=named_generator(seed, name + ".bias"))
     if zero_init_residual:
         for m in model.modules():
             if isinstance(m, BLOCKS):

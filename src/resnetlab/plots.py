@@ -1,13 +1,7 @@
-"""Every figure of the package, drawn with matplotlib (Agg) and saved as PNG by one :func:`save_figure`.
-
-* the study report's figures (:mod:`resnetlab.report` turns run records into the series drawn here):
-  :func:`training_curves`, :func:`layer_responses`, :func:`gradient_flow`, :func:`first_layer_gradient`,
-  :func:`path_ratios`, :func:`landscape_contours`;
-* ``resnetlab analyze --plot``: :func:`plot_results`;
-* ``resnetlab landscape``: :func:`plot_1d`, :func:`plot_2d`.
-
-matplotlib is imported here only, and only when a figure is drawn (:func:`pyplot`), so the commands that
-draw nothing do not pay for it.
+"""Every figure of the package, drawn with matplotlib (Agg) and saved as PNG by one :func:`save_figure`:
+the study report's figures (:mod:`resnetlab.report` turns run records into their series), ``resnetlab
+analyze --plot`` (:func:`plot_results`) and ``resnetlab landscape`` (:func:`plot_1d`, :func:`plot_2d`).
+matplotlib is imported here only, and only when a figure is drawn (:func:`pyplot`).
 """
 from __future__ import annotations
 
@@ -94,7 +88,8 @@ def _line_with_band(ax, x, values, style, **line) -> None:
 
 
 @_report_style
-def layer_responses(curves, path: str) -> str:
+def layer_responses(curves, path: str,
+                    title: str = "Responses of the 3x3 layers (std of the BN output), final checkpoints") -> str:
     """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom).
 
     ``curves``: ``(style, values)`` per network, ``style`` the keyword arguments of its line, ``values`` one
@@ -107,7 +102,7 @@ def layer_responses(curves, path: str) -> str:
         x = np.arange(1, values.shape[1] + 1)
         _line_with_band(top, x, values, style, marker=".", markersize=4, linewidth=1.2)
         _line_with_band(bottom, x, -np.sort(-values, axis=1), style, marker=".", markersize=4, linewidth=1.2)
-    top.set_title("Responses of the 3x3 layers (std of the BN output), final checkpoints")
+    top.set_title(title)
     top.set_xlabel("layer index (original order)")
     bottom.set_xlabel("layer index (sorted by magnitude)")
     for ax in (top, bottom):
@@ -283,22 +278,8 @@ def _plot_gradients(results: list[dict], path: str) -> None:
 
 
 def _plot_responses(results: list[dict], path: str) -> None:
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6))
-    for res in results:
-        stds = [r["std"] for r in res["responses"]]
-        xs = range(1, len(stds) + 1)
-        ax1.plot(xs, stds, "o-", ms=3, label=result_label(res))
-        ax2.plot(xs, sorted(stds, reverse=True), "o-", ms=3, label=result_label(res))
-    ax1.set_xlabel("layer index (original order)")
-    ax1.set_ylabel("std")
-    ax1.set_title("std of the 3x3 layer responses (He et al. 2015, Fig. 7)")
-    ax1.legend(fontsize=7)
-    ax2.set_xlabel("layer index (sorted by magnitude)")
-    ax2.set_ylabel("std")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
+    curves = [({"label": result_label(res)}, [r["std"] for r in res["responses"]]) for res in results]
+    layer_responses(curves, path, title="std of the 3x3 layer responses (He et al. 2015, Fig. 7)")
 
 
 def plot_results(results: list[dict], path: str) -> None:

@@ -1,16 +1,9 @@
 """Training recipes and learning-rate schedules, all defined in iterations (optimizer steps).
 
-A recipe is a named set of defaults for the fields of :class:`resnetlab.train.TrainConfig` that are left
-unset (``None``). ``he2016-cifar`` is the CIFAR-10 recipe of He et al., "Deep Residual Learning for Image
-Recognition" (CVPR 2016), Sec. 4.2: SGD with momentum 0.9, weight decay 1e-4, batch 128, learning rate 0.1
-divided by 10 at 32k and 48k iterations, stopped at 64k; for ResNet-110 (and 1202) the rate is first 0.01
-until the training error is below 80% (about 400 iterations), then back to 0.1.
-
-When a run is shortened or lengthened with ``iterations``, recipe milestones keep their fractions of the
-recipe's length (32k/64k = 0.5, 48k/64k = 0.75): 2000 iterations decay at 1000 and 1500.
-
-:class:`Schedule` maps a step to its learning rate as a pure function, so that a resumed run, a plot and
-a test all read the same numbers.
+A recipe fills the fields of :class:`resnetlab.train.TrainConfig` left unset (``None``). ``he2016-cifar`` is
+He et al. 2016, Sec. 4.2: SGD 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k of
+64k iterations (ResNet-110 and deeper: 0.01 until the training error is below 80%). A shorter or longer
+run keeps the milestones' fractions. :class:`Schedule` is a pure function of the step.
 """
 from __future__ import annotations
 
@@ -73,13 +66,11 @@ def resolve_warmup(warmup: str, depth: int) -> str:
 class Schedule:
     """The learning rate at every step of a run.
 
-    schedule: ``"step"`` (multiply by ``gamma`` at each milestone), ``"cosine"`` (from ``lr`` to ``min_lr``
-    over the run, after the warm-up), ``"onecycle"`` (cosine up from ``lr/div`` over ``pct_start`` of the run,
-    then cosine down to ``lr/(div*final_div)``: PyTorch's ``OneCycleLR``), ``"constant"``.
-    warmup: ``"none"``; ``"he2016"``: ``warmup_lr`` until the run reports ``warmup_end`` (the step at which
-    training error fell below the threshold), or ``warmup_steps`` if that is positive and comes first (off in
-    the he2016-cifar recipe: the paper caps nothing); ``"linear"``: a ramp
-    from ``warmup_lr`` to ``lr`` over ``warmup_steps`` (cosine then starts after it).
+    schedule: ``"step"`` (times ``gamma`` at each milestone), ``"cosine"`` (``lr`` to ``min_lr`` after the
+    warm-up), ``"onecycle"`` (PyTorch's ``OneCycleLR``: cosine up from ``lr/div`` over ``pct_start`` of the
+    run, then down to ``lr/(div*final_div)``) or ``"constant"``. warmup: ``"he2016"`` is ``warmup_lr`` until
+    the run reports ``warmup_end`` (training error below the threshold), capped at ``warmup_steps`` if
+    positive; ``"linear"`` ramps from ``warmup_lr`` to ``lr`` over ``warmup_steps``.
     """
 
     lr: float

@@ -1,21 +1,32 @@
-"""What an analysis or a landscape runs on: a model (fresh by name, or from a checkpoint) and its data.
-
-``resnetlab analyze`` and ``resnetlab landscape`` take ``MODEL|CKPT``: a registered name builds a fresh model
-with the command's model options; a checkpoint path (or a run folder, meaning its ``last.pt``) rebuilds
-the architecture it records and loads its weights, unless model options given with ``--model NAME`` ask
-for another configuration. The data is the named dataset, normalised as the checkpoint was trained.
+"""What ``resnetlab analyze`` and ``landscape`` run on: ``MODEL|CKPT`` (a fresh model by name, or a
+checkpoint's recorded architecture and weights) and its data, normalised as the checkpoint was trained.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
-from .datasets import DATA_DIR_HINT, ArrayDataset, load_dataset
+from .datasets import DATA_DIR_HINT, NAMED_DATASETS, ArrayDataset, load_dataset
 from .models import ModelConfig, create_model
 from .stream import Normalization, eval_batches
 from .weights import check_same_architecture, load_checkpoint, load_state_dict_strict
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options of ``analyze`` and ``landscape`` that say what they run on (with MODEL|CKPT)."""
+
+    model: ModelConfig = ModelConfig()
+    """fresh models: their options; checkpoints: the architecture they must hold (default: as recorded)"""
+    data: Optional[Literal[NAMED_DATASETS]] = None
+    """data set to measure on; default: a checkpoint's own (from its recorded folder), else synthetic"""
+    data_dir: Optional[str] = None
+    """folder (or .tar.gz) of the data set; not needed for synthetic"""
 
 
 def _looks_like_path(source: str) -> bool:
@@ -23,14 +34,10 @@ def _looks_like_path(source: str) -> bool:
 
 
 def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, name_given: bool | None = None):
-    """``(model, checkpoint or None)`` for MODEL|CKPT on the command line.
-
-    ``source`` is a checkpoint path (a training run folder means its ``last.pt``) or a registered model
-    name: a fresh model built with the options of ``model`` and, unless it sets one, ``seed``. A checkpoint
-    rebuilds the architecture it records; given ``model`` (with its name), it is loaded into that
-    configuration instead, and must fit it (strict loading names the mismatched keys). ``name_given``:
-    whether ``model.name`` was set explicitly (default: whether it differs from the default name).
-    """
+    """``(model, checkpoint or None)`` for MODEL|CKPT: a registered name builds a fresh model with the
+    options of ``model`` (and ``seed`` unless it sets one); a checkpoint path (a run folder: its ``last.pt``)
+    rebuilds the recorded architecture, or, given ``model`` with its name (``name_given``), that one, which
+    the weights must fit."""
     if name_given is None:
         name_given = model is not None and model.name != ModelConfig().name
     if not _looks_like_path(source):
@@ -61,7 +68,10 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, nam
     return net, ckpt
 
 
-_SYNTHETIC: dict = {}
+@functools.cache
+def _synthetic(size: int = 32) -> dict:
+    """The synthetic set at ``size`` pixels, generated once per process (it is deterministic)."""
+    return load_dataset("synthetic", image_size=size)
 
 
 def resolve_data(name: str | None, data_dir: str | None, ckpt: dict | None) -> tuple[str, str | None]:
@@ -87,13 +97,8 @@ def resolve_data(name: str | None, data_dir: str | None, ckpt: dict | None) -> t
 def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""
-    if name == "synthetic":  # generated in memory, deterministic: keep it for repeated calls in one process
-        size = int(((ckpt or {}).get("data") or {}).get("image_size") or 32)  # the side it was trained on
-        if size not in _SYNTHETIC:
-            _SYNTHETIC[size] = load_dataset(name, image_size=size)
-        splits = _SYNTHETIC[size]
-    else:
-        splits = load_dataset(name, data_dir, hint=DATA_DIR_HINT)
+    size = int(((ckpt or {}).get("data") or {}).get("image_size") or 32)  # the side it was trained on
+    splits = _synthetic(size) if name == "synthetic" else load_dataset(name, data_dir, hint=DATA_DIR_HINT)
     norm_state = (ckpt or {}).get("normalization")
     if norm_state:
         norm = Normalization.from_state_dict(norm_state)

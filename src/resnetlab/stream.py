@@ -1,16 +1,6 @@
-"""What a network sees: normalisation, the on-device training stream, evaluation batches.
-
-:class:`Normalization`
-    ``"pixel"`` subtracts the per-pixel mean image of the training set (the paper's CIFAR preprocessing, on
-    a 0..1 scale, no division); ``"channel"`` subtracts a per-channel mean and divides by a per-channel
-    std. Its ``state_dict()`` goes into checkpoints.
-:class:`TrainStream`
-    Keeps the whole training set on the training device as uint8 and builds each batch with a handful of
-    tensor ops (one ``index_select`` does pad-4 + random 32x32 crop + horizontal flip for the whole batch).
-    ``batch(step)`` is a pure function of ``(seed, step)``: resuming at step ``s`` reproduces the exact
-    batches, with no data-loader state to save.
-:func:`eval_batches`, :func:`eval_input`
-    The evaluation batches in order, and the one function that turns uint8 images into a model's input.
+"""What a network sees: :class:`Normalization`, the on-device training stream :class:`TrainStream` (each
+batch a pure function of ``(seed, step)``), and the evaluation batches (:func:`eval_batches`,
+:func:`eval_input`, the one function that turns uint8 images into a model's input).
 """
 from __future__ import annotations
 
@@ -26,12 +16,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalization:
-    """Maps images to the network's input scale: ``(x / 255 - mean) / std``.
-
-    mode ``"pixel"``: ``mean`` is the mean training image ``(3, H, W)`` and ``std`` is 1 (the paper: "the
-    per-pixel mean subtracted"). mode ``"channel"``: ``mean``/``std`` are per-channel ``(3,)``, given or
-    computed on the training set. Values are on the 0..1 scale.
-    """
+    """Maps images to the network's input scale, ``(x / 255 - mean) / std`` (0..1 scale): mode ``"pixel"``
+    subtracts the mean training image ``(3, H, W)`` (the paper's CIFAR preprocessing, ``std`` 1), mode
+    ``"channel"`` a per-channel mean and std ``(3,)``. Its ``state_dict()`` goes into checkpoints."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, mode: str):
         if mode not in ("pixel", "channel"):
@@ -135,37 +122,22 @@ class Normalization:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Batches for training and evaluation
-# ----------------------------------------------------------------------------------------------------------
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which epoch ``epoch`` visits ``n`` examples: a permutation seeded by (seed, epoch)."""
-    return torch.randperm(n, generator=seeded_generator(seed, TAG_ORDER, epoch))
-
+# batches for training and evaluation
 
 class TrainStream:
     """Augmented training batches made with whole-batch tensor ops on the training device.
 
     ``batch(step)`` takes the ``step``-th slice of the permutation of epoch ``step // steps_per_epoch``
-    (seeded by ``(seed, epoch)``); then, with numbers drawn from a generator seeded by ``(seed, step)``, it
-    pads ``pad`` pixels on each side, crops a random ``H x W`` window and mirrors it with probability 1/2,
-    and normalises. A pure function of ``(seed, step)``: nothing to save for resuming, and the same batches
-    on every device.
+    (seeded by ``(seed, epoch)``), then pads, crops a random ``H x W`` window, mirrors it with probability
+    1/2 (drawn from a generator seeded by ``(seed, step)``) and normalises: a pure function of ``(seed,
+    step)``, nothing to save for resuming, the same batches on every device. An epoch's last ``len(data) %
+    batch_size`` images are left out.
 
-    How: the training set is padded once and stored on ``device`` as uint8 together with its mirror image
-    (image ``N + i`` is image ``i`` flipped), so an augmented crop is ``H`` runs of ``W`` consecutive bytes
-    per channel. One ``index_select`` over a strided "every run of W bytes" view copies the whole batch;
-    the flip is a choice of source image, not an extra pass. Indices are computed on the CPU and sent in
-    one transfer. No per-image Python, no data-loader workers.
-
-    ``padding``: the value of the border.
-        ``"black"`` (default): pixel value 0 before normalisation, like ``RandomCrop(32, padding=4)`` on the
-        raw image followed by ``ToTensor``/``Normalize`` (torchvision, akamaster's CIFAR ResNets).
-        ``"mean"``: 0 after normalisation, i.e. the image is normalised first and then padded with zeros
-        (the Caffe/Torch pipelines of the paper's era); with ``"pixel"`` normalisation the mean image is
-        subtracted at the pixels the crop came from.
-    ``augment=False`` gives the same order without pad/crop/flip. The last ``len(data) % batch_size``
-    images of each epoch's order are left out (a different set each epoch).
+    How: the padded set and its mirror (image ``N + i`` is image ``i`` flipped) stay on ``device`` as
+    uint8, so a crop is ``H`` runs of ``W`` bytes per channel, and one ``index_select`` over a strided
+    "every run of W bytes" view copies the whole batch. ``padding="black"`` pads with pixel value 0 before
+    normalisation (torchvision's ``RandomCrop(32, padding=4)``); ``"mean"`` with 0 after it (the Caffe/Torch
+    pipelines of the paper's era).
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int, *, device="cpu", seed: int = 0,
@@ -220,7 +192,7 @@ class TrainStream:
     def order(self, epoch: int) -> torch.Tensor:
         """The permutation of epoch ``epoch`` (CPU; the current one is cached)."""
         if self._epoch != epoch:
-            self._order = epoch_order(self.n, self.seed, epoch)
+            self._order = torch.randperm(self.n, generator=seeded_generator(self.seed, TAG_ORDER, epoch))
             self._epoch = epoch
         return self._order
 

@@ -1,28 +1,16 @@
 """The shape inspector: one row per layer or residual block, with shapes, kernels, shortcuts, params, MACs.
 
-:func:`summarize` runs one forward pass with hooks and records, in forward order, the stem convolution
-(with its BN and ReLU), the max-pool, every residual block, the final BN of a pre-activated net, the
-average pool and the classifier. :func:`diff` compares two models row by row and parameter by parameter.
-
-By default the forward pass runs on PyTorch's ``meta`` device: every parameter and buffer is replaced,
-for the pass only, by a meta stand-in of its shape (``torch.func.functional_call``) and the input is a
-meta tensor, so the pass has shapes but no data. It costs no arithmetic and no memory (ResNet-152 at
-224x224 in about a second; :func:`build_model` builds the model itself on the meta device) and never
-touches the model's own weights. ``shape_only=False`` runs a real forward pass on a zero input instead.
-
-Multiply-adds (MACs) come from the same pass: it runs under ``torch.utils.flop_counter.FlopCounterMode``,
-whose per-module breakdown gives each row its FLOPs; a multiply-add is two of them. That counter counts
-the matrix products only, which in these networks are the convolutions (``Cout*Hout*Wout * Cin/groups *
-kh*kw`` per image) and the linear classifier (``in * out``), the convention of torchvision's model table.
-BatchNorm (which folds into the preceding convolution at inference), ReLU, the residual additions and the
-pooling layers are not counted: at one operation per element they would add 0.35% (ResNet-18) to 1.2%
-(ResNet-20).
+:func:`summarize` runs one forward pass with hooks, by default on PyTorch's ``meta`` device (shapes, no
+data: no arithmetic, no memory, the model's own tensors untouched), under ``FlopCounterMode``: a row's
+multiply-adds are half the FLOPs the counter gives its module, which counts the convolutions and the
+classifier only (torchvision's convention; docs/summary.md). :func:`diff` compares two models.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -33,11 +21,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from .io import format_table
-from .models import model_config
-
 from .config import Positional, from_strings, parse
-from .models import ModelConfig, ResNet, count_parameters, get_spec, list_models
+from .io import format_table
+from .models import ModelConfig, ResNet, count_parameters, get_spec, list_models, model_config
 from .weights import unwrap
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -145,14 +131,13 @@ class Summary(_Report):
                 "total_macs": self.total_macs, "macs_counted": "conv + linear multiply-adds per image",
                 "notes": list(self.notes)}
 
+
 def _dumps(d: dict, indent: int | None) -> str:
     """JSON with short lists of numbers (shapes) kept on one line."""
     text = json.dumps(d, indent=indent)
     if indent is None:
         return text
     return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
-
-
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -228,14 +213,10 @@ def _stride(m: nn.Module) -> int | None:
 
 
 def _first_tensor(x):
-    if isinstance(x, torch.Tensor):
-        return x
+    """``x`` itself, or the first tensor of a (nested) tuple of a module's inputs or outputs."""
     if isinstance(x, (tuple, list)):
-        for v in x:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
+        return next((t for t in map(_first_tensor, x) if t is not None), None)
+    return x if isinstance(x, torch.Tensor) else None
 
 
 def _pair(v) -> tuple[int, int]:
@@ -243,12 +224,9 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _window(m: nn.Module) -> tuple[str, tuple[int, int]] | None:
-    """A 2-D convolution's or pooling layer's sliding window, described, and the smallest input it fits.
-
-    The window spans ``dilation*(kernel-1)+1`` pixels of the input padded on both sides, so it fits (and
-    the output has at least one pixel) when ``size + 2*padding`` reaches that span. Ceil-mode pooling is
-    left out: it may place a window that runs past the input, and PyTorch's own check decides there.
-    """
+    """A 2-D convolution's or pooling layer's sliding window, described, and the smallest input it fits:
+    it spans ``dilation*(kernel-1)+1`` pixels of the input padded on both sides. (Ceil-mode pooling may run
+    past the input: PyTorch's own check decides there.)"""
     if isinstance(m, nn.Conv2d):
         if m.padding == "same":
             return None
@@ -267,14 +245,9 @@ def _window(m: nn.Module) -> tuple[str, tuple[int, int]] | None:
 
 
 class _Trace:
-    """One no-grad, eval-mode forward pass on a zero input under ``FlopCounterMode``, with hooks.
-
-    For every row's module (``units``) it records, in forward order, ``(name, module, input shape, output
-    shape, MACs per image)``; the MACs are the FLOPs the counter's per-module breakdown holds for that
-    module since its previous call, halved. A convolution or pooling window that no longer fits the
-    feature map is a ``ValueError`` before the layer runs; ``failing`` names the innermost module that
-    was running when anything else raised.
-    """
+    """One no-grad, eval-mode forward pass on a zero input under ``FlopCounterMode``, with hooks that
+    record ``(name, module, input shape, output shape, MACs per image)`` for every row's module in forward
+    order, refuse a window that no longer fits the feature map, and know the module running (``failing``)."""
 
     def __init__(self, model: nn.Module, units: dict[str, nn.Module], label: str, shape: tuple[int, ...]):
         self.model, self.label, self.shape = model, label, shape
@@ -287,14 +260,13 @@ class _Trace:
     def run(self, meta: bool) -> None:
         self.records, self.stack, self.flops_seen = [], [], {}
         self.counter = FlopCounterMode(display=False)
-        handles = []
-        for m in self.model.modules():
-            handles.append(m.register_forward_pre_hook(self._pre_hook))
-            handles.append(m.register_forward_hook(self._post_hook))
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self.counter:
+            with contextlib.ExitStack() as hooks, torch.no_grad(), self.counter:
+                for m in self.model.modules():
+                    hooks.enter_context(m.register_forward_pre_hook(self._pre_hook))
+                    hooks.enter_context(m.register_forward_hook(self._post_hook))
                 if meta:
                     # meta stand-ins for every parameter and buffer: the model's own tensors stay as they are
                     tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
@@ -305,8 +277,6 @@ class _Trace:
                     self.model(torch.zeros(self.shape, device=device))
         finally:
             self.model.train(was_training)
-            for hd in handles:
-                hd.remove()
 
     @property
     def failing(self) -> str:
@@ -356,11 +326,9 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
               in_channels: int | None = None, shape_only: bool = True) -> Summary:
     """Run one forward pass on a zero input of shape ``(batch, in_channels, H, W)`` and tabulate it.
 
-    ``image_size`` defaults to ``model.spec.image_size`` (224 ImageNet, 32 CIFAR); any size the model
-    accepts works. ``in_channels`` defaults to what the first convolution takes; a different value is
-    an error. Raises ``ValueError`` for an input that is too small (naming the first layer whose window
-    no longer fits the feature map, the feature map's size there and what the window needs) or has the
-    wrong number of channels, and for any other failure of the forward pass (naming the layer).
+    ``image_size`` defaults to ``model.spec.image_size``; ``in_channels`` to what the first convolution
+    takes. An input too small for a layer's window, of the wrong channel count, or any other failure of
+    the forward pass is a ``ValueError`` naming the layer.
     """
     model = unwrap(model)
     label = describe(model)
@@ -469,23 +437,13 @@ class Diff(_Report):
         return self.b.total_macs - self.a.total_macs
 
     @property
-    def numel_only_a(self) -> int:
-        """Number of parameter values in tensors that only model A has."""
-        return self._numel(self.only_a)
-
-    @property
     def numel_only_b(self) -> int:
+        """Number of parameter values in tensors that only model B has."""
         return self._numel(self.only_b)
 
     @staticmethod
     def _numel(params) -> int:
-        n = 0
-        for _, shape in params:
-            k = 1
-            for s in shape:
-                k *= s
-            n += k
-        return n
+        return sum(math.prod(shape) for _, shape in params)
 
     _FIELDS = (("type", "type", str), ("output", "output_shape", _shape), ("kernels", "kernels", str),
                ("stride", "stride", str), ("shortcut", "shortcut", str), ("params", "params", human),
@@ -569,10 +527,7 @@ class Diff(_Report):
 
 
 def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, int] | None = None) -> Diff:
-    """Which rows (blocks and layers) and which parameter tensors differ between two models.
-
-    Both run on the same input size: ``image_size``, or model A's default.
-    """
+    """Which rows and parameter tensors differ between two models, both run on ``image_size`` (default: A's)."""
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     size = _size(image_size, model_a)
     sa, sb = summarize(model_a, size), summarize(model_b, size)
@@ -660,11 +615,6 @@ def main_summary(argv: list[str] | None = None) -> int:
     return 0
 
 
-@functools.lru_cache(maxsize=None)
-def _default_params(name: str) -> int:
-    return count_parameters(build_model(name))
-
-
 def list_rows() -> list[dict]:
     """One dict per registered model: name, depth, family, block, layers, shortcut, preact, params."""
     out = []
@@ -673,7 +623,7 @@ def list_rows() -> list[dict]:
         out.append({"name": name, "depth": spec.depth, "family": spec.family, "block": spec.block,
                     "layers": list(spec.layers), "shortcut": spec.shortcut, "preact": spec.preact,
                     "image_size": spec.image_size, "num_classes": spec.num_classes,
-                    "params": _default_params(name)})
+                    "params": count_parameters(build_model(name))})
     return out
 
 
@@ -702,8 +652,7 @@ def main_models(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return main_summary(argv)
+main = main_summary
 
 
 if __name__ == "__main__":

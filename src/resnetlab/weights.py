@@ -1,31 +1,10 @@
 """Weights: our checkpoint format, other projects' weight files, strict loading, saving, one model loader.
 
-**Our checkpoints** are dicts saved with ``torch.save`` that hold only tensors, numbers, strings, lists,
-dicts and ``None``, so ``torch.load(weights_only=True)`` reads them (:func:`make_checkpoint`,
-:func:`load_checkpoint`)::
-
-    {"format": "resnetlab-checkpoint", "version": 1,
-     "model_config": {"name": "resnet20", "shortcut": "A", ...},   # create_model(**model_config)
-     "model": state_dict,                                          # unwrapped, uncompiled
-     "normalization": {...} | None,                                # how inputs were preprocessed
-     "classes": [...] | None,
-     ... anything else the writer adds (optimizer, step, RNG states, config, versions, metrics)}
-
-**Weight files** that :func:`load_weights` reads, always with ``strict=True`` semantics:
-
-* our checkpoints (the ``model`` entry),
-* safetensors files (``.safetensors``, or any file that starts like one),
-* torchvision ``.pth`` files: a plain state_dict (``conv1.weight``, ``layer1.0.downsample.0.weight``,
-  ``fc.weight``, ...), the parameter names our ImageNet models use,
-* akamaster/pytorch_resnet_cifar10 checkpoints: ``{"state_dict": {"module.conv1.weight", ...,
-  "module.linear.weight"}, "best_prec1": ...}``, without ``num_batches_tracked`` buffers.
-
-:func:`model_from_checkpoint` is the one way to get a model back from a file: it rebuilds the architecture
-the file records (or the one it is given) and loads the weights strictly. :func:`save_weights` writes a
-plain state_dict (``.pt``/``.pth``) or a safetensors file that records its architecture.
-
-Pickled files are read with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers
-only, never arbitrary objects (a pickle can run code when it is loaded). Every file is written atomically.
+Our checkpoints are ``torch.save``d dicts of tensors, numbers, strings and containers only
+(:func:`make_checkpoint`: ``format``, ``version``, ``model_config``, ``model`` (the state_dict), ``checksum``
+and what the writer adds); :func:`load_weights` also reads safetensors, torchvision and akamaster files,
+strictly. :func:`model_from_checkpoint` is the one way to get a model back from a file. Pickles are read
+with ``torch.load(weights_only=True)``, never unpickling arbitrary objects; docs/weights.md has the details.
 """
 from __future__ import annotations
 
@@ -56,7 +35,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compi
 
 
 # --------------------------------------------------------------------------------------------------------
-# Our checkpoint format
+# our checkpoint format
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -103,9 +82,8 @@ def nonfinite_entries(state_dict: dict) -> list[str]:
 
 
 def make_checkpoint(model: nn.Module, **extra) -> dict:
-    """A checkpoint dict for ``model`` (a :class:`resnetlab.models.ResNet`, possibly wrapped); ``extra``
-    entries (optimizer state, step, normalization, ...) are stored beside the weights, and a ``checksum``
-    of everything, which every reader verifies."""
+    """A checkpoint dict for a (possibly wrapped) ResNet, ``extra`` entries (optimizer state, step, ...)
+    beside the weights, and a ``checksum`` of everything, which every reader verifies."""
     model = unwrap(model)
     ckpt = {"format": FORMAT, "version": VERSION, "model_config": model_config(model),
             "model": {k: v.detach().clone() for k, v in model.state_dict().items()}, **extra}
@@ -182,13 +160,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Weight files of any origin
+# weight files of any origin
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "state_dict") -> None:
-    """``model.load_state_dict(strict=True)`` with an error that lists missing, unexpected and
-    mis-shaped keys (PyTorch stops at the first shape mismatch with a less readable message).
-    On any mismatch nothing is loaded."""
+    """``model.load_state_dict(strict=True)``, or (nothing loaded) a ``ValueError`` listing every missing,
+    unexpected and mis-shaped key: PyTorch stops at the first shape mismatch."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -207,14 +184,9 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "st
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
-    """``(state_dict, kind)`` as stored in ``path``, before any renaming.
-
-    ``kind`` is one of ``"resnetlab checkpoint"``, ``"safetensors"``, ``"state_dict wrapper"`` (a dict
-    with a ``"state_dict"`` entry, e.g. akamaster), ``"model wrapper"`` (a dict with a ``"model"`` dict)
-    or ``"plain state_dict"`` (e.g. torchvision).
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything that
-    is not a set of named tensors.
-    """
+    """``(state_dict, kind)`` as stored in ``path``, before any renaming; ``kind``: ``"resnetlab checkpoint"``,
+    ``"safetensors"``, ``"state_dict wrapper"`` (akamaster), ``"model wrapper"`` or ``"plain state_dict"``
+    (torchvision). Anything that is not a set of named tensors is a ``ValueError`` naming the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -226,9 +198,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for foreign objects, EOFError, "invalid load key", ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable weights file: torch.load(weights_only=True) "
-                         f"failed: {first}") from None
+                         f"failed: {_load_failure(e)}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of named tensors")
     if obj.get("format") == FORMAT and isinstance(obj.get("model"), dict):
@@ -248,12 +219,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename another layout's keys to ``model``'s and fill missing ``num_batches_tracked`` with zeros.
-
-    Strips a ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix carried by every key,
-    renames ``linear.`` -> ``fc.`` and ``shortcut.N`` -> ``downsample.N`` where the model expects it.
-    Nothing else is tolerated: every other difference is left for :func:`load_state_dict_strict` to report.
-    """
+    """Another layout's keys renamed to ``model``'s (a ``module.``/``_orig_mod.`` prefix on every key
+    stripped, :data:`_RENAMES` where the model expects the new name) and missing ``num_batches_tracked``
+    zero-filled; any other difference is left for :func:`load_state_dict_strict` to report."""
     own = model.state_dict()
     sd = dict(state_dict)
     for prefix in _WRAPPER_PREFIXES:
@@ -277,12 +245,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) ->
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> str:
-    """Load ``path`` into ``model`` strictly; returns the kind of file it was.
-
-    Accepts our checkpoints, safetensors files, torchvision ``.pth`` state_dicts and
-    akamaster/pytorch_resnet_cifar10 checkpoints (see the module docstring). A file that does not match
-    the model raises ``ValueError`` listing the missing, unexpected and mis-shaped keys; nothing is loaded.
-    """
+    """Load any weights file :func:`read_weights` reads into ``model``, strictly; returns its kind."""
     path = os.fspath(path)
     model = unwrap(model)
     sd, kind = read_weights(path)
@@ -321,7 +284,7 @@ def _safetensors_config(path: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The one loader: a model back from a file
+# the one loader: a model back from a file
 
 
 def _config_text(config: dict) -> str:
@@ -364,19 +327,10 @@ def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn
                           map_location="cpu", **options) -> tuple[nn.Module, dict | None]:
     """``(model, checkpoint)``: the network stored in ``path``, its weights loaded strictly.
 
-    ``model`` chooses the network the weights go into:
-
-    * ``None``: the architecture the file records (our checkpoints' ``model_config``, or the metadata of a
-      safetensors file written by :func:`save_weights`), with ``options`` overriding recorded fields;
-    * a registered name or a :class:`~resnetlab.models.ModelConfig`: ``create_model(model, **options)``, with the recorded class count unless
-      ``num_classes`` is given; weights of another architecture then fail with the mismatched keys;
-    * an ``nn.Module``: loaded into as it is (``options`` must be empty).
-
-    ``checkpoint`` is our checkpoint dict (weights, normalization, classes, optimizer state, ...), or
-    ``None`` for other files (torchvision ``.pth``, akamaster ``.th``, safetensors), which go through
-    :func:`load_weights`. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file
-    that cannot be read safely, that records no architecture while ``model`` is ``None``, or whose
-    weights do not fit (every missing, unexpected and mis-shaped key listed; nothing half-loaded).
+    ``model`` None rebuilds the architecture the file records (``options`` override recorded fields); a
+    name or :class:`~resnetlab.models.ModelConfig` builds that (with the recorded class count unless
+    ``num_classes`` is given), so another architecture's weights fail with the mismatched keys; an
+    ``nn.Module`` is loaded into as it is. ``checkpoint`` is our checkpoint dict, or ``None`` for other files.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
