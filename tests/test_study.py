@@ -294,12 +294,24 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
                      "--threads", "1"]) == 0
     captured = capsys.readouterr()
     assert f"The report: {out / 'report.html'}" in captured.out
-    assert "6/6 resnet20-none-r0: training" in captured.err
+    assert "6/6 resnet26-none-r0: training" in captured.err
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted(r["run"] for r in rows) == sorted(f"resnet{d}-{o}-r0" for d in (8, 20) for o in ("A", "B", "none"))
+    assert sorted(r["run"] for r in rows) == sorted(f"resnet{d}-{o}-r0" for d in (8, 26) for o in ("A", "B", "none"))
     md = (out / "report.md").read_text()
-    assert "Layer shapes of the studied models" in md and "resnet20 (shortcut=B, width=4)" in md
+    assert "Layer shapes of the studied models" in md and "resnet26 (shortcut=B, width=4)" in md
+    # 16x16 synthetic images, recorded in the checkpoint; the lr divided at 75% and 90% of the run
+    meta = json.loads((out / "runs" / "resnet26-A-r0" / "config.json").read_text())
+    assert meta["config"]["synthetic_size"] == 16 and meta["config"]["recipe"] == "he2016-short"
+    assert tuple(meta["config"]["milestones"]) == (3, 4)
+    assert "**Deeper residual net, option A:**" in md
+    # eval on the run's checkpoint regenerates the synthetic test set at 16x16: the same error as training's
+    ckpt = out / "runs" / "resnet8-A-r0" / "last.pt"
+    assert cli.main(["eval", "--weights", str(ckpt), "--json", str(tmp_path / "eval.json"), "--quiet"]) == 0
+    final = json.loads((out / "runs" / "resnet8-A-r0" / "final.json").read_text())
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["n"] == 1000 and "16x16" not in capsys.readouterr().err  # no size-mismatch warning
+    assert result["members"][0]["error"] == pytest.approx(final["test_error"], abs=1e-9)
     assert json.loads((out / "study.json").read_text())["study"]["data"] == "synthetic"
 
 
@@ -383,6 +395,23 @@ def test_claims_are_judged_in_words_including_when_they_fail():
     assert "respond more weakly than those of plain-8" in text and "respond more strongly than those of plain-20" in text
     # input signal over the last block's: 4.0/2.0 = 2 for ResNet-8 (A) vs 0.5 for plain-8
     assert "is 2 in ResNet-8 (A) and 0.5 in plain-8" in text
+    # Figure 6 (right): ResNet-20 (A) trains worse than ResNet-8 (A), said so; and the three checks agree
+    assert ("ResNet-20 (A) ends with a higher training error than ResNet-8 (A) (45.00% vs 20.00%): the paper's "
+            "Figure 6 (right), where the deeper ResNet trains better, does not hold here") in text
+    checks = report.figure6_checks(records)
+    assert (checks["degradation"], checks["residual_beats_plain"], checks["deeper_residual"]) == (True, False, False)
+    records[3]["final"]["train_error"] = 0.15  # now ResNet-20 (A) beats plain-20 and ResNet-8 (A)
+    checks = report.figure6_checks(records)
+    assert (checks["degradation"], checks["residual_beats_plain"], checks["deeper_residual"]) == (True, True, True)
+    assert checks["errors"]["ResNet-20 (A)"] == 0.15 and checks["deeper_residual_by_option"] == {"A": True}
+
+
+def test_tail_training_error_averages_the_last_tenth():
+    events = [{"kind": "train", "step": s, "error": e} for s, e in ((10, 0.9), (80, 0.5), (91, 0.3), (100, 0.1))]
+    events.append({"kind": "eval", "step": 100, "split": "test", "error": 0.7})
+    assert report.tail_train_error(events, 100) == pytest.approx(0.2)  # steps 91 and 100
+    assert report.tail_train_error(events[:2], 100) == pytest.approx(0.5)  # none in the tail: the last one
+    assert report.tail_train_error([], 100) is None
 
 
 def test_missing_data_is_refused_before_anything_is_written(tmp_path, capsys):

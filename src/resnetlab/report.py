@@ -218,7 +218,8 @@ def results_rows(records) -> list[dict]:
         rows.append({"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
                      "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
                      "params": f.get("params"), "steps": f.get("steps"), "train_loss": f.get("train_loss"),
-                     "train_error": f.get("train_error"), "val_error": f.get("val_error"),
+                     "train_error": f.get("train_error"), "train_error_last": f.get("train_error_last"),
+                     "val_error": f.get("val_error"),
                      "test_error": f.get("test_error"), "test_top5_error": f.get("test_top5_error"),
                      "wall_time_s": f.get("wall_time_s"), "dir": r["dir"]})
     return rows
