@@ -73,3 +73,21 @@ def test_a_log_line_cut_short_is_dropped_not_fatal(tmp_path):
     assert [e["step"] for e in log.events()] == [5, 10]
     log.keep_until(10)
     assert open(log.jsonl).read().endswith("}\n") and [e["step"] for e in log.events()] == [5, 10]
+
+
+def test_eval_names_a_truncated_checkpoint_as_unreadable(tmp_path, one_thread):
+    """It used to answer "give the dataset: --data ... (the checkpoint does not record it)"."""
+    import contextlib
+    import io
+    from resnetlab import cli
+    from resnetlab.io import atomic_save
+    from resnetlab.models import create_model
+    from resnetlab.weights import make_checkpoint
+    path = str(tmp_path / "last.pt")
+    atomic_save(make_checkpoint(create_model("resnet8", width=4, seed=0), data={"name": "synthetic"}), path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["eval", "--weights", path, "--quiet"])
+    assert code == 2 and f"{path} is not a readable" in err.getvalue(), err.getvalue()
