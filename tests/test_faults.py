@@ -1,8 +1,84 @@
-"""Faults injected into the package: failed writes, torn logs, damaged checkpoints.
+"""Faults injected into the package: the harness of ``benchmarks/faults.py`` in a reduced form (one trial
+per fault class), then the failures it found, pinned down directly.
 
-(``benchmarks/faults.py`` runs the whole fault-injection harness; the tests below pin down what it found.)
+Every harness trial really kills, starves or corrupts a child process running ``resnetlab.cli.main`` and
+checks what it left against the documented safe state; here each must survive with no data lost.
 """
+import importlib.util
 import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "faults.py")
+_spec = importlib.util.spec_from_file_location("resnetlab_faults", _PATH)
+faults = sys.modules["resnetlab_faults"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
+_spec.loader.exec_module(faults)
+
+
+@pytest.fixture(scope="module")
+def harness(one_thread):
+    faults.prepare()
+    work = tempfile.mkdtemp(prefix="resnetlab-faults-test-")  # not under pytest's 0700 folder: uid 65534 runs here
+    yield faults.Harness(work, seed=0, iterations=20, archive_limit=2 ** 20)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def survived(trials, rows, n=1):
+    assert sorted({t.row for t in trials}) == sorted(rows)
+    assert len(trials) == n * len(rows)
+    assert [(t.row, t.index, t.problems, t.lost) for t in trials if not t.survived] == []
+    return {t.row: t for t in trials}
+
+
+def test_random_sigkill_resumes_bit_identical(harness):
+    (t,) = harness.run_sigkill(1, share=0.6)  # the first kill lands while the run is alive
+    assert t.survived, (t.problems, t.lost)
+    assert t.notes["landed"], "no kill landed while the run was alive"
+
+
+def test_kills_inside_the_checkpoint_write(harness):
+    """Two of the four points (the full harness runs all): inside a write(), and right after the rename."""
+    by_row = survived(harness.run_kill_points(1, points=("write", "renamed")), ["kill-write", "kill-renamed"])
+    # Before the rename the temporary file is there (and the resume removes it); after it, it is gone.
+    assert by_row["kill-write"].notes["litter"] == 1 and by_row["kill-renamed"].notes["litter"] == 0
+
+
+def test_disk_faults_refused_with_the_path(harness):
+    kinds = ["enospc", "erofs", "efbig", "eacces", "out-under-file"]  # the full harness also runs out-file
+    by_row = survived(harness.run_disk(1, kinds=kinds), kinds)
+    assert "No space left on device" in by_row["enospc"].notes["error"]
+    assert "File too large" in by_row["efbig"].notes["error"]
+    assert "Permission denied" in by_row["eacces"].notes["error"]
+    assert "Not a directory" in by_row["out-under-file"].notes["error"]
+
+
+def test_damaged_and_nonfinite_checkpoints_refused(harness):
+    trials = harness.run_corrupt(1, 1) + harness.run_nonfinite(1) + harness.run_diverge(1)
+    by_row = survived(trials, ["corrupt-flip", "corrupt-truncate", "nonfinite", "diverge"])
+    assert by_row["corrupt-truncate"].notes["refused"] == 2  # a truncated file can never be read
+    assert by_row["nonfinite"].notes["refused"] == 2
+
+
+def test_second_writer_refused(harness):
+    (t,) = harness.run_writers(1)
+    assert t.survived, (t.problems, t.lost)
+    assert "in use by another run" in t.notes["error"]
+
+
+def test_hostile_archives_refused(harness):
+    survived(harness.run_archives(1), ["tar-member", "tar-total", "tar-duplicate", "tar-escape", "tar-valid"])
+
+
+def test_table_counts():
+    trials = [faults.Trial("sigkill", 0), faults.Trial("sigkill", 1, lost=["last.pt: tensor bits differ"]),
+              faults.Trial("enospc", 0, problems=["stderr holds a traceback"])]
+    rows = {r[0]: r[1:4] for r in faults.summarize(trials)}
+    assert rows[faults.ROWS["sigkill"][0]] == (2, 1, 1)
+    assert rows[faults.ROWS["enospc"][0]] == (1, 0, 0)
+    assert "| SIGKILL at a random moment of `train` |" in faults.table(trials)
 
 
 # ----------------------------------------------------------------------------------------------------------
