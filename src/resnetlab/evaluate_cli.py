@@ -25,7 +25,7 @@ from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig, get_spec
 from .stream import Normalization
-from .weights import peek_checkpoint
+from .weights import peek_checkpoint, read_weights
 
 
 @dataclass(frozen=True)
@@ -280,6 +280,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ValueError("give either --mean/--std or --pixel-mean, not both")
     device = resolve_device(cfg.device)
     first_ckpt = peek_checkpoint(paths[0])
+    if first_ckpt is None and cfg.data is None:
+        read_weights(paths[0])  # a damaged file (truncated, ...) is named as such, not asked for its --data
     cfg = _resolve_data(cfg, first_ckpt)
 
     # The checkpoints first (fast, and most mistakes are there), then the data.

@@ -66,9 +66,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = path  # a failed write() (disk full, file too large) names no file, or the temporary one
         raise
     _fsync_folder(folder)
 
@@ -80,10 +82,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
         yield fh
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """``with naming(path): write...``: an ``OSError`` raised inside names ``path`` if the OS named no file
+    (a failed ``write()``, e.g. disk full, says only "No space left on device")."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
     with atomic_write(path, "wb") as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as e:  # torch's zip writer hides a failed write (disk full) behind its own error
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -121,10 +140,11 @@ class FolderLock:
             self.fh.close()
             raise ValueError(f"{os.fspath(folder)} is in use by another run (pid {holder}); wait for it to "
                              f"finish or choose another --out") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"{os.getpid()}\n")
-        self.fh.flush()
+        with naming(self.path):
+            self.fh.seek(0)
+            self.fh.truncate()
+            self.fh.write(f"{os.getpid()}\n")
+            self.fh.flush()
 
     def release(self) -> None:
         if not self.fh.closed:

@@ -41,7 +41,7 @@ from . import fused
 from .config import Ints, parse, to_dict
 from .datasets import DATA_DIR_HINT, load_dataset
 from .evaluate import evaluate
-from .io import PRECISIONS, FolderLock, atomic_save, atomic_write, read_json, remove_litter, write_json
+from .io import PRECISIONS, FolderLock, atomic_save, atomic_write, naming, read_json, remove_litter, write_json
 from .models import ModelConfig, count_parameters, create_model, model_config
 from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, \
     sync_batch_norm, versions
@@ -260,7 +260,10 @@ class MetricsLog:
         if not os.path.exists(self.jsonl):
             return []
         with open(self.jsonl) as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            lines = fh.read().split("\n")
+        # A last line without its newline is an append cut short (disk full): an event after the last
+        # checkpoint, which a resume drops anyway.
+        return [json.loads(line) for line in lines[:-1] if line.strip()]
 
     def keep_until(self, step: int) -> None:
         """Drop events after ``step`` (written by a run that was later interrupted) and rebuild the CSV."""
@@ -278,10 +281,10 @@ class MetricsLog:
     def write(self, event: dict) -> None:
         if not self.enabled:
             return
-        with open(self.jsonl, "a") as fh:
+        with naming(self.jsonl), open(self.jsonl, "a") as fh:
             fh.write(json.dumps(event) + "\n")
         new = not os.path.exists(self.csv)
-        with open(self.csv, "a", newline="") as fh:
+        with naming(self.csv), open(self.csv, "a", newline="") as fh:
             writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
