@@ -1,28 +1,13 @@
 """Training: ``resnetlab train`` and :func:`train`, one readable loop that is fast and exactly resumable.
 
-    resnetlab train --model resnet20 --data cifar10 --data-dir DIR --out runs/r20 --recipe he2016-cifar
-    resnetlab train --out runs/r20 --resume          # continue after an interruption, bit for bit on CPU
-
-The run folder ``--out`` receives ``config.json``, ``metrics.jsonl``/``metrics.csv``, ``last.pt`` (every
-``checkpoint_every`` steps and at the end), ``best.pt`` (best validation error), ``step_<N>.pt`` (for
-``save_at``) and, last of all, ``final.json``.
-
-Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.stream.TrainStream`), the learning
-rate a pure function of the step (:class:`resnetlab.schedule.Schedule`), and a checkpoint holds everything
-else that evolves (weights, BN statistics, momentum buffers, warm-up state, the running log sums, every RNG),
-so a CPU run killed at any moment and resumed from its last checkpoint ends with the same weights, bit for
-bit, as one that was never interrupted.
-
-Speed: no host synchronisation inside a step except at log steps (losses and errors are summed on the
-device); bf16 autocast + channels_last where the hardware has fast bf16 (``precision="auto"``); on other
-CPUs fp32 + channels_last with fused batch norm + ReLU (+ add) kernels (:mod:`resnetlab.fused`); optional
-``torch.compile``; evaluation in large batches without autograd.
+A batch is a pure function of ``(seed, step)``, the learning rate one of the step, and a checkpoint holds
+everything else that evolves, so a resumed CPU run ends bit for bit where an uninterrupted one does.
+docs/train.md describes the run folder, the recipes, resume and the speed options.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -48,7 +33,7 @@ from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state
 from .stream import Normalization, TrainStream
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
-from .weights import load_checkpoint, make_checkpoint
+from .weights import load_checkpoint, make_checkpoint, nonfinite_entries
 
 RESUMABLE = "last.pt"
 
@@ -122,8 +107,7 @@ class TrainConfig:
     warmup_lr: Optional[float] = None
     """lr during the he2016 warm-up / start of the linear ramp"""
     warmup_steps: Optional[int] = None
-    """he2016: at most this many steps of warm-up (0, the recipe's: no cap, it ends on the training error
-    alone, as in the paper); linear: ramp length"""
+    """he2016: at most this many warm-up steps (0, the recipe's: it ends on the training error alone); linear: ramp length"""
     warmup_error: Optional[float] = None
     """he2016 warm-up ends once the training error is below this"""
     label_smoothing: Optional[float] = None
@@ -161,12 +145,9 @@ class TrainConfig:
     threads: Optional[int] = None
     """CPU threads (default: the physical cores available)"""
     sync_bn: bool = False
-    """batch norm with the statistics of the global batch, over all processes (one all_reduce per BN layer in
-    the forward and one in the backward; the fused BN kernels are then off); without it each process
-    normalises with its own slice's. A no-op with one process"""
+    """batch norm with the global batch's statistics over all processes, not each slice's (fused BN off; docs/train.md)"""
     allow_world_size_change: bool = False
-    """resume a run with another number of processes than it was trained with (refused by default: the
-    per-process batches and BN statistics change, so the run is no longer the same)"""
+    """resume with another number of processes than the run had (its per-process batches and BN statistics change)"""
     deterministic: bool = False
     """deterministic algorithms (CUDA: slower; CPU runs are exact anyway)"""
 
@@ -280,12 +261,8 @@ class MetricsLog:
             return
         with open(self.jsonl, "a") as fh:
             fh.write(json.dumps(event) + "\n")
-        new = not os.path.exists(self.csv)
-        with open(self.csv, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(event)
+        with open(self.csv, "a", newline="") as fh:  # keep_until wrote its header
+            csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore").writerow(event)
         if self.tb is not None:
             tag = event["kind"] if event["kind"] == "train" else event["split"]
             for k in ("loss", "error", "top5_error", "lr", "img_per_s"):
@@ -302,11 +279,10 @@ def _fmt_time(seconds: float) -> str:
 
 def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -> None:
     """A checkpoint can only continue the same architecture on the same data."""
-    diff = [f"{k}: {ckpt['model_config'].get(k)!r} in the checkpoint vs {model_cfg.get(k)!r} now"
-            for k in sorted(set(ckpt["model_config"]) | set(model_cfg))
-            if ckpt["model_config"].get(k) != model_cfg.get(k)]
-    if ckpt.get("data", {}).get("name") != cfg.data:
-        diff.append(f"data: {ckpt.get('data', {}).get('name')!r} in the checkpoint vs {cfg.data!r} now")
+    then = {**ckpt["model_config"], "data": ckpt.get("data", {}).get("name")}
+    now = {**model_cfg, "data": cfg.data}
+    diff = [f"{k}: {then.get(k)!r} in the checkpoint vs {now.get(k)!r} now"
+            for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if diff:
         raise ValueError(f"cannot resume {path}: it was trained with a different model or data:\n  "
                          + "\n  ".join(diff) + "\nuse another --out for a new run")
@@ -343,12 +319,6 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     optimizer.step()
     error = (logits.detach().argmax(1) != y).float().mean()
     return loss.detach(), error
-
-
-def nonfinite_tensors(model: nn.Module) -> list[str]:
-    """Names of the parameters and buffers of ``model`` holding a NaN or an infinity."""
-    return [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
-            if t.is_floating_point() and not bool(t.detach().isfinite().all())]
 
 
 def _runtime_setup(cfg: TrainConfig, device: torch.device) -> None:
@@ -473,14 +443,16 @@ def train(config: TrainConfig) -> dict:
 
     saved = [start if cfg.resume else None]  # the step last.pt holds
 
+    def diverged(what: str) -> TrainingDiverged:
+        where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
+            "no checkpoint was written"
+        return TrainingDiverged(f"training diverged {what}; {where}. Lower --lr or use a warm-up.")
+
     def save(step: int, *paths: str) -> None:
         """Write the full training state to ``paths``, refusing non-finite weights or statistics."""
-        bad = nonfinite_tensors(model)
+        bad = nonfinite_entries(model.state_dict())
         if bad:
-            where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
-                "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged by step {step}: non-finite {', '.join(bad[:5])}"
-                                   f"{' ...' if len(bad) > 5 else ''}; {where}. Lower --lr or use a warm-up.")
+            raise diverged(f"by step {step}: non-finite {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
         state = make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
             data={"name": cfg.data, "dir": cfg.data_dir, "image_size": int(train_set.x.shape[-1])}, step=step,
@@ -497,10 +469,7 @@ def train(config: TrainConfig) -> dict:
 
     def check_loss(step: int, value: float, what: str) -> None:
         if not math.isfinite(value):
-            where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
-                "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged at step {step}: {what} = {value}; {where}. "
-                                   f"Lower --lr or use a warm-up.")
+            raise diverged(f"at step {step}: {what} = {value}")
 
     steps_per_epoch = stream.steps_per_epoch
     say(f"{cfg.model.name} on {cfg.data}: {len(train_set)} training images, batch {cfg.batch_size}, "
