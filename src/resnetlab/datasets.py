@@ -1,22 +1,8 @@
-"""Datasets: every image set the package reads, as uint8 images in memory.
+"""Datasets: every image set the package reads (:data:`DATASETS`), as uint8 images in memory.
 
-``load_dataset(name, data_dir)`` returns ``{"train", "test"[, "val"]}`` of :class:`ArrayDataset` for the
-names in :data:`DATASETS`:
-
-``"cifar10"``, ``"cifar100"``
-    The official python format, read from the extracted folder or straight from the ``.tar.gz``, with an
-    unpickler that refuses anything but the arrays of the format. ``download=True`` fetches the official
-    archive into the cache folder (:func:`download_cifar`: MD5 checked, members checked before
-    extraction, nothing half-written left behind).
-``"synthetic"``
-    10 classes of coloured shapes made in memory (:func:`make_synthetic`), no files.
-``"folder"``
-    A tree of small images (``root/train/<class>/*.png``, ``root/test`` or ``root/val``) decoded once with
-    Pillow (:func:`load_folder_arrays`, built on :mod:`resnetlab.images`).
-
-``val_split=5000`` holds out the paper's 45k/5k train/validation split (stratified by class, seeded by
-``split_seed``). What a network sees of these images (normalisation, augmented batches) is
-:mod:`resnetlab.stream`.
+CIFAR-10/100 in the official python format (folder or ``.tar.gz``, read by an unpickler that refuses anything
+but the format's arrays; checked downloads), the synthetic shapes, small image folders, and the seeded,
+stratified train/val split: docs/data.md. What a network sees of the images is :mod:`resnetlab.stream`.
 """
 from __future__ import annotations
 
@@ -169,8 +155,7 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     striped = (y >= 5)[:, None, None]
     fg = 0.5 + 0.5 * u(n, 3)                                                       # a light shape...
     bg = 0.4 * u(n, 3)                                                             # ...on a dark background
-    fg2 = bg                                                                       # stripes cut to the background
-    fill = torch.where((striped & stripes)[:, None], fg2[:, :, None, None], fg[:, :, None, None])
+    fill = torch.where((striped & stripes)[:, None], bg[:, :, None, None], fg[:, :, None, None])  # stripes cut to bg
     img = torch.where(mask[:, None] > 0, fill, bg[:, :, None, None].expand(-1, -1, image_size, image_size))
     img = img + 0.08 * torch.randn(img.shape, generator=g)
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -209,9 +194,11 @@ def _as_str(v) -> str:
     return v.decode("latin1") if isinstance(v, bytes) else str(v)
 
 
-_CIFAR_MEMBERS = {"cifar10": ("batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                 "data_batch_5", "test_batch"),
-                   "cifar100": ("meta", "train", "test")}
+# The member files of each release: its metadata, and the batches of each split.
+_CIFAR_LAYOUT = {
+    "cifar10": ("batches.meta", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}),
+    "cifar100": ("meta", {"train": ["train"], "test": ["test"]}),
+}
 
 
 def _check_download(name: str, path: str) -> None:
@@ -232,7 +219,8 @@ class _CifarSource:
         self.name, self.path = name, path
         self.blobs = None
         if os.path.isfile(path):
-            wanted = set(_CIFAR_MEMBERS[name])
+            meta, parts = _CIFAR_LAYOUT[name]
+            wanted = {meta, *(m for members in parts.values() for m in members)}
             self.blobs = {}
             _check_download(name, path)
             total = 0
@@ -258,9 +246,6 @@ class _CifarSource:
             raise FileNotFoundError(f"{where} not found (is {self.path} an extracted {self.name} folder?)")
         with open(where, "rb") as fh:
             return _unpickle(fh, where)
-
-    def close(self):
-        self.blobs = None
 
 
 def _images(batch: dict, where: str) -> torch.Tensor:
@@ -295,36 +280,27 @@ def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> d
     """
     if name not in CIFAR_FOLDERS:
         raise ValueError(f"unknown CIFAR dataset {name!r}; valid: {', '.join(CIFAR_FOLDERS)}")
+    if name == "cifar100" and labels not in ("fine", "coarse"):
+        raise ValueError(f"labels must be 'fine' or 'coarse', got {labels!r}")
     src = _CifarSource(name, find_cifar(name, path))
-    try:
-        if name == "cifar10":
-            meta = src.read("batches.meta")
-            classes = [_as_str(c) for c in meta["label_names"]]
-            parts = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-            key = "labels"
-        else:
-            if labels not in ("fine", "coarse"):
-                raise ValueError(f"labels must be 'fine' or 'coarse', got {labels!r}")
-            meta = src.read("meta")
-            classes = [_as_str(c) for c in meta[f"{labels}_label_names"]]
-            parts = {"train": ["train"], "test": ["test"]}
-            key = f"{labels}_labels"
-        out = {}
-        for split, members in parts.items():
-            xs, ys = [], []
-            for m in members:
-                batch = src.read(m)
-                if key not in batch:
-                    raise ValueError(f"{src.path}:{m}: no {key!r} in the batch (keys: {sorted(batch)})")
-                xs.append(_images(batch, f"{src.path}:{m}"))
-                ys.append(torch.as_tensor(np.asarray(batch[key], dtype=np.int64)))
-            x, y = torch.cat(xs), torch.cat(ys)
-            if len(y) != len(x) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
-                raise ValueError(f"{src.path}: {split} labels do not match the {len(classes)} classes")
-            out[split] = ArrayDataset(x, y, classes)
-        return out
-    finally:
-        src.close()
+    meta, parts = _CIFAR_LAYOUT[name]
+    prefix = "" if name == "cifar10" else f"{labels}_"  # CIFAR-100: fine_labels, coarse_label_names, ...
+    classes = [_as_str(c) for c in src.read(meta)[f"{prefix}label_names"]]
+    key = f"{prefix}labels"
+    out = {}
+    for split, members in parts.items():
+        xs, ys = [], []
+        for m in members:
+            batch = src.read(m)
+            if key not in batch:
+                raise ValueError(f"{src.path}:{m}: no {key!r} in the batch (keys: {sorted(batch)})")
+            xs.append(_images(batch, f"{src.path}:{m}"))
+            ys.append(torch.as_tensor(np.asarray(batch[key], dtype=np.int64)))
+        x, y = torch.cat(xs), torch.cat(ys)
+        if len(y) != len(x) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
+            raise ValueError(f"{src.path}: {split} labels do not match the {len(classes)} classes")
+        out[split] = ArrayDataset(x, y, classes)
+    return out
 
 
 DATA_DIR_HINT = "pass its folder or .tar.gz with --data-dir"  # the hint of the commands without --download
@@ -338,18 +314,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                  ) -> dict[str, ArrayDataset]:
     """Load a dataset as ``{"train", "test"}`` (+ ``"val"`` when ``val_split > 0``) of :class:`ArrayDataset`.
 
-    name: one of :data:`DATASETS`.
-    data_dir: the extracted official folder, its parent, or the ``.tar.gz``; when omitted, the cache folder
-        (``cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``) is searched. With
-        ``download=True`` the official archive is fetched (into ``data_dir`` if given, else the cache) when
-        the data is not there; otherwise the error says ``hint`` (a command names its own flags).
-    val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
-        stratified by class and drawn with ``split_seed``; 0 trains on all of it.
-    The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, ``image_size``
-    pixels square.
-    ``"folder"``: a tree of small images (``data_dir/train/<class>/*``, ``data_dir/test`` or ``data_dir/val``)
-    decoded into memory at ``image_size`` (:func:`load_folder_arrays`); ``val/`` serves as ``"test"`` when
-    there is no ``test/``. (Large image folders are evaluated from disk: :class:`resnetlab.images.ImageFolder`.)
+    Without ``data_dir`` CIFAR is looked for in the cache (``cache_dir``, else :func:`resnetlab.io.cache_dir`)
+    and, with ``download=True``, fetched; the error for missing data ends with ``hint`` (a command names its
+    own flags). docs/data.md describes every argument; large image folders are evaluated from disk instead
+    (:class:`resnetlab.images.ImageFolder`).
     """
     if name == "synthetic":
         out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed, image_size=image_size),
@@ -477,14 +445,9 @@ def _fetch(url: str, path: str, md5: str, label: str, quiet: bool) -> None:
 
 def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url: str | None = None,
                    md5: str | None = None, quiet: bool = False) -> str:
-    """Fetch and extract the official CIFAR-10/100 python archive; returns the extracted folder.
-
-    The archive is downloaded into ``cache_dir`` (default :func:`resnetlab.io.cache_dir`) with a progress
-    bar on stderr and written atomically once its MD5 matches (a mismatch raises ``ValueError`` naming both
-    sums and leaves no file); it is then extracted, member-checked, into a temporary folder that is renamed
-    into place: an interrupted run leaves no half-written archive or folder. ``url``/``md5`` override the
-    official ones (a mirror). Already there: nothing is fetched.
-    """
+    """Fetch and extract the official CIFAR-10/100 python archive into ``cache_dir`` (default
+    :func:`resnetlab.io.cache_dir`); returns the extracted folder. The MD5 is checked and every member before
+    extraction, and nothing half-written is left behind (docs/data.md); ``url``/``md5`` name a mirror."""
     if name not in CIFAR_URLS:
         raise ValueError(f"unknown CIFAR dataset {name!r}; valid: {', '.join(CIFAR_URLS)}")
     cache = os.fspath(cache_dir) if cache_dir is not None else _cache_dir()
@@ -517,12 +480,10 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
 
 def load_folder_arrays(root: str | os.PathLike, *, image_size: int = 32, resize: int | None = None,
                        on_bad_image: str = "error", num_workers: int = 0) -> dict[str, ArrayDataset]:
-    """An image-folder tree (``root/train``, ``root/val`` and/or ``root/test``) decoded into memory as
-    :class:`ArrayDataset` splits sharing the training classes, for small images (then
-    :class:`resnetlab.stream.TrainStream` does the augmentation, as for CIFAR). Each image: shorter side
-    resized to ``resize`` (default ``image_size``), centre ``image_size`` square; CIFAR-sized PNGs come back
-    pixel for pixel. Unreadable images raise ``ValueError`` naming the file, or with ``on_bad_image="skip"``
-    are left out and reported on stderr."""
+    """An image-folder tree (``root/train``, ``root/val`` and/or ``root/test``) of small images decoded into
+    :class:`ArrayDataset` splits with the training classes: shorter side resized to ``resize`` (default
+    ``image_size``), centre square kept. Unreadable images raise ``ValueError`` naming the file, or with
+    ``on_bad_image="skip"`` are left out and reported on stderr."""
     root = os.fspath(root)
     if not os.path.isdir(os.path.join(root, "train")):
         raise FileNotFoundError(f"{root}: no train/ folder (expected the layout root/train/<class>/*.jpg, "
