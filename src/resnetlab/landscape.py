@@ -9,6 +9,7 @@ go through ``torch.func.functional_call``). docs/analysis.md defines every numbe
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -35,14 +36,8 @@ DIRECTIONS_FORMAT = "resnetlab-directions"
 
 def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
     """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
-    out = []
-    for i in range(n):
-        d = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                d[name] = torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
-        out.append(d)
-    return out
+    return [{name: torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
+             for name, p in model.named_parameters() if p.requires_grad} for i in range(n)]
 
 
 @torch.no_grad()
@@ -80,7 +75,7 @@ def random_directions(model: nn.Module, seed: int, n: int = 2,
     if base is not None:
         if len(base) < n:
             raise ValueError(f"the direction file holds {len(base)} direction(s); {n} are needed")
-        shapes = dict((k, p.shape) for k, p in model.named_parameters())
+        shapes = {k: p.shape for k, p in model.named_parameters()}
         for i in range(n):
             for name, t in base[i].items():
                 if name in shapes:
@@ -171,14 +166,25 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     return _evaluate(model, None, _as_batches(x.to(dev), y.to(dev), batch_size), bn)
 
 
-def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label, bn="batch"):
+def _check_grid(span: float, steps: int) -> None:
+    if not (isinstance(span, (int, float)) and span > 0 and math.isfinite(span)):
+        raise ValueError(f"span must be a positive number, got {span!r}")
+    if not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+
+
+def _grid(model, x, y, directions, span, steps, batch_size, quiet, bn) -> dict:
+    """Loss and accuracy at ``theta + sum_k a_k * d_k`` for every ``a`` of the grid of ``steps`` values in
+    ``[-span, span]`` per direction (``loss[i, j]`` at ``(a_i, b_j)``), and at the origin."""
+    _check_grid(span, steps)
     dev = next(model.parameters()).device
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
     base = {k: p.detach() for k, p in model.named_parameters()}
     dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]
+    axis = np.linspace(-span, span, steps)
     losses, accs = [], []
-    bar = progress(total=len(coords), desc=label, unit="point", quiet=quiet)
-    for c in coords:
+    for c in progress(list(itertools.product(axis.tolist(), repeat=len(dirs))), desc=f"landscape {len(dirs)}-D",
+                      unit="point", quiet=quiet):
         params = dict(base)
         for k in dirs[0]:
             for a, d in zip(c, dirs):
@@ -186,16 +192,10 @@ def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label, bn="ba
         loss, acc = _evaluate(model, params, batches, bn)
         losses.append(loss)
         accs.append(acc)
-        bar.update()
-    bar.close()
-    return np.array(losses), np.array(accs)
-
-
-def _check_grid(span: float, steps: int) -> None:
-    if not (isinstance(span, (int, float)) and span > 0 and math.isfinite(span)):
-        raise ValueError(f"span must be a positive number, got {span!r}")
-    if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+    loss0, acc0 = _evaluate(model, None, batches, bn)
+    shape = (steps,) * len(dirs)
+    return {"alphas": axis, "loss": np.array(losses).reshape(shape), "acc": np.array(accs).reshape(shape),
+            "loss0": loss0, "acc0": acc0, "span": float(span), "steps": steps}
 
 
 def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: dict[str, torch.Tensor],
@@ -206,15 +206,9 @@ def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: 
     Returns ``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``;
     ``loss0``/``acc0`` are measured at ``a = 0`` (the model itself).
     """
-    _check_grid(span, steps)
     if isinstance(direction, (list, tuple)):
         direction = direction[0]
-    alphas = np.linspace(-span, span, steps)
-    loss, acc = _grid_eval(model, x, y, [direction], [(float(a),) for a in alphas], batch_size, quiet,
-                           "landscape 1-D", bn)
-    loss0, acc0 = evaluate_loss(model, x, y, batch_size, bn)
-    return {"kind": "1d", "alphas": alphas, "loss": loss, "acc": acc, "loss0": loss0, "acc0": acc0,
-            "span": float(span), "steps": steps}
+    return {"kind": "1d", **_grid(model, x, y, [direction], span, steps, batch_size, quiet, bn)}
 
 
 def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: list[dict[str, torch.Tensor]],
@@ -225,40 +219,30 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions:
     Returns ``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``; the grids
     are indexed ``[i, j]`` = ``(alphas[i], betas[j])``.
     """
-    _check_grid(span, steps)
     if len(directions) < 2:
         raise ValueError(f"landscape_2d needs two directions, got {len(directions)}")
-    alphas = np.linspace(-span, span, steps)
-    betas = np.linspace(-span, span, steps)
-    coords = [(float(a), float(b)) for a in alphas for b in betas]
-    loss, acc = _grid_eval(model, x, y, directions[:2], coords, batch_size, quiet, "landscape 2-D", bn)
-    loss0, acc0 = evaluate_loss(model, x, y, batch_size, bn)
-    return {"kind": "2d", "alphas": alphas, "betas": betas, "loss": loss.reshape(steps, steps),
-            "acc": acc.reshape(steps, steps), "loss0": loss0, "acc0": acc0, "span": float(span), "steps": steps}
+    out = _grid(model, x, y, directions[:2], span, steps, batch_size, quiet, bn)
+    return {"kind": "2d", **out, "betas": out["alphas"].copy()}
 
 
 # --------------------------------------------------------------------------------------------------
 # hessian
 
-def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool = True):
-    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``; over the weights
-    of dimension > 1 (conv and linear kernels, as Li et al.) unless ``weights_only`` is False."""
+@contextlib.contextmanager
+def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool):
+    """``(v -> H v, n, device)``: Hessian-vector products of the mean cross-entropy over ``(x, y)`` (flat
+    vectors of ``n`` values) with the model in eval mode meanwhile; over the weights of dimension > 1 (conv
+    and linear kernels, as Li et al.) unless ``weights_only`` is False."""
     params = [p for p in model.parameters() if p.requires_grad and (p.ndim > 1 or not weights_only)]
     dev = params[0].device
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
-    n = len(y)
 
     def grads_of(xb, yb):
-        loss = F.cross_entropy(model(xb), yb, reduction="sum") / n
+        loss = F.cross_entropy(model(xb), yb, reduction="sum") / len(y)
         return torch.autograd.grad(loss, params, create_graph=True)
 
-    cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
-
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        chunks, i = [], 0
-        for p in params:
-            chunks.append(v[i:i + p.numel()].view_as(p).to(p.dtype))
-            i += p.numel()
+        chunks = [c.view_as(p).to(p.dtype) for c, p in zip(v.split([p.numel() for p in params]), params)]
         total = torch.zeros(v.shape, dtype=torch.float64, device=v.device)
         for xb, yb in batches:
             g = cached if cached is not None else grads_of(xb, yb)
@@ -266,16 +250,11 @@ def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
             total += torch.cat([h.reshape(-1) for h in hv]).double()
         return total
 
-    return hvp, sum(p.numel() for p in params), dev
-
-
-@contextlib.contextmanager
-def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool):
-    """``_hvp_fn(...)`` with the model in eval mode meanwhile."""
     was = model.training
     model.eval()
     try:
-        yield _hvp_fn(model, x, y, batch_size, weights_only)
+        cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
+        yield hvp, sum(p.numel() for p in params), dev
     finally:
         model.train(was)
 
@@ -497,13 +476,10 @@ def _validate(cfg: LandscapeConfig) -> None:
     _check_grid(cfg.span, cfg.steps)
     if cfg.dims not in (1, 2):
         raise ValueError(f"--dims must be 1 or 2, got {cfg.dims}")
-    for what in ("subset", "batch_size", "hessian_samples"):
-        if getattr(cfg, what) < 1:
-            raise ValueError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(cfg, what)}")
-    if cfg.direction_seeds < 1:
-        raise ValueError(f"--direction-seeds must be >= 1, got {cfg.direction_seeds}")
-    if cfg.hessian_iters < 0:
-        raise ValueError(f"--hessian-iters must be >= 0, got {cfg.hessian_iters}")
+    for what, least in (("subset", 1), ("batch_size", 1), ("hessian_samples", 1), ("direction_seeds", 1),
+                        ("hessian_iters", 0)):
+        if getattr(cfg, what) < least:
+            raise ValueError(f"--{what.replace('_', '-')} must be >= {least}, got {getattr(cfg, what)}")
     if cfg.radius is not None and not 0 < cfg.radius <= cfg.span:
         raise ValueError(f"--radius must be in (0, span] = (0, {cfg.span:g}], got {cfg.radius}")
 
