@@ -100,30 +100,25 @@ class Summary(_Report):
                 return r
         raise KeyError(f"no row {name!r}; rows: {', '.join(r.name for r in self.rows)}")
 
-    def _cells(self):
-        return [[r.name, r.type, _shape(r.input_shape), _shape(r.output_shape), r.kernels,
-                 "" if r.stride is None else r.stride, r.shortcut, human(r.params) if r.params else "",
-                 human(r.macs) if r.macs else ""] for r in self.rows]
-
     def _headline(self) -> str:
         return (f"{self.model}, input {_shape(self.input_shape)}: {self.total_params:,} parameters "
                 f"({human(self.total_params)}), {self.total_macs:,} multiply-adds per image "
                 f"({human(self.total_macs)} MACs)")
 
+    def _table(self, markdown: bool) -> str:
+        bold = "**" if markdown else ""
+        cells = [[r.name, r.type, _shape(r.input_shape), _shape(r.output_shape), r.kernels,
+                  "" if r.stride is None else r.stride, r.shortcut, human(r.params) if r.params else "",
+                  human(r.macs) if r.macs else ""] for r in self.rows]
+        cells.append([f"{bold}total{bold}", "", "", "", "", "", "", f"{bold}{human(self.total_params)}{bold}",
+                      f"{bold}{human(self.total_macs)}{bold}"])
+        return format_table(COLUMNS, cells, right=(5, 7, 8), markdown=markdown)
+
     def to_text(self) -> str:
-        cells = self._cells() + [["total", "", "", "", "", "", "", human(self.total_params),
-                                  human(self.total_macs)]]
-        body = format_table(COLUMNS, cells, right=(5, 7, 8))
-        lines = [self._headline(), "", body]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join([self._headline(), "", self._table(False)] + [f"note: {n}" for n in self.notes])
 
     def to_markdown(self) -> str:
-        cells = self._cells() + [["**total**", "", "", "", "", "", "", f"**{human(self.total_params)}**",
-                                  f"**{human(self.total_macs)}**"]]
-        lines = [f"**{self._headline()}**", "", format_table(COLUMNS, cells, right=(5, 7, 8), markdown=True)]
-        lines += [f"\n*Note: {n}*" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join([f"**{self._headline()}**", "", self._table(True)] + [f"\n*Note: {n}*" for n in self.notes])
 
     def to_dict(self) -> dict:
         return {"model": self.model, "config": self.config, "input_shape": list(self.input_shape),
@@ -188,10 +183,6 @@ def _units(model: nn.Module) -> dict[str, nn.Module]:
 
     visit("", model)
     return units
-
-
-def _first_conv(model: nn.Module):
-    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
 
 
 def _kernel(conv: nn.Conv2d) -> str:
@@ -335,7 +326,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     h, w = _size(image_size, model)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    conv_name, conv = _first_conv(model)
+    conv_name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
     expected = conv.in_channels if conv is not None else None
     if in_channels is None:
         in_channels = expected if expected is not None else 3
