@@ -91,18 +91,13 @@ def make_checkpoint(model: nn.Module, **extra) -> dict:
     return ckpt
 
 
-def _looks_like_safetensors(path: str) -> bool:
+def _is_safetensors(path: str) -> bool:
+    if path.lower().endswith(".safetensors"):
+        return True
     # A safetensors file starts with the little-endian u64 length of a JSON header, then "{".
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= os.path.getsize(path) - 8
-
-
-def _is_safetensors(path: str) -> bool:
-    return path.lower().endswith(".safetensors") or _looks_like_safetensors(path)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8
 
 
 def _load_failure(error: Exception) -> str:
