@@ -70,8 +70,7 @@ class Normalization:
         than one that broadcasts a ``(C, 1, 1)``)."""
         key = (str(device), dtype, hw)
         if key not in self._cache:
-            std = self.std.double()
-            mean = self.mean.double()
+            mean, std = self.mean.double(), self.std.double()
             if self.mode == "channel":
                 mean, std = mean[:, None, None], std[:, None, None]
             scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype)
@@ -128,16 +127,13 @@ class TrainStream:
     """Augmented training batches made with whole-batch tensor ops on the training device.
 
     ``batch(step)`` takes the ``step``-th slice of the permutation of epoch ``step // steps_per_epoch``
-    (seeded by ``(seed, epoch)``), then pads, crops a random ``H x W`` window, mirrors it with probability
-    1/2 (drawn from a generator seeded by ``(seed, step)``) and normalises: a pure function of ``(seed,
-    step)``, nothing to save for resuming, the same batches on every device. An epoch's last ``len(data) %
-    batch_size`` images are left out.
+    (seeded by ``(seed, epoch)``; an epoch's last ``len(data) % batch_size`` images are left out), then pads,
+    crops, mirrors (drawn with ``(seed, step)``) and normalises: a pure function of ``(seed, step)``, the same
+    on every device. ``padding="black"`` pads with pixel value 0 before normalisation, ``"mean"`` with 0 after.
 
-    How: the padded set and its mirror (image ``N + i`` is image ``i`` flipped) stay on ``device`` as
-    uint8, so a crop is ``H`` runs of ``W`` bytes per channel, and one ``index_select`` over a strided
-    "every run of W bytes" view copies the whole batch. ``padding="black"`` pads with pixel value 0 before
-    normalisation (torchvision's ``RandomCrop(32, padding=4)``); ``"mean"`` with 0 after it (the Caffe/Torch
-    pipelines of the paper's era).
+    How: the padded set and its mirror (image ``N + i`` is image ``i`` flipped) stay on ``device`` as uint8,
+    so a crop is ``H`` runs of ``W`` bytes per channel, and one ``index_select`` over a strided "every run of
+    W bytes" view copies the whole batch.
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int, *, device="cpu", seed: int = 0,
@@ -182,7 +178,6 @@ class TrainStream:
             t[1] = t[0].flip(-1)
             t = t.to(self.device)
             self._norm_shift = t.view(-1).as_strided((t.numel() - w + 1, w), (1, 1))
-            self._shift_keep = t
         self._epoch, self._order = None, None
         self._pin = self.device.type == "cuda"
 
