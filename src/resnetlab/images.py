@@ -62,14 +62,11 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Images in ``root/<class>/<file>``; classes are the sorted sub-folder names (or ``classes``).
-
-    Items are ``(uint8 (3, S, S), label)``: the shorter side resized to ``resize`` (default
-    ``S * 256 / 224``, the usual single-crop evaluation) and the centre ``S x S`` kept (:func:`center_crop`).
-    Grey, palette, CMYK and RGBA images become RGB (:func:`to_rgb`). An unreadable or truncated file raises
-    ``ValueError`` naming it (``on_bad_image="error"``) or, with ``"skip"``, gives the item ``(None, path)``
-    that :func:`folder_batches` leaves out and reports.
-    """
+    """Images in ``root/<class>/<file>`` (classes: the sorted sub-folder names, or ``classes``) as items
+    ``(uint8 (3, S, S), label)``: :func:`to_rgb`, then :func:`center_crop` to ``S = image_size`` from
+    ``resize`` (default ``S * 256 / 224``, the usual single-crop evaluation). An unreadable file raises
+    ``ValueError`` naming it, or with ``on_bad_image="skip"`` gives the item ``(None, path)`` that
+    :func:`folder_batches` leaves out and reports."""
 
     def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, image_size: int = 224,
                  resize: int | None = None, on_bad_image: str = "error"):
