@@ -43,15 +43,9 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def cpu_has_amx() -> bool:
-    """AMX tiles: the CPUs on which bf16 convolutions clearly beat fp32."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check()) if check is not None else False
-
-
-def cpu_has_avx512() -> bool:
-    """AVX-512 (oneDNN's channels_last convolutions are faster than NCHW ones there)."""
-    check = getattr(torch.cpu, "_is_avx512_supported", None)
+def _cpu_has(feature: str) -> bool:
+    """Whether the CPU has ``"amx_tile"``, ``"avx512"``, ... (as far as this torch can tell)."""
+    check = getattr(torch.cpu, f"_is_{feature}_supported", None)
     return bool(check()) if check is not None else False
 
 
@@ -69,8 +63,8 @@ def resolve_precision(precision: str, device: torch.device, channels_last: bool 
         if device.type == "cuda":
             bf16 = cl = torch.cuda.is_bf16_supported()
         elif device.type == "cpu":
-            bf16 = cpu_has_amx()
-            cl = bf16 or cpu_has_avx512()
+            bf16 = _cpu_has("amx_tile")
+            cl = bf16 or _cpu_has("avx512")
         else:
             bf16 = cl = False
     else:
