@@ -518,6 +518,3 @@ def main_analyze(argv: list[str] | None = None) -> int:
     if cfg.plot:
         plot_results(results, cfg.plot)
     return 0
-
-
-main = main_analyze

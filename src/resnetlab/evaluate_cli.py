@@ -409,6 +409,3 @@ def main_predict(argv: list[str] | None = None) -> int:
     with _warnings_as_lines("predict"):
         results = run_predict(cfg)
     return 1 if any("error" in r for r in results) else 0  # some files could not be read: they were listed
-
-
-main = main_eval

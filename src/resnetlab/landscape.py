@@ -603,6 +603,3 @@ def main_landscape(argv: list[str] | None = None) -> int:
     print(format_summary(result))
     print("wrote " + ", ".join(written))
     return 0
-
-
-main = main_landscape

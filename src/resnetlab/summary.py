@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -642,9 +641,3 @@ def main_models(argv: list[str] | None = None) -> int:
           "--shortcut or --preact change a model; see resnetlab summary --help.")
     return 0
 
-
-main = main_summary
-
-
-if __name__ == "__main__":
-    sys.exit(main_summary())

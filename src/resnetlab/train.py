@@ -618,6 +618,3 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
         elif a.startswith(flag + "="):
             value = a.split("=", 1)[1]
     return value
-
-
-main = main_train
