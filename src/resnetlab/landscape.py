@@ -1,10 +1,8 @@
 """Loss landscapes along filter-normalised random directions (Li et al. 2018), and curvature at the minimum.
 
-``loss(theta + a * d1 + b * d2)`` on a grid of ``(a, b)`` in ``[-span, span]^2``. Raw directions are drawn
-per parameter from a generator seeded by its name, so twins (models that differ in their shortcut only)
-get the same draw for every parameter they share; then each filter is rescaled to the norm of the model's
-own filter, and 1-D parameters are not moved. The model's weights are never modified (perturbed weights
-go through ``torch.func.functional_call``). docs/analysis.md defines every number.
+``loss(theta + a * d1 + b * d2)`` on a grid of ``(a, b)`` in ``[-span, span]^2``, with directions drawn per
+parameter by name (twins share the draw for every parameter they share), then filter-normalised. The model's
+weights are never modified (``torch.func.functional_call``). docs/analysis.md defines every number.
 """
 from __future__ import annotations
 
@@ -66,11 +64,8 @@ def filter_normalize(direction: dict[str, torch.Tensor], model: nn.Module) -> di
 def random_directions(model: nn.Module, seed: int, n: int = 2,
                       base: list[dict[str, torch.Tensor]] | None = None,
                       base_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
-    """``n`` filter-normalised random directions for ``model``.
-
-    With ``base`` (raw directions from :func:`load_directions`), shared parameter names take the stored
-    tensors; the others get the seeded draw for their name with ``base_seed`` (default ``seed``).
-    """
+    """``n`` filter-normalised random directions for ``model``; with ``base`` (from :func:`load_directions`),
+    the parameters it names take its tensors, the others the draw for their name with ``base_seed``."""
     raw = raw_directions(model, seed if base_seed is None else base_seed, n)
     if base is not None:
         if len(base) < n:
@@ -201,11 +196,8 @@ def _grid(model, x, y, directions, span, steps, batch_size, quiet, bn) -> dict:
 def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: dict[str, torch.Tensor],
                  span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True,
                  bn: str = "batch") -> dict:
-    """Loss and accuracy at ``theta + a * d`` for ``steps`` values of ``a`` in ``[-span, span]``.
-
-    Returns ``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``;
-    ``loss0``/``acc0`` are measured at ``a = 0`` (the model itself).
-    """
+    """``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``: loss and accuracy
+    at ``theta + a * d`` for ``steps`` values of ``a`` in ``[-span, span]``, and at the model itself."""
     if isinstance(direction, (list, tuple)):
         direction = direction[0]
     return {"kind": "1d", **_grid(model, x, y, [direction], span, steps, batch_size, quiet, bn)}
@@ -214,11 +206,9 @@ def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: 
 def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: list[dict[str, torch.Tensor]],
                  span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True,
                  bn: str = "batch") -> dict:
-    """Loss and accuracy at ``theta + a * d1 + b * d2`` on a ``steps x steps`` grid over ``[-span, span]^2``.
-
-    Returns ``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``; the grids
-    are indexed ``[i, j]`` = ``(alphas[i], betas[j])``.
-    """
+    """``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``: as
+    :func:`landscape_1d` at ``theta + a * d1 + b * d2`` on a ``steps x steps`` grid (``[i, j]`` at
+    ``(alphas[i], betas[j])``)."""
     if len(directions) < 2:
         raise ValueError(f"landscape_2d needs two directions, got {len(directions)}")
     out = _grid(model, x, y, directions[:2], span, steps, batch_size, quiet, bn)
@@ -375,14 +365,9 @@ def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float, py: f
 
 
 def flatness(result: dict, radius: float | None = None) -> dict:
-    """Scalar flatness summaries of a landscape result (``landscape_1d``/``_2d``, or ``{"1d", "2d", "hessian"}``).
-
-    * ``rise_at_r``: mean of ``loss - loss0`` at distance ``r`` from the origin (1-D: at ``-r`` and ``+r``;
-      2-D: 64 points on the circle), linearly interpolated on the grid; ``r`` defaults to ``span / 2``.
-    * ``mean_rise_within_r``: mean of ``loss - loss0`` over the grid points within distance ``r``.
-    * ``max_rise``: the largest ``loss - loss0`` on the grid.
-    * with Hessian values: ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = |min / max|``.
-    """
+    """Flatness of a landscape result (``landscape_1d``/``_2d``, or ``{"1d", "2d", "hessian"}``): per grid
+    ``rise_at_r``, ``mean_rise_within_r`` and ``max_rise`` (``r`` defaults to ``span / 2``; docs/analysis.md),
+    and with Hessian values ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = |min / max|``."""
     out: dict = {}
     parts = {"1d": result.get("1d"), "2d": result.get("2d")} if "kind" not in result else {result["kind"]: result}
     for key, res in parts.items():
