@@ -1,10 +1,9 @@
 """Weights: our checkpoint format, other projects' weight files, strict loading, saving, one model loader.
 
-Our checkpoints are ``torch.save``d dicts of tensors, numbers, strings and containers only
-(:func:`make_checkpoint`: ``format``, ``version``, ``model_config``, ``model`` (the state_dict), ``checksum``
-and what the writer adds); :func:`load_weights` also reads safetensors, torchvision and akamaster files,
-strictly. :func:`model_from_checkpoint` is the one way to get a model back from a file. Pickles are read
-with ``torch.load(weights_only=True)``, never unpickling arbitrary objects; docs/weights.md has the details.
+Our checkpoints (:func:`make_checkpoint`) hold tensors, numbers, strings and containers only, with a checksum;
+:func:`load_weights` also reads safetensors, torchvision and akamaster files, strictly, and pickles are read
+with ``torch.load(weights_only=True)``. :func:`model_from_checkpoint` is the one way back to a model from a
+file; docs/weights.md has the details.
 """
 from __future__ import annotations
 
