@@ -166,8 +166,7 @@ def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# gradients and lesions
+# ---------------------------------------------------------------------------- gradients and lesions
 
 def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
     """``||dL/dx_l||`` at the input images (``"input"``) and at each block's output, in forward order, for
@@ -281,8 +280,7 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# responses (Figure 7)
+# ----------------------------------------------------------------------------- responses (Figure 7)
 
 @torch.no_grad()
 def layer_response_stats(model: nn.Module, x) -> list[dict]:
@@ -351,8 +349,7 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
                            right=range(1, len(columns)))
 
 
-# --------------------------------------------------------------------------------------------------
-# resnetlab analyze
+# -------------------------------------------------------------------------------- resnetlab analyze
 
 @dataclass(frozen=True)
 class AnalyzeConfig(SourceOptions):

@@ -41,9 +41,7 @@ NAMED_DATASETS = tuple(d for d in DATASETS if d != "folder")
 """The datasets known by name, with fixed classes (all but an arbitrary image folder)."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# In-memory datasets
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------- In-memory datasets
 
 @dataclass
 class ArrayDataset:
@@ -109,9 +107,7 @@ def split_train_val(data: ArrayDataset, val_split: int, split_seed: int = 0) -> 
     return data.subset(torch.nonzero(mask).flatten()), data.subset(val)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The synthetic dataset
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------ The synthetic dataset
 
 SYNTHETIC_SHAPES = ("disc", "square", "ring", "cross", "triangle")
 SYNTHETIC_CLASSES = [f"{s}-{p}" for p in ("solid", "striped") for s in SYNTHETIC_SHAPES]
@@ -162,9 +158,7 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     return ArrayDataset(x.contiguous(), y.long(), list(SYNTHETIC_CLASSES))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CIFAR in the official python format
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- CIFAR in the official python format
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the official CIFAR files, which hold only dicts, lists, strings and numpy arrays; refuses
@@ -355,9 +349,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
 
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Downloading the official archives
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------ Downloading the official archives
 
 # An official CIFAR member is at most ~160 MB (CIFAR-100's train batch), the whole release ~180 MB: anything
 # far larger is a decompression bomb, not a dataset.
@@ -474,9 +466,7 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
     return folder
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Image folders decoded into memory
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------ Image folders decoded into memory
 
 def load_folder_arrays(root: str | os.PathLike, *, image_size: int = 32, resize: int | None = None,
                        on_bad_image: str = "error", num_workers: int = 0) -> dict[str, ArrayDataset]:

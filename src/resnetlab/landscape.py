@@ -29,8 +29,7 @@ from .sources import SourceOptions, load_data, load_model, resolve_data, seeded_
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
 
-# --------------------------------------------------------------------------------------------------
-# directions
+# --------------------------------------------------------------------------------------- directions
 
 def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
     """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
@@ -101,8 +100,7 @@ def load_directions(path: str) -> tuple[list[dict[str, torch.Tensor]], int | Non
     return obj["directions"], obj.get("seed")
 
 
-# --------------------------------------------------------------------------------------------------
-# landscapes
+# --------------------------------------------------------------------------------------- landscapes
 
 def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
     if batch_size is None or batch_size >= len(y):
@@ -215,8 +213,7 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions:
     return {"kind": "2d", **out, "betas": out["alphas"].copy()}
 
 
-# --------------------------------------------------------------------------------------------------
-# hessian
+# ------------------------------------------------------------------------------------------ hessian
 
 @contextlib.contextmanager
 def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool):
@@ -352,8 +349,7 @@ def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int 
         return _power(hvp, n, iters, k, torch.Generator().manual_seed(seed), dev)
 
 
-# --------------------------------------------------------------------------------------------------
-# flatness summary
+# --------------------------------------------------------------------------------- flatness summary
 
 def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float, py: float) -> float:
     i = int(np.clip(np.searchsorted(xs, px) - 1, 0, len(xs) - 2))
@@ -397,8 +393,7 @@ def flatness(result: dict, radius: float | None = None) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# resnetlab landscape
+# ------------------------------------------------------------------------------ resnetlab landscape
 
 def flatness_spread(per_seed: list[dict]) -> dict:
     """``{"1d": {"rise_at_r": {"mean", "std", "values"}, ...}, "2d": ...}`` over direction seeds (std with

@@ -120,8 +120,7 @@ class Normalization:
         return f"Normalization(channel, mean={self.mean.tolist()}, std={self.std.tolist()})"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# batches for training and evaluation
+# ---------------------------------------------------------------------- batches for training and evaluation
 
 class TrainStream:
     """Augmented training batches made with whole-batch tensor ops on the training device.

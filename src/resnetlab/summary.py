@@ -134,9 +134,7 @@ def _dumps(d: dict, indent: int | None) -> str:
     return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
 
-# --------------------------------------------------------------------------------------------------------
-# the forward pass
-
+# --------------------------------------------------------------------------------------- the forward pass
 
 def describe(model: nn.Module) -> str:
     """A short label: the registered name and the options that shape the network."""
@@ -399,8 +397,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     return Summary(label, shape, rows, total_params, sum(r.macs for r in rows), notes, config)
 
 
-# --------------------------------------------------------------------------------------------------------
-# diff
+# --------------------------------------------------------------------------------------------------- diff
 
 _COMPARED = ("type", "input_shape", "output_shape", "kernels", "stride", "shortcut", "params", "macs")
 
@@ -535,8 +532,7 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
                 _names_a=list(pa), _names_b=list(pb))
 
 
-# --------------------------------------------------------------------------------------------------------
-# command line
+# ------------------------------------------------------------------------------------------- command line
 
 # Options that change no shape, parameter count or MAC: a --diff naming one compares nothing.
 _NO_EFFECT = ("seed", "zero_init_residual", "shortcut_scale")

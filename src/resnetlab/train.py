@@ -152,9 +152,7 @@ class TrainConfig:
     """deterministic algorithms (CUDA: slower; CPU runs are exact anyway)"""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Configuration resolution
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------- Configuration resolution
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
@@ -288,9 +286,7 @@ def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -
                          + "\n  ".join(diff) + "\nuse another --out for a new run")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- The training loop
 
 def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: bool, compiled: bool,
                  synced: bool = False) -> bool:

@@ -33,9 +33,7 @@ _RENAMES = (
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 
 
-# --------------------------------------------------------------------------------------------------------
-# our checkpoint format
-
+# ---------------------------------------------------------------------------------- our checkpoint format
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
@@ -153,9 +151,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
-# --------------------------------------------------------------------------------------------------------
-# weight files of any origin
-
+# ----------------------------------------------------------------------------- weight files of any origin
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "state_dict") -> None:
     """``model.load_state_dict(strict=True)``, or (nothing loaded) a ``ValueError`` listing every missing,
@@ -277,9 +273,7 @@ def _safetensors_config(path: str) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-# --------------------------------------------------------------------------------------------------------
-# the one loader: a model back from a file
-
+# --------------------------------------------------------------- the one loader: a model back from a file
 
 def _config_text(config: dict) -> str:
     if not config:
