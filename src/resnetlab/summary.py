@@ -436,17 +436,10 @@ class Diff(_Report):
                ("stride", "stride", str), ("shortcut", "shortcut", str), ("params", "params", human),
                ("MACs", "macs", human))
 
-    def _columns(self):
-        """The fields shown: those that differ in some row, plus params and MACs always."""
-        shown = []
-        for title, attr, fmt in self._FIELDS:
-            if title in ("params", "MACs") or any(ra is None or rb is None or getattr(ra, attr) != getattr(rb, attr)
-                                                  for _, ra, rb in self.rows):
-                shown.append((title, attr, fmt))
-        return shown
-
     def _table(self, markdown=False) -> str:
-        cols = self._columns()
+        # The fields shown: those that differ in some row, and params and MACs always.
+        cols = [(title, attr, fmt) for title, attr, fmt in self._FIELDS if title in ("params", "MACs") or any(
+            ra is None or rb is None or getattr(ra, attr) != getattr(rb, attr) for _, ra, rb in self.rows)]
         head = ["layer"] + [f"A {t}" for t, _, _ in cols] + [f"B {t}" for t, _, _ in cols]
         cells = [[name] + [("-" if r is None else fmt(getattr(r, attr))) for r in (ra, rb)  # all A, then B
                            for _, attr, fmt in cols] for name, ra, rb in self.rows]
@@ -464,10 +457,11 @@ class Diff(_Report):
             parts = name.split(".")
             key = next((".".join(parts[:i]) for i in range(1, len(parts))
                         if ".".join(parts[:i]) not in prefixes), name)
-            groups[key] = groups.get(key, 0) + Diff._numel([(name, shape)])
+            groups[key] = groups.get(key, 0) + math.prod(shape)
         return groups
 
     def _params_lines(self) -> list[str]:
+        """The parameter tensors that differ, then the totals, one line each."""
         lines = []
         for title, items, other in (("only in A", self.only_a, self._names_b), ("only in B", self.only_b,
                                                                                   self._names_a)):
@@ -478,11 +472,8 @@ class Diff(_Report):
             lines.append(f"parameter {n}: {_shape(sa)} in A, {_shape(sb)} in B")
         if not lines:
             lines.append("parameters: same names and shapes")
-        return lines
-
-    def _totals(self) -> str:
-        return (f"totals: params {self.a.total_params:,} -> {self.b.total_params:,} ({self.params_delta:+,}); "
-                f"MACs {self.a.total_macs:,} -> {self.b.total_macs:,} ({self.macs_delta:+,})")
+        return lines + [f"totals: params {self.a.total_params:,} -> {self.b.total_params:,} ({self.params_delta:+,}); "
+                        f"MACs {self.a.total_macs:,} -> {self.b.total_macs:,} ({self.macs_delta:+,})"]
 
     def _head(self) -> str:
         return (f"A = {self.a.model}, input {_shape(self.a.input_shape)}\n"
@@ -494,13 +485,13 @@ class Diff(_Report):
         parts = [self._head()]
         if self.rows:
             parts += ["", self._table()]
-        return "\n".join(parts + [""] + self._params_lines() + [self._totals()])
+        return "\n".join(parts + [""] + self._params_lines())
 
     def to_markdown(self) -> str:
         parts = ["\n\n".join(f"**{line}**" for line in self._head().splitlines())]
         if self.rows:
             parts += ["", self._table(markdown=True)]
-        return "\n".join(parts + [""] + [f"- {line}" for line in self._params_lines() + [self._totals()]])
+        return "\n".join(parts + [""] + [f"- {line}" for line in self._params_lines()])
 
     def to_dict(self) -> dict:
         return {"a": self.a.model, "b": self.b.model,
