@@ -158,7 +158,6 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
     and validate."""
     recipe = get_recipe(cfg.recipe)
-    spec = cfg.model.spec
     given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # checked; the recipe's are scaled
     values = {}
     if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
@@ -173,8 +172,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         # A recipe's warm-up keeps its share of the run, as its milestones do (at least one step).
         values["warmup_steps"] = max(1, round(recipe["warmup_steps"] * iterations / RECIPE_LENGTH[cfg.recipe]))
     cfg = dataclasses.replace(cfg, **values)
-    warmup = resolve_warmup(cfg.warmup, spec.depth)
-    cfg = dataclasses.replace(cfg, warmup=warmup)
+    cfg = dataclasses.replace(cfg, warmup=resolve_warmup(cfg.warmup, cfg.model.spec.depth))
     checks = [
         (cfg.iterations >= 1, f"iterations must be >= 1, got {cfg.iterations}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
@@ -212,11 +210,11 @@ def make_schedule(cfg: TrainConfig) -> Schedule:
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
     """SGD parameter groups. Without ``decay_norm_and_bias``, parameters of rank <= 1 (BN scales and shifts,
     biases) get no weight decay: decaying them only shrinks the scale BN is free to choose."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 METRIC_COLUMNS = ("step", "kind", "split", "loss", "error", "top5_error", "lr", "img_per_s", "time")
