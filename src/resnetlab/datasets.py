@@ -308,20 +308,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed, image_size=image_size),
                "test": make_synthetic(synthetic_test, seed=synthetic_seed + 1_000_003, image_size=image_size)}
     elif name in CIFAR_FOLDERS:
-        if data_dir is None:
-            cache = os.fspath(cache_dir) if cache_dir is not None else _cache_dir()
-            try:
-                data_dir = find_cifar(name, cache)
-            except FileNotFoundError:
-                if not download:
-                    raise FileNotFoundError(f"{name} not found in the cache {cache}; {hint}") from None
-                data_dir = download_cifar(name, cache)
-        elif download and not os.path.isfile(data_dir):
-            try:
-                find_cifar(name, data_dir)
-            except FileNotFoundError:  # download into the folder given (created if needed)
-                data_dir = download_cifar(name, data_dir)
-        out = load_cifar(name, data_dir, labels=labels)
+        where = os.fspath(data_dir if data_dir is not None else cache_dir if cache_dir is not None else _cache_dir())
+        try:
+            found = find_cifar(name, where)
+        except FileNotFoundError:
+            if download:  # into the folder given (created if needed), else the cache
+                found = download_cifar(name, where)
+            elif data_dir is None:
+                raise FileNotFoundError(f"{name} not found in the cache {where}; {hint}") from None
+            else:
+                raise
+        out = load_cifar(name, found, labels=labels)
     elif name == "folder":
         if data_dir is None:
             raise ValueError("the folder dataset needs data_dir (--data-dir ROOT with ROOT/train/<class>/*)")
@@ -337,7 +334,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     if val_split:
         out["train"], out["val"] = split_train_val(out["train"], int(val_split), split_seed)
     return out
-
 
 
 # ------------------------------------------------------------------------ Downloading the official archives
