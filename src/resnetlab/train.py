@@ -542,11 +542,10 @@ def train(config: TrainConfig) -> dict:
                     check_loss(done, results["val"]["loss"], "validation loss")
                     save(done, os.path.join(out, "best.pt"))
 
-            if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
+            paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
+            paths += [last_path] if done % cfg.checkpoint_every == 0 or done == cfg.iterations else []
+            if main and paths:
                 check_loss(done, loss_sum.item() / seen if seen else 0.0, f"mean training loss since step {done - seen}")
-                paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
-                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                    paths.append(last_path)
                 save(done, *paths)
             t_log += time.perf_counter() - t_pause
     except KeyboardInterrupt:
