@@ -35,11 +35,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def center_crop(im: Image.Image, size: int, resize: int) -> Image.Image:
-    """``im`` with its shorter side resized to ``resize`` and the centre ``size x size`` kept.
-
-    Done as one bilinear resampling of the box of the original image that maps onto that centre square,
-    so the image is resampled once, not resized and then cropped.
-    """
+    """``im`` with its shorter side resized to ``resize`` and the centre ``size x size`` kept, in one bilinear
+    resampling of the box of ``im`` that maps onto that square (not a resize, then a crop)."""
     w, h = im.size
     side = size * min(w, h) / resize
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
