@@ -108,7 +108,9 @@ def _load_failure(error: Exception) -> str:
 
 def _read_ours(path: str, map_location="cpu") -> tuple[dict | None, str | None]:
     """``(checkpoint, None)`` for one of ours; ``(None, why it is unreadable)`` or ``(None, None)`` for
-    any other existing file (safetensors files are not unpickled at all)."""
+    any other file (safetensors files are not unpickled at all); ``FileNotFoundError`` for none."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if _is_safetensors(path):
         return None, None
     try:
@@ -140,8 +142,6 @@ def peek_checkpoint(path: str | os.PathLike) -> dict | None:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read one of our checkpoints (``weights_only=True``); clear errors for missing or foreign files."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt, unreadable = _read_ours(path, map_location)
     if unreadable is not None:
         raise ValueError(f"{path} is not a readable checkpoint (weights_only load failed: {unreadable})")
@@ -321,8 +321,6 @@ def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn
     ``nn.Module`` is loaded into as it is. ``checkpoint`` is our checkpoint dict, or ``None`` for other files.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt, unreadable = _read_ours(path, map_location)
     if ckpt is not None:
         recorded = dict(ckpt.get("model_config") or {})
