@@ -426,8 +426,7 @@ class LandscapeConfig(SourceOptions):
     direction_seeds: int = 3
     """direction pairs (seeds SEED, SEED+1, ...) for flatness mean +- std; grids and plots are the first's"""
     bn: Literal[BN_MODES] = "batch"
-    """BN at each grid point: batch statistics, recompute (running statistics re-estimated for the shifted
-    weights; twice the cost) or eval (the checkpoint's, which break filter normalisation's scale invariance)"""
+    """BN at each grid point: batch statistics, recompute (re-estimated for the shifted weights), eval (the checkpoint's)"""
     dims: int = 2
     """1: a curve along one direction; 2: also the surface over two"""
     span: float = 1.0
