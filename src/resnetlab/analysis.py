@@ -481,10 +481,8 @@ def format_result(result: dict) -> str:
 
 
 def main_analyze(argv: list[str] | None = None) -> int:
-    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]``.
-
-    Each source gets its table; ``--json`` holds the result (several sources: ``{"analysis", "results": [...]}``)
-    and ``--plot`` draws all of them overlaid (plain vs residual twins in one figure)."""
+    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]``: a table per
+    source; ``--json`` holds the results, ``--plot`` draws them overlaid (twins in one figure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]\n\n"
              "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
