@@ -183,9 +183,7 @@ def _units(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _kernel(conv: nn.Conv2d) -> str:
-    kh, kw = conv.kernel_size
-    s = f"{kh}x{kw},{conv.out_channels}"
-    return s + (f",g{conv.groups}" if conv.groups > 1 else "")
+    return f"{_shape(conv.kernel_size)},{conv.out_channels}" + (f",g{conv.groups}" if conv.groups > 1 else "")
 
 
 def _block_kernels(block: nn.Module) -> str:
