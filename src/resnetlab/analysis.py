@@ -1,11 +1,5 @@
-"""Why do shortcuts work? Measurements on any model, fresh or trained (``resnetlab analyze``).
-
-* :func:`path_stats`: per block, ``||F(x)|| / ||s * shortcut(x)||`` and their cosine (eval mode, per
-  sample); :func:`projection_stats`: how identity-like a 1x1 projection shortcut (BN folded in) stays.
-* :func:`signal_norms`, :func:`gradient_norms`, :func:`block_gradient_norms`: ``||dL/dx||`` per block and
-  weight-gradient norms (train-mode BN, statistics restored); :func:`lesion`: the accuracy without a block.
-* :func:`layer_response_stats`: the paper's Figure 7, the std of every 3x3 layer's response.
-
+"""Why do shortcuts work? Measurements on any model, fresh or trained (``resnetlab analyze``): how much goes
+through the shortcut, how identity-like projections stay, gradient flow, lesions and the paper's Figure 7.
 docs/analysis.md defines every number precisely.
 """
 from __future__ import annotations
@@ -73,13 +67,9 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def path_stats(model: nn.Module, x) -> list[dict]:
-    """Per block: ``{"block", "kind", "ratio", "cosine", "ratio_batch", "branch_rms", "shortcut_rms",
-    "samples"}``, measured in eval mode on ``x`` (a batch, or an iterable of batches / ``(x, y)`` pairs).
-
-    ``ratio`` is the mean over samples of ``||F(x_i)|| / ||s * shortcut(x_i)||``, ``cosine`` the mean over
-    samples of their cosine (0 where either is zero); ``ratio_batch`` divides the norms over all samples.
-    Plain blocks (no shortcut) get ``kind="none"`` and ``None`` for every number.
-    """
+    """Per block, the residual branch ``F(x)`` against the (scaled) shortcut in eval mode on ``x`` (a batch, or
+    an iterable of batches / ``(x, y)`` pairs): ``{"block", "kind", "ratio", "cosine", "ratio_batch",
+    "branch_rms", "shortcut_rms", "samples"}`` (docs/analysis.md); plain blocks get ``None`` numbers."""
     blocks = model_blocks(model)
     acc = {name: {"ratio": 0.0, "cosine": 0.0, "f2": 0.0, "s2": 0.0, "n": 0, "numel": 0} for name, _ in blocks}
 
@@ -149,10 +139,8 @@ def folded_projection(shortcut: ProjectionShortcut) -> tuple[torch.Tensor, torch
 
 
 def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict]:
-    """For every block with a 1x1 projection shortcut (options B/C): how identity-like is its folded map
-    ``W_eff``? ``identity_energy`` is the fraction of ``||W_eff||_F^2`` on the entries an option-A shortcut
-    carries (the mask ``M`` of :func:`identity_mask`), ``identity_mean`` their mean (1 for option A),
-    ``identity_distance`` ``||W_eff - M||_F / ||M||_F``; also the singular values and the bias norm."""
+    """For every block with a 1x1 projection shortcut (options B/C): how identity-like its folded map
+    ``W_eff`` is, against the entries an option-A shortcut carries (:func:`identity_mask`; docs/analysis.md)."""
     if zero_pad is None:
         zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
     rows = []
@@ -178,8 +166,7 @@ def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# gradients and lesions
+# ---------------------------------------------------------------------------- gradients and lesions
 
 def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
     """``||dL/dx_l||`` at the input images (``"input"``) and at each block's output, in forward order, for
@@ -223,8 +210,8 @@ def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dic
 
 
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """L2 norm of the cross-entropy loss gradient of every conv/linear weight, in forward order, keyed by
-    parameter name (``"conv1.weight"``, ``"layer1.0.conv1.weight"``, ..., ``"fc.weight"``). Train mode."""
+    """``{"conv1.weight": norm, ...}``: the loss gradient's norm for every conv/linear weight in forward order
+    (train mode)."""
     grads, order, _ = _loss_grads(model, x, y)
     return dict(_weight_norms(grads, order))
 
@@ -263,10 +250,9 @@ def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
 @torch.no_grad()
 def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
            max_batches: int | None = None, device=None, quiet: bool = True) -> list[dict]:
-    """``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]``: the accuracy with one block at a time
-    removed at test time (Veit et al. 2016) on ``data``, an ArrayDataset (normalised with ``normalization``)
-    or ``(x, y)`` batches. A removed block returns its (scaled) shortcut, through the final ReLU of a
-    post-activation block; a plain block returns ``x``, or ``None`` accuracy where its shape changes."""
+    """``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]``: the accuracy on ``data`` (an ArrayDataset
+    normalised with ``normalization``, or ``(x, y)`` batches) with one block at a time removed at test time
+    (Veit et al. 2016): it returns its shortcut (a plain block its input, or ``None`` if the shape changes)."""
     device = torch.device(device) if device is not None else _device_of(model)
     batches = list(labelled_batches(data, normalization, batch_size, device, max_batches))
     blocks = model_blocks(model)
@@ -294,15 +280,13 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# responses (Figure 7)
+# ----------------------------------------------------------------------------- responses (Figure 7)
 
 @torch.no_grad()
 def layer_response_stats(model: nn.Module, x) -> list[dict]:
-    """Per 3x3 conv, in forward order: ``{"layer", "source", "std", "channel_std", "mean"}`` of its response,
-    the output of the BN that consumes the conv's output (or the conv's own, where none does), in eval mode
-    on ``x`` (a batch or an iterable of batches). ``std`` is over ``(N, C, H, W)``, ``channel_std`` the
-    mean over channels of the std over ``(N, H, W)``."""
+    """Per 3x3 conv, in forward order: ``{"layer", "source", "std", "channel_std", "mean"}`` of its response
+    (the output of the BN that consumes the conv's, else its own; docs/analysis.md), in eval mode on ``x``
+    (a batch or an iterable of batches)."""
     convs = {m: name for name, m in model.named_modules()
              if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)}
     norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
@@ -356,23 +340,16 @@ def layer_responses(model: nn.Module, x) -> list[tuple[str, float]]:
     return [(r["layer"], r["std"]) for r in layer_response_stats(model, x)]
 
 
-def _fmt(v, spec=".4f") -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return format(v, spec)
-    return str(v)
-
-
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """Fixed-width text table of dicts (:func:`resnetlab.io.format_table`); ``columns`` = ``[(key, header,
-    format spec), ...]``; every column but the first is right-aligned."""
-    return io_format_table([h for _, h, _ in columns], [[_fmt(r.get(k), f) for k, _, f in columns] for r in rows],
+    """Fixed-width text table of dicts; ``columns`` = ``[(key, header, format spec of a float), ...]``; every
+    column but the first is right-aligned, ``None`` is ``n/a``."""
+    def cell(v, spec):
+        return "n/a" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+    return io_format_table([h for _, h, _ in columns], [[cell(r.get(k), f) for k, _, f in columns] for r in rows],
                            right=range(1, len(columns)))
 
 
-# --------------------------------------------------------------------------------------------------
-# resnetlab analyze
+# -------------------------------------------------------------------------------- resnetlab analyze
 
 @dataclass(frozen=True)
 class AnalyzeConfig(SourceOptions):
@@ -504,10 +481,8 @@ def format_result(result: dict) -> str:
 
 
 def main_analyze(argv: list[str] | None = None) -> int:
-    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]``.
-
-    Each source gets its table; ``--json`` holds the result (several sources: ``{"analysis", "results": [...]}``)
-    and ``--plot`` draws all of them overlaid (plain vs residual twins in one figure)."""
+    """``resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]``: a table per
+    source; ``--json`` holds the results, ``--plot`` draws them overlaid (twins in one figure)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: resnetlab analyze {paths,gradients,responses} MODEL|CKPT [MODEL|CKPT ...] [options]\n\n"
              "  paths      per block: ||F(x)|| / ||shortcut(x)||, their cosine; projection shortcuts vs identity\n"
@@ -538,6 +513,3 @@ def main_analyze(argv: list[str] | None = None) -> int:
     if cfg.plot:
         plot_results(results, cfg.plot)
     return 0
-
-
-main = main_analyze

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module, summary). Each module exposes ``main(argv: list[str]) -> int``.
+# name -> (module, summary). The module's ``main_<name>(argv: list[str]) -> int`` runs the command.
 COMMANDS = {
     "demo": ("resnetlab.study", "the main job: a small offline shortcut study with its report"),
     "summary": ("resnetlab.summary", "layer-by-layer table of shapes, kernels, shortcuts, params, MACs"),
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnetlab: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    entry = getattr(module, f"main_{name}", None) or module.main
+    entry = getattr(module, f"main_{name}")
     try:
         return int(entry(argv[1:]) or 0)
     except SystemExit as e:  # argparse: --help (0) or a bad flag (2, message already printed)

@@ -121,10 +121,12 @@ def _convert(where: str, annotation, value):
     return value
 
 
-def model_field(cls) -> dataclasses.Field | None:
-    """The field of ``cls`` that nests the model config (named ``model``), if any."""
-    return next((f for f in dataclasses.fields(cls) if f.name == "model" and dataclasses.is_dataclass(
-        _strip(typing.get_type_hints(cls, include_extras=True)["model"])[0])), None)
+def _model_class(cls) -> type | None:
+    """The config class that ``cls`` nests as its field ``model``, if any."""
+    if "model" not in {f.name for f in dataclasses.fields(cls)}:
+        return None
+    base = _strip(typing.get_type_hints(cls, include_extras=True)["model"])[0]
+    return base if dataclasses.is_dataclass(base) else None
 
 
 def from_dict(cls, data: dict, where: str = "config"):
@@ -135,9 +137,8 @@ def from_dict(cls, data: dict, where: str = "config"):
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    mf = model_field(cls)
-    if mf is not None:
-        model_cls = _strip(hints["model"])[0]
+    model_cls = _model_class(cls)
+    if model_cls is not None:
         flat = {k: data.pop(k) for k in list(data) if k not in names and k in
                 {f.name for f in dataclasses.fields(model_cls)}}
         if isinstance(data.get("model"), str):  # "model: resnet56" names the model
@@ -207,8 +208,8 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
     ``--model.name NAME`` (options of the nested model config that the outer config does not declare
     itself), and ``--preact`` / ``--no-preact`` for ``Optional[bool]`` fields (tyro wants a value there)."""
     aliases = {}
-    if model_field(cls) is not None:
-        model_cls = _strip(typing.get_type_hints(cls, include_extras=True)["model"])[0]
+    model_cls = _model_class(cls)
+    if model_cls is not None:
         own = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
         for f in dataclasses.fields(model_cls):
             flag = f.name.replace("_", "-")
@@ -305,13 +306,12 @@ def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = N
     """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) the flags given."""
     argv = list(sys.argv[1:] if argv is None else argv)
     path, argv = _pop_config_file(argv)
-    data = dict(base or {})
-    if path is not None:
-        data.update(load_file(path))
+    from_file = load_file(path) if path is not None else {}
+    data = {**(base or {}), **from_file}
     default = from_dict(cls, data) if data else cls()
-    mf = model_field(cls)
+    nests_model = _model_class(cls) is not None
     text = (description or (cls.__doc__ or "").strip().split("\n\n")[0]) + "\n\n" + CONFIG_HELP
-    if mf is not None:
+    if nests_model:
         text += (" Model options may be given without their prefix: --shortcut B for --model.shortcut B, "
                  "--model NAME for --model.name NAME.")
     args = _rewrite_argv(cls, argv)
@@ -323,10 +323,8 @@ def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = N
         if e.code in (0, None):
             raise
         raise ValueError(_one_line(err.getvalue(), prog)) from None
-    file_keys = set()
-    if path is not None:  # flat model keys in a file count as model.* keys
-        file_keys = {k if "." in k or model_field(cls) is None or k in {f.name for f in dataclasses.fields(cls)}
-                     else f"model.{k}" for k in _key_paths(load_file(path))}
+    own = {f.name for f in dataclasses.fields(cls)}  # flat model keys in a file count as model.* keys
+    file_keys = {k if "." in k or not nests_model or k in own else f"model.{k}" for k in _key_paths(from_file)}
     object.__setattr__(cfg, "_given", frozenset(_flag_names(args) | file_keys))
     return cfg
 

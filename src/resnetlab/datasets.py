@@ -1,22 +1,8 @@
-"""Datasets: every image set the package reads, as uint8 images in memory.
+"""Datasets: every image set the package reads (:data:`DATASETS`), as uint8 images in memory.
 
-``load_dataset(name, data_dir)`` returns ``{"train", "test"[, "val"]}`` of :class:`ArrayDataset` for the
-names in :data:`DATASETS`:
-
-``"cifar10"``, ``"cifar100"``
-    The official python format, read from the extracted folder or straight from the ``.tar.gz``, with an
-    unpickler that refuses anything but the arrays of the format. ``download=True`` fetches the official
-    archive into the cache folder (:func:`download_cifar`: MD5 checked, members checked before
-    extraction, nothing half-written left behind).
-``"synthetic"``
-    10 classes of coloured shapes made in memory (:func:`make_synthetic`), no files.
-``"folder"``
-    A tree of small images (``root/train/<class>/*.png``, ``root/test`` or ``root/val``) decoded once with
-    Pillow (:func:`load_folder_arrays`, built on :mod:`resnetlab.images`).
-
-``val_split=5000`` holds out the paper's 45k/5k train/validation split (stratified by class, seeded by
-``split_seed``). What a network sees of these images (normalisation, augmented batches) is
-:mod:`resnetlab.stream`.
+CIFAR-10/100 in the official python format (folder or ``.tar.gz``, read by an unpickler that refuses anything
+but the format's arrays; checked downloads), the synthetic shapes, small image folders, and the seeded,
+stratified train/val split: docs/data.md. What a network sees of the images is :mod:`resnetlab.stream`.
 """
 from __future__ import annotations
 
@@ -55,9 +41,7 @@ NAMED_DATASETS = tuple(d for d in DATASETS if d != "folder")
 """The datasets known by name, with fixed classes (all but an arbitrary image folder)."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# In-memory datasets
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------- In-memory datasets
 
 @dataclass
 class ArrayDataset:
@@ -97,12 +81,9 @@ TAG_ORDER, TAG_AUG, TAG_SPLIT, TAG_SYNTH = 11, 12, 13, 14
 
 
 def split_train_val(data: ArrayDataset, val_split: int, split_seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """Hold out ``val_split`` images of ``data`` as a validation set, stratified by class.
-
-    Each class gives ``val_split * n_class / N`` images (rounded by largest remainder, so the total is
-    exact); which images is drawn with ``split_seed``. Both parts keep the original order of ``data``.
-    CIFAR-10 with ``val_split=5000`` gives 500 validation images per class (the paper's 45k/5k split).
-    """
+    """Hold out ``val_split`` images of ``data`` as a validation set, stratified by class: each class gives
+    ``val_split * n_class / N`` images (by largest remainder, so the total is exact), drawn with ``split_seed``.
+    Both parts keep the order of ``data``."""
     n = len(data)
     if not 0 < val_split < n:
         raise ValueError(f"val_split must be between 1 and {n - 1} for a training set of {n}, got {val_split}")
@@ -123,9 +104,7 @@ def split_train_val(data: ArrayDataset, val_split: int, split_seed: int = 0) -> 
     return data.subset(torch.nonzero(mask).flatten()), data.subset(val)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The synthetic dataset
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------ The synthetic dataset
 
 SYNTHETIC_SHAPES = ("disc", "square", "ring", "cross", "triangle")
 SYNTHETIC_CLASSES = [f"{s}-{p}" for p in ("solid", "striped") for s in SYNTHETIC_SHAPES]
@@ -133,13 +112,9 @@ SYNTHETIC_CLASSES = [f"{s}-{p}" for p in ("solid", "striped") for s in SYNTHETIC
 
 def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     """``n`` images of 10 classes: 5 shapes (disc, square, ring, cross, triangle) x 2 fills (solid, or
-    striped with the background colour), deterministic in ``seed``.
-
-    Every image draws its own position, size, colours (a light shape on a dark background), stripe
-    angle/period and pixel noise, so the class is carried by the shape and the fill, not by colour. A
-    ResNet-20 (SGD 0.05, batch 32, CPU) reaches about 75% test accuracy after 200 steps and keeps improving:
-    quick to learn, not trivial. Labels are balanced (``i % 10`` before a seeded shuffle).
-    """
+    striped with the background colour), deterministic in ``seed``, balanced (``i % 10``, shuffled). Every
+    image draws its own position, size, colours, stripes and noise, so the class is carried by the shape and
+    the fill, not by colour (docs/data.md)."""
     g = seeded_generator(seed, TAG_SYNTH, n, image_size)
     y = torch.arange(n) % 10
     y = y[torch.randperm(n, generator=g)]
@@ -169,17 +144,14 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     striped = (y >= 5)[:, None, None]
     fg = 0.5 + 0.5 * u(n, 3)                                                       # a light shape...
     bg = 0.4 * u(n, 3)                                                             # ...on a dark background
-    fg2 = bg                                                                       # stripes cut to the background
-    fill = torch.where((striped & stripes)[:, None], fg2[:, :, None, None], fg[:, :, None, None])
+    fill = torch.where((striped & stripes)[:, None], bg[:, :, None, None], fg[:, :, None, None])  # stripes cut to bg
     img = torch.where(mask[:, None] > 0, fill, bg[:, :, None, None].expand(-1, -1, image_size, image_size))
     img = img + 0.08 * torch.randn(img.shape, generator=g)
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return ArrayDataset(x.contiguous(), y.long(), list(SYNTHETIC_CLASSES))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CIFAR in the official python format
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- CIFAR in the official python format
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the official CIFAR files, which hold only dicts, lists, strings and numpy arrays; refuses
@@ -209,9 +181,11 @@ def _as_str(v) -> str:
     return v.decode("latin1") if isinstance(v, bytes) else str(v)
 
 
-_CIFAR_MEMBERS = {"cifar10": ("batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                 "data_batch_5", "test_batch"),
-                   "cifar100": ("meta", "train", "test")}
+# The member files of each release: its metadata, and the batches of each split.
+_CIFAR_LAYOUT = {
+    "cifar10": ("batches.meta", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}),
+    "cifar100": ("meta", {"train": ["train"], "test": ["test"]}),
+}
 
 
 def _check_download(name: str, path: str) -> None:
@@ -232,7 +206,8 @@ class _CifarSource:
         self.name, self.path = name, path
         self.blobs = None
         if os.path.isfile(path):
-            wanted = set(_CIFAR_MEMBERS[name])
+            meta, parts = _CIFAR_LAYOUT[name]
+            wanted = {meta, *(m for members in parts.values() for m in members)}
             self.blobs = {}
             _check_download(name, path)
             total = 0
@@ -258,9 +233,6 @@ class _CifarSource:
             raise FileNotFoundError(f"{where} not found (is {self.path} an extracted {self.name} folder?)")
         with open(where, "rb") as fh:
             return _unpickle(fh, where)
-
-    def close(self):
-        self.blobs = None
 
 
 def _images(batch: dict, where: str) -> torch.Tensor:
@@ -289,42 +261,31 @@ def find_cifar(name: str, data_dir: str | os.PathLike) -> str:
 
 
 def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> dict[str, ArrayDataset]:
-    """Read CIFAR-10/100 from the extracted official folder or the ``.tar.gz`` (read in memory).
-
-    CIFAR-100 uses its 100 ``fine`` labels unless ``labels="coarse"`` (the 20 superclasses).
-    """
+    """Read CIFAR-10/100 from the extracted official folder or the ``.tar.gz`` (read in memory); CIFAR-100
+    with its 100 ``fine`` labels unless ``labels="coarse"`` (the 20 superclasses)."""
     if name not in CIFAR_FOLDERS:
         raise ValueError(f"unknown CIFAR dataset {name!r}; valid: {', '.join(CIFAR_FOLDERS)}")
+    if name == "cifar100" and labels not in ("fine", "coarse"):
+        raise ValueError(f"labels must be 'fine' or 'coarse', got {labels!r}")
     src = _CifarSource(name, find_cifar(name, path))
-    try:
-        if name == "cifar10":
-            meta = src.read("batches.meta")
-            classes = [_as_str(c) for c in meta["label_names"]]
-            parts = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-            key = "labels"
-        else:
-            if labels not in ("fine", "coarse"):
-                raise ValueError(f"labels must be 'fine' or 'coarse', got {labels!r}")
-            meta = src.read("meta")
-            classes = [_as_str(c) for c in meta[f"{labels}_label_names"]]
-            parts = {"train": ["train"], "test": ["test"]}
-            key = f"{labels}_labels"
-        out = {}
-        for split, members in parts.items():
-            xs, ys = [], []
-            for m in members:
-                batch = src.read(m)
-                if key not in batch:
-                    raise ValueError(f"{src.path}:{m}: no {key!r} in the batch (keys: {sorted(batch)})")
-                xs.append(_images(batch, f"{src.path}:{m}"))
-                ys.append(torch.as_tensor(np.asarray(batch[key], dtype=np.int64)))
-            x, y = torch.cat(xs), torch.cat(ys)
-            if len(y) != len(x) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
-                raise ValueError(f"{src.path}: {split} labels do not match the {len(classes)} classes")
-            out[split] = ArrayDataset(x, y, classes)
-        return out
-    finally:
-        src.close()
+    meta, parts = _CIFAR_LAYOUT[name]
+    prefix = "" if name == "cifar10" else f"{labels}_"  # CIFAR-100: fine_labels, coarse_label_names, ...
+    classes = [_as_str(c) for c in src.read(meta)[f"{prefix}label_names"]]
+    key = f"{prefix}labels"
+    out = {}
+    for split, members in parts.items():
+        xs, ys = [], []
+        for m in members:
+            batch = src.read(m)
+            if key not in batch:
+                raise ValueError(f"{src.path}:{m}: no {key!r} in the batch (keys: {sorted(batch)})")
+            xs.append(_images(batch, f"{src.path}:{m}"))
+            ys.append(torch.as_tensor(np.asarray(batch[key], dtype=np.int64)))
+        x, y = torch.cat(xs), torch.cat(ys)
+        if len(y) != len(x) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):
+            raise ValueError(f"{src.path}: {split} labels do not match the {len(classes)} classes")
+        out[split] = ArrayDataset(x, y, classes)
+    return out
 
 
 DATA_DIR_HINT = "pass its folder or .tar.gz with --data-dir"  # the hint of the commands without --download
@@ -338,37 +299,26 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                  ) -> dict[str, ArrayDataset]:
     """Load a dataset as ``{"train", "test"}`` (+ ``"val"`` when ``val_split > 0``) of :class:`ArrayDataset`.
 
-    name: one of :data:`DATASETS`.
-    data_dir: the extracted official folder, its parent, or the ``.tar.gz``; when omitted, the cache folder
-        (``cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``) is searched. With
-        ``download=True`` the official archive is fetched (into ``data_dir`` if given, else the cache) when
-        the data is not there; otherwise the error says ``hint`` (a command names its own flags).
-    val_split: images held out of the training set for validation (5000: the paper's 45k/5k split),
-        stratified by class and drawn with ``split_seed``; 0 trains on all of it.
-    The synthetic set needs no files: ``synthetic_train``/``synthetic_test`` images, 10 classes, ``image_size``
-    pixels square.
-    ``"folder"``: a tree of small images (``data_dir/train/<class>/*``, ``data_dir/test`` or ``data_dir/val``)
-    decoded into memory at ``image_size`` (:func:`load_folder_arrays`); ``val/`` serves as ``"test"`` when
-    there is no ``test/``. (Large image folders are evaluated from disk: :class:`resnetlab.images.ImageFolder`.)
+    Without ``data_dir`` CIFAR is looked for in the cache (``cache_dir``, else :func:`resnetlab.io.cache_dir`)
+    and, with ``download=True``, fetched; the error for missing data ends with ``hint`` (a command names its
+    own flags). docs/data.md describes every argument; large image folders are evaluated from disk instead
+    (:class:`resnetlab.images.ImageFolder`).
     """
     if name == "synthetic":
         out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed, image_size=image_size),
                "test": make_synthetic(synthetic_test, seed=synthetic_seed + 1_000_003, image_size=image_size)}
     elif name in CIFAR_FOLDERS:
-        if data_dir is None:
-            cache = os.fspath(cache_dir) if cache_dir is not None else _cache_dir()
-            try:
-                data_dir = find_cifar(name, cache)
-            except FileNotFoundError:
-                if not download:
-                    raise FileNotFoundError(f"{name} not found in the cache {cache}; {hint}") from None
-                data_dir = download_cifar(name, cache)
-        elif download and not os.path.isfile(data_dir):
-            try:
-                find_cifar(name, data_dir)
-            except FileNotFoundError:  # download into the folder given (created if needed)
-                data_dir = download_cifar(name, data_dir)
-        out = load_cifar(name, data_dir, labels=labels)
+        where = os.fspath(data_dir if data_dir is not None else cache_dir if cache_dir is not None else _cache_dir())
+        try:
+            found = find_cifar(name, where)
+        except FileNotFoundError:
+            if download:  # into the folder given (created if needed), else the cache
+                found = download_cifar(name, where)
+            elif data_dir is None:
+                raise FileNotFoundError(f"{name} not found in the cache {where}; {hint}") from None
+            else:
+                raise
+        out = load_cifar(name, found, labels=labels)
     elif name == "folder":
         if data_dir is None:
             raise ValueError("the folder dataset needs data_dir (--data-dir ROOT with ROOT/train/<class>/*)")
@@ -386,10 +336,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     return out
 
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Downloading the official archives
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------ Downloading the official archives
 
 # An official CIFAR member is at most ~160 MB (CIFAR-100's train batch), the whole release ~180 MB: anything
 # far larger is a decompression bomb, not a dataset.
@@ -412,16 +359,15 @@ def _check_members(tar: tarfile.TarFile, archive: str) -> list[tarfile.TarInfo]:
     members = tar.getmembers()
     seen, total = set(), 0
     for m in members:
-        name = m.name
-        key = name.replace("\\", "/").strip("/")
+        name, path = m.name, m.name.replace("\\", "/")
+        key = path.strip("/")
         if key in seen and not m.isdir():
             raise ValueError(f"{archive}: refusing an archive that holds {name!r} twice")
         seen.add(key)
         total = _check_size(m, total, archive)
-        parts = name.replace("\\", "/").split("/")
         if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
             raise ValueError(f"{archive}: refusing to extract {name!r}: absolute path")
-        if ".." in parts:
+        if ".." in path.split("/"):
             raise ValueError(f"{archive}: refusing to extract {name!r}: path leaves the extraction folder")
         if not (m.isfile() or m.isdir()):
             raise ValueError(f"{archive}: refusing to extract {name!r}: links and special files are not allowed")
@@ -477,14 +423,9 @@ def _fetch(url: str, path: str, md5: str, label: str, quiet: bool) -> None:
 
 def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url: str | None = None,
                    md5: str | None = None, quiet: bool = False) -> str:
-    """Fetch and extract the official CIFAR-10/100 python archive; returns the extracted folder.
-
-    The archive is downloaded into ``cache_dir`` (default :func:`resnetlab.io.cache_dir`) with a progress
-    bar on stderr and written atomically once its MD5 matches (a mismatch raises ``ValueError`` naming both
-    sums and leaves no file); it is then extracted, member-checked, into a temporary folder that is renamed
-    into place: an interrupted run leaves no half-written archive or folder. ``url``/``md5`` override the
-    official ones (a mirror). Already there: nothing is fetched.
-    """
+    """Fetch and extract the official CIFAR-10/100 python archive into ``cache_dir`` (default
+    :func:`resnetlab.io.cache_dir`); returns the extracted folder. The MD5 is checked and every member before
+    extraction, and nothing half-written is left behind (docs/data.md); ``url``/``md5`` name a mirror."""
     if name not in CIFAR_URLS:
         raise ValueError(f"unknown CIFAR dataset {name!r}; valid: {', '.join(CIFAR_URLS)}")
     cache = os.fspath(cache_dir) if cache_dir is not None else _cache_dir()
@@ -511,18 +452,14 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
     return folder
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Image folders decoded into memory
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------ Image folders decoded into memory
 
 def load_folder_arrays(root: str | os.PathLike, *, image_size: int = 32, resize: int | None = None,
                        on_bad_image: str = "error", num_workers: int = 0) -> dict[str, ArrayDataset]:
-    """An image-folder tree (``root/train``, ``root/val`` and/or ``root/test``) decoded into memory as
-    :class:`ArrayDataset` splits sharing the training classes, for small images (then
-    :class:`resnetlab.stream.TrainStream` does the augmentation, as for CIFAR). Each image: shorter side
-    resized to ``resize`` (default ``image_size``), centre ``image_size`` square; CIFAR-sized PNGs come back
-    pixel for pixel. Unreadable images raise ``ValueError`` naming the file, or with ``on_bad_image="skip"``
-    are left out and reported on stderr."""
+    """An image-folder tree (``root/train``, ``root/val`` and/or ``root/test``) of small images decoded into
+    :class:`ArrayDataset` splits with the training classes: shorter side resized to ``resize`` (default
+    ``image_size``), centre square kept. Unreadable images raise ``ValueError`` naming the file, or with
+    ``on_bad_image="skip"`` are left out and reported on stderr."""
     root = os.fspath(root)
     if not os.path.isdir(os.path.join(root, "train")):
         raise FileNotFoundError(f"{root}: no train/ folder (expected the layout root/train/<class>/*.jpg, "

@@ -219,13 +219,6 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
     return split, (split if cfg.split == "train" else train)
 
 
-def _pixel_mean(train, batch_size: int, num_workers: int) -> Normalization:
-    """The per-pixel mean image of a training split (in memory or an image folder) as a Normalization."""
-    if isinstance(train, ImageFolder):
-        return Normalization.fit((x for x, _ in raw_image_batches(train, batch_size, num_workers, [], False)), "pixel")
-    return Normalization.fit(train.x, "pixel")
-
-
 def _pct(v) -> str:
     return "   -  " if v is None else f"{100 * v:6.2f}%"
 
@@ -235,11 +228,10 @@ def format_report(result: dict, members: list[str], header: str) -> str:
     lines = [header, ""]
     width = max([len(m) for m in members] + [14])
     lines.append(f"  {'':<{width}}   top-1    top-5     loss")
-    for name, m in zip(members, result["members"]):
+    rows = list(zip(members, result["members"])) + (
+        [(f"ensemble of {len(members)}", result)] if len(members) > 1 else [])
+    for name, m in rows:
         lines.append(f"  {name:<{width}} {_pct(m['top1'])}  {_pct(m['top5'])}  {m['loss']:7.4f}")
-    if len(members) > 1:
-        name = f"ensemble of {len(members)}"
-        lines.append(f"  {name:<{width}} {_pct(result['top1'])}  {_pct(result['top5'])}  {result['loss']:7.4f}")
     lines += ["", f"top-1 {100 * result['top1']:.2f}% (error {100 * result['error']:.2f}%)   "
                   f"top-5 {100 * result['top5']:.2f}% (error {100 * result['top5_error']:.2f}%)   "
                   f"loss {result['loss']:.4f}   on {result['n']} images", ""]
@@ -256,10 +248,9 @@ def format_report(result: dict, members: list[str], header: str) -> str:
             lines.append(f"  {i:>2} {name[:name_w]:<{name_w}}" + "".join(f"{v:>{cw}}" for v in row))
     else:
         ranked = sorted((c for c in per_class if c["accuracy"] is not None), key=lambda c: c["accuracy"])
-        lines.append("lowest per-class accuracy:  " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
-                                                              for c in ranked[:5]))
-        lines.append("highest per-class accuracy: " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}"
-                                                              for c in ranked[::-1][:5]))
+        for title, some in (("lowest per-class accuracy: ", ranked[:5]),
+                            ("highest per-class accuracy:", ranked[::-1][:5])):
+            lines.append(f"{title} " + ", ".join(f"{c['class']} {_pct(c['accuracy']).strip()}" for c in some))
         pairs = sorted(((v, i, j) for i, row in enumerate(confusion) for j, v in enumerate(row) if i != j and v),
                        key=lambda t: (-t[0], t[1], t[2]))[:10]  # most frequent first, ties in class order
         lines.append("most frequent confusions (true -> predicted: count): " +
@@ -305,7 +296,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.pixel_mean:
         if train is None:
             raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
-        pixel = _pixel_mean(train, cfg.batch_size, cfg.workers)
+        images = (x for x, _ in raw_image_batches(train, cfg.batch_size, cfg.workers, [], False)) \
+            if isinstance(train, ImageFolder) else train.x  # an image folder is read batch by batch
+        pixel = Normalization.fit(images, "pixel")
         for m in members:
             if m.normalization is not None:
                 warnings.warn(f"{m.path}: replacing the normalization recorded in the checkpoint by the "
@@ -411,6 +404,3 @@ def main_predict(argv: list[str] | None = None) -> int:
     with _warnings_as_lines("predict"):
         results = run_predict(cfg)
     return 1 if any("error" in r for r in results) else 0  # some files could not be read: they were listed
-
-
-main = main_eval

@@ -35,11 +35,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def center_crop(im: Image.Image, size: int, resize: int) -> Image.Image:
-    """``im`` with its shorter side resized to ``resize`` and the centre ``size x size`` kept.
-
-    Done as one bilinear resampling of the box of the original image that maps onto that centre square,
-    so the image is resampled once, not resized and then cropped.
-    """
+    """``im`` with its shorter side resized to ``resize`` and the centre ``size x size`` kept, in one bilinear
+    resampling of the box of ``im`` that maps onto that square (not a resize, then a crop)."""
     w, h = im.size
     side = size * min(w, h) / resize
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
@@ -62,14 +59,11 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Images in ``root/<class>/<file>``; classes are the sorted sub-folder names (or ``classes``).
-
-    Items are ``(uint8 (3, S, S), label)``: the shorter side resized to ``resize`` (default
-    ``S * 256 / 224``, the usual single-crop evaluation) and the centre ``S x S`` kept (:func:`center_crop`).
-    Grey, palette, CMYK and RGBA images become RGB (:func:`to_rgb`). An unreadable or truncated file raises
-    ``ValueError`` naming it (``on_bad_image="error"``) or, with ``"skip"``, gives the item ``(None, path)``
-    that :func:`folder_batches` leaves out and reports.
-    """
+    """Images in ``root/<class>/<file>`` (classes: the sorted sub-folder names, or ``classes``) as items
+    ``(uint8 (3, S, S), label)``: :func:`to_rgb`, then :func:`center_crop` to ``S = image_size`` from
+    ``resize`` (default ``S * 256 / 224``, the usual single-crop evaluation). An unreadable file raises
+    ``ValueError`` naming it, or with ``on_bad_image="skip"`` gives the item ``(None, path)`` that
+    :func:`folder_batches` leaves out and reports."""
 
     def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, image_size: int = 224,
                  resize: int | None = None, on_bad_image: str = "error"):

@@ -33,15 +33,10 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_folder(folder: str) -> None:
-    try:  # make the rename itself durable; not every file system lets a folder be opened
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 
@@ -60,11 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask as open() would
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -72,7 +63,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         if isinstance(e, OSError) and e.filename in (None, tmp):
             e.filename = path  # a failed write() (disk full, file too large) names no file, or the temporary one
         raise
-    _fsync_folder(folder)
+    with contextlib.suppress(OSError):  # make the rename durable; not every file system lets a folder be opened
+        _fsync(folder)
 
 
 @contextlib.contextmanager

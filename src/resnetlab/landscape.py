@@ -1,14 +1,13 @@
 """Loss landscapes along filter-normalised random directions (Li et al. 2018), and curvature at the minimum.
 
-``loss(theta + a * d1 + b * d2)`` on a grid of ``(a, b)`` in ``[-span, span]^2``. Raw directions are drawn
-per parameter from a generator seeded by its name, so twins (models that differ in their shortcut only)
-get the same draw for every parameter they share; then each filter is rescaled to the norm of the model's
-own filter, and 1-D parameters are not moved. The model's weights are never modified (perturbed weights
-go through ``torch.func.functional_call``). docs/analysis.md defines every number.
+``loss(theta + a * d1 + b * d2)`` on a grid of ``(a, b)`` in ``[-span, span]^2``, with directions drawn per
+parameter by name (twins share the draw for every parameter they share), then filter-normalised. The model's
+weights are never modified (``torch.func.functional_call``). docs/analysis.md defines every number.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -30,19 +29,12 @@ from .sources import SourceOptions, load_data, load_model, resolve_data, seeded_
 DIRECTIONS_FORMAT = "resnetlab-directions"
 
 
-# --------------------------------------------------------------------------------------------------
-# directions
+# --------------------------------------------------------------------------------------- directions
 
 def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
     """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
-    out = []
-    for i in range(n):
-        d = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                d[name] = torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
-        out.append(d)
-    return out
+    return [{name: torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
+             for name, p in model.named_parameters() if p.requires_grad} for i in range(n)]
 
 
 @torch.no_grad()
@@ -71,16 +63,13 @@ def filter_normalize(direction: dict[str, torch.Tensor], model: nn.Module) -> di
 def random_directions(model: nn.Module, seed: int, n: int = 2,
                       base: list[dict[str, torch.Tensor]] | None = None,
                       base_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
-    """``n`` filter-normalised random directions for ``model``.
-
-    With ``base`` (raw directions from :func:`load_directions`), shared parameter names take the stored
-    tensors; the others get the seeded draw for their name with ``base_seed`` (default ``seed``).
-    """
+    """``n`` filter-normalised random directions for ``model``; with ``base`` (from :func:`load_directions`),
+    the parameters it names take its tensors, the others the draw for their name with ``base_seed``."""
     raw = raw_directions(model, seed if base_seed is None else base_seed, n)
     if base is not None:
         if len(base) < n:
             raise ValueError(f"the direction file holds {len(base)} direction(s); {n} are needed")
-        shapes = dict((k, p.shape) for k, p in model.named_parameters())
+        shapes = {k: p.shape for k, p in model.named_parameters()}
         for i in range(n):
             for name, t in base[i].items():
                 if name in shapes:
@@ -111,8 +100,7 @@ def load_directions(path: str) -> tuple[list[dict[str, torch.Tensor]], int | Non
     return obj["directions"], obj.get("seed")
 
 
-# --------------------------------------------------------------------------------------------------
-# landscapes
+# --------------------------------------------------------------------------------------- landscapes
 
 def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
     if batch_size is None or batch_size >= len(y):
@@ -171,26 +159,6 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     return _evaluate(model, None, _as_batches(x.to(dev), y.to(dev), batch_size), bn)
 
 
-def _grid_eval(model, x, y, directions, coords, batch_size, quiet, label, bn="batch"):
-    dev = next(model.parameters()).device
-    batches = _as_batches(x.to(dev), y.to(dev), batch_size)
-    base = {k: p.detach() for k, p in model.named_parameters()}
-    dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]
-    losses, accs = [], []
-    bar = progress(total=len(coords), desc=label, unit="point", quiet=quiet)
-    for c in coords:
-        params = dict(base)
-        for k in dirs[0]:
-            for a, d in zip(c, dirs):
-                params[k] = params[k] + a * d[k]
-        loss, acc = _evaluate(model, params, batches, bn)
-        losses.append(loss)
-        accs.append(acc)
-        bar.update()
-    bar.close()
-    return np.array(losses), np.array(accs)
-
-
 def _check_grid(span: float, steps: int) -> None:
     if not (isinstance(span, (int, float)) and span > 0 and math.isfinite(span)):
         raise ValueError(f"span must be a positive number, got {span!r}")
@@ -198,67 +166,70 @@ def _check_grid(span: float, steps: int) -> None:
         raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
 
 
+def _grid(model, x, y, directions, span, steps, batch_size, quiet, bn) -> dict:
+    """Loss and accuracy at ``theta + sum_k a_k * d_k`` for every ``a`` of the grid of ``steps`` values in
+    ``[-span, span]`` per direction (``loss[i, j]`` at ``(a_i, b_j)``), and at the origin."""
+    _check_grid(span, steps)
+    dev = next(model.parameters()).device
+    batches = _as_batches(x.to(dev), y.to(dev), batch_size)
+    base = {k: p.detach() for k, p in model.named_parameters()}
+    dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]
+    axis = np.linspace(-span, span, steps)
+    losses, accs = [], []
+    for c in progress(list(itertools.product(axis.tolist(), repeat=len(dirs))), desc=f"landscape {len(dirs)}-D",
+                      unit="point", quiet=quiet):
+        params = dict(base)
+        for k in dirs[0]:
+            for a, d in zip(c, dirs):
+                params[k] = params[k] + a * d[k]
+        loss, acc = _evaluate(model, params, batches, bn)
+        losses.append(loss)
+        accs.append(acc)
+    loss0, acc0 = _evaluate(model, None, batches, bn)
+    shape = (steps,) * len(dirs)
+    return {"alphas": axis, "loss": np.array(losses).reshape(shape), "acc": np.array(accs).reshape(shape),
+            "loss0": loss0, "acc0": acc0, "span": float(span), "steps": steps}
+
+
 def landscape_1d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, direction: dict[str, torch.Tensor],
                  span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True,
                  bn: str = "batch") -> dict:
-    """Loss and accuracy at ``theta + a * d`` for ``steps`` values of ``a`` in ``[-span, span]``.
-
-    Returns ``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``;
-    ``loss0``/``acc0`` are measured at ``a = 0`` (the model itself).
-    """
-    _check_grid(span, steps)
+    """``{"kind": "1d", "alphas", "loss", "acc" (numpy), "loss0", "acc0", "span", "steps"}``: loss and accuracy
+    at ``theta + a * d`` for ``steps`` values of ``a`` in ``[-span, span]``, and at the model itself."""
     if isinstance(direction, (list, tuple)):
         direction = direction[0]
-    alphas = np.linspace(-span, span, steps)
-    loss, acc = _grid_eval(model, x, y, [direction], [(float(a),) for a in alphas], batch_size, quiet,
-                           "landscape 1-D", bn)
-    loss0, acc0 = evaluate_loss(model, x, y, batch_size, bn)
-    return {"kind": "1d", "alphas": alphas, "loss": loss, "acc": acc, "loss0": loss0, "acc0": acc0,
-            "span": float(span), "steps": steps}
+    return {"kind": "1d", **_grid(model, x, y, [direction], span, steps, batch_size, quiet, bn)}
 
 
 def landscape_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: list[dict[str, torch.Tensor]],
                  span: float = 1.0, steps: int = 21, batch_size: int | None = 256, quiet: bool = True,
                  bn: str = "batch") -> dict:
-    """Loss and accuracy at ``theta + a * d1 + b * d2`` on a ``steps x steps`` grid over ``[-span, span]^2``.
-
-    Returns ``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``; the grids
-    are indexed ``[i, j]`` = ``(alphas[i], betas[j])``.
-    """
-    _check_grid(span, steps)
+    """``{"kind": "2d", "alphas", "betas", "loss", "acc", "loss0", "acc0", "span", "steps"}``: as
+    :func:`landscape_1d` at ``theta + a * d1 + b * d2`` on a ``steps x steps`` grid (``[i, j]`` at
+    ``(alphas[i], betas[j])``)."""
     if len(directions) < 2:
         raise ValueError(f"landscape_2d needs two directions, got {len(directions)}")
-    alphas = np.linspace(-span, span, steps)
-    betas = np.linspace(-span, span, steps)
-    coords = [(float(a), float(b)) for a in alphas for b in betas]
-    loss, acc = _grid_eval(model, x, y, directions[:2], coords, batch_size, quiet, "landscape 2-D", bn)
-    loss0, acc0 = evaluate_loss(model, x, y, batch_size, bn)
-    return {"kind": "2d", "alphas": alphas, "betas": betas, "loss": loss.reshape(steps, steps),
-            "acc": acc.reshape(steps, steps), "loss0": loss0, "acc0": acc0, "span": float(span), "steps": steps}
+    out = _grid(model, x, y, directions[:2], span, steps, batch_size, quiet, bn)
+    return {"kind": "2d", **out, "betas": out["alphas"].copy()}
 
 
-# --------------------------------------------------------------------------------------------------
-# hessian
+# ------------------------------------------------------------------------------------------ hessian
 
-def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool = True):
-    """A function ``v -> H v`` (flat vectors) for the mean cross-entropy over ``(x, y)``; over the weights
-    of dimension > 1 (conv and linear kernels, as Li et al.) unless ``weights_only`` is False."""
+@contextlib.contextmanager
+def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool):
+    """``(v -> H v, n, device)``: Hessian-vector products of the mean cross-entropy over ``(x, y)`` (flat
+    vectors of ``n`` values) with the model in eval mode meanwhile; over the weights of dimension > 1 (conv
+    and linear kernels, as Li et al.) unless ``weights_only`` is False."""
     params = [p for p in model.parameters() if p.requires_grad and (p.ndim > 1 or not weights_only)]
     dev = params[0].device
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
-    n = len(y)
 
     def grads_of(xb, yb):
-        loss = F.cross_entropy(model(xb), yb, reduction="sum") / n
+        loss = F.cross_entropy(model(xb), yb, reduction="sum") / len(y)
         return torch.autograd.grad(loss, params, create_graph=True)
 
-    cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
-
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        chunks, i = [], 0
-        for p in params:
-            chunks.append(v[i:i + p.numel()].view_as(p).to(p.dtype))
-            i += p.numel()
+        chunks = [c.view_as(p).to(p.dtype) for c, p in zip(v.split([p.numel() for p in params]), params)]
         total = torch.zeros(v.shape, dtype=torch.float64, device=v.device)
         for xb, yb in batches:
             g = cached if cached is not None else grads_of(xb, yb)
@@ -266,16 +237,11 @@ def _hvp_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
             total += torch.cat([h.reshape(-1) for h in hv]).double()
         return total
 
-    return hvp, sum(p.numel() for p in params), dev
-
-
-@contextlib.contextmanager
-def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, weights_only: bool):
-    """``_hvp_fn(...)`` with the model in eval mode meanwhile."""
     was = model.training
     model.eval()
     try:
-        yield _hvp_fn(model, x, y, batch_size, weights_only)
+        cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
+        yield hvp, sum(p.numel() for p in params), dev
     finally:
         model.train(was)
 
@@ -383,8 +349,7 @@ def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int 
         return _power(hvp, n, iters, k, torch.Generator().manual_seed(seed), dev)
 
 
-# --------------------------------------------------------------------------------------------------
-# flatness summary
+# --------------------------------------------------------------------------------- flatness summary
 
 def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float, py: float) -> float:
     i = int(np.clip(np.searchsorted(xs, px) - 1, 0, len(xs) - 2))
@@ -396,14 +361,9 @@ def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray, px: float, py: f
 
 
 def flatness(result: dict, radius: float | None = None) -> dict:
-    """Scalar flatness summaries of a landscape result (``landscape_1d``/``_2d``, or ``{"1d", "2d", "hessian"}``).
-
-    * ``rise_at_r``: mean of ``loss - loss0`` at distance ``r`` from the origin (1-D: at ``-r`` and ``+r``;
-      2-D: 64 points on the circle), linearly interpolated on the grid; ``r`` defaults to ``span / 2``.
-    * ``mean_rise_within_r``: mean of ``loss - loss0`` over the grid points within distance ``r``.
-    * ``max_rise``: the largest ``loss - loss0`` on the grid.
-    * with Hessian values: ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = |min / max|``.
-    """
+    """Flatness of a landscape result (``landscape_1d``/``_2d``, or ``{"1d", "2d", "hessian"}``): per grid
+    ``rise_at_r``, ``mean_rise_within_r`` and ``max_rise`` (``r`` defaults to ``span / 2``; docs/analysis.md),
+    and with Hessian values ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = |min / max|``."""
     out: dict = {}
     parts = {"1d": result.get("1d"), "2d": result.get("2d")} if "kind" not in result else {result["kind"]: result}
     for key, res in parts.items():
@@ -433,8 +393,7 @@ def flatness(result: dict, radius: float | None = None) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# resnetlab landscape
+# ------------------------------------------------------------------------------ resnetlab landscape
 
 def flatness_spread(per_seed: list[dict]) -> dict:
     """``{"1d": {"rise_at_r": {"mean", "std", "values"}, ...}, "2d": ...}`` over direction seeds (std with
@@ -467,8 +426,7 @@ class LandscapeConfig(SourceOptions):
     direction_seeds: int = 3
     """direction pairs (seeds SEED, SEED+1, ...) for flatness mean +- std; grids and plots are the first's"""
     bn: Literal[BN_MODES] = "batch"
-    """BN at each grid point: batch statistics, recompute (running statistics re-estimated for the shifted
-    weights; twice the cost) or eval (the checkpoint's, which break filter normalisation's scale invariance)"""
+    """BN at each grid point: batch statistics, recompute (re-estimated for the shifted weights), eval (the checkpoint's)"""
     dims: int = 2
     """1: a curve along one direction; 2: also the surface over two"""
     span: float = 1.0
@@ -497,13 +455,10 @@ def _validate(cfg: LandscapeConfig) -> None:
     _check_grid(cfg.span, cfg.steps)
     if cfg.dims not in (1, 2):
         raise ValueError(f"--dims must be 1 or 2, got {cfg.dims}")
-    for what in ("subset", "batch_size", "hessian_samples"):
-        if getattr(cfg, what) < 1:
-            raise ValueError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(cfg, what)}")
-    if cfg.direction_seeds < 1:
-        raise ValueError(f"--direction-seeds must be >= 1, got {cfg.direction_seeds}")
-    if cfg.hessian_iters < 0:
-        raise ValueError(f"--hessian-iters must be >= 0, got {cfg.hessian_iters}")
+    for what, least in (("subset", 1), ("batch_size", 1), ("hessian_samples", 1), ("direction_seeds", 1),
+                        ("hessian_iters", 0)):
+        if getattr(cfg, what) < least:
+            raise ValueError(f"--{what.replace('_', '-')} must be >= {least}, got {getattr(cfg, what)}")
     if cfg.radius is not None and not 0 < cfg.radius <= cfg.span:
         raise ValueError(f"--radius must be in (0, span] = (0, {cfg.span:g}], got {cfg.radius}")
 
@@ -627,6 +582,3 @@ def main_landscape(argv: list[str] | None = None) -> int:
     print(format_summary(result))
     print("wrote " + ", ".join(written))
     return 0
-
-
-main = main_landscape

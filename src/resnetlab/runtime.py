@@ -43,34 +43,25 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def cpu_has_amx() -> bool:
-    """AMX tiles: the CPUs on which bf16 convolutions clearly beat fp32."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check()) if check is not None else False
-
-
-def cpu_has_avx512() -> bool:
-    """AVX-512 (oneDNN's channels_last convolutions are faster than NCHW ones there)."""
-    check = getattr(torch.cpu, "_is_avx512_supported", None)
+def _cpu_has(feature: str) -> bool:
+    """Whether the CPU has ``"amx_tile"``, ``"avx512"``, ... (as far as this torch can tell)."""
+    check = getattr(torch.cpu, f"_is_{feature}_supported", None)
     return bool(check()) if check is not None else False
 
 
 def resolve_precision(precision: str, device: torch.device, channels_last: bool | None) -> tuple[bool, bool]:
-    """``(bf16 autocast?, channels_last?)`` for ``precision`` on ``device``.
-
-    ``auto``: bf16 autocast + channels_last on CUDA and on CPUs with AMX; fp32 + channels_last on other
-    AVX-512 CPUs (on an AVX512-BF16 Xeon without AMX, bf16 convolutions with 16-64 channels measured slower
-    than fp32 ones, and channels_last fp32 faster than NCHW: benchmarks/RESULTS.md); fp32 elsewhere.
-    ``bf16``/``fp32`` force the precision; channels_last then follows bf16 unless given.
-    """
+    """``(bf16 autocast?, channels_last?)`` for ``precision`` on ``device``. ``auto``: bf16 + channels_last on
+    CUDA and AMX CPUs; fp32 + channels_last on other AVX-512 CPUs (bf16 convolutions measured slower there,
+    channels_last faster: docs/train.md); fp32 elsewhere. ``bf16``/``fp32`` force it; channels_last then
+    follows bf16 unless given."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
             bf16 = cl = torch.cuda.is_bf16_supported()
         elif device.type == "cpu":
-            bf16 = cpu_has_amx()
-            cl = bf16 or cpu_has_avx512()
+            bf16 = _cpu_has("amx_tile")
+            cl = bf16 or _cpu_has("avx512")
         else:
             bf16 = cl = False
     else:

@@ -70,8 +70,7 @@ class Normalization:
         than one that broadcasts a ``(C, 1, 1)``)."""
         key = (str(device), dtype, hw)
         if key not in self._cache:
-            std = self.std.double()
-            mean = self.mean.double()
+            mean, std = self.mean.double(), self.std.double()
             if self.mode == "channel":
                 mean, std = mean[:, None, None], std[:, None, None]
             scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype)
@@ -121,23 +120,19 @@ class Normalization:
         return f"Normalization(channel, mean={self.mean.tolist()}, std={self.std.tolist()})"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# batches for training and evaluation
+# ---------------------------------------------------------------------- batches for training and evaluation
 
 class TrainStream:
     """Augmented training batches made with whole-batch tensor ops on the training device.
 
     ``batch(step)`` takes the ``step``-th slice of the permutation of epoch ``step // steps_per_epoch``
-    (seeded by ``(seed, epoch)``), then pads, crops a random ``H x W`` window, mirrors it with probability
-    1/2 (drawn from a generator seeded by ``(seed, step)``) and normalises: a pure function of ``(seed,
-    step)``, nothing to save for resuming, the same batches on every device. An epoch's last ``len(data) %
-    batch_size`` images are left out.
+    (seeded by ``(seed, epoch)``; an epoch's last ``len(data) % batch_size`` images are left out), then pads,
+    crops, mirrors (drawn with ``(seed, step)``) and normalises: a pure function of ``(seed, step)``, the same
+    on every device. ``padding="black"`` pads with pixel value 0 before normalisation, ``"mean"`` with 0 after.
 
-    How: the padded set and its mirror (image ``N + i`` is image ``i`` flipped) stay on ``device`` as
-    uint8, so a crop is ``H`` runs of ``W`` bytes per channel, and one ``index_select`` over a strided
-    "every run of W bytes" view copies the whole batch. ``padding="black"`` pads with pixel value 0 before
-    normalisation (torchvision's ``RandomCrop(32, padding=4)``); ``"mean"`` with 0 after it (the Caffe/Torch
-    pipelines of the paper's era).
+    How: the padded set and its mirror (image ``N + i`` is image ``i`` flipped) stay on ``device`` as uint8,
+    so a crop is ``H`` runs of ``W`` bytes per channel, and one ``index_select`` over a strided "every run of
+    W bytes" view copies the whole batch.
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int, *, device="cpu", seed: int = 0,
@@ -155,20 +150,23 @@ class TrainStream:
         self.normalization = normalization if normalization is not None else Normalization.fit(data.x, "channel")
         self.n, self.classes = len(data), list(data.classes)
         self.steps_per_epoch = self.n // self.batch_size
-        n, c, h, w = data.x.shape
+        _, c, h, w = data.x.shape
         p = self.pad
         hp, wp = h + 2 * p, w + 2 * p
         self.shape, self._hw_pad = (c, h, w), (hp, wp)
-        x = data.x.to(self.device)
-        xp = torch.zeros((2 * n, c, hp, wp), dtype=torch.uint8, device=self.device)
-        xp[:n, :, p:p + h, p:p + w] = x
-        xp[n:, :, p:p + h, p:p + w] = x.flip(-1)
-        del x
-        self.x = xp                                      # (2N, C, H+2p, W+2p): padded images, then mirrors
+
+        def padded(images: torch.Tensor) -> torch.Tensor:  # (2N, C, H+2p, W+2p): padded images, then mirrors
+            out = images.new_zeros((2 * len(images), c, hp, wp))
+            out[:len(images), :, p:p + h, p:p + w] = images
+            out[len(images):, :, p:p + h, p:p + w] = images.flip(-1)
+            return out
+
+        def runs(t: torch.Tensor) -> torch.Tensor:  # row k: the run of W values at flat position k (a view)
+            return t.view(-1).as_strided((t.numel() - w + 1, w), (1, 1))
+
+        self.x = padded(data.x.to(self.device))
         self.y = data.y.clone()                          # labels stay on the CPU, sent with the indices
-        flat = xp.view(-1)
-        # Row k of this view is the run of W bytes starting at flat position k (a view, no copy).
-        self._runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
+        self._runs = runs(self.x)
         self._img_stride = c * hp * wp
         # Offset of the start of (channel, row) of a crop at (0, 0), relative to the image start.
         self._rel = ((torch.arange(c) * (hp * wp))[:, None] + torch.arange(h)[None, :] * wp).view(1, c, h)
@@ -177,12 +175,7 @@ class TrainStream:
             # The normalisation shift (mean / std) laid out like a padded image and its mirror, 0 in the
             # border: out = raw * scale - shift_crop is then 0 (the mean colour) in the border.
             _, shift = self.normalization._params("cpu")
-            t = torch.zeros((2, c, hp, wp))
-            t[0, :, p:p + h, p:p + w] = shift.expand(c, h, w)
-            t[1] = t[0].flip(-1)
-            t = t.to(self.device)
-            self._norm_shift = t.view(-1).as_strided((t.numel() - w + 1, w), (1, 1))
-            self._shift_keep = t
+            self._norm_shift = runs(padded(shift.expand(1, c, h, w).to(self.device)))
         self._epoch, self._order = None, None
         self._pin = self.device.type == "cuda"
 

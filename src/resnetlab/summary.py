@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -100,30 +99,25 @@ class Summary(_Report):
                 return r
         raise KeyError(f"no row {name!r}; rows: {', '.join(r.name for r in self.rows)}")
 
-    def _cells(self):
-        return [[r.name, r.type, _shape(r.input_shape), _shape(r.output_shape), r.kernels,
-                 "" if r.stride is None else r.stride, r.shortcut, human(r.params) if r.params else "",
-                 human(r.macs) if r.macs else ""] for r in self.rows]
-
     def _headline(self) -> str:
         return (f"{self.model}, input {_shape(self.input_shape)}: {self.total_params:,} parameters "
                 f"({human(self.total_params)}), {self.total_macs:,} multiply-adds per image "
                 f"({human(self.total_macs)} MACs)")
 
+    def _table(self, markdown: bool) -> str:
+        bold = "**" if markdown else ""
+        cells = [[r.name, r.type, _shape(r.input_shape), _shape(r.output_shape), r.kernels,
+                  "" if r.stride is None else r.stride, r.shortcut, human(r.params) if r.params else "",
+                  human(r.macs) if r.macs else ""] for r in self.rows]
+        cells.append([f"{bold}total{bold}", "", "", "", "", "", "", f"{bold}{human(self.total_params)}{bold}",
+                      f"{bold}{human(self.total_macs)}{bold}"])
+        return format_table(COLUMNS, cells, right=(5, 7, 8), markdown=markdown)
+
     def to_text(self) -> str:
-        cells = self._cells() + [["total", "", "", "", "", "", "", human(self.total_params),
-                                  human(self.total_macs)]]
-        body = format_table(COLUMNS, cells, right=(5, 7, 8))
-        lines = [self._headline(), "", body]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join([self._headline(), "", self._table(False)] + [f"note: {n}" for n in self.notes])
 
     def to_markdown(self) -> str:
-        cells = self._cells() + [["**total**", "", "", "", "", "", "", f"**{human(self.total_params)}**",
-                                  f"**{human(self.total_macs)}**"]]
-        lines = [f"**{self._headline()}**", "", format_table(COLUMNS, cells, right=(5, 7, 8), markdown=True)]
-        lines += [f"\n*Note: {n}*" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join([f"**{self._headline()}**", "", self._table(True)] + [f"\n*Note: {n}*" for n in self.notes])
 
     def to_dict(self) -> dict:
         return {"model": self.model, "config": self.config, "input_shape": list(self.input_shape),
@@ -140,9 +134,7 @@ def _dumps(d: dict, indent: int | None) -> str:
     return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
 
-# --------------------------------------------------------------------------------------------------------
-# the forward pass
-
+# --------------------------------------------------------------------------------------- the forward pass
 
 def describe(model: nn.Module) -> str:
     """A short label: the registered name and the options that shape the network."""
@@ -190,14 +182,8 @@ def _units(model: nn.Module) -> dict[str, nn.Module]:
     return units
 
 
-def _first_conv(model: nn.Module):
-    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
-
-
 def _kernel(conv: nn.Conv2d) -> str:
-    kh, kw = conv.kernel_size
-    s = f"{kh}x{kw},{conv.out_channels}"
-    return s + (f",g{conv.groups}" if conv.groups > 1 else "")
+    return f"{_shape(conv.kernel_size)},{conv.out_channels}" + (f",g{conv.groups}" if conv.groups > 1 else "")
 
 
 def _block_kernels(block: nn.Module) -> str:
@@ -335,7 +321,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     h, w = _size(image_size, model)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    conv_name, conv = _first_conv(model)
+    conv_name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
     expected = conv.in_channels if conv is not None else None
     if in_channels is None:
         in_channels = expected if expected is not None else 3
@@ -409,8 +395,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     return Summary(label, shape, rows, total_params, sum(r.macs for r in rows), notes, config)
 
 
-# --------------------------------------------------------------------------------------------------------
-# diff
+# --------------------------------------------------------------------------------------------------- diff
 
 _COMPARED = ("type", "input_shape", "output_shape", "kernels", "stride", "shortcut", "params", "macs")
 
@@ -449,17 +434,10 @@ class Diff(_Report):
                ("stride", "stride", str), ("shortcut", "shortcut", str), ("params", "params", human),
                ("MACs", "macs", human))
 
-    def _columns(self):
-        """The fields shown: those that differ in some row, plus params and MACs always."""
-        shown = []
-        for title, attr, fmt in self._FIELDS:
-            if title in ("params", "MACs") or any(ra is None or rb is None or getattr(ra, attr) != getattr(rb, attr)
-                                                  for _, ra, rb in self.rows):
-                shown.append((title, attr, fmt))
-        return shown
-
     def _table(self, markdown=False) -> str:
-        cols = self._columns()
+        # The fields shown: those that differ in some row, and params and MACs always.
+        cols = [(title, attr, fmt) for title, attr, fmt in self._FIELDS if title in ("params", "MACs") or any(
+            ra is None or rb is None or getattr(ra, attr) != getattr(rb, attr) for _, ra, rb in self.rows)]
         head = ["layer"] + [f"A {t}" for t, _, _ in cols] + [f"B {t}" for t, _, _ in cols]
         cells = [[name] + [("-" if r is None else fmt(getattr(r, attr))) for r in (ra, rb)  # all A, then B
                            for _, attr, fmt in cols] for name, ra, rb in self.rows]
@@ -477,10 +455,11 @@ class Diff(_Report):
             parts = name.split(".")
             key = next((".".join(parts[:i]) for i in range(1, len(parts))
                         if ".".join(parts[:i]) not in prefixes), name)
-            groups[key] = groups.get(key, 0) + Diff._numel([(name, shape)])
+            groups[key] = groups.get(key, 0) + math.prod(shape)
         return groups
 
     def _params_lines(self) -> list[str]:
+        """The parameter tensors that differ, then the totals, one line each."""
         lines = []
         for title, items, other in (("only in A", self.only_a, self._names_b), ("only in B", self.only_b,
                                                                                   self._names_a)):
@@ -491,11 +470,8 @@ class Diff(_Report):
             lines.append(f"parameter {n}: {_shape(sa)} in A, {_shape(sb)} in B")
         if not lines:
             lines.append("parameters: same names and shapes")
-        return lines
-
-    def _totals(self) -> str:
-        return (f"totals: params {self.a.total_params:,} -> {self.b.total_params:,} ({self.params_delta:+,}); "
-                f"MACs {self.a.total_macs:,} -> {self.b.total_macs:,} ({self.macs_delta:+,})")
+        return lines + [f"totals: params {self.a.total_params:,} -> {self.b.total_params:,} ({self.params_delta:+,}); "
+                        f"MACs {self.a.total_macs:,} -> {self.b.total_macs:,} ({self.macs_delta:+,})"]
 
     def _head(self) -> str:
         return (f"A = {self.a.model}, input {_shape(self.a.input_shape)}\n"
@@ -507,13 +483,13 @@ class Diff(_Report):
         parts = [self._head()]
         if self.rows:
             parts += ["", self._table()]
-        return "\n".join(parts + [""] + self._params_lines() + [self._totals()])
+        return "\n".join(parts + [""] + self._params_lines())
 
     def to_markdown(self) -> str:
         parts = ["\n\n".join(f"**{line}**" for line in self._head().splitlines())]
         if self.rows:
             parts += ["", self._table(markdown=True)]
-        return "\n".join(parts + [""] + [f"- {line}" for line in self._params_lines() + [self._totals()]])
+        return "\n".join(parts + [""] + [f"- {line}" for line in self._params_lines()])
 
     def to_dict(self) -> dict:
         return {"a": self.a.model, "b": self.b.model,
@@ -545,8 +521,7 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
                 _names_a=list(pa), _names_b=list(pb))
 
 
-# --------------------------------------------------------------------------------------------------------
-# command line
+# ------------------------------------------------------------------------------------------- command line
 
 # Options that change no shape, parameter count or MAC: a --diff naming one compares nothing.
 _NO_EFFECT = ("seed", "zero_init_residual", "shortcut_scale")
@@ -651,9 +626,3 @@ def main_models(argv: list[str] | None = None) -> int:
           "--shortcut or --preact change a model; see resnetlab summary --help.")
     return 0
 
-
-main = main_summary
-
-
-if __name__ == "__main__":
-    sys.exit(main_summary())

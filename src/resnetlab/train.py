@@ -1,28 +1,13 @@
 """Training: ``resnetlab train`` and :func:`train`, one readable loop that is fast and exactly resumable.
 
-    resnetlab train --model resnet20 --data cifar10 --data-dir DIR --out runs/r20 --recipe he2016-cifar
-    resnetlab train --out runs/r20 --resume          # continue after an interruption, bit for bit on CPU
-
-The run folder ``--out`` receives ``config.json``, ``metrics.jsonl``/``metrics.csv``, ``last.pt`` (every
-``checkpoint_every`` steps and at the end), ``best.pt`` (best validation error), ``step_<N>.pt`` (for
-``save_at``) and, last of all, ``final.json``.
-
-Exactness: a batch is a pure function of ``(seed, step)`` (:class:`resnetlab.stream.TrainStream`), the learning
-rate a pure function of the step (:class:`resnetlab.schedule.Schedule`), and a checkpoint holds everything
-else that evolves (weights, BN statistics, momentum buffers, warm-up state, the running log sums, every RNG),
-so a CPU run killed at any moment and resumed from its last checkpoint ends with the same weights, bit for
-bit, as one that was never interrupted.
-
-Speed: no host synchronisation inside a step except at log steps (losses and errors are summed on the
-device); bf16 autocast + channels_last where the hardware has fast bf16 (``precision="auto"``); on other
-CPUs fp32 + channels_last with fused batch norm + ReLU (+ add) kernels (:mod:`resnetlab.fused`); optional
-``torch.compile``; evaluation in large batches without autograd.
+A batch is a pure function of ``(seed, step)``, the learning rate one of the step, and a checkpoint holds
+everything else that evolves, so a resumed CPU run ends bit for bit where an uninterrupted one does.
+docs/train.md describes the run folder, the recipes, resume and the speed options.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -48,7 +33,7 @@ from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state
 from .stream import Normalization, TrainStream
 from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
     scale_milestones
-from .weights import load_checkpoint, make_checkpoint
+from .weights import load_checkpoint, make_checkpoint, nonfinite_entries
 
 RESUMABLE = "last.pt"
 
@@ -122,8 +107,7 @@ class TrainConfig:
     warmup_lr: Optional[float] = None
     """lr during the he2016 warm-up / start of the linear ramp"""
     warmup_steps: Optional[int] = None
-    """he2016: at most this many steps of warm-up (0, the recipe's: no cap, it ends on the training error
-    alone, as in the paper); linear: ramp length"""
+    """he2016: at most this many warm-up steps (0, the recipe's: it ends on the training error alone); linear: ramp length"""
     warmup_error: Optional[float] = None
     """he2016 warm-up ends once the training error is below this"""
     label_smoothing: Optional[float] = None
@@ -161,25 +145,19 @@ class TrainConfig:
     threads: Optional[int] = None
     """CPU threads (default: the physical cores available)"""
     sync_bn: bool = False
-    """batch norm with the statistics of the global batch, over all processes (one all_reduce per BN layer in
-    the forward and one in the backward; the fused BN kernels are then off); without it each process
-    normalises with its own slice's. A no-op with one process"""
+    """batch norm with the global batch's statistics over all processes, not each slice's (fused BN off; docs/train.md)"""
     allow_world_size_change: bool = False
-    """resume a run with another number of processes than it was trained with (refused by default: the
-    per-process batches and BN statistics change, so the run is no longer the same)"""
+    """resume with another number of processes than the run had (its per-process batches and BN statistics change)"""
     deterministic: bool = False
     """deterministic algorithms (CUDA: slower; CPU runs are exact anyway)"""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Configuration resolution
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------- Configuration resolution
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
     and validate."""
     recipe = get_recipe(cfg.recipe)
-    spec = cfg.model.spec
     given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # checked; the recipe's are scaled
     values = {}
     if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
@@ -194,8 +172,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         # A recipe's warm-up keeps its share of the run, as its milestones do (at least one step).
         values["warmup_steps"] = max(1, round(recipe["warmup_steps"] * iterations / RECIPE_LENGTH[cfg.recipe]))
     cfg = dataclasses.replace(cfg, **values)
-    warmup = resolve_warmup(cfg.warmup, spec.depth)
-    cfg = dataclasses.replace(cfg, warmup=warmup)
+    cfg = dataclasses.replace(cfg, warmup=resolve_warmup(cfg.warmup, cfg.model.spec.depth))
     checks = [
         (cfg.iterations >= 1, f"iterations must be >= 1, got {cfg.iterations}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
@@ -233,11 +210,11 @@ def make_schedule(cfg: TrainConfig) -> Schedule:
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
     """SGD parameter groups. Without ``decay_norm_and_bias``, parameters of rank <= 1 (BN scales and shifts,
     biases) get no weight decay: decaying them only shrinks the scale BN is free to choose."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 METRIC_COLUMNS = ("step", "kind", "split", "loss", "error", "top5_error", "lr", "img_per_s", "time")
@@ -283,12 +260,8 @@ class MetricsLog:
             return
         with naming(self.jsonl), open(self.jsonl, "a") as fh:
             fh.write(json.dumps(event) + "\n")
-        new = not os.path.exists(self.csv)
-        with naming(self.csv), open(self.csv, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(event)
+        with naming(self.csv), open(self.csv, "a", newline="") as fh:  # keep_until wrote its header
+            csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore").writerow(event)
         if self.tb is not None:
             tag = event["kind"] if event["kind"] == "train" else event["split"]
             for k in ("loss", "error", "top5_error", "lr", "img_per_s"):
@@ -305,19 +278,16 @@ def _fmt_time(seconds: float) -> str:
 
 def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -> None:
     """A checkpoint can only continue the same architecture on the same data."""
-    diff = [f"{k}: {ckpt['model_config'].get(k)!r} in the checkpoint vs {model_cfg.get(k)!r} now"
-            for k in sorted(set(ckpt["model_config"]) | set(model_cfg))
-            if ckpt["model_config"].get(k) != model_cfg.get(k)]
-    if ckpt.get("data", {}).get("name") != cfg.data:
-        diff.append(f"data: {ckpt.get('data', {}).get('name')!r} in the checkpoint vs {cfg.data!r} now")
+    then = {**ckpt["model_config"], "data": ckpt.get("data", {}).get("name")}
+    now = {**model_cfg, "data": cfg.data}
+    diff = [f"{k}: {then.get(k)!r} in the checkpoint vs {now.get(k)!r} now"
+            for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if diff:
         raise ValueError(f"cannot resume {path}: it was trained with a different model or data:\n  "
                          + "\n  ".join(diff) + "\nuse another --out for a new run")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- The training loop
 
 def use_fused_bn(setting: str, device: torch.device, bf16: bool, channels_last: bool, compiled: bool,
                  synced: bool = False) -> bool:
@@ -346,12 +316,6 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     optimizer.step()
     error = (logits.detach().argmax(1) != y).float().mean()
     return loss.detach(), error
-
-
-def nonfinite_tensors(model: nn.Module) -> list[str]:
-    """Names of the parameters and buffers of ``model`` holding a NaN or an infinity."""
-    return [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
-            if t.is_floating_point() and not bool(t.detach().isfinite().all())]
 
 
 def _runtime_setup(cfg: TrainConfig, device: torch.device) -> None:
@@ -476,14 +440,16 @@ def train(config: TrainConfig) -> dict:
 
     saved = [start if cfg.resume else None]  # the step last.pt holds
 
+    def diverged(what: str) -> TrainingDiverged:
+        where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
+            "no checkpoint was written"
+        return TrainingDiverged(f"training diverged {what}; {where}. Lower --lr or use a warm-up.")
+
     def save(step: int, *paths: str) -> None:
         """Write the full training state to ``paths``, refusing non-finite weights or statistics."""
-        bad = nonfinite_tensors(model)
+        bad = nonfinite_entries(model.state_dict())
         if bad:
-            where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
-                "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged by step {step}: non-finite {', '.join(bad[:5])}"
-                                   f"{' ...' if len(bad) > 5 else ''}; {where}. Lower --lr or use a warm-up.")
+            raise diverged(f"by step {step}: non-finite {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
         state = make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
             data={"name": cfg.data, "dir": cfg.data_dir, "image_size": int(train_set.x.shape[-1])}, step=step,
@@ -500,10 +466,7 @@ def train(config: TrainConfig) -> dict:
 
     def check_loss(step: int, value: float, what: str) -> None:
         if not math.isfinite(value):
-            where = f"the last good checkpoint is {last_path}" if os.path.exists(last_path) else \
-                "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged at step {step}: {what} = {value}; {where}. "
-                                   f"Lower --lr or use a warm-up.")
+            raise diverged(f"at step {step}: {what} = {value}")
 
     steps_per_epoch = stream.steps_per_epoch
     say(f"{cfg.model.name} on {cfg.data}: {len(train_set)} training images, batch {cfg.batch_size}, "
@@ -582,11 +545,10 @@ def train(config: TrainConfig) -> dict:
                     check_loss(done, results["val"]["loss"], "validation loss")
                     save(done, os.path.join(out, "best.pt"))
 
-            if main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations or done in cfg.save_at):
+            paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
+            paths += [last_path] if done % cfg.checkpoint_every == 0 or done == cfg.iterations else []
+            if main and paths:
                 check_loss(done, loss_sum.item() / seen if seen else 0.0, f"mean training loss since step {done - seen}")
-                paths = [os.path.join(out, f"step_{done}.pt")] if done in cfg.save_at else []
-                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                    paths.append(last_path)
                 save(done, *paths)
             t_log += time.perf_counter() - t_pause
     except KeyboardInterrupt:
@@ -652,6 +614,3 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
         elif a.startswith(flag + "="):
             value = a.split("=", 1)[1]
     return value
-
-
-main = main_train

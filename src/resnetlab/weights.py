@@ -1,10 +1,9 @@
 """Weights: our checkpoint format, other projects' weight files, strict loading, saving, one model loader.
 
-Our checkpoints are ``torch.save``d dicts of tensors, numbers, strings and containers only
-(:func:`make_checkpoint`: ``format``, ``version``, ``model_config``, ``model`` (the state_dict), ``checksum``
-and what the writer adds); :func:`load_weights` also reads safetensors, torchvision and akamaster files,
-strictly. :func:`model_from_checkpoint` is the one way to get a model back from a file. Pickles are read
-with ``torch.load(weights_only=True)``, never unpickling arbitrary objects; docs/weights.md has the details.
+Our checkpoints (:func:`make_checkpoint`) hold tensors, numbers, strings and containers only, with a checksum;
+:func:`load_weights` also reads safetensors, torchvision and akamaster files, strictly, and pickles are read
+with ``torch.load(weights_only=True)``. :func:`model_from_checkpoint` is the one way back to a model from a
+file; docs/weights.md has the details.
 """
 from __future__ import annotations
 
@@ -34,9 +33,7 @@ _RENAMES = (
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 
 
-# --------------------------------------------------------------------------------------------------------
-# our checkpoint format
-
+# ---------------------------------------------------------------------------------- our checkpoint format
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
@@ -91,18 +88,13 @@ def make_checkpoint(model: nn.Module, **extra) -> dict:
     return ckpt
 
 
-def _looks_like_safetensors(path: str) -> bool:
+def _is_safetensors(path: str) -> bool:
+    if path.lower().endswith(".safetensors"):
+        return True
     # A safetensors file starts with the little-endian u64 length of a JSON header, then "{".
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= os.path.getsize(path) - 8
-
-
-def _is_safetensors(path: str) -> bool:
-    return path.lower().endswith(".safetensors") or _looks_like_safetensors(path)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8
 
 
 def _load_failure(error: Exception) -> str:
@@ -116,7 +108,9 @@ def _load_failure(error: Exception) -> str:
 
 def _read_ours(path: str, map_location="cpu") -> tuple[dict | None, str | None]:
     """``(checkpoint, None)`` for one of ours; ``(None, why it is unreadable)`` or ``(None, None)`` for
-    any other existing file (safetensors files are not unpickled at all)."""
+    any other file (safetensors files are not unpickled at all); ``FileNotFoundError`` for none."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if _is_safetensors(path):
         return None, None
     try:
@@ -148,8 +142,6 @@ def peek_checkpoint(path: str | os.PathLike) -> dict | None:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read one of our checkpoints (``weights_only=True``); clear errors for missing or foreign files."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt, unreadable = _read_ours(path, map_location)
     if unreadable is not None:
         raise ValueError(f"{path} is not a readable checkpoint (weights_only load failed: {unreadable})")
@@ -159,9 +151,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
-# --------------------------------------------------------------------------------------------------------
-# weight files of any origin
-
+# ----------------------------------------------------------------------------- weight files of any origin
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "state_dict") -> None:
     """``model.load_state_dict(strict=True)``, or (nothing loaded) a ``ValueError`` listing every missing,
@@ -283,9 +273,7 @@ def _safetensors_config(path: str) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-# --------------------------------------------------------------------------------------------------------
-# the one loader: a model back from a file
-
+# --------------------------------------------------------------- the one loader: a model back from a file
 
 def _config_text(config: dict) -> str:
     if not config:
@@ -333,8 +321,6 @@ def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn
     ``nn.Module`` is loaded into as it is. ``checkpoint`` is our checkpoint dict, or ``None`` for other files.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt, unreadable = _read_ours(path, map_location)
     if ckpt is not None:
         recorded = dict(ckpt.get("model_config") or {})
