@@ -11,7 +11,7 @@ Rerunning the same command resumes: finished runs (``final.json``) are skipped, 
 from their ``last.pt``, and the report is rebuilt from the run folders.
 
     resnetlab study shortcuts --depths 20,56 --options A,B,C,none --budget short --out study-20-56
-    resnetlab demo                       # small offline study on synthetic data, ~3 minutes on 2 CPU cores
+    resnetlab demo                       # small offline study on synthetic data, about 2 minutes on 2 idle CPU cores
 """
 from __future__ import annotations
 
