@@ -56,3 +56,20 @@ def test_matplotlib_is_imported_only_to_draw():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "False"
+
+
+def test_curves_of_repeats_are_drawn_as_mean_with_their_min_max_band():
+    import numpy as np
+    plt = plots.pyplot()
+    fig, ax = plt.subplots()
+    values = np.array([[1.0, 4.0, 2.0], [3.0, 2.0, 2.0], [2.0, 3.0, 5.0]])  # 3 repeats x 3 layers
+    plots._line_with_band(ax, np.arange(3), values, {"color": "tab:blue", "label": "net"})
+    (line,) = ax.lines
+    assert line.get_ydata().tolist() == pytest.approx([2.0, 3.0, 3.0])  # the mean over repeats
+    (band,) = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(5.0)  # lowest and highest repeat
+    ax.clear()
+    plots._line_with_band(ax, np.arange(3), values[0], {"color": "tab:blue"})  # one run: a line, no band
+    assert len(ax.lines) == 1 and not ax.collections
+    plt.close(fig)
