@@ -69,8 +69,7 @@ def training_curves(panels, path: str) -> str:
                         markersize=3, label=f"{name} test")
                 if np.any(thi > tlo):
                     ax.fill_between(ts, tlo, thi, color=color, alpha=0.18, linewidth=0)
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
+        ax.set(title=title, xlabel="iteration")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", frameon=False)
     axes[0][0].set_ylabel("error (%)")
@@ -95,18 +94,15 @@ def layer_responses(curves, path: str,
     ``curves``: ``(style, values)`` per network, ``style`` the keyword arguments of its line, ``values`` one
     row per repeat (the mean is drawn, with the min-max band over repeats).
     """
-    plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 6.0))
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(8.5, 6.0))
     for style, values in curves:
         values = np.atleast_2d(values)
         x = np.arange(1, values.shape[1] + 1)
         _line_with_band(top, x, values, style, marker=".", markersize=4, linewidth=1.2)
         _line_with_band(bottom, x, -np.sort(-values, axis=1), style, marker=".", markersize=4, linewidth=1.2)
-    top.set_title(title)
-    top.set_xlabel("layer index (original order)")
-    bottom.set_xlabel("layer index (sorted by magnitude)")
+    top.set(title=title, xlabel="layer index (original order)", ylabel="std")
+    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     for ax in (top, bottom):
-        ax.set_ylabel("std")
         ax.grid(alpha=0.3)
     top.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -124,9 +120,7 @@ def gradient_flow(panels, path: str, ylabel: str = "gradient norm per block") ->
             # x: position in the network, so that nets of different depths line up
             x = np.linspace(0, 1, np.atleast_2d(values).shape[1])
             _line_with_band(ax, x, values, style, marker=".", markersize=4, linewidth=1.2)
-        ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("relative depth (0 = stem, 1 = classifier)")
+        ax.set(yscale="log", title=title, xlabel="relative depth (0 = stem, 1 = classifier)")
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -143,9 +137,7 @@ def first_layer_gradient(panels, path: str) -> str:
     for ax, (title, lines) in zip(axes[0], panels):
         for label, color, depths, norms in lines:
             ax.plot(depths, norms, marker="o", linewidth=1.5, color=color, label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("depth (layers)")
-        ax.set_title(title)
+        ax.set(yscale="log", xlabel="depth (layers)", title=title)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("first layer's gradient norm")
     axes[0][-1].legend(frameon=False)
@@ -156,15 +148,12 @@ def first_layer_gradient(panels, path: str) -> str:
 @_report_style
 def path_ratios(curves, path: str) -> str:
     """||F(x)|| / ||shortcut(x)|| per residual block: ``curves`` of ``(style, ratios)``."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    fig, ax = pyplot().subplots(figsize=(8.0, 3.6))
     for style, values in curves:
         _line_with_band(ax, np.arange(np.atleast_2d(values).shape[1]), values, style, marker=".", linewidth=1.2)
     ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("residual block (forward order)")
-    ax.set_ylabel("‖F(x)‖ / ‖shortcut(x)‖")
-    ax.set_title("How much each residual branch adds to its shortcut (final checkpoints)")
+    ax.set(ylim=(0, None), xlabel="residual block (forward order)", ylabel="‖F(x)‖ / ‖shortcut(x)‖",
+           title="How much each residual branch adds to its shortcut (final checkpoints)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -193,9 +182,7 @@ def landscape_contours(nets, path: str) -> str:
                         norm=LogNorm(vmin=lo, vmax=levels[-1]))
         ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
         ax.plot([0], [0], "r+", markersize=8)
-        ax.set_title(label)
-        ax.set_xlabel("direction 1 (α)")
-        ax.set_aspect("equal")
+        ax.set(title=label, xlabel="direction 1 (α)", aspect="equal")
     axes[0][0].set_ylabel("direction 2 (β)")
     bar = fig.colorbar(cs, ax=list(axes[0]), shrink=0.9, label="training loss (log-spaced levels)")
     bar.minorticks_off()
@@ -212,50 +199,38 @@ def result_label(result: dict) -> str:
 
 
 def _plot_paths(results: list[dict], path: str) -> None:
-    plt = pyplot()
     names = [r["block"] for r in results[0]["paths"]]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
+    fig, axes = pyplot().subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
     for res in results:
         rows = [(names.index(r["block"]), r) for r in res["paths"] if r["ratio"] is not None and r["block"] in names]
-        label = result_label(res)
-        ax1.plot([i for i, _ in rows], [r["ratio"] for _, r in rows], "o-", ms=4, label=label)
-        ax2.plot([i for i, _ in rows], [r["cosine"] for _, r in rows], "o-", ms=4, label=label)
-    ax1.axhline(1, color="gray", lw=0.8)
-    ax1.set_ylabel("||F(x)|| / ||shortcut(x)||")
-    ax1.set_title("residual branch vs shortcut, per block (mean over samples)")
-    ax1.legend(loc="best", fontsize=7)
-    ax2.axhline(0, color="gray", lw=0.8)
-    ax2.set_ylabel("cos(F(x), shortcut(x))")
-    ax2.set_xlabel("block")
-    ax2.set_xticks(range(len(names)))
-    ax2.set_xticklabels(names, rotation=90, fontsize=7)
-    ax2.legend(loc="best", fontsize=7)
+        for ax, key in zip(axes, ("ratio", "cosine")):
+            ax.plot([i for i, _ in rows], [r[key] for _, r in rows], "o-", ms=4, label=result_label(res))
+    for ax, level, ylabel in zip(axes, (1, 0), ("||F(x)|| / ||shortcut(x)||", "cos(F(x), shortcut(x))")):
+        ax.axhline(level, color="gray", lw=0.8)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best", fontsize=7)
+    axes[0].set_title("residual branch vs shortcut, per block (mean over samples)")
+    axes[1].set_xlabel("block")
+    axes[1].set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def _plot_gradients(results: list[dict], path: str) -> None:
-    plt = pyplot()
     lesions = [r for r in results if r.get("lesion")]
     n_panels = 3 if lesions else 2
     width = max(6, 0.2 * max(len(r["layers"]) for r in results) + 2)
-    fig, axes = plt.subplots(n_panels, 1, figsize=(width, 3 * n_panels))
+    fig, axes = pyplot().subplots(n_panels, 1, figsize=(width, 3 * n_panels))
     for res in results:
-        label = result_label(res)
-        axes[0].semilogy(range(len(res["layers"])), [r["grad_norm"] for r in res["layers"]], "o-", ms=3,
-                         label=label)
-        axes[1].semilogy(range(len(res["blocks"])), [r["grad_norm"] for r in res["blocks"]], "s-", ms=3,
-                         label=label)
-    axes[0].set_xlabel("conv/linear layer (forward order)")
-    axes[0].set_ylabel("||dL/dW||")
-    axes[0].set_title("gradient norms (train-mode BN, cross-entropy)")
-    axes[0].legend(fontsize=7)
+        for ax, key, style in zip(axes, ("layers", "blocks"), ("o-", "s-")):
+            ax.semilogy(range(len(res[key])), [r["grad_norm"] for r in res[key]], style, ms=3, label=result_label(res))
+    axes[0].set(xlabel="conv/linear layer (forward order)", ylabel="||dL/dW||",
+                title="gradient norms (train-mode BN, cross-entropy)")
     groups = [r["group"] for r in results[0]["blocks"]]
-    axes[1].set_xticks(range(len(groups)))
-    axes[1].set_xticklabels(groups, rotation=90, fontsize=7)
-    axes[1].set_xlabel("group (all its parameters)")
-    axes[1].set_ylabel("gradient norm")
-    axes[1].legend(fontsize=7)
+    axes[1].set_xticks(range(len(groups)), groups, rotation=90, fontsize=7)
+    axes[1].set(xlabel="group (all its parameters)", ylabel="gradient norm")
+    for ax in axes[:2]:
+        ax.legend(fontsize=7)
     if lesions:
         blocks = [r["block"] for r in lesions[0]["lesion"]]
         bar = 0.8 / len(lesions)
@@ -268,10 +243,8 @@ def _plot_gradients(results: list[dict], path: str) -> None:
                 if r["delta"] is None:
                     axes[2].text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
         axes[2].axhline(0, color="gray", lw=0.8)
-        axes[2].set_xticks(range(len(blocks)))
-        axes[2].set_xticklabels(blocks, rotation=90, fontsize=7)
-        axes[2].set_xlabel("dropped block")
-        axes[2].set_ylabel("test accuracy change (points)")
+        axes[2].set_xticks(range(len(blocks)), blocks, rotation=90, fontsize=7)
+        axes[2].set(xlabel="dropped block", ylabel="test accuracy change (points)")
         axes[2].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -296,17 +269,14 @@ def plot_results(results: list[dict], path: str) -> None:
 
 def plot_1d(res: dict, path: str, title: str) -> None:
     """Loss and accuracy along one filter-normalised direction."""
-    plt = pyplot()
-    fig, ax1 = plt.subplots(figsize=(6, 4))
+    fig, ax1 = pyplot().subplots(figsize=(6, 4))
     ax1.plot(res["alphas"], res["loss"], "-", color="tab:blue", label="loss")
-    ax1.set_xlabel("step along the filter-normalised direction")
-    ax1.set_ylabel("cross-entropy loss")
+    ax1.set(xlabel="step along the filter-normalised direction", ylabel="cross-entropy loss", title=title)
     ax2 = ax1.twinx()
     ax2.plot(res["alphas"], 100 * np.asarray(res["acc"]), "--", color="tab:red", label="accuracy")
     ax2.set_ylabel("accuracy (%)")
     lines = ax1.get_lines() + ax2.get_lines()
     ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper center", fontsize=8)
-    ax1.set_title(title)
     save_figure(fig, path)
 
 
@@ -320,9 +290,7 @@ def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None
     cs = ax.contour(a, b, loss, levels=levels, cmap="viridis")
     ax.clabel(cs, inline=True, fontsize=6, fmt="%.2f")
     ax.plot([0], [0], "r+", ms=10, label="the model")
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
-    ax.set_title(title + ": loss contours")
+    ax.set(xlabel="direction 1", ylabel="direction 2", title=title + ": loss contours")
     ax.legend(fontsize=8)
     fig.colorbar(cs, ax=ax, label="loss")
     save_figure(fig, contour_path)
@@ -330,9 +298,6 @@ def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None
     fig = plt.figure(figsize=(6, 5))
     ax = fig.add_subplot(projection="3d")
     surf = ax.plot_surface(a, b, loss, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
-    ax.set_zlabel("loss")
-    ax.set_title(title + ": loss surface")
+    ax.set(xlabel="direction 1", ylabel="direction 2", zlabel="loss", title=title + ": loss surface")
     fig.colorbar(surf, ax=ax, shrink=0.6, label="loss")
     save_figure(fig, surface_path)
