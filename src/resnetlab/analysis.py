@@ -76,9 +76,8 @@ def path_stats(model: nn.Module, x) -> list[dict]:
     def hook(name):
         def fn(module, inputs, output):
             branch, shortcut = inputs
-            shortcut = shortcut * module.scale  # the add scales inside forward: report what is added
             f = branch.flatten(1).double()
-            s = shortcut.flatten(1).double()
+            s = (shortcut * module.scale).flatten(1).double()  # the add scales inside forward: report what is added
             fn_, sn_ = f.norm(dim=1), s.norm(dim=1)
             a = acc[name]
             a["ratio"] += (fn_ / sn_.clamp_min(1e-300)).sum().item()
@@ -117,11 +116,7 @@ def identity_mask(out_channels: int, in_channels: int, zero_pad: str = "split") 
     output channel ``i + offset``, where ``offset = (Cout - Cin) // 2`` for the "split" zero-pad and 0
     for "end" (as :class:`resnetlab.blocks.ZeroPadShortcut` pads)."""
     offset = (out_channels - in_channels) // 2 if zero_pad == "split" else 0
-    mask = torch.zeros(out_channels, in_channels)
-    for i in range(in_channels):
-        if 0 <= i + offset < out_channels:
-            mask[i + offset, i] = 1.0
-    return mask
+    return (torch.arange(out_channels)[:, None] == torch.arange(in_channels) + offset).float()
 
 
 @torch.no_grad()
@@ -154,15 +149,12 @@ def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict
         on = (w ** 2 * mask).sum().item()
         rows.append({
             "block": name, "in_channels": w.shape[1], "out_channels": w.shape[0],
-            "stride": block.downsample[0].stride[0],
-            "singular_values": [float(v) for v in sv],
-            "sv_max": float(sv[0]), "sv_min": float(sv[-1]),
-            "identity_energy": on / total if total > 0 else 0.0,
+            "stride": block.downsample[0].stride[0], "singular_values": [float(v) for v in sv],
+            "sv_max": float(sv[0]), "sv_min": float(sv[-1]), "identity_energy": on / total if total > 0 else 0.0,
             "other_energy": (total - on) / total if total > 0 else 0.0,
             "identity_mean": float((w * mask).sum() / mask.sum()),
             "identity_distance": float(torch.linalg.norm(w - mask) / torch.linalg.norm(mask)),
-            "bias_norm": float(b.norm()),
-        })
+            "bias_norm": float(b.norm())})
     return rows
 
 
@@ -255,28 +247,22 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
     (Veit et al. 2016): it returns its shortcut (a plain block its input, or ``None`` if the shape changes)."""
     device = torch.device(device) if device is not None else _device_of(model)
     batches = list(labelled_batches(data, normalization, batch_size, device, max_batches))
-    blocks = model_blocks(model)
     rows = []
     with _mode(model):
         baseline = _accuracy(model, batches)
-        bar = progress(total=len(blocks), desc="lesion", unit="block", quiet=quiet)
-        for name, block in blocks:
-            row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline}
+        for name, block in progress(model_blocks(model), desc="lesion", unit="block", quiet=quiet):
+            row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline, "accuracy": None, "delta": None}
             if block.shortcut_kind != "none":
                 h = block.add.register_forward_hook(lambda m, inp, out: inp[1] * m.scale)
             elif block.stride == 1 and block.in_channels == block.out_channels:
                 h = block.register_forward_hook(lambda m, inp, out: inp[0])
             else:
                 h = None
-            if h is None:
-                row.update(accuracy=None, delta=None)
-            else:
+            if h is not None:
                 with h:  # the hook is removed on leaving
-                    acc = _accuracy(model, batches)
-                row.update(accuracy=acc, delta=acc - baseline)
+                    row["accuracy"] = _accuracy(model, batches)
+                row["delta"] = row["accuracy"] - baseline
             rows.append(row)
-            bar.update()
-        bar.close()
     return rows
 
 
@@ -445,9 +431,8 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
 def format_result(result: dict) -> str:
     """The printed tables of one analysis result."""
     name = result["analysis"]
-    head = f"{result['analysis']}: {result['source']} ({result['model_config']['name']}, " \
-           f"data {result['data']['name']} {result['data'].get('split', '')})"
-    parts = [head]
+    parts = [f"{name}: {result['source']} ({result['model_config']['name']}, "
+             f"data {result['data']['name']} {result['data'].get('split', '')})"]
     if name == "paths":
         parts.append(format_table(result["paths"], [
             ("block", "block", ""), ("kind", "shortcut", ""), ("ratio", "|F|/|s|", ".4f"),
