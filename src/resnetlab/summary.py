@@ -141,24 +141,16 @@ def describe(model: nn.Module) -> str:
     spec = getattr(model, "spec", None)
     if spec is None:
         return type(model).__name__
-    opts = [f"shortcut={model.shortcut}"]
-    if model.options.transition is not None:
-        opts.append(f"transition={model.options.transition}")
-    if spec.block == "bottleneck":
-        opts.append(f"stride_at={model.stride_at}")
-    if model.preact != spec.preact or model.preact:
-        opts.append("preact" if model.preact else "post-act")
     o = model.options
-    if o.width is not None and o.width != spec.widths[0]:
-        opts.append(f"width={o.width}")
-    if model.num_classes != spec.num_classes:
-        opts.append(f"num_classes={model.num_classes}")
-    if o.in_channels != 3:
-        opts.append(f"in_channels={o.in_channels}")
-    if model.shortcut == "A" and o.zero_pad != "split":
-        opts.append(f"zero_pad={o.zero_pad}")
-    if o.shortcut_scale != 1.0:
-        opts.append(f"shortcut_scale={o.shortcut_scale:g}")
+    opts = [f"shortcut={model.shortcut}"] + [text for shown, text in (
+        (o.transition is not None, f"transition={o.transition}"),
+        (spec.block == "bottleneck", f"stride_at={model.stride_at}"),
+        (model.preact != spec.preact or model.preact, "preact" if model.preact else "post-act"),
+        (o.width is not None and o.width != spec.widths[0], f"width={o.width}"),
+        (model.num_classes != spec.num_classes, f"num_classes={model.num_classes}"),
+        (o.in_channels != 3, f"in_channels={o.in_channels}"),
+        (model.shortcut == "A" and o.zero_pad != "split", f"zero_pad={o.zero_pad}"),
+        (o.shortcut_scale != 1.0, f"shortcut_scale={o.shortcut_scale:g}")) if shown]
     return f"{spec.name} ({', '.join(opts)})"
 
 
@@ -191,11 +183,9 @@ def _block_kernels(block: nn.Module) -> str:
     return " / ".join(_kernel(c) for c in convs)
 
 
-def _stride(m: nn.Module) -> int | None:
-    s = getattr(m, "stride", None)
-    if isinstance(s, (tuple, list)):
-        return int(s[0]) if len(set(s)) == 1 else None
-    return int(s) if isinstance(s, int) else None
+def _stride(m: nn.Conv2d | nn.MaxPool2d) -> int | None:
+    s = _pair(m.stride)
+    return int(s[0]) if len(set(s)) == 1 else None
 
 
 def _first_tensor(x):
@@ -213,12 +203,9 @@ def _window(m: nn.Module) -> tuple[str, tuple[int, int]] | None:
     """A 2-D convolution's or pooling layer's sliding window, described, and the smallest input it fits:
     it spans ``dilation*(kernel-1)+1`` pixels of the input padded on both sides. (Ceil-mode pooling may run
     past the input: PyTorch's own check decides there.)"""
-    if isinstance(m, nn.Conv2d):
-        if m.padding == "same":
-            return None
-        kernel, dilation = m.kernel_size, m.dilation
+    if isinstance(m, nn.Conv2d) and m.padding != "same":
+        kernel, dilation, what = m.kernel_size, m.dilation, "kernel"
         padding = (0, 0) if m.padding == "valid" else m.padding
-        what = "kernel"
     elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and not m.ceil_mode:
         kernel, dilation, padding = (_pair(getattr(m, a, 1)) for a in ("kernel_size", "dilation", "padding"))
         what = "window"
