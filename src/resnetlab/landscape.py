@@ -60,8 +60,7 @@ def filter_normalize(direction: dict[str, torch.Tensor], model: nn.Module) -> di
     return out
 
 
-def random_directions(model: nn.Module, seed: int, n: int = 2,
-                      base: list[dict[str, torch.Tensor]] | None = None,
+def random_directions(model: nn.Module, seed: int, n: int = 2, base: list[dict[str, torch.Tensor]] | None = None,
                       base_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
     """``n`` filter-normalised random directions for ``model``; with ``base`` (from :func:`load_directions`),
     the parameters it names take its tensors, the others the draw for their name with ``base_seed``."""
@@ -175,16 +174,15 @@ def _grid(model, x, y, directions, span, steps, batch_size, quiet, bn) -> dict:
     base = {k: p.detach() for k, p in model.named_parameters()}
     dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]
     axis = np.linspace(-span, span, steps)
-    losses, accs = [], []
+    points = []  # (loss, accuracy) per grid point
     for c in progress(list(itertools.product(axis.tolist(), repeat=len(dirs))), desc=f"landscape {len(dirs)}-D",
                       unit="point", quiet=quiet):
         params = dict(base)
         for k in dirs[0]:
             for a, d in zip(c, dirs):
                 params[k] = params[k] + a * d[k]
-        loss, acc = _evaluate(model, params, batches, bn)
-        losses.append(loss)
-        accs.append(acc)
+        points.append(_evaluate(model, params, batches, bn))
+    losses, accs = zip(*points)
     loss0, acc0 = _evaluate(model, None, batches, bn)
     shape = (steps,) * len(dirs)
     return {"alphas": axis, "loss": np.array(losses).reshape(shape), "acc": np.array(accs).reshape(shape),
@@ -332,9 +330,8 @@ def hessian_extremes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: 
             "min_change": float(change), "converged": bool(change < tol or run.done), "weights_only": weights_only}
 
 
-def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 1, iters: int = 20,
-                     seed: int = 0, method: str = "lanczos", batch_size: int | None = None,
-                     weights_only: bool = True) -> list[float]:
+def hessian_top_eigs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 1, iters: int = 20, seed: int = 0,
+                     method: str = "lanczos", batch_size: int | None = None, weights_only: bool = True) -> list[float]:
     """The ``k`` largest Hessian eigenvalues (descending) of the mean cross-entropy on ``(x, y)`` with
     respect to the weights of dimension > 1 (all trainable parameters unless ``weights_only``), model in
     eval mode. ``method="lanczos"`` (largest algebraic) or ``"power"`` (power iteration with deflation:
@@ -387,9 +384,8 @@ def flatness(result: dict, radius: float | None = None) -> dict:
                     "max_rise": float(loss.max() - loss0)}
     hess = result.get("hessian")
     if hess:
-        out["hessian_max"] = hess["max"]
-        out["hessian_min"] = hess["min"]
-        out["hessian_min_max_ratio"] = abs(hess["min"] / hess["max"]) if hess["max"] else None
+        out.update(hessian_max=hess["max"], hessian_min=hess["min"],
+                   hessian_min_max_ratio=abs(hess["min"] / hess["max"]) if hess["max"] else None)
     return out
 
 
