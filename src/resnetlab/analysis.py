@@ -35,10 +35,7 @@ def model_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _batches(x) -> Iterator[torch.Tensor]:
     """A tensor, or an iterable of tensors or of ``(x, y)`` pairs, as a stream of input tensors."""
-    if isinstance(x, torch.Tensor):
-        yield x
-        return
-    for item in x:
+    for item in [x] if isinstance(x, torch.Tensor) else x:
         yield item[0] if isinstance(item, (tuple, list)) else item
 
 
@@ -315,8 +312,7 @@ def layer_response_stats(model: nn.Module, x) -> list[dict]:
         cmean = s["csum"] / s["cn"]
         cstd = torch.sqrt((s["csq"] / s["cn"] - cmean ** 2).clamp_min(0))
         rows.append({"layer": name, "source": s["source"], "mean": mean,
-                     "std": math.sqrt(max(s["sq"] / s["n"] - mean * mean, 0.0)),
-                     "channel_std": float(cstd.mean())})
+                     "std": math.sqrt(max(s["sq"] / s["n"] - mean * mean, 0.0)), "channel_std": float(cstd.mean())})
     return rows
 
 
@@ -417,8 +413,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         result["data"]["split"] = "train (seeded subset)"
         result["loss"] = sum(losses) / len(losses)
         result["signal"] = [{"at": k, "grad_norm": v} for k, v in _mean_over_batches(signals).items()]
-        result["layers"] = [{"param": k, "grad_norm": v,
-                             "relative": v / max(weights[k].detach().norm().item(), 1e-30)}
+        result["layers"] = [{"param": k, "grad_norm": v, "relative": v / max(weights[k].detach().norm().item(), 1e-30)}
                             for k, v in _mean_over_batches(layers).items()]
         result["blocks"] = [{"group": k, "grad_norm": v} for k, v in _mean_over_batches(groups).items()]
         result["first_layer"] = result["layers"][0]
