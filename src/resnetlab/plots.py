@@ -175,9 +175,7 @@ def landscape_contours(nets, path: str) -> str:
     levels = np.geomspace(lo, max(hi, lo * 1.01), 16)
     for ax, (label, res) in zip(axes[0], nets):
         a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
-        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi)
-        if loss.shape != (len(a), len(b)):
-            loss = loss.reshape(len(a), len(b))
+        loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi).reshape(len(a), len(b))
         cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9,
                         norm=LogNorm(vmin=lo, vmax=levels[-1]))
         ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")

@@ -64,8 +64,7 @@ def _shape(shape) -> str:
 
 
 class _Report:
-    """What :class:`Summary` and :class:`Diff` share: JSON, a format by name, and ``str()`` as text.
-    Subclasses define ``to_text``, ``to_markdown`` and ``to_dict``."""
+    """What :class:`Summary` and :class:`Diff` share; subclasses define ``to_text``, ``to_markdown``, ``to_dict``."""
 
     def to_json(self, indent: int | None = 2) -> str:
         return _dumps(self.to_dict(), indent)
@@ -467,16 +466,13 @@ class Diff(_Report):
                 f" rows differ")
 
     def to_text(self) -> str:
-        parts = [self._head()]
-        if self.rows:
-            parts += ["", self._table()]
-        return "\n".join(parts + [""] + self._params_lines())
+        table = ["", self._table()] if self.rows else []
+        return "\n".join([self._head(), *table, "", *self._params_lines()])
 
     def to_markdown(self) -> str:
-        parts = ["\n\n".join(f"**{line}**" for line in self._head().splitlines())]
-        if self.rows:
-            parts += ["", self._table(markdown=True)]
-        return "\n".join(parts + [""] + [f"- {line}" for line in self._params_lines()])
+        head = "\n\n".join(f"**{line}**" for line in self._head().splitlines())
+        table = ["", self._table(markdown=True)] if self.rows else []
+        return "\n".join([head, *table, ""] + [f"- {line}" for line in self._params_lines()])
 
     def to_dict(self) -> dict:
         return {"a": self.a.model, "b": self.b.model,
@@ -606,8 +602,7 @@ def main_models(argv: list[str] | None = None) -> int:
         return 0
     head = ("model", "depth", "family", "block", "layers", "shortcut", "preact", "input", "params")
     cells = [[r["name"], r["depth"], r["family"], r["block"], "-".join(map(str, r["layers"])), r["shortcut"],
-              "yes" if r["preact"] else "no", f"{r['image_size']}x{r['image_size']}", human(r["params"])]
-             for r in rows]
+              "yes" if r["preact"] else "no", f"{r['image_size']}x{r['image_size']}", human(r["params"])] for r in rows]
     print(format_table(head, cells, right=(1, 8), markdown=args.format == "markdown"))
     print("\nAlso accepted: resnet<6n+2> (CIFAR, e.g. resnet26) and preact-resnet<9n+2>. Options such as "
           "--shortcut or --preact change a model; see resnetlab summary --help.")
