@@ -471,10 +471,8 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     x = norm.to(device)(sub.x.to(device))
     y = sub.y.to(device)
 
-    base, file_seed, directions_from = None, None, None
-    if cfg.directions and os.path.isfile(cfg.directions):
-        base, file_seed = load_directions(cfg.directions)
-        directions_from = cfg.directions
+    directions_from = cfg.directions if cfg.directions and os.path.isfile(cfg.directions) else None
+    base, file_seed = load_directions(directions_from) if directions_from else (None, None)
     directions_seed = cfg.seed if file_seed is None else file_seed
 
     def surfaces(dirs) -> dict:
@@ -516,10 +514,9 @@ def write_outputs(result: dict, out: str, directions_file: str | None = None) ->
     os.makedirs(out, exist_ok=True)
     s = result["settings"]
     arrays = {"alphas_1d": result["1d"]["alphas"], "loss_1d": result["1d"]["loss"], "acc_1d": result["1d"]["acc"],
-              "loss0": np.array(result["1d"]["loss0"]), "acc0": np.array(result["1d"]["acc0"]),
-              "seed": np.array(s["seed"]), "span": np.array(s["span"]), "steps": np.array(s["steps"]),
-              "subset": np.array(s["subset"]), "settings": np.array(json.dumps(s)),
-              "flatness": np.array(json.dumps(result["flatness"]))}
+              **{k: np.array(result["1d"][k]) for k in ("loss0", "acc0")},
+              **{k: np.array(s[k]) for k in ("seed", "span", "steps", "subset")},
+              "settings": np.array(json.dumps(s)), "flatness": np.array(json.dumps(result["flatness"]))}
     if "2d" in result:
         arrays.update(alphas_2d=result["2d"]["alphas"], betas_2d=result["2d"]["betas"],
                       loss_2d=result["2d"]["loss"], acc_2d=result["2d"]["acc"])
@@ -559,11 +556,10 @@ def format_summary(result: dict) -> str:
             lines.append(f"  {key} over {seeds} direction seeds: " + "  ".join(
                 f"{m.replace('_', ' ')} {v['mean']:.4f} +- {v['std']:.4f}" for m, v in metrics.items()))
     if "hessian_max" in fl:
-        ratio = fl["hessian_min_max_ratio"]
-        h = result["hessian"]
-        lines.append(f"  Hessian over the weights ({h['iters']} Lanczos steps, {h['samples']} images"
-                     f"{'' if h.get('converged', True) else ', NOT converged: min moved ' + format(h['min_change'], '.1%')}"
-                     f"): max {fl['hessian_max']:.4g}  min {fl['hessian_min']:.4g}"
+        h, ratio = result["hessian"], fl["hessian_min_max_ratio"]
+        note = "" if h.get("converged", True) else f", NOT converged: min moved {h['min_change']:.1%}"
+        lines.append(f"  Hessian over the weights ({h['iters']} Lanczos steps, {h['samples']} images{note}): "
+                     f"max {fl['hessian_max']:.4g}  min {fl['hessian_min']:.4g}"
                      + (f"  |min/max| {ratio:.4g}" if ratio is not None else ""))
     return "\n".join(lines)
 
