@@ -397,8 +397,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         result["paths"] = path_stats(model, batches)
         result["projections"] = projection_stats(model)
     elif name == "responses":
-        rows = layer_response_stats(model, batches)
-        result["responses"] = rows
+        result["responses"] = rows = layer_response_stats(model, batches)
         result["sorted"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["std"])]
     else:  # gradients: train split, train-mode BN, mean over batches of the per-batch norms
         train = seeded_subset(splits["train"], cfg.batch_size * max(cfg.batches, 1), cfg.seed)

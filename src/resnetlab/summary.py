@@ -286,7 +286,7 @@ def _size(image_size, model) -> tuple[int, int]:
         if spec is None:
             raise ValueError(f"image_size is required for a {type(model).__name__} (it has no .spec)")
         image_size = spec.image_size
-    hw = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+    hw = _pair(image_size)
     if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in hw):
         raise ValueError(f"image_size must be an integer or a pair (H, W) of integers, got {image_size!r}")
     if min(hw) < 1:
