@@ -1,7 +1,5 @@
-"""The study report: figures (:mod:`resnetlab.plots`), ``report.md``, a self-contained ``report.html`` and raw
-results.
-
-Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study` collects them::
+"""The study report (figures, ``report.md``, a self-contained ``report.html``, raw results) from *run records*,
+one per trained run, as :mod:`resnetlab.study` collects them::
 
     {"name": "resnet20-A-r0", "model": "resnet20", "depth": 20, "option": "A", "repeat": 0, "seed": 0,
      "dir": "runs/resnet20-A-r0",                 # relative to the report folder
@@ -10,9 +8,8 @@ Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study`
                   "grad_norms": {"0": [[block, norm], ...], "100": [...]},   # by training step
                   "path_stats": [{...}, ...], "projection_stats": [{...}, ...]}}
 
-:func:`write_report` turns them into the report folder. Every section is built once as plain data (text,
-tables, images) and written as Markdown; ``report.html`` is that Markdown rendered by the ``markdown``
-package with the figures embedded, so the two always say the same thing. Every file is written atomically.
+:func:`write_report` writes the report folder, atomically. ``report.html`` is ``report.md`` rendered by the
+``markdown`` package with the figures embedded, so the two always say the same thing.
 """
 from __future__ import annotations
 
@@ -185,44 +182,34 @@ def _interval_text(iv) -> str:
     return f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
-
-
 def _fmt_mean(values, scale=100.0, digits=2) -> str:
-    ms = mean_std(values)
-    if ms is None:
-        return "n/a"
-    m, s = ms
-    if len([v for v in values if v is not None]) == 1:
-        return f"{scale * m:.{digits}f}"
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2:
+        return f"{scale * float(vals[0]):.{digits}f}" if vals else "n/a"
+    m, s = mean_std(vals)
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
 def _fmt_best(values) -> str:
     """The paper's "best (mean±std)" for errors over repeats; a single value when there is one run."""
     vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return _pct(vals[0])
+    if len(vals) < 2:
+        return _fmt_mean(vals)
     m, s = mean_std(vals)
     return f"{100 * min(vals):.2f} ({100 * m:.2f}±{100 * s:.2f})"
 
 
+_FINAL_KEYS = ("params", "steps", "train_loss", "train_error", "train_error_last", "val_error", "test_error",
+               "test_top5_error", "wall_time_s")
+_SPREAD_KEYS = ("train_error", "val_error", "test_error", "wall_time_s")  # summarised as mean and std
+
+
 def results_rows(records) -> list[dict]:
     """One flat row per run: what ``results.csv`` holds."""
-    rows = []
-    for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"])):
-        f = r["final"]
-        rows.append({"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
-                     "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
-                     "params": f.get("params"), "steps": f.get("steps"), "train_loss": f.get("train_loss"),
-                     "train_error": f.get("train_error"), "train_error_last": f.get("train_error_last"),
-                     "val_error": f.get("val_error"),
-                     "test_error": f.get("test_error"), "test_top5_error": f.get("test_top5_error"),
-                     "wall_time_s": f.get("wall_time_s"), "dir": r["dir"]})
-    return rows
+    return [{"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
+             "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
+             **{k: r["final"].get(k) for k in _FINAL_KEYS}, "dir": r["dir"]}
+            for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"]))]
 
 
 def summary_rows(records) -> list[dict]:
@@ -633,8 +620,7 @@ def write_results(out_dir, records) -> tuple[str, str]:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         w.writeheader()
         w.writerows(rows)
-    summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]})
-                        for k in ("train_error", "val_error", "test_error", "wall_time_s")}}
+    summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]}) for k in _SPREAD_KEYS}}
                for s in summary_rows(records)]
     first = first_layer_norms(records)
     payload = {"runs": rows, "summary": summary, "paired": paired_rows(records),
