@@ -245,19 +245,29 @@ def results_table(records) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _mean_of(runs, get):
+    vals = [v for v in (get(r) for r in runs) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _train_means(records) -> dict[tuple[int, str], float]:
+    """(depth, option) -> the mean training error over its repeats, where one is known."""
+    means = {k: _mean_of(runs, lambda r: r["final"].get("train_error")) for k, runs in _groups(records).items()}
+    return {k: m for k, m in means.items() if m is not None}
+
+
 def degradation_text(records) -> list[str]:
     """In words: does the deeper plain net train worse than the shallower one, and the residual nets?"""
-    agg = {(r["depth"], r["option"]): r for r in summary_rows(records)}
-    depths = sorted({d for d, _ in agg})
+    groups, means = _groups(records), _train_means(records)
+    depths = sorted({d for d, _ in groups})
     if len(depths) < 2:
         return ["Only one depth was trained, so degradation cannot be judged."]
     lo, hi = depths[0], depths[-1]
     lines = []
-    for option in family_order([o for _, o in agg]):
-        a, b = agg.get((lo, option)), agg.get((hi, option))
-        if not a or not b or a["train_error"] is None or b["train_error"] is None:
+    for option in family_order([o for _, o in groups]):
+        if (lo, option) not in means or (hi, option) not in means:
             continue
-        ea, eb = 100 * a["train_error"][0], 100 * b["train_error"][0]
+        ea, eb = 100 * means[(lo, option)], 100 * means[(hi, option)]
         name_a, name_b = net_label(lo, option), net_label(hi, option)
         if option == "none":
             if eb > ea:
@@ -271,7 +281,7 @@ def degradation_text(records) -> list[str]:
             verdict = "better" if eb < ea else "worse" if eb > ea else "the same"
             lines.append(f"With shortcut option {option}, the deeper {name_b} trains {verdict} than {name_a} "
                          f"({eb:.2f}% vs {ea:.2f}% training error).")
-    if lines and max(len(v) for v in _groups(records).values()) == 1:
+    if lines and max(len(v) for v in groups.values()) == 1:
         lines.append("(One run per network: differences of a point or two can be noise between seeds; "
                      "`--repeats` gives mean ± std.)")
     return lines or ["No complete plain/residual pair across depths to compare."]
@@ -283,11 +293,11 @@ def figure6_checks(records) -> dict:
     depth every residual option trains better than the plain net) and ``deeper_residual`` (every residual
     option trains at least as well at the deeper depth; ``deeper_residual_by_option`` per option). Each is
     True/False, or None when the grid lacks the nets; ``errors`` holds the numbers they were judged on."""
-    agg = {(s["depth"], s["option"]): s["train_error"][0] for s in summary_rows(records) if s["train_error"]}
+    agg = _train_means(records)
     depths = sorted({d for d, _ in agg})
     residual = sorted({o for _, o in agg if o != "none"}, key=_option_rank)
     out = {"degradation": None, "residual_beats_plain": None, "deeper_residual": None,
-           "errors": {f"{net_label(d, o)}": e for (d, o), e in agg.items()}}
+           "errors": {net_label(d, o): e for (d, o), e in agg.items()}}
     if not depths:
         return out
     lo, hi = depths[0], depths[-1]
@@ -302,28 +312,31 @@ def figure6_checks(records) -> dict:
     return out
 
 
-def _mean_of(runs, get):
-    vals = [v for v in (get(r) for r in runs) if v is not None]
-    return float(np.mean(vals)) if vals else None
+def _analysis(run) -> dict:
+    return run.get("analysis") or {}
+
+
+def _mean_response(run) -> float:
+    """The mean std of the run's 3x3 layer responses; nan without them."""
+    return np.mean([v for _, v in _analysis(run).get("layer_responses", [])] or [np.nan])
 
 
 def _input_fraction(run, step: str):
     """The signal reaching the input, as a fraction of the signal at the last block's output."""
-    sig = ((run.get("analysis") or {}).get("signal") or {}).get(step)
+    sig = (_analysis(run).get("signal") or {}).get(step)
     return sig[0][1] / sig[-1][1] if sig and sig[-1][1] else None
 
 
 def claims_text(records) -> list[str]:
     """The paper's claims, each judged in words from this run's own numbers, including when one fails."""
-    groups = _groups(records)
+    groups, means = _groups(records), _train_means(records)
     depths = sorted({d for d, _ in groups})
-    lines = degradation_text(records)[:1] if len(depths) > 1 else []
+    lines = []
     if len(depths) > 1:
         lo, hi = depths[0], depths[-1]
+        lines = degradation_text(records)[:1]
         for option in family_order([o for _, o in groups if o != "none"]):
-            a, b = groups.get((lo, option)), groups.get((hi, option))
-            ea = _mean_of(a or [], lambda r: r["final"].get("train_error"))
-            eb = _mean_of(b or [], lambda r: r["final"].get("train_error"))
+            ea, eb = means.get((lo, option)), means.get((hi, option))
             if ea is None or eb is None:
                 continue
             held = eb <= ea
@@ -331,44 +344,36 @@ def claims_text(records) -> list[str]:
                          f"{'a lower or equal' if held else 'a higher'} training error than {net_label(lo, option)} "
                          f"({100 * eb:.2f}% vs {100 * ea:.2f}%): the paper's Figure 6 (right), where the deeper "
                          f"ResNet trains better, {'holds' if held else 'does not hold'} here.")
-    for depth in depths:
+    steps = _grad_steps(records)
+    for (depth, option), runs in groups.items():
         plain = groups.get((depth, "none"))
-        if not plain:
+        if option == "none" or not plain:
             continue
-        p_err = _mean_of(plain, lambda r: r["final"].get("train_error"))
-        p_resp = _mean_of(plain, lambda r: np.mean([v for _, v in (r.get("analysis") or {})
-                                                   .get("layer_responses", [])] or [np.nan]))
-        for (d, option), runs in groups.items():
-            if d != depth or option == "none":
+        name, pname = net_label(depth, option), net_label(depth, "none")
+        err, p_err = means.get((depth, option)), means.get((depth, "none"))
+        if err is not None and p_err is not None:
+            held = err < p_err
+            lines.append(f"**Residual vs plain at depth {depth}:** {name} ends with a {'lower' if held else 'higher'} "
+                         f"training error than {pname} ({100 * err:.2f}% vs {100 * p_err:.2f}%): the paper's "
+                         f"claim {'holds' if held else 'does not hold'} here.")
+        resp, p_resp = _mean_of(runs, _mean_response), _mean_of(plain, _mean_response)
+        if np.isfinite(resp) and np.isfinite(p_resp):
+            held = resp < p_resp
+            lines.append(f"**Layer responses (Fig. 7), depth {depth}:** the 3x3 layers of {name} respond "
+                         f"{'more weakly' if held else 'more strongly'} than those of {pname} (mean std "
+                         f"{resp:.3f} vs {p_resp:.3f}): the paper's observation "
+                         f"{'holds' if held else 'does not hold'} here.")
+        for step in dict.fromkeys(steps[:1] + steps[-1:]):  # the first and the last measured step
+            f_res = _mean_of(runs, lambda r: _input_fraction(r, step))
+            f_plain = _mean_of(plain, lambda r: _input_fraction(r, step))
+            if f_res is None or f_plain is None:
                 continue
-            name, pname = net_label(depth, option), net_label(depth, "none")
-            err = _mean_of(runs, lambda r: r["final"].get("train_error"))
-            if err is not None and p_err is not None:
-                held = err < p_err
-                lines.append(f"**Residual vs plain at depth {depth}:** {name} ends with a {'lower' if held else 'higher'}"
-                             f" training error than {pname} ({100 * err:.2f}% vs {100 * p_err:.2f}%): the paper's "
-                             f"claim {'holds' if held else 'does not hold'} here.")
-            resp = _mean_of(runs, lambda r: np.mean([v for _, v in (r.get("analysis") or {})
-                                                    .get("layer_responses", [])] or [np.nan]))
-            if resp is not None and p_resp is not None and np.isfinite(resp) and np.isfinite(p_resp):
-                held = resp < p_resp
-                lines.append(f"**Layer responses (Fig. 7), depth {depth}:** the 3x3 layers of {name} respond "
-                             f"{'more weakly' if held else 'more strongly'} than those of {pname} (mean std "
-                             f"{resp:.3f} vs {p_resp:.3f}): the paper's observation {'holds' if held else 'does not hold'}"
-                             " here.")
-            for step in _grad_steps(records)[:1] + _grad_steps(records)[-1:]:
-                f_res = _mean_of(runs, lambda r: _input_fraction(r, step))
-                f_plain = _mean_of(plain, lambda r: _input_fraction(r, step))
-                if f_res is None or f_plain is None:
-                    continue
-                held = f_res > f_plain
-                lines.append(f"**Gradient signal toward the input, depth {depth}, {_step_title(step)}:** "
-                             f"||dL/dx|| at the input over ||dL/dx|| at the last block's output is {f_res:.3g} in "
-                             f"{name} and {f_plain:.3g} in {pname}: relative to the top, "
-                             f"{'more' if held else 'less'} of the signal reaches the input of the residual net"
-                             f"{'' if held else ', unlike the vanishing-gradient story'}.")
-                if len(_grad_steps(records)) == 1:
-                    break
+            held = f_res > f_plain
+            lines.append(f"**Gradient signal toward the input, depth {depth}, {_step_title(step)}:** "
+                         f"||dL/dx|| at the input over ||dL/dx|| at the last block's output is {f_res:.3g} in "
+                         f"{name} and {f_plain:.3g} in {pname}: relative to the top, "
+                         f"{'more' if held else 'less'} of the signal reaches the input of the residual net"
+                         f"{'' if held else ', unlike the vanishing-gradient story'}.")
     return lines
 
 
@@ -403,51 +408,37 @@ def figure_training_curves(records, path) -> str:
     return plots.training_curves(panels, path)
 
 
-def _per_repeat(runs, get) -> tuple[list[str], np.ndarray] | None:
-    """A per-layer list [(name, value), ...] of every repeat (names must agree): ``(names, values)`` with one
-    row of ``values`` per repeat (the figures draw the mean and the spread)."""
-    lists = [get(r) for r in runs]
-    lists = [l for l in lists if l]
-    if not lists:
-        return None
-    names = [n for n, _ in lists[0]]
-    values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(names)])
-    return names, values
-
-
-def figure_layer_responses(records, path) -> str | None:
-    """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom)."""
+def _curves(records, get, residual_only=False) -> list[tuple[dict, np.ndarray]]:
+    """``(style, values)`` of each (depth, option) whose runs have a per-layer list ``get(run)`` of
+    ``(name, value)``: one row of ``values`` per repeat (of the first one's length); the figures draw the mean
+    and the spread."""
     groups = _groups(records)
     depths = sorted({d for d, _ in groups})
     curves = []
     for (depth, option), runs in groups.items():
-        got = _per_repeat(runs, lambda r: (r.get("analysis") or {}).get("layer_responses"))
-        if got:
-            curves.append((_style(depth, option, depths), got[1]))
+        lists = [l for l in map(get, runs) if l]
+        if lists and not (residual_only and option == "none"):
+            values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(lists[0])])
+            curves.append((_style(depth, option, depths), values))
+    return curves
+
+
+def figure_layer_responses(records, path) -> str | None:
+    """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom)."""
+    curves = _curves(records, lambda r: _analysis(r).get("layer_responses"))
     return plots.layer_responses(curves, path) if curves else None
 
 
 def _grad_steps(records) -> list[str]:
     """The steps at which gradients (weight norms or the back-propagated signal) were measured."""
-    steps = set()
-    for r in records:
-        a = r.get("analysis") or {}
-        steps |= set((a.get("grad_norms") or {}).keys()) | set((a.get("signal") or {}).keys())
-    return sorted(steps, key=int)
+    return sorted({s for r in records for key in ("grad_norms", "signal") for s in _analysis(r).get(key) or {}},
+                  key=int)
 
 
 def _per_block_panels(records, key: str):
     """One panel per measured step of the per-block curves stored under ``analysis[key]``."""
-    groups = _groups(records)
-    depths = sorted({d for d, _ in groups})
-    panels = []
-    for step in _grad_steps(records):
-        curves = []
-        for (depth, option), runs in groups.items():
-            got = _per_repeat(runs, lambda r: ((r.get("analysis") or {}).get(key) or {}).get(step))
-            if got:
-                curves.append((_style(depth, option, depths), got[1]))
-        panels.append((_step_title(step), curves))
+    panels = [(_step_title(step), _curves(records, lambda r: (_analysis(r).get(key) or {}).get(step)))
+              for step in _grad_steps(records)]
     return panels if any(curves for _, curves in panels) else None
 
 
@@ -473,8 +464,7 @@ def first_layer_norms(records) -> dict[str, dict[tuple[int, str], float]]:
     for step in _grad_steps(records):
         per = {}
         for (depth, option), runs in _groups(records).items():
-            vals = [float(g[step][0][1]) for r in runs
-                    if (g := (r.get("analysis") or {}).get("grad_norms") or {}).get(step)]
+            vals = [float(g[step][0][1]) for r in runs if (g := _analysis(r).get("grad_norms") or {}).get(step)]
             if vals:
                 per[(depth, option)] = float(np.mean(vals))
         out[step] = per
@@ -499,17 +489,9 @@ def figure_first_layer(records, path) -> str | None:
 
 def figure_path_ratios(records, path) -> str | None:
     """||F(x)|| / ||shortcut(x)|| per residual block at the final checkpoint."""
-    groups = _groups(records)
-    depths = sorted({d for d, _ in groups})
-    curves = []
-    for (depth, option), runs in groups.items():
-        if option == "none":
-            continue
-        got = _per_repeat(runs, lambda r: [(p.get("block"), p.get("ratio")) for p in
-                                           ((r.get("analysis") or {}).get("path_stats") or [])
-                                           if p.get("ratio") is not None and math.isfinite(p["ratio"])])
-        if got:
-            curves.append((_style(depth, option, depths), got[1]))
+    curves = _curves(records, lambda r: [(p.get("block"), p.get("ratio")) for p in _analysis(r).get("path_stats") or []
+                                         if p.get("ratio") is not None and math.isfinite(p["ratio"])],
+                     residual_only=True)
     return plots.path_ratios(curves, path) if curves else None
 
 
@@ -732,8 +714,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
               "passes its input on and adds a small correction.")
         doc.image(rel, "Ratio of residual-branch to shortcut output norms per block")
 
-    proj = [(r, p) for r in records for p in ((r.get("analysis") or {}).get("projection_stats") or [])
-            if r["repeat"] == 0]
+    proj = [(r, p) for r in records for p in _analysis(r).get("projection_stats") or [] if r["repeat"] == 0]
     if proj:
         doc.h("Projection shortcuts (options B/C)")
         doc.p("Each learned 1x1 projection with its BN folded in, compared with the map option A would apply "
