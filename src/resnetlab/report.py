@@ -519,42 +519,36 @@ def figure_landscape(landscape: dict, path) -> str | None:
 # --------------------------------------------------------------------------------------------- rendering
 
 class Doc:
-    """A report as a list of blocks, written as Markdown; the HTML page is the same Markdown rendered by
-    the ``markdown`` package, with the figures embedded."""
+    """A report as a list of Markdown blocks, images as ``(file, caption)`` until written; the HTML page is the
+    same Markdown rendered by the ``markdown`` package, with the figures embedded."""
 
     def __init__(self, title: str):
         self.title, self.blocks = title, []
 
     def h(self, text, level=2):
-        self.blocks.append(("h", level, text))
+        self.blocks.append("#" * level + " " + text)
 
-    def p(self, text):
-        self.blocks.append(("p", text))
+    def p(self, *texts):
+        self.blocks += texts
 
     def table(self, head, rows):
-        self.blocks.append(("table", head, rows))
+        self.blocks.append(format_table([_cell(c) for c in head], [[_cell(c) for c in row] for row in rows],
+                                        markdown=True))
 
     def image(self, file, caption):
-        self.blocks.append(("image", file, caption))
+        self.blocks.append((file, caption))
 
     def raw_md(self, md):
-        self.blocks.append(("md", md))
+        self.blocks.append(md.rstrip())
 
     def markdown(self, image_src=lambda file: file) -> str:
         """The report in Markdown; ``image_src(file)`` is where an image's link points."""
         out = [f"# {self.title}", ""]
         for b in self.blocks:
-            if b[0] == "h":
-                out += ["#" * b[1] + " " + b[2], ""]
-            elif b[0] == "p":
-                out += [b[1], ""]
-            elif b[0] == "table":
-                out += [format_table([_cell(c) for c in b[1]], [[_cell(c) for c in row] for row in b[2]],
-                                     markdown=True), ""]
-            elif b[0] == "image":
-                out += [f"![{b[2]}]({image_src(b[1])})", "", f"*{b[2]}*", ""]
-            elif b[0] == "md":
-                out += [b[1].rstrip(), ""]
+            if isinstance(b, tuple):
+                out += [f"![{b[1]}]({image_src(b[0])})", "", f"*{b[1]}*", ""]
+            else:
+                out += [b, ""]
         return "\n".join(out)
 
     def html(self, folder: str) -> str:
@@ -634,31 +628,27 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
 
     if settings:
         doc.p(" · ".join(f"{k}: `{v}`" for k, v in settings.items()))
-    for n in notes:
-        doc.p(n)
+    doc.p(*notes)
 
     doc.h("Results")
-    head, rows = results_table(records)
-    doc.table(head, rows)
-    repeats = max(len(v) for v in _groups(records).values())
-    doc.p("Errors are percentages at the end of training (training error: the mean of the logged "
-          f"training batches of the last {TAIL_FRACTION:.0%} of the iterations, where one logging interval alone "
-          "is a few hundred images). " + ("With several repeats each cell is mean ± std; the test error reads "
-                           "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
+    doc.table(*results_table(records))
+    one_run = max(len(v) for v in _groups(records).values()) == 1
+    doc.p(f"Errors are percentages at the end of training (training error: the mean of the logged training batches "
+          f"of the last {TAIL_FRACTION:.0%} of the iterations, where one logging interval alone is a few hundred "
+          "images). " + ("One run per cell." if one_run else "With several repeats each cell is mean ± std; the test "
+                         "error reads best (mean±std), as in the paper.")
           + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
             "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
 
-    claims = claims_text(records)
-    if claims:
+    if claims := claims_text(records):
         doc.h("The paper's claims in this run")
-        for line in claims:
-            doc.p(line)
-        doc.p("Judged from this run's numbers alone" + (" (one run per network: a single seed can go either "
-              "way where differences are small)." if max(len(v) for v in _groups(records).values()) == 1
-              else "; the paired intervals below say which differences the repeats resolve."))
+        doc.p(*claims)
+        doc.p("Judged from this run's numbers alone" + (" (one run per network: a single seed can go either way "
+              "where differences are small)." if one_run else "; the paired intervals below say which differences "
+              "the repeats resolve."))
 
-    variants = sorted({r["option"] for r in records}, key=_option_rank)
-    doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}" for o in variants) + ".")
+    doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}"
+                                   for o in family_order(r["option"] for r in records)) + ".")
 
     paired = paired_rows(records)
     if paired:
@@ -671,16 +661,15 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                     str(r["n"]), _interval_text(r["train_error"]), _interval_text(r["test_error"])] for r in paired])
 
     doc.h("Training curves (Figure 6)")
-    for line in degradation_text(records):
-        doc.p(line)
+    doc.p(*degradation_text(records))
     rel = figure(figure_training_curves, "training_curves.png", records)
     doc.image(rel, "Training error (dashed) and test error (solid) against iterations; colour = depth")
 
     if rel := figure(figure_layer_responses, "layer_responses.png", records):
         doc.h("Layer responses (Figure 7)")
         doc.p("Std of each 3x3 layer's output after its BN (before the addition and the ReLU), on a fixed batch "
-              "of training images, final checkpoints (the mean over repeats). The paper finds residual functions respond more weakly "
-              "than the layers of plain nets (smaller std), and more weakly the deeper the net.")
+              "of training images, final checkpoints (the mean over repeats). The paper finds residual functions "
+              "respond more weakly than the layers of plain nets (smaller std), and more weakly the deeper the net.")
         doc.image(rel, "Layer responses in layer order (top) and sorted by magnitude (bottom)")
 
     if _grad_steps(records):
