@@ -96,9 +96,8 @@ def _groups(records) -> dict[tuple[int, str], list[dict]]:
 
 
 def _style(depth: int, option: str, depths: list[int]) -> dict:
-    i = sorted(depths).index(depth)
     return dict(color=FAMILY_COLORS.get(family(option), "tab:purple"),
-                linestyle=DEPTH_STYLES[i % len(DEPTH_STYLES)], label=net_label(depth, option))
+                linestyle=DEPTH_STYLES[sorted(depths).index(depth) % len(DEPTH_STYLES)], label=net_label(depth, option))
 
 
 # --------------------------------------------------------------------------------------------- numbers
@@ -118,10 +117,9 @@ def tail_train_error(events, steps: int, fraction: float = TAIL_FRACTION) -> flo
 
 def mean_std(values) -> tuple[float, float] | None:
     """Mean and sample standard deviation (0 for a single value); None when no value is known."""
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
+    arr = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
+    if not len(arr):
         return None
-    arr = np.asarray(vals, dtype=np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
@@ -177,9 +175,7 @@ def paired_rows(records) -> list[dict]:
 
 
 def _interval_text(iv) -> str:
-    if iv is None:
-        return "n/a"
-    return f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
+    return "n/a" if iv is None else f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
 
 
 def _fmt_mean(values, scale=100.0, digits=2) -> str:
@@ -383,16 +379,11 @@ def _mean_curve(runs, kind: str, split: str | None = None):
     """``(steps, mean, low, high)``: the repeat-averaged error curve (%) of one (depth, option) from the
     metrics events, with the lowest and highest repeat at each step (the spread band)."""
     by_step = defaultdict(list)
-    for r in runs:
-        for e in r["events"]:
-            if e.get("kind") != kind or e.get("error") is None:
-                continue
-            if split is not None and e.get("split") != split:
-                continue
+    for e in (e for r in runs for e in r["events"]):
+        if e.get("kind") == kind and e.get("error") is not None and split in (None, e.get("split")):
             by_step[int(e["step"])].append(float(e["error"]))
     steps = sorted(by_step)
-    return (np.array(steps), np.array([100 * np.mean(by_step[s]) for s in steps]),
-            np.array([100 * min(by_step[s]) for s in steps]), np.array([100 * max(by_step[s]) for s in steps]))
+    return (np.array(steps), *(np.array([100 * stat(by_step[s]) for s in steps]) for stat in (np.mean, min, max)))
 
 
 def figure_training_curves(records, path) -> str:
@@ -435,23 +426,21 @@ def _grad_steps(records) -> list[str]:
                   key=int)
 
 
-def _per_block_panels(records, key: str):
+def _per_block_figure(records, path, key: str, ylabel: str) -> str | None:
     """One panel per measured step of the per-block curves stored under ``analysis[key]``."""
     panels = [(_step_title(step), _curves(records, lambda r: (_analysis(r).get(key) or {}).get(step)))
               for step in _grad_steps(records)]
-    return panels if any(curves for _, curves in panels) else None
+    return plots.gradient_flow(panels, path, ylabel) if any(curves for _, curves in panels) else None
 
 
 def figure_signal_flow(records, path) -> str | None:
     """The back-propagated signal ||dL/dx|| at the input and each block's output, one panel per step."""
-    panels = _per_block_panels(records, "signal")
-    return plots.gradient_flow(panels, path, "||dL/dx|| at the block's output") if panels else None
+    return _per_block_figure(records, path, "signal", "||dL/dx|| at the block's output")
 
 
 def figure_gradient_flow(records, path) -> str | None:
     """Gradient norm per block, one panel per training step (0 = initialisation), plain vs residual."""
-    panels = _per_block_panels(records, "grad_norms")
-    return plots.gradient_flow(panels, path, "weight-gradient norm per block") if panels else None
+    return _per_block_figure(records, path, "grad_norms", "weight-gradient norm per block")
 
 
 def _step_title(step: str) -> str:
@@ -498,16 +487,15 @@ def figure_path_ratios(records, path) -> str | None:
 def landscape_table(landscape: dict) -> tuple[list[str], list[list[str]]]:
     """One row per network: the loss at the weights and the flatness figures (``landscape.flatness``) as
     mean ± std over repeats x direction seeds, with how many landscapes each row averages."""
-    metrics = (("rise_at_r", "loss rise at r"), ("mean_rise_within_r", "mean rise within r"),
-               ("max_rise", "max rise on the grid"))
+    metrics = (("loss0", "loss at the weights"), ("rise_at_r", "loss rise at r"),
+               ("mean_rise_within_r", "mean rise within r"), ("max_rise", "max rise on the grid"))
     rows = []
     for n in landscape["nets"]:
         per = [p["flatness"].get("2d") or {} for p in n.get("per", [])]
         radius = next((f["radius"] for f in per if "radius" in f), None)
-        cells = [n["label"], _fmt_mean([f.get("loss0") for f in per], scale=1.0, digits=4)]
-        cells += [_fmt_mean([f.get(m) for f in per], scale=1.0, digits=4) for m, _ in metrics]
-        rows.append(cells + [f"{radius:g}" if radius is not None else "", str(len(per))])
-    return (["network", "loss at the weights"] + [label for _, label in metrics] + ["r", "landscapes"], rows)
+        rows.append([n["label"], *(_fmt_mean([f.get(m) for f in per], scale=1.0, digits=4) for m, _ in metrics),
+                     f"{radius:g}" if radius is not None else "", str(len(per))])
+    return ["network", *(label for _, label in metrics), "r", "landscapes"], rows
 
 
 def figure_landscape(landscape: dict, path) -> str | None:
@@ -620,11 +608,9 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
     figures = []
 
     def figure(fn, name, *args):
-        path = fn(*args, os.path.join(fig_dir, name))
-        if path:
+        if path := fn(*args, os.path.join(fig_dir, name)):
             figures.append(path)
-            return f"figures/{name}"
-        return None
+        return f"figures/{name}" if path else None
 
     if settings:
         doc.p(" · ".join(f"{k}: `{v}`" for k, v in settings.items()))

@@ -237,20 +237,15 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
          f"batch {b['batch_size']}, data {cfg.data} -> {os.path.abspath(cfg.out)}")
     for i, run in enumerate(runs, 1):
         state = run_state(run)
-        tcfg = configs[run.name]
         if state == "done":
             _log(f"{i}/{len(runs)} {run.name}: finished earlier, skipped")
             continue
-        eta = ""
-        if done_units:
-            eta = f", about {_duration(spent / done_units * (total_units - done_units))} left for the grid"
-        _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} "
-             f"(seed {run.seed}){eta}")
-        if state == "partial":  # continue from last.pt (train checks that it belongs to this config)
-            tcfg = dataclasses.replace(tcfg, resume=True)
+        left = spent / done_units * (total_units - done_units) if done_units else None
+        _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} (seed {run.seed})"
+             + (f", about {_duration(left)} left for the grid" if left is not None else ""))
         t0 = time.perf_counter()
-        try:
-            train(tcfg)
+        try:  # a partial run continues from last.pt (train checks that it belongs to this config)
+            train(dataclasses.replace(configs[run.name], resume=state == "partial"))
         except TrainingDiverged as e:  # one diverged run should not sink the study: report it
             _log(f"{run.name} diverged: {e}")
             failed.append(f"{run.name}: {e}")
@@ -452,9 +447,9 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     records = collect(cfg, runs, device)
     land = measure_landscape(cfg, runs, device) if cfg.landscape else None
     b = budget(cfg)
-    settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"],
-                "recipe": cfg.recipe, "repeats": cfg.repeats, "seed": cfg.seed,
-                "width": cfg.model.width or 16, "blocks": "pre-activation" if cfg.model.preact else "original",
+    settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"], "recipe": cfg.recipe,
+                "repeats": cfg.repeats, "seed": cfg.seed, "width": cfg.model.width or 16,
+                "blocks": "pre-activation" if cfg.model.preact else "original",
                 "shortcut scale": cfg.model.shortcut_scale,
                 "threads": cfg.threads or "train's default (the physical cores)", "torch": torch.__version__}
     notes = ["Matched twins: for each depth and repeat every shortcut option starts from the same seed "
