@@ -447,9 +447,9 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     records = collect(cfg, runs, device)
     land = measure_landscape(cfg, runs, device) if cfg.landscape else None
     b = budget(cfg)
-    settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"], "recipe": cfg.recipe,
-                "repeats": cfg.repeats, "seed": cfg.seed, "width": cfg.model.width or 16,
-                "blocks": "pre-activation" if cfg.model.preact else "original",
+    settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"],
+                "recipe": cfg.recipe, "repeats": cfg.repeats, "seed": cfg.seed,
+                "width": cfg.model.width or 16, "blocks": "pre-activation" if cfg.model.preact else "original",
                 "shortcut scale": cfg.model.shortcut_scale,
                 "threads": cfg.threads or "train's default (the physical cores)", "torch": torch.__version__}
     notes = ["Matched twins: for each depth and repeat every shortcut option starts from the same seed "
