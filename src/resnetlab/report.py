@@ -197,7 +197,6 @@ def _fmt_best(values) -> str:
 
 _FINAL_KEYS = ("params", "steps", "train_loss", "train_error", "train_error_last", "val_error", "test_error",
                "test_top5_error", "wall_time_s")
-_SPREAD_KEYS = ("train_error", "val_error", "test_error", "wall_time_s")  # summarised as mean and std
 
 
 def results_rows(records) -> list[dict]:
@@ -584,7 +583,8 @@ def write_results(out_dir, records) -> tuple[str, str]:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         w.writeheader()
         w.writerows(rows)
-    summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]}) for k in _SPREAD_KEYS}}
+    summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]})
+                        for k in ("train_error", "val_error", "test_error", "wall_time_s")}}
                for s in summary_rows(records)]
     first = first_layer_norms(records)
     payload = {"runs": rows, "summary": summary, "paired": paired_rows(records),
