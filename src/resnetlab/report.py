@@ -1,7 +1,5 @@
-"""The study report: figures (:mod:`resnetlab.plots`), ``report.md``, a self-contained ``report.html`` and raw
-results.
-
-Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study` collects them::
+"""The study report (figures, ``report.md``, a self-contained ``report.html``, raw results) from *run records*,
+one per trained run, as :mod:`resnetlab.study` collects them::
 
     {"name": "resnet20-A-r0", "model": "resnet20", "depth": 20, "option": "A", "repeat": 0, "seed": 0,
      "dir": "runs/resnet20-A-r0",                 # relative to the report folder
@@ -10,9 +8,8 @@ Input is a list of *run records*, one per trained run, as :mod:`resnetlab.study`
                   "grad_norms": {"0": [[block, norm], ...], "100": [...]},   # by training step
                   "path_stats": [{...}, ...], "projection_stats": [{...}, ...]}}
 
-:func:`write_report` turns them into the report folder. Every section is built once as plain data (text,
-tables, images) and written as Markdown; ``report.html`` is that Markdown rendered by the ``markdown``
-package with the figures embedded, so the two always say the same thing. Every file is written atomically.
+:func:`write_report` writes the report folder, atomically. ``report.html`` is ``report.md`` rendered by the
+``markdown`` package with the figures embedded, so the two always say the same thing.
 """
 from __future__ import annotations
 
@@ -99,9 +96,8 @@ def _groups(records) -> dict[tuple[int, str], list[dict]]:
 
 
 def _style(depth: int, option: str, depths: list[int]) -> dict:
-    i = sorted(depths).index(depth)
     return dict(color=FAMILY_COLORS.get(family(option), "tab:purple"),
-                linestyle=DEPTH_STYLES[i % len(DEPTH_STYLES)], label=net_label(depth, option))
+                linestyle=DEPTH_STYLES[sorted(depths).index(depth) % len(DEPTH_STYLES)], label=net_label(depth, option))
 
 
 # --------------------------------------------------------------------------------------------- numbers
@@ -121,10 +117,9 @@ def tail_train_error(events, steps: int, fraction: float = TAIL_FRACTION) -> flo
 
 def mean_std(values) -> tuple[float, float] | None:
     """Mean and sample standard deviation (0 for a single value); None when no value is known."""
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
+    arr = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
+    if not len(arr):
         return None
-    arr = np.asarray(vals, dtype=np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
@@ -180,49 +175,36 @@ def paired_rows(records) -> list[dict]:
 
 
 def _interval_text(iv) -> str:
-    if iv is None:
-        return "n/a"
-    return f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
+    return "n/a" if iv is None else f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
 
 
 def _fmt_mean(values, scale=100.0, digits=2) -> str:
-    ms = mean_std(values)
-    if ms is None:
-        return "n/a"
-    m, s = ms
-    if len([v for v in values if v is not None]) == 1:
-        return f"{scale * m:.{digits}f}"
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2:
+        return f"{scale * float(vals[0]):.{digits}f}" if vals else "n/a"
+    m, s = mean_std(vals)
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
 def _fmt_best(values) -> str:
     """The paper's "best (mean±std)" for errors over repeats; a single value when there is one run."""
     vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return _pct(vals[0])
+    if len(vals) < 2:
+        return _fmt_mean(vals)
     m, s = mean_std(vals)
     return f"{100 * min(vals):.2f} ({100 * m:.2f}±{100 * s:.2f})"
 
 
+_FINAL_KEYS = ("params", "steps", "train_loss", "train_error", "train_error_last", "val_error", "test_error",
+               "test_top5_error", "wall_time_s")
+
+
 def results_rows(records) -> list[dict]:
     """One flat row per run: what ``results.csv`` holds."""
-    rows = []
-    for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"])):
-        f = r["final"]
-        rows.append({"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
-                     "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
-                     "params": f.get("params"), "steps": f.get("steps"), "train_loss": f.get("train_loss"),
-                     "train_error": f.get("train_error"), "train_error_last": f.get("train_error_last"),
-                     "val_error": f.get("val_error"),
-                     "test_error": f.get("test_error"), "test_top5_error": f.get("test_top5_error"),
-                     "wall_time_s": f.get("wall_time_s"), "dir": r["dir"]})
-    return rows
+    return [{"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
+             "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
+             **{k: r["final"].get(k) for k in _FINAL_KEYS}, "dir": r["dir"]}
+            for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"]))]
 
 
 def summary_rows(records) -> list[dict]:
@@ -258,19 +240,29 @@ def results_table(records) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _mean_of(runs, get):
+    vals = [v for v in (get(r) for r in runs) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _train_means(records) -> dict[tuple[int, str], float]:
+    """(depth, option) -> the mean training error over its repeats, where one is known."""
+    means = {k: _mean_of(runs, lambda r: r["final"].get("train_error")) for k, runs in _groups(records).items()}
+    return {k: m for k, m in means.items() if m is not None}
+
+
 def degradation_text(records) -> list[str]:
     """In words: does the deeper plain net train worse than the shallower one, and the residual nets?"""
-    agg = {(r["depth"], r["option"]): r for r in summary_rows(records)}
-    depths = sorted({d for d, _ in agg})
+    groups, means = _groups(records), _train_means(records)
+    depths = sorted({d for d, _ in groups})
     if len(depths) < 2:
         return ["Only one depth was trained, so degradation cannot be judged."]
     lo, hi = depths[0], depths[-1]
     lines = []
-    for option in family_order([o for _, o in agg]):
-        a, b = agg.get((lo, option)), agg.get((hi, option))
-        if not a or not b or a["train_error"] is None or b["train_error"] is None:
+    for option in family_order([o for _, o in groups]):
+        if (lo, option) not in means or (hi, option) not in means:
             continue
-        ea, eb = 100 * a["train_error"][0], 100 * b["train_error"][0]
+        ea, eb = 100 * means[(lo, option)], 100 * means[(hi, option)]
         name_a, name_b = net_label(lo, option), net_label(hi, option)
         if option == "none":
             if eb > ea:
@@ -284,7 +276,7 @@ def degradation_text(records) -> list[str]:
             verdict = "better" if eb < ea else "worse" if eb > ea else "the same"
             lines.append(f"With shortcut option {option}, the deeper {name_b} trains {verdict} than {name_a} "
                          f"({eb:.2f}% vs {ea:.2f}% training error).")
-    if lines and max(len(v) for v in _groups(records).values()) == 1:
+    if lines and max(len(v) for v in groups.values()) == 1:
         lines.append("(One run per network: differences of a point or two can be noise between seeds; "
                      "`--repeats` gives mean ± std.)")
     return lines or ["No complete plain/residual pair across depths to compare."]
@@ -296,11 +288,11 @@ def figure6_checks(records) -> dict:
     depth every residual option trains better than the plain net) and ``deeper_residual`` (every residual
     option trains at least as well at the deeper depth; ``deeper_residual_by_option`` per option). Each is
     True/False, or None when the grid lacks the nets; ``errors`` holds the numbers they were judged on."""
-    agg = {(s["depth"], s["option"]): s["train_error"][0] for s in summary_rows(records) if s["train_error"]}
+    agg = _train_means(records)
     depths = sorted({d for d, _ in agg})
     residual = sorted({o for _, o in agg if o != "none"}, key=_option_rank)
     out = {"degradation": None, "residual_beats_plain": None, "deeper_residual": None,
-           "errors": {f"{net_label(d, o)}": e for (d, o), e in agg.items()}}
+           "errors": {net_label(d, o): e for (d, o), e in agg.items()}}
     if not depths:
         return out
     lo, hi = depths[0], depths[-1]
@@ -315,28 +307,31 @@ def figure6_checks(records) -> dict:
     return out
 
 
-def _mean_of(runs, get):
-    vals = [v for v in (get(r) for r in runs) if v is not None]
-    return float(np.mean(vals)) if vals else None
+def _analysis(run) -> dict:
+    return run.get("analysis") or {}
+
+
+def _mean_response(run) -> float:
+    """The mean std of the run's 3x3 layer responses; nan without them."""
+    return np.mean([v for _, v in _analysis(run).get("layer_responses", [])] or [np.nan])
 
 
 def _input_fraction(run, step: str):
     """The signal reaching the input, as a fraction of the signal at the last block's output."""
-    sig = ((run.get("analysis") or {}).get("signal") or {}).get(step)
+    sig = (_analysis(run).get("signal") or {}).get(step)
     return sig[0][1] / sig[-1][1] if sig and sig[-1][1] else None
 
 
 def claims_text(records) -> list[str]:
     """The paper's claims, each judged in words from this run's own numbers, including when one fails."""
-    groups = _groups(records)
+    groups, means = _groups(records), _train_means(records)
     depths = sorted({d for d, _ in groups})
-    lines = degradation_text(records)[:1] if len(depths) > 1 else []
+    lines = []
     if len(depths) > 1:
         lo, hi = depths[0], depths[-1]
+        lines = degradation_text(records)[:1]
         for option in family_order([o for _, o in groups if o != "none"]):
-            a, b = groups.get((lo, option)), groups.get((hi, option))
-            ea = _mean_of(a or [], lambda r: r["final"].get("train_error"))
-            eb = _mean_of(b or [], lambda r: r["final"].get("train_error"))
+            ea, eb = means.get((lo, option)), means.get((hi, option))
             if ea is None or eb is None:
                 continue
             held = eb <= ea
@@ -344,44 +339,36 @@ def claims_text(records) -> list[str]:
                          f"{'a lower or equal' if held else 'a higher'} training error than {net_label(lo, option)} "
                          f"({100 * eb:.2f}% vs {100 * ea:.2f}%): the paper's Figure 6 (right), where the deeper "
                          f"ResNet trains better, {'holds' if held else 'does not hold'} here.")
-    for depth in depths:
+    steps = _grad_steps(records)
+    for (depth, option), runs in groups.items():
         plain = groups.get((depth, "none"))
-        if not plain:
+        if option == "none" or not plain:
             continue
-        p_err = _mean_of(plain, lambda r: r["final"].get("train_error"))
-        p_resp = _mean_of(plain, lambda r: np.mean([v for _, v in (r.get("analysis") or {})
-                                                   .get("layer_responses", [])] or [np.nan]))
-        for (d, option), runs in groups.items():
-            if d != depth or option == "none":
+        name, pname = net_label(depth, option), net_label(depth, "none")
+        err, p_err = means.get((depth, option)), means.get((depth, "none"))
+        if err is not None and p_err is not None:
+            held = err < p_err
+            lines.append(f"**Residual vs plain at depth {depth}:** {name} ends with a {'lower' if held else 'higher'} "
+                         f"training error than {pname} ({100 * err:.2f}% vs {100 * p_err:.2f}%): the paper's "
+                         f"claim {'holds' if held else 'does not hold'} here.")
+        resp, p_resp = _mean_of(runs, _mean_response), _mean_of(plain, _mean_response)
+        if np.isfinite(resp) and np.isfinite(p_resp):
+            held = resp < p_resp
+            lines.append(f"**Layer responses (Fig. 7), depth {depth}:** the 3x3 layers of {name} respond "
+                         f"{'more weakly' if held else 'more strongly'} than those of {pname} (mean std "
+                         f"{resp:.3f} vs {p_resp:.3f}): the paper's observation "
+                         f"{'holds' if held else 'does not hold'} here.")
+        for step in dict.fromkeys(steps[:1] + steps[-1:]):  # the first and the last measured step
+            f_res = _mean_of(runs, lambda r: _input_fraction(r, step))
+            f_plain = _mean_of(plain, lambda r: _input_fraction(r, step))
+            if f_res is None or f_plain is None:
                 continue
-            name, pname = net_label(depth, option), net_label(depth, "none")
-            err = _mean_of(runs, lambda r: r["final"].get("train_error"))
-            if err is not None and p_err is not None:
-                held = err < p_err
-                lines.append(f"**Residual vs plain at depth {depth}:** {name} ends with a {'lower' if held else 'higher'}"
-                             f" training error than {pname} ({100 * err:.2f}% vs {100 * p_err:.2f}%): the paper's "
-                             f"claim {'holds' if held else 'does not hold'} here.")
-            resp = _mean_of(runs, lambda r: np.mean([v for _, v in (r.get("analysis") or {})
-                                                    .get("layer_responses", [])] or [np.nan]))
-            if resp is not None and p_resp is not None and np.isfinite(resp) and np.isfinite(p_resp):
-                held = resp < p_resp
-                lines.append(f"**Layer responses (Fig. 7), depth {depth}:** the 3x3 layers of {name} respond "
-                             f"{'more weakly' if held else 'more strongly'} than those of {pname} (mean std "
-                             f"{resp:.3f} vs {p_resp:.3f}): the paper's observation {'holds' if held else 'does not hold'}"
-                             " here.")
-            for step in _grad_steps(records)[:1] + _grad_steps(records)[-1:]:
-                f_res = _mean_of(runs, lambda r: _input_fraction(r, step))
-                f_plain = _mean_of(plain, lambda r: _input_fraction(r, step))
-                if f_res is None or f_plain is None:
-                    continue
-                held = f_res > f_plain
-                lines.append(f"**Gradient signal toward the input, depth {depth}, {_step_title(step)}:** "
-                             f"||dL/dx|| at the input over ||dL/dx|| at the last block's output is {f_res:.3g} in "
-                             f"{name} and {f_plain:.3g} in {pname}: relative to the top, "
-                             f"{'more' if held else 'less'} of the signal reaches the input of the residual net"
-                             f"{'' if held else ', unlike the vanishing-gradient story'}.")
-                if len(_grad_steps(records)) == 1:
-                    break
+            held = f_res > f_plain
+            lines.append(f"**Gradient signal toward the input, depth {depth}, {_step_title(step)}:** "
+                         f"||dL/dx|| at the input over ||dL/dx|| at the last block's output is {f_res:.3g} in "
+                         f"{name} and {f_plain:.3g} in {pname}: relative to the top, "
+                         f"{'more' if held else 'less'} of the signal reaches the input of the residual net"
+                         f"{'' if held else ', unlike the vanishing-gradient story'}.")
     return lines
 
 
@@ -391,16 +378,11 @@ def _mean_curve(runs, kind: str, split: str | None = None):
     """``(steps, mean, low, high)``: the repeat-averaged error curve (%) of one (depth, option) from the
     metrics events, with the lowest and highest repeat at each step (the spread band)."""
     by_step = defaultdict(list)
-    for r in runs:
-        for e in r["events"]:
-            if e.get("kind") != kind or e.get("error") is None:
-                continue
-            if split is not None and e.get("split") != split:
-                continue
+    for e in (e for r in runs for e in r["events"]):
+        if e.get("kind") == kind and e.get("error") is not None and split in (None, e.get("split")):
             by_step[int(e["step"])].append(float(e["error"]))
     steps = sorted(by_step)
-    return (np.array(steps), np.array([100 * np.mean(by_step[s]) for s in steps]),
-            np.array([100 * min(by_step[s]) for s in steps]), np.array([100 * max(by_step[s]) for s in steps]))
+    return (np.array(steps), *(np.array([100 * stat(by_step[s]) for s in steps]) for stat in (np.mean, min, max)))
 
 
 def figure_training_curves(records, path) -> str:
@@ -416,64 +398,48 @@ def figure_training_curves(records, path) -> str:
     return plots.training_curves(panels, path)
 
 
-def _per_repeat(runs, get) -> tuple[list[str], np.ndarray] | None:
-    """A per-layer list [(name, value), ...] of every repeat (names must agree): ``(names, values)`` with one
-    row of ``values`` per repeat (the figures draw the mean and the spread)."""
-    lists = [get(r) for r in runs]
-    lists = [l for l in lists if l]
-    if not lists:
-        return None
-    names = [n for n, _ in lists[0]]
-    values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(names)])
-    return names, values
-
-
-def figure_layer_responses(records, path) -> str | None:
-    """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom)."""
+def _curves(records, get, residual_only=False) -> list[tuple[dict, np.ndarray]]:
+    """``(style, values)`` of each (depth, option) whose runs have a per-layer list ``get(run)`` of
+    ``(name, value)``: one row of ``values`` per repeat (of the first one's length); the figures draw the mean
+    and the spread."""
     groups = _groups(records)
     depths = sorted({d for d, _ in groups})
     curves = []
     for (depth, option), runs in groups.items():
-        got = _per_repeat(runs, lambda r: (r.get("analysis") or {}).get("layer_responses"))
-        if got:
-            curves.append((_style(depth, option, depths), got[1]))
+        lists = [l for l in map(get, runs) if l]
+        if lists and not (residual_only and option == "none"):
+            values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(lists[0])])
+            curves.append((_style(depth, option, depths), values))
+    return curves
+
+
+def figure_layer_responses(records, path) -> str | None:
+    """The paper's Figure 7: std of each 3x3 layer's BN output, in layer order (top) and sorted (bottom)."""
+    curves = _curves(records, lambda r: _analysis(r).get("layer_responses"))
     return plots.layer_responses(curves, path) if curves else None
 
 
 def _grad_steps(records) -> list[str]:
     """The steps at which gradients (weight norms or the back-propagated signal) were measured."""
-    steps = set()
-    for r in records:
-        a = r.get("analysis") or {}
-        steps |= set((a.get("grad_norms") or {}).keys()) | set((a.get("signal") or {}).keys())
-    return sorted(steps, key=int)
+    return sorted({s for r in records for key in ("grad_norms", "signal") for s in _analysis(r).get(key) or {}},
+                  key=int)
 
 
-def _per_block_panels(records, key: str):
+def _per_block_figure(records, path, key: str, ylabel: str) -> str | None:
     """One panel per measured step of the per-block curves stored under ``analysis[key]``."""
-    groups = _groups(records)
-    depths = sorted({d for d, _ in groups})
-    panels = []
-    for step in _grad_steps(records):
-        curves = []
-        for (depth, option), runs in groups.items():
-            got = _per_repeat(runs, lambda r: ((r.get("analysis") or {}).get(key) or {}).get(step))
-            if got:
-                curves.append((_style(depth, option, depths), got[1]))
-        panels.append((_step_title(step), curves))
-    return panels if any(curves for _, curves in panels) else None
+    panels = [(_step_title(step), _curves(records, lambda r: (_analysis(r).get(key) or {}).get(step)))
+              for step in _grad_steps(records)]
+    return plots.gradient_flow(panels, path, ylabel) if any(curves for _, curves in panels) else None
 
 
 def figure_signal_flow(records, path) -> str | None:
     """The back-propagated signal ||dL/dx|| at the input and each block's output, one panel per step."""
-    panels = _per_block_panels(records, "signal")
-    return plots.gradient_flow(panels, path, "||dL/dx|| at the block's output") if panels else None
+    return _per_block_figure(records, path, "signal", "||dL/dx|| at the block's output")
 
 
 def figure_gradient_flow(records, path) -> str | None:
     """Gradient norm per block, one panel per training step (0 = initialisation), plain vs residual."""
-    panels = _per_block_panels(records, "grad_norms")
-    return plots.gradient_flow(panels, path, "weight-gradient norm per block") if panels else None
+    return _per_block_figure(records, path, "grad_norms", "weight-gradient norm per block")
 
 
 def _step_title(step: str) -> str:
@@ -486,8 +452,7 @@ def first_layer_norms(records) -> dict[str, dict[tuple[int, str], float]]:
     for step in _grad_steps(records):
         per = {}
         for (depth, option), runs in _groups(records).items():
-            vals = [float(g[step][0][1]) for r in runs
-                    if (g := (r.get("analysis") or {}).get("grad_norms") or {}).get(step)]
+            vals = [float(g[step][0][1]) for r in runs if (g := _analysis(r).get("grad_norms") or {}).get(step)]
             if vals:
                 per[(depth, option)] = float(np.mean(vals))
         out[step] = per
@@ -512,33 +477,24 @@ def figure_first_layer(records, path) -> str | None:
 
 def figure_path_ratios(records, path) -> str | None:
     """||F(x)|| / ||shortcut(x)|| per residual block at the final checkpoint."""
-    groups = _groups(records)
-    depths = sorted({d for d, _ in groups})
-    curves = []
-    for (depth, option), runs in groups.items():
-        if option == "none":
-            continue
-        got = _per_repeat(runs, lambda r: [(p.get("block"), p.get("ratio")) for p in
-                                           ((r.get("analysis") or {}).get("path_stats") or [])
-                                           if p.get("ratio") is not None and math.isfinite(p["ratio"])])
-        if got:
-            curves.append((_style(depth, option, depths), got[1]))
+    curves = _curves(records, lambda r: [(p.get("block"), p.get("ratio")) for p in _analysis(r).get("path_stats") or []
+                                         if p.get("ratio") is not None and math.isfinite(p["ratio"])],
+                     residual_only=True)
     return plots.path_ratios(curves, path) if curves else None
 
 
 def landscape_table(landscape: dict) -> tuple[list[str], list[list[str]]]:
     """One row per network: the loss at the weights and the flatness figures (``landscape.flatness``) as
     mean ± std over repeats x direction seeds, with how many landscapes each row averages."""
-    metrics = (("rise_at_r", "loss rise at r"), ("mean_rise_within_r", "mean rise within r"),
-               ("max_rise", "max rise on the grid"))
+    metrics = (("loss0", "loss at the weights"), ("rise_at_r", "loss rise at r"),
+               ("mean_rise_within_r", "mean rise within r"), ("max_rise", "max rise on the grid"))
     rows = []
     for n in landscape["nets"]:
         per = [p["flatness"].get("2d") or {} for p in n.get("per", [])]
         radius = next((f["radius"] for f in per if "radius" in f), None)
-        cells = [n["label"], _fmt_mean([f.get("loss0") for f in per], scale=1.0, digits=4)]
-        cells += [_fmt_mean([f.get(m) for f in per], scale=1.0, digits=4) for m, _ in metrics]
-        rows.append(cells + [f"{radius:g}" if radius is not None else "", str(len(per))])
-    return (["network", "loss at the weights"] + [label for _, label in metrics] + ["r", "landscapes"], rows)
+        rows.append([n["label"], *(_fmt_mean([f.get(m) for f in per], scale=1.0, digits=4) for m, _ in metrics),
+                     f"{radius:g}" if radius is not None else "", str(len(per))])
+    return ["network", *(label for _, label in metrics), "r", "landscapes"], rows
 
 
 def figure_landscape(landscape: dict, path) -> str | None:
@@ -550,42 +506,36 @@ def figure_landscape(landscape: dict, path) -> str | None:
 # --------------------------------------------------------------------------------------------- rendering
 
 class Doc:
-    """A report as a list of blocks, written as Markdown; the HTML page is the same Markdown rendered by
-    the ``markdown`` package, with the figures embedded."""
+    """A report as a list of Markdown blocks, images as ``(file, caption)`` until written; the HTML page is the
+    same Markdown rendered by the ``markdown`` package, with the figures embedded."""
 
     def __init__(self, title: str):
         self.title, self.blocks = title, []
 
     def h(self, text, level=2):
-        self.blocks.append(("h", level, text))
+        self.blocks.append("#" * level + " " + text)
 
-    def p(self, text):
-        self.blocks.append(("p", text))
+    def p(self, *texts):
+        self.blocks += texts
 
     def table(self, head, rows):
-        self.blocks.append(("table", head, rows))
+        self.blocks.append(format_table([_cell(c) for c in head], [[_cell(c) for c in row] for row in rows],
+                                        markdown=True))
 
     def image(self, file, caption):
-        self.blocks.append(("image", file, caption))
+        self.blocks.append((file, caption))
 
     def raw_md(self, md):
-        self.blocks.append(("md", md))
+        self.blocks.append(md.rstrip())
 
     def markdown(self, image_src=lambda file: file) -> str:
         """The report in Markdown; ``image_src(file)`` is where an image's link points."""
         out = [f"# {self.title}", ""]
         for b in self.blocks:
-            if b[0] == "h":
-                out += ["#" * b[1] + " " + b[2], ""]
-            elif b[0] == "p":
-                out += [b[1], ""]
-            elif b[0] == "table":
-                out += [format_table([_cell(c) for c in b[1]], [[_cell(c) for c in row] for row in b[2]],
-                                     markdown=True), ""]
-            elif b[0] == "image":
-                out += [f"![{b[2]}]({image_src(b[1])})", "", f"*{b[2]}*", ""]
-            elif b[0] == "md":
-                out += [b[1].rstrip(), ""]
+            if isinstance(b, tuple):
+                out += [f"![{b[1]}]({image_src(b[0])})", "", f"*{b[1]}*", ""]
+            else:
+                out += [b, ""]
         return "\n".join(out)
 
     def html(self, folder: str) -> str:
@@ -658,39 +608,33 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
     figures = []
 
     def figure(fn, name, *args):
-        path = fn(*args, os.path.join(fig_dir, name))
-        if path:
+        if path := fn(*args, os.path.join(fig_dir, name)):
             figures.append(path)
-            return f"figures/{name}"
-        return None
+        return f"figures/{name}" if path else None
 
     if settings:
         doc.p(" · ".join(f"{k}: `{v}`" for k, v in settings.items()))
-    for n in notes:
-        doc.p(n)
+    doc.p(*notes)
 
     doc.h("Results")
-    head, rows = results_table(records)
-    doc.table(head, rows)
-    repeats = max(len(v) for v in _groups(records).values())
-    doc.p("Errors are percentages at the end of training (training error: the mean of the logged "
-          f"training batches of the last {TAIL_FRACTION:.0%} of the iterations, where one logging interval alone "
-          "is a few hundred images). " + ("With several repeats each cell is mean ± std; the test error reads "
-                           "best (mean±std), as in the paper." if repeats > 1 else "One run per cell.")
+    doc.table(*results_table(records))
+    one_run = max(len(v) for v in _groups(records).values()) == 1
+    doc.p(f"Errors are percentages at the end of training (training error: the mean of the logged training batches "
+          f"of the last {TAIL_FRACTION:.0%} of the iterations, where one logging interval alone is a few hundred "
+          "images). " + ("One run per cell." if one_run else "With several repeats each cell is mean ± std; the test "
+                         "error reads best (mean±std), as in the paper.")
           + " Raw numbers: [results.csv](results.csv), [results.json](results.json); every run folder holds "
             "its `config.json`, `metrics.jsonl`/`metrics.csv` and `final.json`.")
 
-    claims = claims_text(records)
-    if claims:
+    if claims := claims_text(records):
         doc.h("The paper's claims in this run")
-        for line in claims:
-            doc.p(line)
-        doc.p("Judged from this run's numbers alone" + (" (one run per network: a single seed can go either "
-              "way where differences are small)." if max(len(v) for v in _groups(records).values()) == 1
-              else "; the paired intervals below say which differences the repeats resolve."))
+        doc.p(*claims)
+        doc.p("Judged from this run's numbers alone" + (" (one run per network: a single seed can go either way "
+              "where differences are small)." if one_run else "; the paired intervals below say which differences "
+              "the repeats resolve."))
 
-    variants = sorted({r["option"] for r in records}, key=_option_rank)
-    doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}" for o in variants) + ".")
+    doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}"
+                                   for o in family_order(r["option"] for r in records)) + ".")
 
     paired = paired_rows(records)
     if paired:
@@ -703,16 +647,15 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                     str(r["n"]), _interval_text(r["train_error"]), _interval_text(r["test_error"])] for r in paired])
 
     doc.h("Training curves (Figure 6)")
-    for line in degradation_text(records):
-        doc.p(line)
+    doc.p(*degradation_text(records))
     rel = figure(figure_training_curves, "training_curves.png", records)
     doc.image(rel, "Training error (dashed) and test error (solid) against iterations; colour = depth")
 
     if rel := figure(figure_layer_responses, "layer_responses.png", records):
         doc.h("Layer responses (Figure 7)")
         doc.p("Std of each 3x3 layer's output after its BN (before the addition and the ReLU), on a fixed batch "
-              "of training images, final checkpoints (the mean over repeats). The paper finds residual functions respond more weakly "
-              "than the layers of plain nets (smaller std), and more weakly the deeper the net.")
+              "of training images, final checkpoints (the mean over repeats). The paper finds residual functions "
+              "respond more weakly than the layers of plain nets (smaller std), and more weakly the deeper the net.")
         doc.image(rel, "Layer responses in layer order (top) and sorted by magnitude (bottom)")
 
     if _grad_steps(records):
@@ -746,8 +689,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
               "passes its input on and adds a small correction.")
         doc.image(rel, "Ratio of residual-branch to shortcut output norms per block")
 
-    proj = [(r, p) for r in records for p in ((r.get("analysis") or {}).get("projection_stats") or [])
-            if r["repeat"] == 0]
+    proj = [(r, p) for r in records for p in _analysis(r).get("projection_stats") or [] if r["repeat"] == 0]
     if proj:
         doc.h("Projection shortcuts (options B/C)")
         doc.p("Each learned 1x1 projection with its BN folded in, compared with the map option A would apply "

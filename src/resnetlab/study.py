@@ -1,14 +1,12 @@
 """The shortcut study (``resnetlab study shortcuts``) and the main job (``resnetlab demo``).
 
-A study trains a grid of CIFAR ResNets: every depth x every shortcut option (``A``/``B``/``C``, and ``none``
-for the plain net) x ``repeats``, as **matched twins**: for one depth and repeat, every option gets the same
-seed, so shared parameters start bit-identical and every run sees the same batches in the same order; only
-the shortcut differs. Each run is an ordinary training run (:func:`resnetlab.train.train`) in
-``OUT/runs/<model>-<option>-r<k>/``. Then it measures every run (layer responses, gradient flow, residual
-paths, projections; optionally the loss landscape) and writes the report (:mod:`resnetlab.report`).
-
-Rerunning the same command resumes: finished runs (``final.json``) are skipped, interrupted ones continue
-from their ``last.pt``, and the report is rebuilt from the run folders.
+A study trains a grid of CIFAR ResNets, every depth x shortcut option (``A``/``B``/``C``, ``none`` for the plain
+net) x ``repeats``, as **matched twins**: for one depth and repeat every option gets the same seed, so shared
+parameters start bit-identical and every run sees the same batches in the same order; only the shortcut
+differs. Each run is a training run (:func:`resnetlab.train.train`) in ``OUT/runs/<model>-<option>-r<k>/``;
+then every run is measured (layer responses, gradient flow, residual paths, projections; optionally the loss
+landscape) and the report written (:mod:`resnetlab.report`). Rerunning the same command resumes: finished runs
+are skipped, interrupted ones continue from their ``last.pt``, and the report is rebuilt from the run folders.
 
     resnetlab study shortcuts --depths 20,56 --options A,B,C,none --budget short --out study-20-56
     resnetlab demo                       # small offline study on synthetic data, about 2 minutes on 2 idle CPU cores
@@ -45,8 +43,7 @@ STUDIES = ("shortcuts",)
 # shrunk to 3000 iterations. "smoke" checks the whole pipeline in minutes on a CPU.
 BUDGET_SETTINGS = {
     "smoke": dict(iterations=40, batch_size=32, val_split=500, eval_every=10, log_every=5, checkpoint_every=20),
-    "short": dict(iterations=3000, batch_size=128, val_split=5000, eval_every=250, log_every=50,
-                  checkpoint_every=500),
+    "short": dict(iterations=3000, batch_size=128, val_split=5000, eval_every=250, log_every=50, checkpoint_every=500),
     "paper": dict(iterations=64000, batch_size=128, val_split=5000, eval_every=2000, log_every=100,
                   checkpoint_every=2000),
 }
@@ -144,11 +141,9 @@ def check_config(cfg: StudyConfig) -> None:
                              f"(8, 14, 20, 26, 32, 44, 56, 110, ...)")
     for o in cfg.options:
         report_mod.option_fields(o)  # an unknown option or transition raises, naming the valid ones
-    for what in ("repeats", "analysis_images", "landscape_steps", "landscape_direction_seeds"):
-        if getattr(cfg, what) < 1:
-            raise ValueError(f"{what} must be at least 1, got {getattr(cfg, what)}")
-    if cfg.iterations is not None and cfg.iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {cfg.iterations}")
+    for what in ("repeats", "analysis_images", "landscape_steps", "landscape_direction_seeds", "iterations"):
+        if (value := getattr(cfg, what)) is not None and value < 1:
+            raise ValueError(f"{what} must be at least 1, got {value}")
     if cfg.seed < 0:
         raise ValueError(f"seed must be non-negative, got {cfg.seed}")
     if cfg.model.name != ModelConfig().name or cfg.model.shortcut is not None:
@@ -161,11 +156,7 @@ def check_config(cfg: StudyConfig) -> None:
 
 def budget(cfg: StudyConfig) -> dict:
     """The training settings the study uses: the budget's, overridden by the flags that were given."""
-    out = dict(BUDGET_SETTINGS[cfg.budget])
-    for k in out:
-        if getattr(cfg, k) is not None:
-            out[k] = getattr(cfg, k)
-    return out
+    return {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in BUDGET_SETTINGS[cfg.budget].items()}
 
 
 def grad_steps(cfg: StudyConfig) -> tuple[int, ...]:
@@ -178,36 +169,22 @@ def grad_steps(cfg: StudyConfig) -> tuple[int, ...]:
 def grid(cfg: StudyConfig) -> list[RunSpec]:
     """Every run of the study, ordered so that twins train one after the other."""
     check_config(cfg)
-    runs, seen = [], set()
-    options = list(dict.fromkeys(cfg.options))
+    runs = []
     for repeat in range(cfg.repeats):
         for depth in dict.fromkeys(cfg.depths):
-            for option in options:
-                model = f"resnet{depth}"
-                name = f"{model}-{option.replace(':', '_')}-r{repeat}"
-                if name in seen:
-                    continue
-                seen.add(name)
-                runs.append(RunSpec(name, model, depth, option, repeat, cfg.seed + repeat,
+            for option in dict.fromkeys(cfg.options):
+                name = f"resnet{depth}-{option.replace(':', '_')}-r{repeat}"
+                runs.append(RunSpec(name, f"resnet{depth}", depth, option, repeat, cfg.seed + repeat,
                                     os.path.abspath(os.path.join(cfg.out, "runs", name))))
     return runs
 
 
 def train_config(cfg: StudyConfig, run: RunSpec):
     """The :class:`resnetlab.train.TrainConfig` of one run: same seed for twins, only the shortcut differs."""
-    b = budget(cfg)
-    save_at = tuple(s for s in grad_steps(cfg) if s > 0)
-    values = dict(model=dataclasses.replace(cfg.model, name=run.model, **report_mod.option_fields(run.option)),
-                  seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, synthetic_size=cfg.synthetic_size, out=run.dir,
-                  recipe=cfg.recipe, iterations=b["iterations"], batch_size=b["batch_size"],
-                  val_split=b["val_split"], eval_every=b["eval_every"], log_every=b["log_every"],
-                  checkpoint_every=b["checkpoint_every"], save_at=save_at, device=cfg.device,
-                  precision=cfg.precision, threads=cfg.threads, quiet=cfg.quiet)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    missing = sorted(k for k, v in values.items() if k not in names and v not in (None, False, 1.0))
-    if missing:
-        raise ValueError(f"train.TrainConfig has no field(s) {', '.join(missing)} needed by the study")
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+    return TrainConfig(model=dataclasses.replace(cfg.model, name=run.model, **report_mod.option_fields(run.option)),
+                       seed=run.seed, data=cfg.data, data_dir=cfg.data_dir, synthetic_size=cfg.synthetic_size,
+                       out=run.dir, recipe=cfg.recipe, **budget(cfg), device=cfg.device, precision=cfg.precision,
+                       save_at=tuple(s for s in grad_steps(cfg) if s > 0), threads=cfg.threads, quiet=cfg.quiet)
 
 
 # Fields that may differ between the run that made a folder and the one resuming it.
@@ -260,20 +237,15 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
          f"batch {b['batch_size']}, data {cfg.data} -> {os.path.abspath(cfg.out)}")
     for i, run in enumerate(runs, 1):
         state = run_state(run)
-        tcfg = configs[run.name]
         if state == "done":
             _log(f"{i}/{len(runs)} {run.name}: finished earlier, skipped")
             continue
-        eta = ""
-        if done_units:
-            eta = f", about {_duration(spent / done_units * (total_units - done_units))} left for the grid"
-        _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} "
-             f"(seed {run.seed}){eta}")
-        if state == "partial":  # continue from last.pt (train checks that it belongs to this config)
-            tcfg = dataclasses.replace(tcfg, resume=True)
+        left = spent / done_units * (total_units - done_units) if done_units else None
+        _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} (seed {run.seed})"
+             + (f", about {_duration(left)} left for the grid" if left is not None else ""))
         t0 = time.perf_counter()
-        try:
-            train(tcfg)
+        try:  # a partial run continues from last.pt (train checks that it belongs to this config)
+            train(dataclasses.replace(configs[run.name], resume=state == "partial"))
         except TrainingDiverged as e:  # one diverged run should not sink the study: report it
             _log(f"{run.name} diverged: {e}")
             failed.append(f"{run.name}: {e}")
@@ -291,16 +263,15 @@ def _duration(s: float) -> str:
 
 def _read_events(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
     events = []
-    if os.path.isfile(path):
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    try:
-                        events.append(json.loads(line))
-                    except json.JSONDecodeError:  # a line cut short by an interruption
-                        continue
+    with open(path) as fh:
+        for line in filter(None, map(str.strip, fh)):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by an interruption
+                pass
     return events
 
 
@@ -353,27 +324,34 @@ def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor
     return out
 
 
+def _cached(path: str, key: dict, final: dict, field: str, compute):
+    """``compute()``, cached in the JSON file ``path`` while the settings ``key`` and the run's ``final.json``
+    stay the same."""
+    cached = read_json(path) if os.path.isfile(path) else {}
+    if cached.get("key") == key and cached.get("final") == final:
+        return cached[field]
+    value = compute()
+    write_json(path, {"key": key, "final": final, field: value}, indent=None)
+    return value
+
+
 def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
     """Run records for the report, with measurements cached in each run folder (``analysis.json``)."""
     records, batch = [], None
     key = {"grad_steps": list(grad_steps(cfg)), "analysis_images": cfg.analysis_images, "version": 2}
+
+    def measure(run):
+        nonlocal batch
+        if batch is None:  # loaded once, and only when a run is not cached
+            batch = analysis_batch(cfg, load_checkpoint(os.path.join(run.dir, "last.pt")).get("normalization"))
+        _log(f"measuring {run.name}")
+        return measure_run(cfg, run, *batch, device)
+
     for run in runs:
         if run_state(run) != "done":
             continue
         final = read_json(os.path.join(run.dir, "final.json"))
-        cache = os.path.join(run.dir, "analysis.json")
-        analysis = None
-        if os.path.isfile(cache):
-            cached = read_json(cache)
-            if cached.get("key") == key and cached.get("final") == final:
-                analysis = cached["analysis"]
-        if analysis is None:
-            if batch is None:
-                norm = load_checkpoint(os.path.join(run.dir, "last.pt")).get("normalization")
-                batch = analysis_batch(cfg, norm)
-            _log(f"measuring {run.name}")
-            analysis = measure_run(cfg, run, *batch, device)
-            write_json(cache, {"key": key, "final": final, "analysis": analysis}, indent=None)
+        analysis = _cached(os.path.join(run.dir, "analysis.json"), key, final, "analysis", lambda: measure(run))
         events = _read_events(run.dir)
         # The report's training error: the last 10% of the iterations, not the last log interval alone.
         final = {**final, "train_error_last": final.get("train_error"),
@@ -390,52 +368,47 @@ def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | N
     ``landscape_direction_seeds`` direction pairs (twins share the direction seeds). Each landscape is cached
     in its run folder (``landscape.json``), so a resumed study computes only the missing ones."""
     done = {(r.depth, r.option, r.repeat): r for r in runs if run_state(r) == "done"}
-    depths = [d for d in sorted({d for d, _, _ in done}, reverse=True)
-              if any(k[:2] == (d, "none") for k in done) and any(k[0] == d and k[1] != "none" for k in done)]
+    depths = [d for d, o, _ in done if o == "none" and any(k[0] == d and k[1] != "none" for k in done)]
     if not depths:
         return None
-    depth = depths[0]
-    options = report_mod.family_order({o for d, o, _ in done if d == depth})
+    depth = max(depths)
     seeds = list(range(cfg.landscape_direction_seeds))
     key = {"steps": cfg.landscape_steps, "span": cfg.landscape_span, "images": cfg.analysis_images,
            "bn": cfg.landscape_bn, "direction_seeds": seeds, "version": 2}
-    x = y = None
+    batch = None
+
+    def measure(run):
+        nonlocal batch
+        _log(f"landscape of {run.name}: {len(seeds)} direction pair(s), "
+             f"{cfg.landscape_steps}x{cfg.landscape_steps} points, BN {cfg.landscape_bn}")
+        model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
+        if batch is None:
+            batch = [t.to(device) for t in analysis_batch(cfg, ckpt.get("normalization"))]
+        model.to(device)
+        return [_jsonable(landscape.landscape_2d(model, *batch, landscape.random_directions(model, seed=seed, n=2),
+                                                 span=cfg.landscape_span, steps=cfg.landscape_steps,
+                                                 bn=cfg.landscape_bn))
+                for seed in seeds]
+
     nets = []
-    for option in options:
+    for option in report_mod.family_order({o for d, o, _ in done if d == depth}):
         per, first = [], None
         for repeat in sorted(k[2] for k in done if k[:2] == (depth, option)):
             run = done[(depth, option, repeat)]
-            cache = os.path.join(run.dir, "landscape.json")
             final = read_json(os.path.join(run.dir, "final.json"))
-            cached = read_json(cache) if os.path.isfile(cache) else {}
-            if cached.get("key") == key and cached.get("final") == final:
-                results = cached["results"]
-            else:
-                _log(f"landscape of {run.name}: {len(seeds)} direction pair(s), "
-                     f"{cfg.landscape_steps}x{cfg.landscape_steps} points, BN {cfg.landscape_bn}")
-                model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
-                if x is None:
-                    x, y = analysis_batch(cfg, ckpt.get("normalization"))
-                model.to(device)
-                results = []
-                for seed in seeds:
-                    dirs = landscape.random_directions(model, seed=seed, n=2)
-                    res = landscape.landscape_2d(model, x.to(device), y.to(device), dirs, span=cfg.landscape_span,
-                                                 steps=cfg.landscape_steps, bn=cfg.landscape_bn)
-                    results.append(_jsonable(res))
-                write_json(cache, {"key": key, "final": final, "results": results}, indent=None)
+            results = _cached(os.path.join(run.dir, "landscape.json"), key, final, "results", lambda: measure(run))
             first = first or {"run": run.name, "result": results[0]}
-            per += [{"repeat": repeat, "direction_seed": s, "flatness": _jsonable(landscape.flatness(r))}
+            per += [{"repeat": repeat, "direction_seed": s, "flatness": landscape.flatness(r)}
                     for s, r in zip(seeds, results)]
         nets.append({"run": first["run"], "label": report_mod.net_label(depth, option), "result": first["result"],
                      "per": per, "flatness": landscape.flatness_spread([p["flatness"] for p in per])})
     n_rep = len({p["repeat"] for p in nets[0]["per"]})
     out = {"nets": nets, "bn": cfg.landscape_bn,
-            "note": f"Training loss on {cfg.analysis_images} training images around the final weights of the "
-                    f"depth-{depth} nets, along two filter-normalised random directions, span ±{cfg.landscape_span}, "
-                    f"BN {_BN_WORDS[cfg.landscape_bn]}; {len(seeds)} direction seed(s) x {n_rep} repeat(s) per "
-                    f"network (twins share the direction seeds); figures are mean ± std over them. "
-                    f"The contours show repeat 0, direction seed 0."}
+           "note": f"Training loss on {cfg.analysis_images} training images around the final weights of the "
+                   f"depth-{depth} nets, along two filter-normalised random directions, span ±{cfg.landscape_span}, "
+                   f"BN {_BN_WORDS[cfg.landscape_bn]}; {len(seeds)} direction seed(s) x {n_rep} repeat(s) per "
+                   f"network (twins share the direction seeds); figures are mean ± std over them. "
+                   f"The contours show repeat 0, direction seed 0."}
     write_json(os.path.join(os.path.abspath(cfg.out), "landscape.json"), {"landscape": out}, indent=None)
     return out
 
@@ -445,14 +418,9 @@ _BN_WORDS = {"batch": "with the batch's statistics (scale-invariant, as filter n
              "eval": "in eval mode with the checkpoint's running statistics"}
 
 
-def _jsonable(d):
-    if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    if hasattr(d, "tolist"):
-        return d.tolist()
-    return d
+def _jsonable(value):
+    """``value`` as its JSON file holds it (arrays as lists): fresh and cached results are the same."""
+    return json.loads(json.dumps(value, default=lambda a: a.tolist()))
 
 
 def shapes_markdown(cfg: StudyConfig) -> str:
@@ -558,19 +526,14 @@ def demo_study_config(d: DemoConfig) -> StudyConfig:
     """The study the demo runs: plain vs options A and B at two depths."""
     data = d.data
     if data == "auto":
-        data = "synthetic"
-        if d.data_dir:
-            data = "cifar10"
-        else:
-            try:
-                find_cifar("cifar10", cache_dir())
-                data = "cifar10"
-            except FileNotFoundError:
-                pass
+        try:  # find_cifar raises when CIFAR-10 is not in the cache
+            data = "cifar10" if d.data_dir or find_cifar("cifar10", cache_dir()) else "synthetic"
+        except FileNotFoundError:
+            data = "synthetic"
     return StudyConfig(depths=DEMO_DEPTHS, options=DEMO_OPTIONS, data=data, data_dir=d.data_dir, out=d.out,
-                       synthetic_size=d.synthetic_size, recipe=d.recipe, budget="smoke", iterations=d.iterations, batch_size=d.batch_size, val_split=250,
-                       eval_every=max(1, d.iterations // 4), log_every=max(1, d.iterations // 30),
-                       checkpoint_every=max(1, d.iterations // 2),
+                       synthetic_size=d.synthetic_size, recipe=d.recipe, budget="smoke", iterations=d.iterations,
+                       batch_size=d.batch_size, val_split=250, eval_every=max(1, d.iterations // 4),
+                       log_every=max(1, d.iterations // 30), checkpoint_every=max(1, d.iterations // 2),
                        model=d.model, seed=d.seed, grad_steps=(0, d.iterations), analysis_images=128,
                        device=d.device, precision="fp32", threads=d.threads, quiet=d.quiet)
 
