@@ -57,35 +57,28 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     the CPU in eval mode. ``model`` is as for :func:`resnetlab.weights.model_from_checkpoint` (built with
     ``num_classes`` when given); ``normalization`` replaces the checkpoint's own, with a warning."""
     path = os.fspath(path)
-    net, ckpt = model_from_checkpoint(path, model, **({"num_classes": num_classes}
-                                                       if num_classes is not None and model is not None else {}))
-    if ckpt is not None:
-        norm = ckpt.get("normalization")
-        norm = Normalization.from_state_dict(norm) if norm is not None else None
-        if normalization is not None:
-            if norm is not None:
-                warnings.warn(f"{path}: replacing the normalization recorded in the checkpoint by the one "
-                              f"given; the model was trained with the recorded one", stacklevel=2)
-            norm = normalization
-        classes = ckpt.get("classes")
-        data_info = ckpt.get("data") or {}
-        meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
-    else:
-        norm, classes, data_info, meta = normalization, None, {}, None
-
-    inner = unwrap(net)
-    spec = getattr(inner, "spec", None)
-    image_size = int(data_info.get("image_size") or (spec.image_size if spec is not None else 32))
+    options = {"num_classes": num_classes} if num_classes is not None and model is not None else {}
+    net, ckpt = model_from_checkpoint(path, model, **options)
+    recorded = ckpt or {}  # foreign weights record nothing
+    norm = recorded.get("normalization")
+    norm = Normalization.from_state_dict(norm) if norm is not None else None
+    if normalization is not None:
+        if norm is not None:
+            warnings.warn(f"{path}: replacing the normalization recorded in the checkpoint by the one "
+                          f"given; the model was trained with the recorded one", stacklevel=2)
+        norm = normalization
+    classes = recorded.get("classes")
+    spec = getattr(unwrap(net), "spec", None)
+    image_size = int((recorded.get("data") or {}).get("image_size") or (spec.image_size if spec is not None else 32))
     family = spec.family if spec is not None else ("cifar" if image_size <= 64 else "imagenet")
+    meta = None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     net.eval()
     return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
                        image_size=image_size, family=family, path=path, description=_describe(net),
                        checkpoint=meta)
 
 
-# --------------------------------------------------------------------------------------------------------
-# evaluation
-
+# -------------------------------------------------------------------------------------------- evaluation
 
 def _num_outputs(model: nn.Module) -> int | None:
     m = unwrap(model)
@@ -244,9 +237,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
             "members": [t.summary() for t in members], "tta": "flip" if tta_flip else "none"}
 
 
-# --------------------------------------------------------------------------------------------------------
-# prediction on image files
-
+# ----------------------------------------------------------------------------- prediction on image files
 
 def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tensor:
     """Decode an image file (any mode -> RGB) into uint8 (3, S, S), S = ``image_size``.
@@ -282,11 +273,10 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
         raise ValueError("predict needs at least one model")
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
-    if any(m.normalization is None for m in members):
-        missing = [m.path for m in members if m.normalization is None]
+    missing = [m.path for m in members if m.normalization is None]
+    if missing:
         raise ValueError(f"no preprocessing known for {', '.join(missing)}: give --mean R,G,B --std R,G,B")
-    counts = {m.num_classes for m in members}
-    if len(counts) > 1:
+    if len({m.num_classes for m in members}) > 1:
         raise ValueError(f"the ensemble members have different class counts: "
                          f"{[(m.path, m.num_classes) for m in members]}")
     check_same_classes(members)
@@ -295,31 +285,27 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
         raise ValueError("no image files given")
     device = resolve_device(device if device is not None else "auto")
     autocast = use_bf16(device, precision)
-    cache: dict[tuple[int, str], torch.Tensor] = {}
-    errors: dict[str, str] = {}
-    first = members[0]
-    decoded = []
+    first, decoded, errors = members[0], {}, {}
     for p in images:  # readability does not depend on the preprocessing: decide it once
         try:
-            decoded.append(load_image(p, first.image_size, first.family))
+            decoded[p] = load_image(p, first.image_size, first.family)
         except ValueError as e:
             if not skip_unreadable:
                 raise
             errors[p] = str(e)
-    readable = [p for p in images if p not in errors]
-    if not readable:
+    if not decoded:
         raise ValueError(f"none of the {len(images)} image file(s) could be read: " + "; ".join(errors.values()))
-    cache[(first.image_size, first.family)] = torch.stack(decoded)
-    probs = None
+    readable = list(decoded)
+    cache = {(first.image_size, first.family): torch.stack(list(decoded.values()))}
+    probs = 0
     with torch.inference_mode():
         for m in members:
             key = (m.image_size, m.family)
             if key not in cache:  # decode each image once per preprocessing
-                cache[key] = torch.stack([load_image(p, m.image_size, m.family) for p in readable])
+                cache[key] = torch.stack([load_image(p, *key) for p in readable])
             norm, model = m.normalization.to(device), m.model.to(device).eval()
-            p = torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
-                           for chunk in cache[key].split(batch_size)])
-            probs = p if probs is None else probs + p
+            probs = probs + torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
+                                       for chunk in cache[key].split(batch_size)])
     probs = probs / len(members)
     classes = next((m.classes for m in members if m.classes is not None), None)
     k = min(top_k, probs.shape[1])

@@ -24,6 +24,7 @@ from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predi
 from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig, get_spec
+from .sources import resolve_data
 from .stream import Normalization
 from .weights import peek_checkpoint, read_weights
 
@@ -138,21 +139,17 @@ def _warnings_as_lines(command: str):
 
 
 def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
-    """Fill in the dataset (and its folder) the first checkpoint was trained on, when not given."""
-    recorded = (first_ckpt or {}).get("config") or {}
-    trained_on = ((first_ckpt or {}).get("data") or {}).get("name")
-    if cfg.data is None:
-        if trained_on is None:
-            raise ValueError(f"give the dataset: --data {' | '.join(DATASETS)} (the checkpoint does not record it)")
-        cfg = dataclasses.replace(cfg, data=trained_on)
-    if cfg.data not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.data!r}; valid: {', '.join(DATASETS)}")
-    if cfg.data_dir is None and cfg.data == trained_on and recorded.get("data_dir") \
-            and os.path.exists(recorded["data_dir"]):
-        cfg = dataclasses.replace(cfg, data_dir=recorded["data_dir"])
-    if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
-        raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist")
-    return cfg
+    """Fill in the dataset (and its folder, while it exists) the first checkpoint was trained on, when not given."""
+    if cfg.data is None and not ((first_ckpt or {}).get("data") or {}).get("name"):
+        raise ValueError(f"give the dataset: --data {' | '.join(DATASETS)} (the checkpoint does not record it)")
+    data, data_dir = resolve_data(cfg.data, cfg.data_dir, first_ckpt, missing_dir_ok=True)
+    if data not in DATASETS:
+        raise ValueError(f"unknown dataset {data!r}; valid: {', '.join(DATASETS)}")
+    if data_dir is not None and not os.path.exists(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
+    if (data, data_dir) == (cfg.data, cfg.data_dir):
+        return cfg  # as parsed, with what the command line gave (dataclasses.replace drops it)
+    return dataclasses.replace(cfg, data=data, data_dir=data_dir)
 
 
 def _class_count(cfg: EvalConfig) -> int | None:
@@ -314,10 +311,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         if m.classes is not None and list(m.classes) != list(data.classes):
             warnings.warn(f"{m.path} was trained on classes {m.classes[:4]}... but {cfg.data} has "
                           f"{data.classes[:4]}...; outputs are compared by index")
-        side = data.x.shape[-1] if hasattr(data, "x") else data.image_size
-        if m.image_size != side:
+        if m.image_size != data.image_size:
             warnings.warn(f"{m.path} was trained on {m.image_size}x{m.image_size} images, "
-                          f"the {cfg.data} images are {side}x{side}")
+                          f"the {cfg.data} images are {data.image_size}x{data.image_size}")
 
     start = time.perf_counter()
     result = evaluate([m.model for m in members], data, [m.normalization for m in members],
@@ -383,14 +379,11 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
     given = given_model(cfg)
     members = [load_for_eval(p, given, normalization=override) for p in paths]
     results = predict(members, images, top_k=cfg.top_k, device=cfg.device, skip_unreadable=True)
-    for r in results:
-        if "error" in r:
-            continue
+    for r in [r for r in results if "error" not in r]:
         print(printable(r["image"]))
         for rank, t in enumerate(r["top"], 1):
             print(f"  {rank:>2}. {t['prob']:7.4f}  {t['class']}")
-    skipped = [r for r in results if "error" in r]
-    for r in skipped:
+    for r in [r for r in results if "error" in r]:
         print(f"resnetlab predict: skipped {printable(r['error'])}", file=sys.stderr)
     if cfg.json:
         write_json(cfg.json, {"command": "predict", "weights": paths,
