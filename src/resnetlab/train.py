@@ -587,25 +587,13 @@ def _changed_settings(then: dict, now: dict, prefix: str = "") -> list[str]:
 
 def main_train(argv: list[str] | None = None) -> int:
     """``resnetlab train``: train a model; ``--resume`` continues the run in ``--out``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    base = None
-    out = _flag_value(argv, "--out")
-    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.json")):
-        # Resuming: the run's own resolved config is the base; flags given now override it.
-        base = read_json(os.path.join(out, "config.json"))["config"]
-    cfg = parse(TrainConfig, argv, prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0], base=base)
+    options = dict(prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0])
+    cfg = parse(TrainConfig, argv, **options)
+    saved = os.path.join(cfg.out or "", "config.json")
+    if cfg.resume and cfg.out and os.path.exists(saved):
+        # Resuming: the run's own resolved config is the base; the flags (and --config file) given now override it.
+        cfg = parse(TrainConfig, argv, **options, base=read_json(saved)["config"])
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(final))
     return 0
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    """The value given to ``flag`` (``--out DIR`` or ``--out=DIR``), the last one if repeated."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
