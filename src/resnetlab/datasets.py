@@ -426,8 +426,7 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
     archive = os.path.join(cache, CIFAR_ARCHIVES[name])
     if not (os.path.isfile(archive) and _md5(archive) == md5):
         _fetch(url or CIFAR_URLS[name], archive, md5, name, quiet)
-    work = tempfile.mkdtemp(prefix=".extract-", dir=cache)
-    try:
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=cache, ignore_cleanup_errors=True) as work:
         safe_extract(archive, work)
         extracted = os.path.join(work, CIFAR_FOLDERS[name])
         if not os.path.isfile(os.path.join(extracted, marker)):
@@ -435,8 +434,6 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
         if os.path.isdir(folder):  # an incomplete folder from elsewhere: replace it
             shutil.rmtree(folder)
         os.replace(extracted, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return folder
 
 

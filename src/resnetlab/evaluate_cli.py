@@ -113,10 +113,12 @@ def _explicit_normalization(cfg):
     return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
 
 
-def _check_model_options(cfg) -> None:
+def _given_model(cfg):
+    """The architecture given with --model NAME (and its options), else None: our checkpoints record theirs."""
     if given_model(cfg) is not None and name_given(cfg) is False:
         raise ValueError("model options (--shortcut, --num-classes, ...) describe the architecture given by "
                          "--model NAME; our checkpoints record their own")
+    return given_model(cfg)
 
 
 def _check_files(paths) -> list[str]:
@@ -273,8 +275,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     cfg = _resolve_data(cfg, first_ckpt)
 
     # The checkpoints first (fast, and most mistakes are there), then the data.
-    _check_model_options(cfg)
-    given = given_model(cfg)
+    given = _given_model(cfg)
     num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else _class_count(cfg)
     members = [load_for_eval(p, given, num_classes=num_classes if given else None, normalization=override)
                for p in paths]
@@ -375,8 +376,7 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
         raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
     images = image_files(cfg.images)
     override = _explicit_normalization(cfg)
-    _check_model_options(cfg)
-    given = given_model(cfg)
+    given = _given_model(cfg)
     members = [load_for_eval(p, given, normalization=override) for p in paths]
     results = predict(members, images, top_k=cfg.top_k, device=cfg.device, skip_unreadable=True)
     for r in [r for r in results if "error" not in r]:

@@ -95,11 +95,8 @@ def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     per-channel mean/std fitted on the training split)."""
     size = int(((ckpt or {}).get("data") or {}).get("image_size") or 32)  # the side it was trained on
     splits = _synthetic(size) if name == "synthetic" else load_dataset(name, data_dir, hint=DATA_DIR_HINT)
-    norm_state = (ckpt or {}).get("normalization")
-    if norm_state:
-        norm = Normalization.from_state_dict(norm_state)
-    else:
-        norm = Normalization.fit(splits["train"].x, mode="channel")
+    state = (ckpt or {}).get("normalization")
+    norm = Normalization.from_state_dict(state) if state else Normalization.fit(splits["train"].x, mode="channel")
     return splits, norm
 
 

@@ -182,7 +182,6 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         (all(0 <= m <= cfg.iterations for m in cfg.milestones),  # (the recipe's are scaled to fit)
          f"milestones must lie between 0 and iterations ({cfg.iterations}), got {tuple(cfg.milestones)}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}"),
-        (cfg.warmup in WARMUPS, f"unknown warmup {cfg.warmup!r}; valid: {', '.join(WARMUPS)}"),
         (cfg.normalization in ("pixel", "channel"), f"normalization must be pixel or channel, got {cfg.normalization!r}"),
         (cfg.padding in ("black", "mean"), f"padding must be black or mean, got {cfg.padding!r}"),
         (cfg.log_every >= 1 and cfg.eval_every >= 1 and cfg.checkpoint_every >= 1,
