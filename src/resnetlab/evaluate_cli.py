@@ -224,9 +224,8 @@ def _pct(v) -> str:
 
 def format_report(result: dict, members: list[str], header: str) -> str:
     """The human-readable report printed by ``resnetlab eval``."""
-    lines = [header, ""]
     width = max([len(m) for m in members] + [14])
-    lines.append(f"  {'':<{width}}   top-1    top-5     loss")
+    lines = [header, "", f"  {'':<{width}}   top-1    top-5     loss"]
     rows = list(zip(members, result["members"])) + (
         [(f"ensemble of {len(members)}", result)] if len(members) > 1 else [])
     for name, m in rows:

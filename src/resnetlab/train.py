@@ -450,8 +450,7 @@ def train(config: TrainConfig) -> dict:
         state = make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
             data={"name": cfg.data, "dir": cfg.data_dir, "image_size": train_set.image_size}, step=step,
-            config=to_dict(cfg),
-            optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
+            config=to_dict(cfg), optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
             accumulators={"loss_sum": loss_sum.item(), "err_sum": err_sum.item(), "warm_err": warm_err.item(),
                           "seen": seen},
             elapsed=elapsed + time.perf_counter() - t0, best_val_error=None if best_val == math.inf else best_val,
