@@ -298,8 +298,7 @@ def name_given(cfg) -> bool | None:
 
 def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = None, base: dict | None = None):
     """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) the flags given."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    path, argv = _pop_config_file(argv)
+    path, argv = _pop_config_file(sys.argv[1:] if argv is None else argv)
     from_file = load_file(path) if path is not None else {}
     data = {**(base or {}), **from_file}
     default = from_dict(cls, data) if data else cls()
