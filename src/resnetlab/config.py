@@ -207,15 +207,10 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
     """Short forms tyro does not know: ``--shortcut B`` for ``--model.shortcut B`` and ``--model NAME`` for
     ``--model.name NAME`` (options of the nested model config that the outer config does not declare
     itself), and ``--preact`` / ``--no-preact`` for ``Optional[bool]`` fields (tyro wants a value there)."""
-    aliases = {}
     model_cls = _model_class(cls)
-    if model_cls is not None:
-        own = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
-        for f in dataclasses.fields(model_cls):
-            flag = f.name.replace("_", "-")
-            if flag not in own:
-                aliases[f"--{flag}"] = f"--model.{flag}"
-                aliases[f"--no-{flag}"] = f"--model.no-{flag}"
+    own = {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
+    nested = [f.name.replace("_", "-") for f in dataclasses.fields(model_cls)] if model_cls is not None else []
+    aliases = {f"--{no}{flag}": f"--model.{no}{flag}" for flag in nested if flag not in own for no in ("", "no-")}
     tristate = _optional_bools(cls)
     out, i = [], 0
     while i < len(argv):
@@ -268,8 +263,7 @@ def _flag_names(argv: list[str]) -> set[str]:
         if a.startswith("--"):
             name = a[2:].partition("=")[0]
             head, _, last = name.rpartition(".")
-            last = last[3:] if last.startswith("no-") else last
-            names.add(((head + ".") if head else "") + last.replace("-", "_"))
+            names.add(((head + ".") if head else "") + last.removeprefix("no-").replace("-", "_"))
     return names
 
 
@@ -304,8 +298,7 @@ def name_given(cfg) -> bool | None:
 
 def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = None, base: dict | None = None):
     """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) the flags given."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    path, argv = _pop_config_file(argv)
+    path, argv = _pop_config_file(sys.argv[1:] if argv is None else argv)
     from_file = load_file(path) if path is not None else {}
     data = {**(base or {}), **from_file}
     default = from_dict(cls, data) if data else cls()

@@ -24,16 +24,10 @@ import torch
 from .images import ImageFolder, folder_batches
 from .io import atomic_write, cache_dir as _cache_dir, progress
 
-CIFAR_URLS = {
-    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-}
-CIFAR_MD5 = {
-    "cifar10": "c58f30108f718f92721af3b95e74349a",
-    "cifar100": "eb9058c3a382ffc7106e4002c42a8d85",
-}
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+CIFAR_URLS = {name: f"https://www.cs.toronto.edu/~kriz/{archive}" for name, archive in CIFAR_ARCHIVES.items()}
+CIFAR_MD5 = {"cifar10": "c58f30108f718f92721af3b95e74349a", "cifar100": "eb9058c3a382ffc7106e4002c42a8d85"}
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_MARKERS = {"cifar10": "data_batch_1", "cifar100": "train"}  # a file only a complete release has
 DATASETS = ("cifar10", "cifar100", "synthetic", "folder")
 """Every dataset name :func:`load_dataset` reads."""
@@ -177,10 +171,6 @@ def _unpickle(fh, where: str) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _as_str(v) -> str:
-    return v.decode("latin1") if isinstance(v, bytes) else str(v)
-
-
 # The member files of each release: its metadata, and the batches of each split.
 _CIFAR_LAYOUT = {
     "cifar10": ("batches.meta", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}),
@@ -203,14 +193,12 @@ class _CifarSource:
     sequential pass: a gzip stream is slow to seek backwards, and the official archive is not in order)."""
 
     def __init__(self, name: str, path: str):
-        self.name, self.path = name, path
-        self.blobs = None
+        self.name, self.path, self.blobs = name, path, None
         if os.path.isfile(path):
             meta, parts = _CIFAR_LAYOUT[name]
             wanted = {meta, *(m for members in parts.values() for m in members)}
-            self.blobs = {}
             _check_download(name, path)
-            total = 0
+            self.blobs, total = {}, 0
             try:
                 with tarfile.open(path, "r:*") as tar:
                     for m in tar:
@@ -270,7 +258,7 @@ def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> d
     src = _CifarSource(name, find_cifar(name, path))
     meta, parts = _CIFAR_LAYOUT[name]
     prefix = "" if name == "cifar10" else f"{labels}_"  # CIFAR-100: fine_labels, coarse_label_names, ...
-    classes = [_as_str(c) for c in src.read(meta)[f"{prefix}label_names"]]
+    classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in src.read(meta)[f"{prefix}label_names"]]
     key = f"{prefix}labels"
     out = {}
     for split, members in parts.items():
@@ -438,8 +426,7 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
     archive = os.path.join(cache, CIFAR_ARCHIVES[name])
     if not (os.path.isfile(archive) and _md5(archive) == md5):
         _fetch(url or CIFAR_URLS[name], archive, md5, name, quiet)
-    work = tempfile.mkdtemp(prefix=".extract-", dir=cache)
-    try:
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=cache, ignore_cleanup_errors=True) as work:
         safe_extract(archive, work)
         extracted = os.path.join(work, CIFAR_FOLDERS[name])
         if not os.path.isfile(os.path.join(extracted, marker)):
@@ -447,8 +434,6 @@ def download_cifar(name: str, cache_dir: str | os.PathLike | None = None, *, url
         if os.path.isdir(folder):  # an incomplete folder from elsewhere: replace it
             shutil.rmtree(folder)
         os.replace(extracted, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return folder
 
 

@@ -57,35 +57,28 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     the CPU in eval mode. ``model`` is as for :func:`resnetlab.weights.model_from_checkpoint` (built with
     ``num_classes`` when given); ``normalization`` replaces the checkpoint's own, with a warning."""
     path = os.fspath(path)
-    net, ckpt = model_from_checkpoint(path, model, **({"num_classes": num_classes}
-                                                       if num_classes is not None and model is not None else {}))
-    if ckpt is not None:
-        norm = ckpt.get("normalization")
-        norm = Normalization.from_state_dict(norm) if norm is not None else None
-        if normalization is not None:
-            if norm is not None:
-                warnings.warn(f"{path}: replacing the normalization recorded in the checkpoint by the one "
-                              f"given; the model was trained with the recorded one", stacklevel=2)
-            norm = normalization
-        classes = ckpt.get("classes")
-        data_info = ckpt.get("data") or {}
-        meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
-    else:
-        norm, classes, data_info, meta = normalization, None, {}, None
-
-    inner = unwrap(net)
-    spec = getattr(inner, "spec", None)
-    image_size = int(data_info.get("image_size") or (spec.image_size if spec is not None else 32))
+    options = {"num_classes": num_classes} if num_classes is not None and model is not None else {}
+    net, ckpt = model_from_checkpoint(path, model, **options)
+    recorded = ckpt or {}  # foreign weights record nothing
+    norm = recorded.get("normalization")
+    norm = Normalization.from_state_dict(norm) if norm is not None else None
+    if normalization is not None:
+        if norm is not None:
+            warnings.warn(f"{path}: replacing the normalization recorded in the checkpoint by the one "
+                          f"given; the model was trained with the recorded one", stacklevel=2)
+        norm = normalization
+    classes = recorded.get("classes")
+    spec = getattr(unwrap(net), "spec", None)
+    image_size = int((recorded.get("data") or {}).get("image_size") or (spec.image_size if spec is not None else 32))
     family = spec.family if spec is not None else ("cifar" if image_size <= 64 else "imagenet")
+    meta = None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     net.eval()
     return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
                        image_size=image_size, family=family, path=path, description=_describe(net),
                        checkpoint=meta)
 
 
-# --------------------------------------------------------------------------------------------------------
-# evaluation
-
+# -------------------------------------------------------------------------------------------- evaluation
 
 def _num_outputs(model: nn.Module) -> int | None:
     m = unwrap(model)
@@ -114,31 +107,27 @@ def _log_probs(model: nn.Module, x: torch.Tensor, tta_flip: bool, autocast: bool
 
 
 class _Tally:
-    """Running top-1/top-5 counts and summed loss of one set of predictions."""
+    """Running confusion matrix (rows: true class, columns: predicted class), top-5 count and summed loss of
+    one set of predictions."""
 
-    def __init__(self, num_classes: int, device, confusion: bool = False):
+    def __init__(self, num_classes: int, device):
         self.k = min(5, num_classes)
         self.num_classes = num_classes
         self.n = 0
-        self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
         self.nll = torch.zeros((), dtype=torch.float64, device=device)
-        self.confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-                          if confusion else None)
 
     def add(self, logp: torch.Tensor, y: torch.Tensor) -> None:
-        pred = logp.argmax(dim=1)
         self.n += len(y)
-        self.correct1 += (pred == y).sum()
+        pairs = y * self.num_classes + logp.argmax(dim=1)
+        self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view(self.num_classes, -1)
         self.correct5 += (logp.topk(self.k, dim=1).indices == y[:, None]).any(dim=1).sum()
         self.nll += F.nll_loss(logp, y, reduction="sum").double()
-        if self.confusion is not None:
-            # rows: true class, columns: predicted class
-            self.confusion += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2)
 
     def summary(self) -> dict:
         n = max(self.n, 1)
-        top1, top5 = self.correct1.item() / n, self.correct5.item() / n
+        top1, top5 = self.confusion.diagonal().sum().item() / n, self.correct5.item() / n
         return {"top1": top1, "top5": top5, "error": 1.0 - top1, "top5_error": 1.0 - top5,
                 "loss": self.nll.item() / n}
 
@@ -207,7 +196,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
     norms = [n.to(device) for n in norms]
 
     members = [_Tally(num_classes, device) for _ in models]
-    ensemble = _Tally(num_classes, device, confusion=True)
+    ensemble = _Tally(num_classes, device)
     bar = progress_bar(total=len(labels), desc="eval", unit="img", quiet=not progress)
     skipped: list[str] = []
     try:
@@ -231,7 +220,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
         for m, flag in zip(models, was_training):
             m.train(flag)
 
-    confusion = ensemble.confusion.view(num_classes, num_classes).cpu()
+    confusion = ensemble.confusion.cpu()
     counts, correct = confusion.sum(dim=1), confusion.diagonal()
     per_class = [{"class": name, "n": int(c), "correct": int(k), "accuracy": (int(k) / int(c) if c else None)}
                  for name, c, k in zip(data.classes, counts, correct)]
@@ -244,9 +233,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
             "members": [t.summary() for t in members], "tta": "flip" if tta_flip else "none"}
 
 
-# --------------------------------------------------------------------------------------------------------
-# prediction on image files
-
+# ----------------------------------------------------------------------------- prediction on image files
 
 def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tensor:
     """Decode an image file (any mode -> RGB) into uint8 (3, S, S), S = ``image_size``.
@@ -282,11 +269,10 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
         raise ValueError("predict needs at least one model")
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
-    if any(m.normalization is None for m in members):
-        missing = [m.path for m in members if m.normalization is None]
+    missing = [m.path for m in members if m.normalization is None]
+    if missing:
         raise ValueError(f"no preprocessing known for {', '.join(missing)}: give --mean R,G,B --std R,G,B")
-    counts = {m.num_classes for m in members}
-    if len(counts) > 1:
+    if len({m.num_classes for m in members}) > 1:
         raise ValueError(f"the ensemble members have different class counts: "
                          f"{[(m.path, m.num_classes) for m in members]}")
     check_same_classes(members)
@@ -295,31 +281,27 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
         raise ValueError("no image files given")
     device = resolve_device(device if device is not None else "auto")
     autocast = use_bf16(device, precision)
-    cache: dict[tuple[int, str], torch.Tensor] = {}
-    errors: dict[str, str] = {}
-    first = members[0]
-    decoded = []
+    first, decoded, errors = members[0], {}, {}
     for p in images:  # readability does not depend on the preprocessing: decide it once
         try:
-            decoded.append(load_image(p, first.image_size, first.family))
+            decoded[p] = load_image(p, first.image_size, first.family)
         except ValueError as e:
             if not skip_unreadable:
                 raise
             errors[p] = str(e)
-    readable = [p for p in images if p not in errors]
-    if not readable:
+    if not decoded:
         raise ValueError(f"none of the {len(images)} image file(s) could be read: " + "; ".join(errors.values()))
-    cache[(first.image_size, first.family)] = torch.stack(decoded)
-    probs = None
+    readable = list(decoded)
+    cache = {(first.image_size, first.family): torch.stack(list(decoded.values()))}
+    probs = 0
     with torch.inference_mode():
         for m in members:
             key = (m.image_size, m.family)
             if key not in cache:  # decode each image once per preprocessing
-                cache[key] = torch.stack([load_image(p, m.image_size, m.family) for p in readable])
+                cache[key] = torch.stack([load_image(p, *key) for p in readable])
             norm, model = m.normalization.to(device), m.model.to(device).eval()
-            p = torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
-                           for chunk in cache[key].split(batch_size)])
-            probs = p if probs is None else probs + p
+            probs = probs + torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
+                                       for chunk in cache[key].split(batch_size)])
     probs = probs / len(members)
     classes = next((m.classes for m in members if m.classes is not None), None)
     k = min(top_k, probs.shape[1])

@@ -24,6 +24,7 @@ from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predi
 from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig, get_spec
+from .sources import resolve_data
 from .stream import Normalization
 from .weights import peek_checkpoint, read_weights
 
@@ -112,10 +113,12 @@ def _explicit_normalization(cfg):
     return Normalization.from_values(expand(cfg.mean), expand(cfg.std))
 
 
-def _check_model_options(cfg) -> None:
+def _given_model(cfg):
+    """The architecture given with --model NAME (and its options), else None: our checkpoints record theirs."""
     if given_model(cfg) is not None and name_given(cfg) is False:
         raise ValueError("model options (--shortcut, --num-classes, ...) describe the architecture given by "
                          "--model NAME; our checkpoints record their own")
+    return given_model(cfg)
 
 
 def _check_files(paths) -> list[str]:
@@ -138,21 +141,17 @@ def _warnings_as_lines(command: str):
 
 
 def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
-    """Fill in the dataset (and its folder) the first checkpoint was trained on, when not given."""
-    recorded = (first_ckpt or {}).get("config") or {}
-    trained_on = ((first_ckpt or {}).get("data") or {}).get("name")
-    if cfg.data is None:
-        if trained_on is None:
-            raise ValueError(f"give the dataset: --data {' | '.join(DATASETS)} (the checkpoint does not record it)")
-        cfg = dataclasses.replace(cfg, data=trained_on)
-    if cfg.data not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.data!r}; valid: {', '.join(DATASETS)}")
-    if cfg.data_dir is None and cfg.data == trained_on and recorded.get("data_dir") \
-            and os.path.exists(recorded["data_dir"]):
-        cfg = dataclasses.replace(cfg, data_dir=recorded["data_dir"])
-    if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
-        raise FileNotFoundError(f"--data-dir {cfg.data_dir} does not exist")
-    return cfg
+    """Fill in the dataset (and its folder, while it exists) the first checkpoint was trained on, when not given."""
+    if cfg.data is None and not ((first_ckpt or {}).get("data") or {}).get("name"):
+        raise ValueError(f"give the dataset: --data {' | '.join(DATASETS)} (the checkpoint does not record it)")
+    data, data_dir = resolve_data(cfg.data, cfg.data_dir, first_ckpt, missing_dir_ok=True)
+    if data not in DATASETS:
+        raise ValueError(f"unknown dataset {data!r}; valid: {', '.join(DATASETS)}")
+    if data_dir is not None and not os.path.exists(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
+    if (data, data_dir) == (cfg.data, cfg.data_dir):
+        return cfg  # as parsed, with what the command line gave (dataclasses.replace drops it)
+    return dataclasses.replace(cfg, data=data, data_dir=data_dir)
 
 
 def _class_count(cfg: EvalConfig) -> int | None:
@@ -225,9 +224,8 @@ def _pct(v) -> str:
 
 def format_report(result: dict, members: list[str], header: str) -> str:
     """The human-readable report printed by ``resnetlab eval``."""
-    lines = [header, ""]
     width = max([len(m) for m in members] + [14])
-    lines.append(f"  {'':<{width}}   top-1    top-5     loss")
+    lines = [header, "", f"  {'':<{width}}   top-1    top-5     loss"]
     rows = list(zip(members, result["members"])) + (
         [(f"ensemble of {len(members)}", result)] if len(members) > 1 else [])
     for name, m in rows:
@@ -276,8 +274,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     cfg = _resolve_data(cfg, first_ckpt)
 
     # The checkpoints first (fast, and most mistakes are there), then the data.
-    _check_model_options(cfg)
-    given = given_model(cfg)
+    given = _given_model(cfg)
     num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else _class_count(cfg)
     members = [load_for_eval(p, given, num_classes=num_classes if given else None, normalization=override)
                for p in paths]
@@ -314,10 +311,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         if m.classes is not None and list(m.classes) != list(data.classes):
             warnings.warn(f"{m.path} was trained on classes {m.classes[:4]}... but {cfg.data} has "
                           f"{data.classes[:4]}...; outputs are compared by index")
-        side = data.x.shape[-1] if hasattr(data, "x") else data.image_size
-        if m.image_size != side:
+        if m.image_size != data.image_size:
             warnings.warn(f"{m.path} was trained on {m.image_size}x{m.image_size} images, "
-                          f"the {cfg.data} images are {side}x{side}")
+                          f"the {cfg.data} images are {data.image_size}x{data.image_size}")
 
     start = time.perf_counter()
     result = evaluate([m.model for m in members], data, [m.normalization for m in members],
@@ -379,18 +375,14 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
         raise ValueError("give at least one image file: resnetlab predict IMAGE [IMAGE ...] --weights CKPT")
     images = image_files(cfg.images)
     override = _explicit_normalization(cfg)
-    _check_model_options(cfg)
-    given = given_model(cfg)
+    given = _given_model(cfg)
     members = [load_for_eval(p, given, normalization=override) for p in paths]
     results = predict(members, images, top_k=cfg.top_k, device=cfg.device, skip_unreadable=True)
-    for r in results:
-        if "error" in r:
-            continue
+    for r in [r for r in results if "error" not in r]:
         print(printable(r["image"]))
         for rank, t in enumerate(r["top"], 1):
             print(f"  {rank:>2}. {t['prob']:7.4f}  {t['class']}")
-    skipped = [r for r in results if "error" in r]
-    for r in skipped:
+    for r in [r for r in results if "error" in r]:
         print(f"resnetlab predict: skipped {printable(r['error'])}", file=sys.stderr)
     if cfg.json:
         write_json(cfg.json, {"command": "predict", "weights": paths,

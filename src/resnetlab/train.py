@@ -158,7 +158,6 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
     and validate."""
     recipe = get_recipe(cfg.recipe)
-    given_milestones = None if cfg.milestones is None else tuple(cfg.milestones)  # checked; the recipe's are scaled
     values = {}
     if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
         values["data_dir"] = os.path.abspath(os.path.expanduser(cfg.data_dir))
@@ -180,10 +179,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         (0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}"),
         (cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}"),
         (cfg.gamma > 0, f"gamma must be > 0, got {cfg.gamma}"),
-        (given_milestones is None or all(0 <= m <= cfg.iterations for m in given_milestones),
-         f"milestones must lie between 0 and iterations ({cfg.iterations}), got {given_milestones}"),
+        (all(0 <= m <= cfg.iterations for m in cfg.milestones),  # (the recipe's are scaled to fit)
+         f"milestones must lie between 0 and iterations ({cfg.iterations}), got {tuple(cfg.milestones)}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}"),
-        (cfg.warmup in WARMUPS, f"unknown warmup {cfg.warmup!r}; valid: {', '.join(WARMUPS)}"),
         (cfg.normalization in ("pixel", "channel"), f"normalization must be pixel or channel, got {cfg.normalization!r}"),
         (cfg.padding in ("black", "mean"), f"padding must be black or mean, got {cfg.padding!r}"),
         (cfg.log_every >= 1 and cfg.eval_every >= 1 and cfg.checkpoint_every >= 1,
@@ -390,10 +388,9 @@ def train(config: TrainConfig) -> dict:
 
     # 3. Resume: everything that evolves during training comes back from last.pt.
     start, warmup_end, elapsed, best_val = 0, None, 0.0, math.inf
-    loss_sum = torch.zeros((), device=device)   # sums since the last log step, kept on the device
-    err_sum = torch.zeros((), device=device)
-    warm_err = torch.zeros((), device=device)   # he2016 warm-up: errors of the current check window
-    seen = 0                                    # steps in loss_sum
+    # Sums since the last log step, kept on the device, and (he2016 warm-up) the current check window's errors.
+    loss_sum, err_sum, warm_err = (torch.zeros((), device=device) for _ in range(3))
+    seen = 0  # steps in loss_sum
     if cfg.resume and not os.path.exists(last_path):
         raise ValueError(f"nothing to resume in {out}: it has no {RESUMABLE} (start a new run without --resume)")
     lock = FolderLock(out) if main else None  # one writer per run folder
@@ -452,9 +449,8 @@ def train(config: TrainConfig) -> dict:
             raise diverged(f"by step {step}: non-finite {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
         state = make_checkpoint(
             model, normalization=normalization.state_dict(), classes=list(train_set.classes),
-            data={"name": cfg.data, "dir": cfg.data_dir, "image_size": int(train_set.x.shape[-1])}, step=step,
-            config=to_dict(cfg),
-            optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
+            data={"name": cfg.data, "dir": cfg.data_dir, "image_size": train_set.image_size}, step=step,
+            config=to_dict(cfg), optimizer=optimizer.state_dict(), schedule={"warmup_end": warmup_end}, rng=rng_state(),
             accumulators={"loss_sum": loss_sum.item(), "err_sum": err_sum.item(), "warm_err": warm_err.item(),
                           "seen": seen},
             elapsed=elapsed + time.perf_counter() - t0, best_val_error=None if best_val == math.inf else best_val,
@@ -481,17 +477,14 @@ def train(config: TrainConfig) -> dict:
     # 5. The loop. Host syncs happen only at log/eval/checkpoint steps.
     t0 = time.perf_counter()
     t_log, step_log = t0, start
-    lr = None
     local = slice(dist.rank * cfg.batch_size // dist.world_size, (dist.rank + 1) * cfg.batch_size // dist.world_size)
     net.train()
     step = start
     try:
         for step in range(start, cfg.iterations):
-            new_lr = schedule(step, warmup_end)
-            if new_lr != lr:
-                lr = new_lr
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+            lr = schedule(step, warmup_end)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             x, y = stream.batch(step)
             loss, error = train_step(net, optimizer, x[local], y[local], bf16=bf16,
                                      label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip)
@@ -592,25 +585,13 @@ def _changed_settings(then: dict, now: dict, prefix: str = "") -> list[str]:
 
 def main_train(argv: list[str] | None = None) -> int:
     """``resnetlab train``: train a model; ``--resume`` continues the run in ``--out``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    base = None
-    out = _flag_value(argv, "--out")
-    if "--resume" in argv and out and os.path.exists(os.path.join(out, "config.json")):
-        # Resuming: the run's own resolved config is the base; flags given now override it.
-        base = read_json(os.path.join(out, "config.json"))["config"]
-    cfg = parse(TrainConfig, argv, prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0], base=base)
+    options = dict(prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0])
+    cfg = parse(TrainConfig, argv, **options)
+    saved = os.path.join(cfg.out or "", "config.json")
+    if cfg.resume and cfg.out and os.path.exists(saved):
+        # Resuming: the run's own resolved config is the base; the flags (and --config file) given now override it.
+        cfg = parse(TrainConfig, argv, **options, base=read_json(saved)["config"])
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(final))
     return 0
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    """The value given to ``flag`` (``--out DIR`` or ``--out=DIR``), the last one if repeated."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value

@@ -37,13 +37,9 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compi
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+    while hasattr(model, "_orig_mod") or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
 def _digest(obj, h) -> None:
