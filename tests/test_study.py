@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from resnetlab import cli, report, study
+from resnetlab.io import FolderLock
 from resnetlab.models import ModelConfig
 from resnetlab.study import StudyConfig
 
@@ -200,6 +201,32 @@ def test_resume_skips_finished_and_continues_interrupted(tiny_study, capsys):
     # Other settings in the same folder: a clear error, nothing retrained.
     with pytest.raises(ValueError, match="other settings"):
         study.run_study(StudyConfig(out=cfg.out, **{**TINY, "iterations": 13}))
+
+
+def test_processes_share_a_grid_a_run_in_use_is_skipped(tiny_study, capsys):
+    """Two processes running the same study: a run another process holds is skipped and named in the report,
+    then the next rerun finishes it."""
+    cfg, _ = tiny_study
+    victim = _runs(cfg)["resnet14-B-r0"]
+    os.remove(os.path.join(victim.dir, "final.json"))
+    metrics_before = open(os.path.join(victim.dir, "metrics.jsonl")).read()
+    held = FolderLock(victim.dir)  # what the other process's train() holds
+    try:
+        paths = study.run_study(cfg)
+    finally:
+        held.release()
+    err = capsys.readouterr().err
+    assert "resnet14-B-r0: in use by another process, skipped" in err
+    assert not os.path.exists(os.path.join(victim.dir, "final.json"))
+    assert open(os.path.join(victim.dir, "metrics.jsonl")).read() == metrics_before  # nothing written
+    md = open(paths["md"]).read()
+    assert "**Not finished**" in md and "resnet14-B-r0" in md
+    runs = json.load(open(os.path.join(cfg.out, "results.json")))["runs"]
+    assert victim.name not in {row["run"] for row in runs} and len(runs) == len(_runs(cfg)) - 1
+    paths = study.run_study(cfg)  # the lock is gone: resumed and finished
+    assert "resnet14-B-r0: resuming" in capsys.readouterr().err
+    assert os.path.isfile(os.path.join(victim.dir, "final.json"))
+    assert "Not finished" not in open(paths["md"]).read()
 
 
 def test_repeats_mean_std_and_best():

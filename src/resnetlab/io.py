@@ -114,6 +114,10 @@ def read_json(path: str | os.PathLike):
         return json.load(fh)
 
 
+class FolderInUse(ValueError):
+    """Raised by :class:`FolderLock` when another process holds the folder."""
+
+
 class FolderLock:
     """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock``, which holds the owner's pid.
     The lock goes with the process (a killed run leaves no stale lock); :meth:`release` ends it sooner."""
@@ -130,7 +134,7 @@ class FolderLock:
             self.fh.seek(0)
             holder = self.fh.read().strip() or "unknown"
             self.fh.close()
-            raise ValueError(f"{os.fspath(folder)} is in use by another run (pid {holder}); wait for it to "
+            raise FolderInUse(f"{os.fspath(folder)} is in use by another run (pid {holder}); wait for it to "
                              f"finish or choose another --out") from None
         with naming(self.path):
             self.fh.seek(0)

@@ -28,7 +28,7 @@ from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
 from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
-from .io import cache_dir, read_json, resolve_device, write_json
+from .io import FolderInUse, cache_dir, read_json, resolve_device, write_json
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
@@ -221,9 +221,10 @@ def _log(msg: str) -> None:
     print(f"[study] {msg}", file=sys.stderr, flush=True)
 
 
-def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
-    """Train (or resume, or skip) every run of the grid; returns the grid and the runs that diverged."""
-    failed = []
+def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
+    """Train (or resume, or skip) every run of the grid; returns the grid, the runs that diverged and those
+    another process is training (several processes running the same command share the grid's runs)."""
+    failed, busy = [], []
     runs = grid(cfg)
     b = budget(cfg)
     configs = {r.name: train_config(cfg, r) for r in runs}
@@ -249,9 +250,13 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str]]:
         except TrainingDiverged as e:  # one diverged run should not sink the study: report it
             _log(f"{run.name} diverged: {e}")
             failed.append(f"{run.name}: {e}")
+        except FolderInUse:
+            _log(f"{i}/{len(runs)} {run.name}: in use by another process, skipped")
+            busy.append(run.name)
+            continue
         spent += time.perf_counter() - t0
         done_units += (run.depth + 6) * b["iterations"]
-    return runs, failed
+    return runs, failed, busy
 
 
 def _duration(s: float) -> str:
@@ -440,7 +445,7 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     os.makedirs(cfg.out, exist_ok=True)
     write_json(os.path.join(cfg.out, "study.json"),
                {"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, indent=1)
-    runs, failed = train_grid(cfg)
+    runs, failed, busy = train_grid(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -457,6 +462,9 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
              "The same seed, thread count and PyTorch build give the same numbers. "
              "Study settings: [study.json](study.json)."]
     notes += [f"**Diverged** (left out of the results): {f}" for f in failed]
+    if busy:
+        notes.append("**Not finished** (another process was training them when this report was written; rerun "
+                     "the command afterwards for the full report): " + ", ".join(busy))
     missing = sorted({(r["name"], s) for r in records for s in r["analysis"].get("missing_steps", [])})
     if missing:
         notes.append("Gradient norms missing (no step checkpoint in the run folder, trained before that step "
