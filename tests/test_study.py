@@ -223,7 +223,14 @@ def test_processes_share_a_grid_a_run_in_use_is_skipped(tiny_study, capsys):
     assert "**Not finished**" in md and "resnet14-B-r0" in md
     runs = json.load(open(os.path.join(cfg.out, "results.json")))["runs"]
     assert victim.name not in {row["run"] for row in runs} and len(runs) == len(_runs(cfg)) - 1
-    paths = study.run_study(cfg)  # the lock is gone: resumed and finished
+    claimed = FolderLock(victim.dir, ".claim")  # another study process has claimed the run
+    try:
+        study.run_study(cfg)
+    finally:
+        claimed.release()
+    assert "resnet14-B-r0: in use by another process, skipped" in capsys.readouterr().err
+    assert open(os.path.join(victim.dir, "metrics.jsonl")).read() == metrics_before
+    paths = study.run_study(cfg)  # the locks are gone: resumed and finished
     assert "resnet14-B-r0: resuming" in capsys.readouterr().err
     assert os.path.isfile(os.path.join(victim.dir, "final.json"))
     assert "Not finished" not in open(paths["md"]).read()

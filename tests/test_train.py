@@ -290,6 +290,32 @@ def test_precision_decides_what_the_training_convolutions_run_in(tmp_path, preci
     assert watch.seen == {torch.bfloat16 if bf16 else torch.float32}
 
 
+def test_a_run_finished_while_this_one_started_is_not_overwritten(tmp_path, monkeypatch):
+    """The folder is checked again once locked: a run another process finished between this one's first check
+    and its lock (the race two study processes hit) is refused, not trained over."""
+    from resnetlab import train as train_mod
+    out = str(tmp_path / "run")
+    train(TrainConfig(**TINY, out=out, iterations=2))
+    kept = {f: open(os.path.join(out, f), "rb").read() for f in ("final.json", "last.pt", "metrics.jsonl")}
+    hidden = os.path.join(out, "final.json.hidden")
+    os.rename(os.path.join(out, "final.json"), hidden)
+    os.rename(os.path.join(out, "last.pt"), hidden + "-last")
+
+    class OtherProcessFinishesFirst(train_mod.FolderLock):  # the other run ends just before our lock
+        def __init__(self, folder, *a):
+            os.rename(hidden, os.path.join(out, "final.json"))
+            os.rename(hidden + "-last", os.path.join(out, "last.pt"))
+            super().__init__(folder, *a)
+
+    monkeypatch.setattr(train_mod, "FolderLock", OtherProcessFinishesFirst)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(**TINY, out=out, iterations=2))
+    assert {f: open(os.path.join(out, f), "rb").read() for f in kept} == kept
+    monkeypatch.undo()
+    held = train_mod.FolderLock(out)  # and the refusal released the lock
+    held.release()
+
+
 def test_one_writer_per_run_folder_and_no_litter(tmp_path):
     """A folder held by a running training refuses a second one, naming the holder's pid; a resume cleans
     the temporary files a kill between write and rename left; --resume with nothing to resume says so."""

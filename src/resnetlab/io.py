@@ -119,11 +119,12 @@ class FolderInUse(ValueError):
 
 
 class FolderLock:
-    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock``, which holds the owner's pid.
-    The lock goes with the process (a killed run leaves no stale lock); :meth:`release` ends it sooner."""
+    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock`` (or ``FOLDER/name``), which holds
+    the owner's pid. The lock goes with the process (a killed run leaves no stale lock); :meth:`release` ends
+    it sooner."""
 
-    def __init__(self, folder: str | os.PathLike):
-        self.path = os.path.join(os.fspath(folder), ".lock")
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock"):
+        self.path = os.path.join(os.fspath(folder), name)
         os.makedirs(os.fspath(folder), exist_ok=True)
         self.fh = open(self.path, "a+")
         if fcntl is None:
@@ -145,6 +146,12 @@ class FolderLock:
     def release(self) -> None:
         if not self.fh.closed:
             self.fh.close()
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def remove_litter(folder: str | os.PathLike) -> list[str]:

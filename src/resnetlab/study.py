@@ -28,7 +28,7 @@ from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
 from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
-from .io import FolderInUse, cache_dir, read_json, resolve_device, write_json
+from .io import FolderInUse, FolderLock, cache_dir, read_json, resolve_device, write_json
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
@@ -237,20 +237,25 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
     _log(f"{len(runs)} runs ({len(runs) - len(todo)} already finished), {b['iterations']} iterations each, "
          f"batch {b['batch_size']}, data {cfg.data} -> {os.path.abspath(cfg.out)}")
     for i, run in enumerate(runs, 1):
-        state = run_state(run)
-        if state == "done":
+        if run_state(run) == "done":
             _log(f"{i}/{len(runs)} {run.name}: finished earlier, skipped")
             continue
-        left = spent / done_units * (total_units - done_units) if done_units else None
-        _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} (seed {run.seed})"
-             + (f", about {_duration(left)} left for the grid" if left is not None else ""))
-        t0 = time.perf_counter()
-        try:  # a partial run continues from last.pt (train checks that it belongs to this config)
-            train(dataclasses.replace(configs[run.name], resume=state == "partial"))
+        try:  # a study process claims a run before it looks at it, so two never start the same one
+            with FolderLock(run.dir, ".claim"):
+                state = run_state(run)
+                if state == "done":  # finished by another process meanwhile
+                    continue
+                eta = (f", about {_duration(spent / done_units * (total_units - done_units))} left for the grid"
+                       if done_units else "")
+                _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} "
+                     f"(seed {run.seed}){eta}")
+                t0 = time.perf_counter()
+                # A partial run continues from last.pt (train checks that it belongs to this config).
+                train(dataclasses.replace(configs[run.name], resume=state == "partial"))
         except TrainingDiverged as e:  # one diverged run should not sink the study: report it
             _log(f"{run.name} diverged: {e}")
             failed.append(f"{run.name}: {e}")
-        except FolderInUse:
+        except FolderInUse:  # claimed by another study process, or written by a `resnetlab train`
             _log(f"{i}/{len(runs)} {run.name}: in use by another process, skipped")
             busy.append(run.name)
             continue
@@ -450,6 +455,7 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     records = collect(cfg, runs, device)
+    busy = [r.name for r in runs if r.name in busy and run_state(r) != "done"]  # some may have finished since
     land = measure_landscape(cfg, runs, device) if cfg.landscape else None
     b = budget(cfg)
     settings = {"data": cfg.data, "iterations": b["iterations"], "batch": b["batch_size"],

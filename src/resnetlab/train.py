@@ -346,6 +346,11 @@ def _enable_fused(cfg: TrainConfig, model: nn.Module, device, bf16: bool, channe
     return False
 
 
+def _refuse_existing_run(cfg: TrainConfig, out: str) -> None:
+    if not cfg.resume and any(os.path.exists(os.path.join(out, f)) for f in (RESUMABLE, "final.json")):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+
 def train(config: TrainConfig) -> dict:
     """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
     cfg = resolve_config(config)
@@ -355,8 +360,7 @@ def train(config: TrainConfig) -> dict:
     _runtime_setup(cfg, device)
     out = os.fspath(cfg.out)
     last_path = os.path.join(out, RESUMABLE)
-    if not cfg.resume and (os.path.exists(last_path) or os.path.exists(os.path.join(out, "final.json"))):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    _refuse_existing_run(cfg, out)
     if cfg.data != "synthetic" and cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise FileNotFoundError(f"data folder not found: {cfg.data_dir}")
 
@@ -395,6 +399,11 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"nothing to resume in {out}: it has no {RESUMABLE} (start a new run without --resume)")
     lock = FolderLock(out) if main else None  # one writer per run folder
     if main:
+        try:  # again, now that no one else can write it: another process may have run it meanwhile
+            _refuse_existing_run(cfg, out)
+        except ValueError:
+            lock.release()
+            raise
         remove_litter(out)
     log = MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard and main)
     if cfg.resume:
