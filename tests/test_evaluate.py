@@ -1,7 +1,6 @@
 """Evaluation and prediction: metrics equal a direct computation, ensembles and flip TTA average
 probabilities, predict decodes image files, and bad inputs give clear errors (exit code 2 on the CLI)."""
 import json
-import math
 import os
 import subprocess
 import sys

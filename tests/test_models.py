@@ -1,12 +1,10 @@
 """Blocks, shortcuts and the model zoo: published parameter counts, shapes, twins, pickling."""
 import copy
 import inspect
-import io
 import pickle
 
 import pytest
 import torch
-from torch import nn
 
 import resnetlab
 from resnetlab import blocks, models
