@@ -107,27 +107,32 @@ def _log_probs(model: nn.Module, x: torch.Tensor, tta_flip: bool, autocast: bool
 
 
 class _Tally:
-    """Running confusion matrix (rows: true class, columns: predicted class), top-5 count and summed loss of
-    one set of predictions."""
+    """Running top-1/top-5 counts and summed loss of one set of predictions, and with ``confusion`` the
+    confusion matrix (rows: true class, columns: predicted class; the ensemble's only, a member needs none)."""
 
-    def __init__(self, num_classes: int, device):
+    def __init__(self, num_classes: int, device, confusion: bool = False):
         self.k = min(5, num_classes)
         self.num_classes = num_classes
         self.n = 0
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
         self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
         self.nll = torch.zeros((), dtype=torch.float64, device=device)
+        self.confusion = (torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+                          if confusion else None)
 
     def add(self, logp: torch.Tensor, y: torch.Tensor) -> None:
+        pred = logp.argmax(dim=1)
         self.n += len(y)
-        pairs = y * self.num_classes + logp.argmax(dim=1)
-        self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view(self.num_classes, -1)
+        self.correct1 += (pred == y).sum()
         self.correct5 += (logp.topk(self.k, dim=1).indices == y[:, None]).any(dim=1).sum()
         self.nll += F.nll_loss(logp, y, reduction="sum").double()
+        if self.confusion is not None:
+            pairs = y * self.num_classes + pred
+            self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view(self.num_classes, -1)
 
     def summary(self) -> dict:
         n = max(self.n, 1)
-        top1, top5 = self.confusion.diagonal().sum().item() / n, self.correct5.item() / n
+        top1, top5 = self.correct1.item() / n, self.correct5.item() / n
         return {"top1": top1, "top5": top5, "error": 1.0 - top1, "top5_error": 1.0 - top5,
                 "loss": self.nll.item() / n}
 
@@ -196,7 +201,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
     norms = [n.to(device) for n in norms]
 
     members = [_Tally(num_classes, device) for _ in models]
-    ensemble = _Tally(num_classes, device)
+    ensemble = _Tally(num_classes, device, confusion=True)
     bar = progress_bar(total=len(labels), desc="eval", unit="img", quiet=not progress)
     skipped: list[str] = []
     try:
