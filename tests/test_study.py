@@ -1,6 +1,7 @@
 """The shortcut study and its report: matched twins, real tiny training runs, resuming, the report's files."""
 import base64
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -223,6 +224,10 @@ def test_processes_share_a_grid_a_run_in_use_is_skipped(tiny_study, capsys):
     assert "**Not finished**" in md and "resnet14-B-r0" in md
     runs = json.load(open(os.path.join(cfg.out, "results.json")))["runs"]
     assert victim.name not in {row["run"] for row in runs} and len(runs) == len(_runs(cfg)) - 1
+    paths = study.run_study(dataclasses.replace(cfg, report_only=True))  # no lock now, but it trains nothing
+    assert "resuming" not in capsys.readouterr().err
+    assert open(os.path.join(victim.dir, "metrics.jsonl")).read() == metrics_before
+    assert "not trained by this report-only run" in open(paths["md"]).read()
     claimed = FolderLock(victim.dir, ".claim")  # another study process has claimed the run
     try:
         study.run_study(cfg)

@@ -112,6 +112,9 @@ class StudyConfig:
     """CPU threads (default: train's, the physical cores; 1 is faster for tiny models on a busy machine)"""
     quiet: bool = False
     """no per-run training progress"""
+    report_only: bool = False
+    """train nothing: measure the finished runs and write the report from them (e.g. while other processes,
+    or other sessions, are still training the grid)"""
 
 
 @dataclass(frozen=True)
@@ -450,7 +453,13 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     os.makedirs(cfg.out, exist_ok=True)
     write_json(os.path.join(cfg.out, "study.json"),
                {"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, indent=1)
-    runs, failed, busy = train_grid(cfg)
+    if cfg.report_only:
+        runs, failed = grid(cfg), []
+        for r in runs:
+            _check_same_run(r, train_config(cfg, r))
+        busy = [r.name for r in runs]
+    else:
+        runs, failed, busy = train_grid(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -469,8 +478,9 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
              "Study settings: [study.json](study.json)."]
     notes += [f"**Diverged** (left out of the results): {f}" for f in failed]
     if busy:
-        notes.append("**Not finished** (another process was training them when this report was written; rerun "
-                     "the command afterwards for the full report): " + ", ".join(busy))
+        notes.append("**Not finished** (" + ("not trained by this report-only run" if cfg.report_only else
+                     "another process was training them") + " when this report was written; rerun the command "
+                     "afterwards for the full report): " + ", ".join(busy))
     missing = sorted({(r["name"], s) for r in records for s in r["analysis"].get("missing_steps", [])})
     if missing:
         notes.append("Gradient norms missing (no step checkpoint in the run folder, trained before that step "
