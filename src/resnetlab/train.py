@@ -69,7 +69,7 @@ class TrainConfig:
     synthetic_size: int = 32
     """side in pixels of the synthetic images (the demo trains on 16x16: a quarter of the arithmetic)"""
     augment: bool = True
-    """pad-4 random crop + horizontal flip"""
+    """random crop from the image padded by 1/8 of its side (4 pixels at 32x32, the paper's) + horizontal flip"""
     normalization: Optional[Literal["pixel", "channel"]] = None
     """input normalization: pixel (mean image) or channel (mean/std)"""
     padding: Optional[Literal["black", "mean"]] = None
@@ -371,8 +371,11 @@ def train(config: TrainConfig) -> dict:
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
     bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
+    # The crop's border scales with the image: the paper's 4 pixels at 32x32 would shift a 16x16 image by a
+    # quarter of its side and cut its objects.
     stream = TrainStream(train_set, cfg.batch_size, device=device, seed=cfg.seed, normalization=normalization,
-                         augment=cfg.augment, channels_last=channels_last, padding=cfg.padding)
+                         augment=cfg.augment, channels_last=channels_last, padding=cfg.padding,
+                         pad=max(1, train_set.image_size // 8))
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
 
