@@ -384,6 +384,23 @@ def test_crops_are_real_crops_of_the_padded_image(synthetic, padding, mode):
         assert (int(dy[k]), int(dx[k]), bool(flip[k])) in hits
 
 
+def test_the_crop_border_is_an_eighth_of_the_side():
+    """4 pixels at 32x32 (the paper's), 2 at the demo's 16x16: every crop is one of the 5 x 5 x 2 of its image
+    padded by 2, and the offsets reach both ends."""
+    data = D.make_synthetic(256, seed=1, image_size=16)
+    norm = Normalization.fit(data.x, "pixel")
+    s = TrainStream(data, 256, device="cpu", seed=0, normalization=norm)
+    x, _ = s.batch(0)
+    dy, dx, flip = s.augmentation(0)
+    assert s.pad == 2 and {int(dy.min()), int(dy.max()), int(dx.min()), int(dx.max())} == {0, 4}
+    idx = s.indices(0)
+    for k in range(3):
+        hits = [(a, b, f) for a in range(5) for b in range(5) for f in (False, True)
+                if torch.allclose(x[k], _manual(data.x[idx[k]], a, b, f, norm, "black", pad=2), atol=1e-5)]
+        assert (int(dy[k]), int(dx[k]), bool(flip[k])) in hits
+    assert TrainStream(D.make_synthetic(64, image_size=32), 8).pad == 4
+
+
 def test_flips_are_mirrors_and_both_occur(synthetic):
     data = synthetic["train"]
     norm = Normalization.fit(data.x, "channel")

@@ -128,7 +128,8 @@ class TrainStream:
     ``batch(step)`` takes the ``step``-th slice of the permutation of epoch ``step // steps_per_epoch``
     (seeded by ``(seed, epoch)``; an epoch's last ``len(data) % batch_size`` images are left out), then pads,
     crops, mirrors (drawn with ``(seed, step)``) and normalises: a pure function of ``(seed, step)``, the same
-    on every device. ``padding="black"`` pads with pixel value 0 before normalisation, ``"mean"`` with 0 after.
+    on every device. The border is ``pad`` pixels (default: 1/8 of the image side, the paper's 4 at 32x32).
+    ``padding="black"`` pads with pixel value 0 before normalisation, ``"mean"`` with 0 after.
 
     How: the padded set and its mirror (image ``N + i`` is image ``i`` flipped) stay on ``device`` as uint8,
     so a crop is ``H`` runs of ``W`` bytes per channel, and one ``index_select`` over a strided "every run of
@@ -137,11 +138,13 @@ class TrainStream:
 
     def __init__(self, data: ArrayDataset, batch_size: int, *, device="cpu", seed: int = 0,
                  normalization: Normalization | None = None, augment: bool = True, channels_last: bool = False,
-                 pad: int = 4, padding: str = "black"):
+                 pad: int | None = None, padding: str = "black"):
         if not 1 <= batch_size <= len(data):
             raise ValueError(f"batch_size must be between 1 and the dataset size {len(data)}, got {batch_size}")
         if padding not in ("black", "mean"):
             raise ValueError(f"padding must be 'black' or 'mean', got {padding!r}")
+        if pad is None:  # the paper's 4 pixels at 32x32, scaled with the image: 4 px would cut a 16x16 image's shapes
+            pad = max(1, data.image_size // 8)
         if pad < 0:
             raise ValueError(f"pad must be >= 0, got {pad}")
         self.device = torch.device(device)

@@ -371,11 +371,8 @@ def train(config: TrainConfig) -> dict:
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
     bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
-    # The crop's border scales with the image: the paper's 4 pixels at 32x32 would shift a 16x16 image by a
-    # quarter of its side and cut its objects.
     stream = TrainStream(train_set, cfg.batch_size, device=device, seed=cfg.seed, normalization=normalization,
-                         augment=cfg.augment, channels_last=channels_last, padding=cfg.padding,
-                         pad=max(1, train_set.image_size // 8))
+                         augment=cfg.augment, channels_last=channels_last, padding=cfg.padding)
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
 
