@@ -1,21 +1,22 @@
 #!/bin/bash
 # The real-CIFAR-10 grid of issue 9 (benchmarks/RESULTS.md, "the projection question"): width 16, depths 20
-# and 56, options A, B, none and A:none, 3 seeds, 2000 iterations. It needs about 14 hours of both cores of a
-# 2-core machine, so it is trained over several sessions; its run folders live in the repository
-# (benchmarks/study-cifar10-2000/), so each session resumes where the last one stopped.
+# and 56, options A, B, none and A:none, 3 seeds, 2000 iterations. It needs about 12 hours of both cores of a
+# 2-core machine, so it is trained over several sessions; its finished runs are committed to the repository
+# (benchmarks/study-cifar10-2000/), so each session goes on from them.
 #
 #   bash benchmarks/cifar10_grid.sh train 20 2      # 2 one-thread processes share the depth-20 runs
 #   bash benchmarks/cifar10_grid.sh train 20,56 2   # then the depth-56 runs
 #   bash benchmarks/cifar10_grid.sh report 20,56 --landscape --landscape-steps 9   # measure, write the report
-#   bash benchmarks/cifar10_grid.sh persist         # stage the run folders for a commit
+#   bash benchmarks/cifar10_grid.sh persist         # stage the finished, measured runs for a commit
 #
 # Training uses the code frozen at $COMMIT (a git worktree of it in $CODE), so later commits cannot change a
 # resumed run; the report uses this checkout (its --report-only is newer; the measurements are the same).
-# Before a session stops: `report` (it caches each finished run's measurements in analysis.json and, with
-# --landscape, the depth-56 landscapes in landscape.json), then `persist`, then commit. `persist` stages the
-# JSON and CSV files of every run, and the checkpoints (*.pt, ignored elsewhere) only of the runs that still
-# need them: unfinished or unmeasured runs, and depth-56 runs without a landscape. A run that has no last.pt
-# yet is left out whole, so the next session starts it afresh.
+# Checkpoints are never committed (each ResNet-56 one is 7 MB): before a session stops, `report` (with
+# --landscape once depth-56 runs exist) caches each finished run's measurements in analysis.json and
+# landscape.json while its checkpoints are still there, then `persist` stages the finished and measured
+# runs (their JSON and CSV files) and leaves every other run out whole, so the next session trains it
+# afresh. The plain net comes first in --options, so a session's first depth-56 runs include the plain twin
+# that the landscape comparison needs.
 set -euo pipefail
 COMMIT=56f68db
 CODE=${CODE:-/work/study-code}
@@ -25,23 +26,19 @@ OUT=$ROOT/benchmarks/study-cifar10-2000
 PY=${PY:-$ROOT/.venv/bin/python}
 mode=${1:?train, report or persist}
 if [ "$mode" = persist ]; then
-  git -C "$ROOT" add "$OUT"
+  git -C "$ROOT" add "$OUT"  # *.pt, report.html and figures/ are ignored
   for run in "$OUT"/runs/*/; do
-    if [ ! -f "$run/final.json" ] && [ ! -f "$run/last.pt" ]; then  # started, no checkpoint yet: it restarts
-      git -C "$ROOT" rm -q -r --cached --ignore-unmatch "$run"; continue
-    fi
-    need=0
-    [ -f "$run/analysis.json" ] || need=1
-    case $run in *resnet56-*) [ -f "$run/landscape.json" ] || need=1 ;; esac
-    if [ $need = 1 ]; then git -C "$ROOT" add -f "$run"*.pt 2>/dev/null || true
-    else git -C "$ROOT" rm -q --cached --ignore-unmatch "$run"*.pt; fi
+    done_=1
+    [ -f "$run/final.json" ] && [ -f "$run/analysis.json" ] || done_=0
+    case $run in *resnet56-*) [ -f "$run/landscape.json" ] || done_=0 ;; esac
+    [ $done_ = 1 ] || git -C "$ROOT" rm -q -r --cached --ignore-unmatch "$run"
   done
   git -C "$ROOT" status --short "$OUT" | awk '{print $1}' | sort | uniq -c
   exit 0
 fi
 depths=${2:?depths, e.g. 20 or 20,56}
 [ -d "$DATA/cifar-10-batches-py" ] || "$PY" "$ROOT/../shared/tools/cifar10_fixture.py" batches "$DATA"
-GRID=(--depths "$depths" --options A,B,none,A:none --repeats 3 --data cifar10 --data-dir "$DATA" --out "$OUT"
+GRID=(--depths "$depths" --options none,A,B,A:none --repeats 3 --data cifar10 --data-dir "$DATA" --out "$OUT"
       --budget short --iterations 2000 --batch-size 128 --val-split 5000 --eval-every 500 --threads 1 --quiet)
 export OMP_WAIT_POLICY=PASSIVE
 if [ "$mode" = train ]; then
