@@ -11,10 +11,8 @@ import numpy as np
 
 from .io import atomic_path
 
-DPI = 120
-"""Resolution of the analyze and landscape figures."""
-REPORT_DPI = 110
-"""Resolution of the report's figures (they are embedded in ``report.html``)."""
+DPI = 120  # the analyze and landscape figures
+REPORT_DPI = 110  # the report's figures (they are embedded in report.html)
 REPORT_STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.dpi": REPORT_DPI}
 
 
@@ -56,8 +54,7 @@ def training_curves(panels, path: str) -> str:
     curve ``(steps, mean error %, lowest, highest)`` over repeats; the band between lowest and highest is
     shaded where repeats differ.
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.5, 3.6), sharey=True, squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.5, 3.6), sharey=True, squeeze=False)
     for ax, (title, nets) in zip(axes[0], panels):
         for name, color, (s, e, lo, hi), (ts, te, tlo, thi) in nets:
             if len(s):
@@ -113,8 +110,7 @@ def layer_responses(curves, path: str,
 def gradient_flow(panels, path: str, ylabel: str = "gradient norm per block") -> str:
     """A per-block gradient measure, one panel per training step: ``panels`` holds ``(title, curves)``, the
     curves ``(style, values)`` as in :func:`layer_responses`."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 1.6, 3.6), sharey=True, squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.0 * len(panels) + 1.6, 3.6), sharey=True, squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels):
         for style, values in curves:
             # x: position in the network, so that nets of different depths line up
@@ -132,8 +128,7 @@ def gradient_flow(panels, path: str, ylabel: str = "gradient norm per block") ->
 def first_layer_gradient(panels, path: str) -> str:
     """The first layer's gradient norm against depth, one panel per step: ``panels`` holds ``(title,
     lines)``, the lines ``(label, color, depths, norms)``, one per family."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.2), sharey=True, squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.2), sharey=True, squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels):
         for label, color, depths, norms in lines:
             ax.plot(depths, norms, marker="o", linewidth=1.5, color=color, label=label)

@@ -90,9 +90,9 @@ def family_order(options) -> list[str]:
 def _groups(records) -> dict[tuple[int, str], list[dict]]:
     """(depth, option) -> records of its repeats, in a stable order (depth, then plain/A/B/C)."""
     out = defaultdict(list)
-    for r in sorted(records, key=lambda r: (r["depth"], r["repeat"])):
+    for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"])):
         out[(r["depth"], r["option"])].append(r)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], _option_rank(kv[0][1]))))
+    return dict(out)
 
 
 def _style(depth: int, option: str, depths: list[int]) -> dict:
@@ -143,10 +143,9 @@ def t975(df: int) -> float:
 def paired_interval(a, b) -> dict | None:
     """The paired difference ``a - b`` of twins (same seeds, in the same order): mean, its 95% t-interval
     and the number of pairs; ``None`` with fewer than two complete pairs."""
-    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None]
-    if len(pairs) < 2:
+    d = np.asarray([float(x) - float(y) for x, y in zip(a, b) if x is not None and y is not None], dtype=np.float64)
+    if len(d) < 2:
         return None
-    d = np.asarray([x - y for x, y in pairs], dtype=np.float64)
     half = t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     return {"mean": float(d.mean()), "low": float(d.mean() - half), "high": float(d.mean() + half), "n": len(d)}
 
@@ -159,9 +158,8 @@ def paired_rows(records) -> list[dict]:
         by.setdefault((r["depth"], r["option"]), {})[r["repeat"]] = r["final"]
     rows = []
     for depth in sorted({d for d, _ in by}):
-        options = family_order([o for d, o in by if d == depth])
-        pairs = [(o, "none") for o in options if o != "none" and "none" in options]
-        residual = [o for o in options if o != "none"]
+        residual = family_order(o for d, o in by if d == depth and o != "none")
+        pairs = [(o, "none") for o in residual if (depth, "none") in by]
         pairs += [(x, y) for i, y in enumerate(residual) for x in residual[i + 1:]]
         for x, y in pairs:
             reps = sorted(set(by[(depth, x)]) & set(by[(depth, y)]))
@@ -208,18 +206,20 @@ def results_rows(records) -> list[dict]:
 
 
 def summary_rows(records) -> list[dict]:
-    """One row per (depth, option), aggregated over repeats."""
+    """One row per (depth, option), aggregated over repeats as ``{"mean", "std"}``: ``results.json``'s summary."""
+    def spread(finals, key):
+        stats = mean_std([f.get(key) for f in finals])
+        return None if stats is None else {"mean": stats[0], "std": stats[1]}
+
     rows = []
     for (depth, option), runs in _groups(records).items():
         finals = [r["final"] for r in runs]
         rows.append({"depth": depth, "option": option, "network": net_label(depth, option),
                      "params": finals[0].get("params"), "repeats": len(runs),
-                     "train_error": mean_std([f.get("train_error") for f in finals]),
-                     "val_error": mean_std([f.get("val_error") for f in finals]),
-                     "test_error": mean_std([f.get("test_error") for f in finals]),
+                     **{k: spread(finals, k) for k in ("train_error", "val_error", "test_error")},
                      "best_test_error": min((f["test_error"] for f in finals if f.get("test_error") is not None),
                                             default=None),
-                     "wall_time_s": mean_std([f.get("wall_time_s") for f in finals])})
+                     "wall_time_s": spread(finals, "wall_time_s")})
     return rows
 
 
@@ -425,21 +425,12 @@ def _grad_steps(records) -> list[str]:
                   key=int)
 
 
-def _per_block_figure(records, path, key: str, ylabel: str) -> str | None:
-    """One panel per measured step of the per-block curves stored under ``analysis[key]``."""
+def figure_per_block(records, key: str, ylabel: str, path) -> str | None:
+    """One panel per measured step (0 = initialisation) of the per-block curves under ``analysis[key]``: the
+    back-propagated signal ||dL/dx|| (``"signal"``) or the weight-gradient norm (``"grad_norms"``)."""
     panels = [(_step_title(step), _curves(records, lambda r: (_analysis(r).get(key) or {}).get(step)))
               for step in _grad_steps(records)]
     return plots.gradient_flow(panels, path, ylabel) if any(curves for _, curves in panels) else None
-
-
-def figure_signal_flow(records, path) -> str | None:
-    """The back-propagated signal ||dL/dx|| at the input and each block's output, one panel per step."""
-    return _per_block_figure(records, path, "signal", "||dL/dx|| at the block's output")
-
-
-def figure_gradient_flow(records, path) -> str | None:
-    """Gradient norm per block, one panel per training step (0 = initialisation), plain vs residual."""
-    return _per_block_figure(records, path, "grad_norms", "weight-gradient norm per block")
 
 
 def _step_title(step: str) -> str:
@@ -448,24 +439,18 @@ def _step_title(step: str) -> str:
 
 def first_layer_norms(records) -> dict[str, dict[tuple[int, str], float]]:
     """step -> (depth, option) -> the first layer's (stem's) gradient norm, averaged over repeats."""
-    out = {}
+    groups, out = _groups(records), {}
     for step in _grad_steps(records):
-        per = {}
-        for (depth, option), runs in _groups(records).items():
-            vals = [float(g[step][0][1]) for r in runs if (g := _analysis(r).get("grad_norms") or {}).get(step)]
-            if vals:
-                per[(depth, option)] = float(np.mean(vals))
-        out[step] = per
+        vals = {k: [float(g[step][0][1]) for r in runs if (g := _analysis(r).get("grad_norms") or {}).get(step)]
+                for k, runs in groups.items()}
+        out[step] = {k: float(np.mean(v)) for k, v in vals.items() if v}
     return out
 
 
-def figure_first_layer(records, path) -> str | None:
-    """The first layer's gradient norm against depth, one line per family, one panel per step."""
-    data = first_layer_norms(records)
-    if not data:
-        return None
+def figure_first_layer(records, path) -> str:
+    """The first layer's gradient norm against depth, one line per family, one panel per measured step."""
     panels = []
-    for step, per in data.items():
+    for step, per in first_layer_norms(records).items():
         lines = []
         for option in family_order([o for _, o in per]):
             pts = sorted((d, v) for (d, o), v in per.items() if o == option)
@@ -497,10 +482,9 @@ def landscape_table(landscape: dict) -> tuple[list[str], list[list[str]]]:
     return ["network", *(label for _, label in metrics), "r", "landscapes"], rows
 
 
-def figure_landscape(landscape: dict, path) -> str | None:
+def figure_landscape(landscape: dict, path) -> str:
     """Loss contours of the deepest plain vs residual pair along two filter-normalised random directions."""
-    nets = landscape.get("nets") or []
-    return plots.landscape_contours([(n["label"], n["result"]) for n in nets], path) if nets else None
+    return plots.landscape_contours([(n["label"], n["result"]) for n in landscape["nets"]], path)
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -524,9 +508,6 @@ class Doc:
 
     def image(self, file, caption):
         self.blocks.append((file, caption))
-
-    def raw_md(self, md):
-        self.blocks.append(md.rstrip())
 
     def markdown(self, image_src=lambda file: file) -> str:
         """The report in Markdown; ``image_src(file)`` is where an image's link points."""
@@ -564,12 +545,12 @@ def _data_uri(path: str) -> str:
         return "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
 
 
-def _generic_table(dicts: list[dict], keys: list[str] | None = None, digits=4):
-    keys = keys or list(dict.fromkeys(k for d in dicts for k in d))
+def _generic_table(dicts: list[dict]):
+    """Every key of ``dicts`` a column (in first-seen order), floats to 4 significant digits."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+
     def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.{digits}g}"
-        return "" if v is None else str(v)
+        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
     return keys, [[fmt(d.get(k)) for k in keys] for d in dicts]
 
 
@@ -583,11 +564,8 @@ def write_results(out_dir, records) -> tuple[str, str]:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         w.writeheader()
         w.writerows(rows)
-    summary = [{**s, **{k: (None if s[k] is None else {"mean": s[k][0], "std": s[k][1]})
-                        for k in ("train_error", "val_error", "test_error", "wall_time_s")}}
-               for s in summary_rows(records)]
     first = first_layer_norms(records)
-    payload = {"runs": rows, "summary": summary, "paired": paired_rows(records),
+    payload = {"runs": rows, "summary": summary_rows(records), "paired": paired_rows(records),
                "first_layer_grad_norm": {step: [{"depth": d, "option": o, "norm": v} for (d, o), v in per.items()]
                                          for step, per in first.items()}}
     write_json(json_path, payload, indent=1)
@@ -660,7 +638,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
 
     if _grad_steps(records):
         doc.h("Gradient flow")
-        if rel := figure(figure_signal_flow, "signal_flow.png", records):
+        if rel := figure(figure_per_block, "signal_flow.png", records, "signal", "||dL/dx|| at the block's output"):
             doc.p("The back-propagated signal: the norm of the training-loss gradient with respect to the input "
                   "images and to each block's output, on a fixed batch of training images, at initialisation "
                   "(the fresh model with the run's seed) and at saved steps. This is what the vanishing-gradient "
@@ -670,18 +648,17 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
         doc.p("Norm of the training-loss gradient with respect to each block's parameters, same batch and steps. "
               "Under BN this scales as 1/||W|| (scaling a conv by c leaves the function unchanged and divides "
               "its gradient by c), so it mixes the signal with how large the weights have grown.")
-        rel = figure(figure_gradient_flow, "gradient_flow.png", records)
+        rel = figure(figure_per_block, "gradient_flow.png", records, "grad_norms", "weight-gradient norm per block")
         doc.image(rel, "Gradient norm per block (log scale); colour = family, line style = depth")
         rel = figure(figure_first_layer, "first_layer_gradient.png", records)
         doc.image(rel, "The first layer's gradient norm against depth")
         first = first_layer_norms(records)
         depths = sorted({d for per in first.values() for d, _ in per})
         opts = family_order({o for per in first.values() for _, o in per})
-        head = ["step", "network"] + [f"depth {d}" for d in depths]
         trows = [[step, "plain" if o == "none" else f"residual {o}"]
                  + [f"{first[step][(d, o)]:.3g}" if (d, o) in first[step] else "" for d in depths]
                  for step in first for o in opts]
-        doc.table(head, trows)
+        doc.table(["step", "network"] + [f"depth {d}" for d in depths], trows)
 
     if rel := figure(figure_path_ratios, "path_ratios.png", records):
         doc.h("Residual paths")
@@ -703,12 +680,12 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
         if landscape.get("note"):
             doc.p(landscape["note"])
         doc.table(*landscape_table(landscape))
-        if rel := figure(figure_landscape, "landscape.png", landscape):
-            doc.image(rel, "Loss contours around the final weights, deepest plain vs residual net")
+        rel = figure(figure_landscape, "landscape.png", landscape)
+        doc.image(rel, "Loss contours around the final weights, deepest plain vs residual net")
 
     if shapes_md:
         doc.h("Layer shapes of the studied models")
-        doc.raw_md(shapes_md)
+        doc.p(shapes_md.rstrip())
 
     doc.h("Runs")
     doc.table(["run", "config", "metrics", "final"],
