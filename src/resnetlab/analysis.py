@@ -5,6 +5,7 @@ docs/analysis.md defines every number precisely.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -70,28 +71,26 @@ def path_stats(model: nn.Module, x) -> list[dict]:
     blocks = model_blocks(model)
     acc = {name: {"ratio": 0.0, "cosine": 0.0, "f2": 0.0, "s2": 0.0, "n": 0, "numel": 0} for name, _ in blocks}
 
-    def hook(name):
-        def fn(module, inputs, output):
-            branch, shortcut = inputs
-            f = branch.flatten(1).double()
-            s = (shortcut * module.scale).flatten(1).double()  # the add scales inside forward: report what is added
-            fn_, sn_ = f.norm(dim=1), s.norm(dim=1)
-            a = acc[name]
-            a["ratio"] += (fn_ / sn_.clamp_min(1e-300)).sum().item()
-            dot = (f * s).sum(dim=1)
-            denom = fn_ * sn_
-            a["cosine"] += torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot)).sum().item()
-            a["f2"] += (fn_ ** 2).sum().item()
-            a["s2"] += (sn_ ** 2).sum().item()
-            a["n"] += f.shape[0]
-            a["numel"] += f.numel()
-        return fn
+    def hook(name, module, inputs, output):
+        branch, shortcut = inputs
+        f = branch.flatten(1).double()
+        s = (shortcut * module.scale).flatten(1).double()  # the add scales inside forward: report what is added
+        fn_, sn_ = f.norm(dim=1), s.norm(dim=1)
+        a = acc[name]
+        a["ratio"] += (fn_ / sn_.clamp_min(1e-300)).sum().item()
+        dot = (f * s).sum(dim=1)
+        denom = fn_ * sn_
+        a["cosine"] += torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot)).sum().item()
+        a["f2"] += (fn_ ** 2).sum().item()
+        a["s2"] += (sn_ ** 2).sum().item()
+        a["n"] += f.shape[0]
+        a["numel"] += f.numel()
 
     device = _device_of(model)
     with contextlib.ExitStack() as hooks, _mode(model):
         for name, block in blocks:
             if block.shortcut_kind != "none":
-                hooks.enter_context(block.add.register_forward_hook(hook(name)))
+                hooks.enter_context(block.add.register_forward_hook(functools.partial(hook, name)))
         for xb in _batches(x):
             model(xb.to(device))
     rows = []
@@ -121,8 +120,7 @@ def folded_projection(shortcut: ProjectionShortcut) -> tuple[torch.Tensor, torch
     """``(W_eff, b_eff)`` of a projection shortcut in eval mode: the 1x1 weight ``(Cout, Cin)`` with its
     BN folded in, ``W_eff = gamma / sqrt(var + eps) * W`` and ``b_eff = beta - gamma * mean / sqrt(var + eps)``
     (no BN, as in pre-activation nets: ``W`` and zero)."""
-    conv = shortcut[0]
-    w = conv.weight.detach().double().flatten(1)  # (Cout, Cin * 1 * 1)
+    w = shortcut[0].weight.detach().double().flatten(1)  # (Cout, Cin * 1 * 1)
     if len(shortcut) > 1:
         bn = shortcut[1]
         scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -167,14 +165,12 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
     blocks = model_blocks(model)
     seen: dict[str, torch.Tensor] = {}
 
-    def hook(name):
-        def keep(module, grad_input, grad_output):
-            seen[name] = grad_output[0].detach()
-        return keep
+    def keep(name, module, grad_input, grad_output):
+        seen[name] = grad_output[0].detach()
 
     with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
         for name, b in blocks:
-            hooks.enter_context(b.register_full_backward_hook(hook(name)))
+            hooks.enter_context(b.register_full_backward_hook(functools.partial(keep, name)))
         loss = F.cross_entropy(model(x), y)
         (gx,) = torch.autograd.grad(loss, [x])
     return [("input", gx.norm().item())] + [(name, seen[name].norm().item()) for name, _ in blocks]
@@ -249,12 +245,11 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
         baseline = _accuracy(model, batches)
         for name, block in progress(model_blocks(model), desc="lesion", unit="block", quiet=quiet):
             row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline, "accuracy": None, "delta": None}
+            h = None
             if block.shortcut_kind != "none":
                 h = block.add.register_forward_hook(lambda m, inp, out: inp[1] * m.scale)
             elif block.stride == 1 and block.in_channels == block.out_channels:
                 h = block.register_forward_hook(lambda m, inp, out: inp[0])
-            else:
-                h = None
             if h is not None:
                 with h:  # the hook is removed on leaving
                     row["accuracy"] = _accuracy(model, batches)
@@ -288,10 +283,8 @@ def layer_response_stats(model: nn.Module, x) -> list[dict]:
 
     device = _device_of(model)
     with contextlib.ExitStack() as hooks, _mode(model):
-        for m in convs:
-            hooks.enter_context(m.register_forward_hook(conv_hook))
-        for m in norms:
-            hooks.enter_context(m.register_forward_hook(bn_hook))
+        for m in [*convs, *norms]:
+            hooks.enter_context(m.register_forward_hook(conv_hook if m in convs else bn_hook))
         for xb in _batches(x):
             pending.clear()
             chosen.clear()
@@ -386,13 +379,13 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
     data_name, data_dir = resolve_data(cfg.data, cfg.data_dir, ckpt)
     splits, norm = load_data(data_name, data_dir, ckpt)
     norm = norm.to(device)
+    split = "train (seeded subset)" if name == "gradients" else "test"
     result = {"analysis": name, "source": source, "model_config": model_config(model),
               "shortcut": getattr(model, "shortcut", None),
-              "data": {"name": data_name, "batches": cfg.batches, "batch_size": cfg.batch_size}}
+              "data": {"name": data_name, "batches": cfg.batches, "batch_size": cfg.batch_size, "split": split}}
     nb = cfg.batches or None
     if name in ("paths", "responses"):
         batches = [xb for xb, _ in labelled_batches(splits["test"], norm, cfg.batch_size, device, nb)]
-        result["data"]["split"] = "test"
     if name == "paths":
         result["paths"] = path_stats(model, batches)
         result["projections"] = projection_stats(model)
@@ -409,7 +402,6 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
             groups.append(_group_norms(model, grads))
             signals.append(signal_norms(model, xb, yb))
         weights = dict(model.named_parameters())
-        result["data"]["split"] = "train (seeded subset)"
         result["loss"] = sum(losses) / len(losses)
         result["signal"] = [{"at": k, "grad_norm": v} for k, v in _mean_over_batches(signals).items()]
         result["layers"] = [{"param": k, "grad_norm": v, "relative": v / max(weights[k].detach().norm().item(), 1e-30)}

@@ -67,7 +67,11 @@ class _Report:
     """What :class:`Summary` and :class:`Diff` share; subclasses define ``to_text``, ``to_markdown``, ``to_dict``."""
 
     def to_json(self, indent: int | None = 2) -> str:
-        return _dumps(self.to_dict(), indent)
+        """JSON with short lists of numbers (shapes) kept on one line."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if indent is None:
+            return text
+        return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
     def format(self, fmt: str = "text") -> str:
         """``"text"``, ``"markdown"`` or ``"json"``."""
@@ -123,14 +127,6 @@ class Summary(_Report):
                 "rows": [r.to_dict() for r in self.rows], "total_params": self.total_params,
                 "total_macs": self.total_macs, "macs_counted": "conv + linear multiply-adds per image",
                 "notes": list(self.notes)}
-
-
-def _dumps(d: dict, indent: int | None) -> str:
-    """JSON with short lists of numbers (shapes) kept on one line."""
-    text = json.dumps(d, indent=indent)
-    if indent is None:
-        return text
-    return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
 
 # --------------------------------------------------------------------------------------- the forward pass
@@ -227,7 +223,6 @@ class _Trace:
         # FlopCounterMode names a module by the class name of the model, then the module's path
         self.flop_key = {m: f"{type(model).__name__}.{n}" for n, m in units.items()}
         self.names = {m: n for n, m in model.named_modules()}
-        self.records, self.stack, self.flops_seen, self.counter = [], [], {}, None
 
     def run(self, meta: bool) -> None:
         self.records, self.stack, self.flops_seen = [], [], {}
@@ -334,7 +329,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
 
     rows, seen = [], set()
     for uname, m, x_shape, y_shape, macs in trace.records:
-        params = 0 if m in seen else sum(p.numel() for p in m.parameters())
+        params = 0 if m in seen else count_parameters(m)
         seen.add(m)
         prev = rows[-1] if rows else None
         kind = type(m).__name__
@@ -355,7 +350,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
         elif isinstance(m, nn.Conv2d):
             row.kernels, row.stride = _kernel(m), _stride(m)
         elif isinstance(m, nn.MaxPool2d):
-            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            k = _pair(m.kernel_size)[0]
             row.kernels, row.stride = f"{k}x{k} max", _stride(m)
         elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             row.kernels = "global avg" if y_shape[-2:] == (1, 1) else "avg"
@@ -363,7 +358,7 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
             row.kernels = f"fc,{m.out_features}"
         rows.append(row)
 
-    total_params = sum(p.numel() for p in model.parameters())
+    total_params = count_parameters(model)
     notes = []
     unused = total_params - sum(r.params for r in rows)
     if unused:
@@ -382,9 +377,6 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
 
 
 # --------------------------------------------------------------------------------------------------- diff
-
-_COMPARED = ("type", "input_shape", "output_shape", "kernels", "stride", "shortcut", "params", "macs")
-
 
 @dataclass
 class Diff(_Report):
@@ -492,9 +484,7 @@ def diff(model_a: nn.Module, model_b: nn.Module, image_size: int | tuple[int, in
     sa, sb = summarize(model_a, size), summarize(model_b, size)
     ra, rb = {r.name: r for r in sa.rows}, {r.name: r for r in sb.rows}
     order = [r.name for r in sa.rows] + [r.name for r in sb.rows if r.name not in ra]
-    rows = [(n, ra.get(n), rb.get(n)) for n in order
-            if n not in ra or n not in rb
-            or any(getattr(ra[n], f) != getattr(rb[n], f) for f in _COMPARED)]
+    rows = [(n, ra.get(n), rb.get(n)) for n in order if n not in ra or n not in rb or ra[n] != rb[n]]
     pa = {n: tuple(p.shape) for n, p in model_a.named_parameters()}
     pb = {n: tuple(p.shape) for n, p in model_b.named_parameters()}
     return Diff(sa, sb, rows,
@@ -575,14 +565,10 @@ def main_summary(argv: list[str] | None = None) -> int:
 
 def list_rows() -> list[dict]:
     """One dict per registered model: name, depth, family, block, layers, shortcut, preact, params."""
-    out = []
-    for name in list_models():
-        spec = get_spec(name)
-        out.append({"name": name, "depth": spec.depth, "family": spec.family, "block": spec.block,
-                    "layers": list(spec.layers), "shortcut": spec.shortcut, "preact": spec.preact,
-                    "image_size": spec.image_size, "num_classes": spec.num_classes,
-                    "params": count_parameters(build_model(name))})
-    return out
+    return [{"name": spec.name, "depth": spec.depth, "family": spec.family, "block": spec.block,
+             "layers": list(spec.layers), "shortcut": spec.shortcut, "preact": spec.preact,
+             "image_size": spec.image_size, "num_classes": spec.num_classes,
+             "params": count_parameters(build_model(spec.name))} for spec in map(get_spec, list_models())]
 
 
 @dataclass(frozen=True)
