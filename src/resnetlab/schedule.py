@@ -14,23 +14,19 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 WARMUPS = ("auto", "none", "he2016", "linear")
 
 # Each recipe sets every field of TrainConfig that defaults to None ("the recipe's").
+_HE2016 = dict(
+    iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+    decay_norm_and_bias=True,  # the paper's Torch/Caffe code decays every parameter
+    schedule="step", milestones=(32000, 48000), gamma=0.1,
+    warmup="auto",  # "he2016" for depth >= 110, "none" below
+    warmup_lr=0.01, warmup_steps=0, warmup_error=0.8,  # 0: no cap, as in the paper
+    label_smoothing=0.0, grad_clip=0.0, normalization="pixel", padding="mean",
+)
 RECIPES: dict[str, dict] = {
-    "he2016-cifar": dict(
-        iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-        decay_norm_and_bias=True,  # the paper's Torch/Caffe code decays every parameter
-        schedule="step", milestones=(32000, 48000), gamma=0.1,
-        warmup="auto",  # "he2016" for depth >= 110, "none" below
-        warmup_lr=0.01, warmup_steps=0, warmup_error=0.8,  # 0: no cap, as in the paper
-        label_smoothing=0.0, grad_clip=0.0, normalization="pixel", padding="mean",
-    ),
+    "he2016-cifar": _HE2016,
     # he2016-cifar with the two divisions at 75% and 90% of the run: in a run of a few hundred iterations
     # (the demo's) the deeper nets need most of it at lr 0.1 to get anywhere.
-    "he2016-short": dict(
-        iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-        decay_norm_and_bias=True, schedule="step", milestones=(48000, 57600), gamma=0.1,
-        warmup="auto", warmup_lr=0.01, warmup_steps=0, warmup_error=0.8,
-        label_smoothing=0.0, grad_clip=0.0, normalization="pixel", padding="mean",
-    ),
+    "he2016-short": {**_HE2016, "milestones": (48000, 57600)},
     "modern-cifar": dict(
         iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
         decay_norm_and_bias=False, schedule="cosine", milestones=(), gamma=0.1,
@@ -38,7 +34,6 @@ RECIPES: dict[str, dict] = {
         label_smoothing=0.1, grad_clip=0.0, normalization="channel", padding="black",
     ),
 }
-RECIPE_LENGTH = {name: r["iterations"] for name, r in RECIPES.items()}
 
 
 def get_recipe(name: str) -> dict:

@@ -31,8 +31,7 @@ from .models import ModelConfig, count_parameters, create_model, model_config
 from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, \
     sync_batch_norm, versions
 from .stream import Normalization, TrainStream
-from .schedule import RECIPE_LENGTH, RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, \
-    scale_milestones
+from .schedule import RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, scale_milestones
 from .weights import load_checkpoint, make_checkpoint, nonfinite_entries
 
 RESUMABLE = "last.pt"
@@ -158,18 +157,15 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
     and validate."""
     recipe = get_recipe(cfg.recipe)
-    values = {}
+    length = recipe["iterations"]
+    iterations = cfg.iterations if cfg.iterations is not None else length
+    # A recipe's milestones and warm-up keep their share of the run (the warm-up at least one step).
+    recipe["milestones"] = scale_milestones(recipe["milestones"], length, iterations)
+    if recipe["warmup_steps"]:
+        recipe["warmup_steps"] = max(1, round(recipe["warmup_steps"] * iterations / length))
+    values = {key: default for key, default in recipe.items() if getattr(cfg, key) is None}
     if cfg.data_dir is not None:  # recorded absolute, so the run's checkpoints work from any folder
         values["data_dir"] = os.path.abspath(os.path.expanduser(cfg.data_dir))
-    for key, default in recipe.items():
-        if getattr(cfg, key) is None:
-            values[key] = default
-    iterations = cfg.iterations if cfg.iterations is not None else recipe["iterations"]
-    if cfg.milestones is None:
-        values["milestones"] = scale_milestones(recipe["milestones"], RECIPE_LENGTH[cfg.recipe], iterations)
-    if cfg.warmup_steps is None and recipe["warmup_steps"]:
-        # A recipe's warm-up keeps its share of the run, as its milestones do (at least one step).
-        values["warmup_steps"] = max(1, round(recipe["warmup_steps"] * iterations / RECIPE_LENGTH[cfg.recipe]))
     cfg = dataclasses.replace(cfg, **values)
     cfg = dataclasses.replace(cfg, warmup=resolve_warmup(cfg.warmup, cfg.model.spec.depth))
     checks = [
