@@ -53,9 +53,7 @@ def filter_normalize(direction: dict[str, torch.Tensor], model: nn.Module) -> di
         d = direction[name].to(device=p.device, dtype=p.dtype)
         if d.shape != p.shape:
             raise ValueError(f"direction for {name!r} has shape {tuple(d.shape)}, parameter {tuple(p.shape)}")
-        w_norm = p.detach().flatten(1).norm(dim=1)  # (Cout,): the norm of each output unit's filter
-        d_norm = d.flatten(1).norm(dim=1)
-        scale = w_norm / d_norm.clamp_min(1e-12)
+        scale = p.flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1).clamp_min(1e-12)  # (Cout,): one per filter
         out[name] = d * scale.view(-1, *([1] * (p.dim() - 1)))
     return out
 
@@ -137,8 +135,7 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
                 functional_call(model, state, (xb,))
         for m in norms.values():
             m.train(bn == "batch")  # batch statistics, or the running ones (recomputed or the checkpoint's)
-        loss_sum = 0.0
-        correct = total = 0
+        loss_sum, correct, total = 0.0, 0, 0
         for xb, yb in batches:
             logits = functional_call(model, state, (xb,))
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
@@ -382,8 +379,7 @@ def flatness(result: dict, radius: float | None = None) -> dict:
                     "rise_at_r": float(np.mean(at) - loss0),
                     "mean_rise_within_r": float(np.mean(within) - loss0) if within.size else None,
                     "max_rise": float(loss.max() - loss0)}
-    hess = result.get("hessian")
-    if hess:
+    if hess := result.get("hessian"):
         out.update(hessian_max=hess["max"], hessian_min=hess["min"],
                    hessian_min_max_ratio=abs(hess["min"] / hess["max"]) if hess["max"] else None)
     return out
@@ -401,11 +397,10 @@ def flatness_spread(per_seed: list[dict]) -> dict:
             continue
         out[key] = {}
         for metric in ("rise_at_r", "mean_rise_within_r", "max_rise"):
-            vals = [r[metric] for r in rows if r.get(metric) is not None]
+            vals = [float(r[metric]) for r in rows if r.get(metric) is not None]
             if vals:
-                arr = np.asarray(vals, dtype=np.float64)
-                out[key][metric] = {"mean": float(arr.mean()), "values": [float(v) for v in vals],
-                                    "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+                out[key][metric] = {"mean": float(np.mean(vals)), "values": vals,
+                                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
     return out
 
 
@@ -504,8 +499,7 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     if base is not None:
         for i in range(cfg.dims):
             raw[i].update(base[i])
-    result["raw_directions"] = raw
-    result["directions_seed"] = directions_seed
+    result.update(raw_directions=raw, directions_seed=directions_seed)
     return result
 
 

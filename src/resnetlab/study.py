@@ -13,6 +13,7 @@ are skipped, interrupted ones continue from their ``last.pt``, and the report is
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -215,9 +216,7 @@ def run_state(run: RunSpec) -> str:
     """``"done"`` (final.json), ``"partial"`` (last.pt, resumable) or ``"new"``."""
     if os.path.isfile(os.path.join(run.dir, "final.json")):
         return "done"
-    if os.path.isfile(os.path.join(run.dir, "last.pt")):
-        return "partial"
-    return "new"
+    return "partial" if os.path.isfile(os.path.join(run.dir, "last.pt")) else "new"
 
 
 def _log(msg: str) -> None:
@@ -226,13 +225,16 @@ def _log(msg: str) -> None:
 
 def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
     """Train (or resume, or skip) every run of the grid; returns the grid, the runs that diverged and those
-    another process is training (several processes running the same command share the grid's runs)."""
-    failed, busy = [], []
+    another process is training (several processes running the same command share the grid's runs).
+    With ``report_only`` it trains nothing, and every run counts as being trained elsewhere."""
     runs = grid(cfg)
-    b = budget(cfg)
     configs = {r.name: train_config(cfg, r) for r in runs}
     for r in runs:  # before training anything: every existing run folder must match the study's settings
         _check_same_run(r, configs[r.name])
+    if cfg.report_only:
+        return runs, [], [r.name for r in runs]
+    failed, busy = [], []
+    b = budget(cfg)
     # Progress: seconds per unit of work, a unit being one iteration of one layer plus a fixed overhead.
     todo = [r for r in runs if run_state(r) != "done"]
     total_units = sum((r.depth + 6) * b["iterations"] for r in todo)
@@ -281,10 +283,8 @@ def _read_events(run_dir: str) -> list[dict]:
     events = []
     with open(path) as fh:
         for line in filter(None, map(str.strip, fh)):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by an interruption
                 events.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by an interruption
-                pass
     return events
 
 
@@ -453,13 +453,7 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     os.makedirs(cfg.out, exist_ok=True)
     write_json(os.path.join(cfg.out, "study.json"),
                {"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, indent=1)
-    if cfg.report_only:
-        runs, failed = grid(cfg), []
-        for r in runs:
-            _check_same_run(r, train_config(cfg, r))
-        busy = [r.name for r in runs]
-    else:
-        runs, failed, busy = train_grid(cfg)
+    runs, failed, busy = train_grid(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
