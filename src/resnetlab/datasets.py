@@ -81,21 +81,17 @@ def split_train_val(data: ArrayDataset, val_split: int, split_seed: int = 0) -> 
     n = len(data)
     if not 0 < val_split < n:
         raise ValueError(f"val_split must be between 1 and {n - 1} for a training set of {n}, got {val_split}")
-    g = seeded_generator(split_seed, TAG_SPLIT)
-    order = torch.randperm(n, generator=g)
-    counts = torch.bincount(data.y, minlength=max(len(data.classes), int(data.y.max()) + 1)).double()
+    order = torch.randperm(n, generator=seeded_generator(split_seed, TAG_SPLIT))
+    counts = torch.bincount(data.y, minlength=len(data.classes)).double()
     share = counts * val_split / n
     quota = share.floor().long()
     rest = val_split - int(quota.sum())
     if rest > 0:  # largest remainders first; ties go to the lower class index
-        frac = share - quota.double()
-        quota[torch.argsort(-frac, stable=True)[:rest]] += 1
+        quota[torch.argsort(quota - share, stable=True)[:rest]] += 1
     y_order = data.y[order]
     val = torch.cat([order[y_order == c][: int(q)] for c, q in enumerate(quota.tolist())])
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[val] = False
-    val = val.sort().values
-    return data.subset(torch.nonzero(mask).flatten()), data.subset(val)
+    train = torch.ones(n, dtype=torch.bool).index_fill_(0, val, False)
+    return data.subset(train.nonzero().flatten()), data.subset(val.sort().values)
 
 
 # ------------------------------------------------------------------------------------ The synthetic dataset
@@ -110,8 +106,7 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     image draws its own position, size, colours, stripes and noise, so the class is carried by the shape and
     the fill, not by colour (docs/data.md)."""
     g = seeded_generator(seed, TAG_SYNTH, n, image_size)
-    y = torch.arange(n) % 10
-    y = y[torch.randperm(n, generator=g)]
+    y = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
     ax = torch.linspace(-1, 1, image_size)
     Y, X = torch.meshgrid(ax, ax, indexing="ij")                                  # (S, S)
@@ -128,8 +123,7 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
         (torch.minimum(ax_, ay_) < 0.3) & (torch.maximum(ax_, ay_) < 1.0),        # cross
         (dy < 0.75) & (ax_ < (dy + 1.0) * 0.55),                                   # triangle, pointing up
     ], 1)                                                                          # (n, 5, S, S)
-    shape = y % 5
-    mask = shape_masks[torch.arange(n), shape].float()
+    mask = shape_masks[torch.arange(n), y % 5]
     theta = u(n) * math.pi
     period = 0.35 + 0.2 * u(n)
     phase = u(n) * 2 * math.pi
@@ -139,7 +133,7 @@ def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> ArrayDataset:
     fg = 0.5 + 0.5 * u(n, 3)                                                       # a light shape...
     bg = 0.4 * u(n, 3)                                                             # ...on a dark background
     fill = torch.where((striped & stripes)[:, None], bg[:, :, None, None], fg[:, :, None, None])  # stripes cut to bg
-    img = torch.where(mask[:, None] > 0, fill, bg[:, :, None, None].expand(-1, -1, image_size, image_size))
+    img = torch.where(mask[:, None], fill, bg[:, :, None, None].expand(-1, -1, image_size, image_size))
     img = img + 0.08 * torch.randn(img.shape, generator=g)
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return ArrayDataset(x.contiguous(), y.long(), list(SYNTHETIC_CLASSES))
@@ -223,14 +217,6 @@ class _CifarSource:
             return _unpickle(fh, where)
 
 
-def _images(batch: dict, where: str) -> torch.Tensor:
-    data = np.asarray(batch.get("data"))
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{where}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
-    # Each row holds the R, G and B planes of a 32x32 image, row-major: exactly (3, 32, 32).
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-
-
 def find_cifar(name: str, data_dir: str | os.PathLike) -> str:
     """The extracted folder or archive of ``name`` at ``data_dir`` (the folder, its parent, or the tarball);
     ``FileNotFoundError`` if it is not there. ``find_cifar(name, resnetlab.io.cache_dir())`` checks the cache."""
@@ -264,10 +250,14 @@ def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> d
     for split, members in parts.items():
         xs, ys = [], []
         for m in members:
-            batch = src.read(m)
+            batch, where = src.read(m), f"{src.path}:{m}"
             if key not in batch:
-                raise ValueError(f"{src.path}:{m}: no {key!r} in the batch (keys: {sorted(batch)})")
-            xs.append(_images(batch, f"{src.path}:{m}"))
+                raise ValueError(f"{where}: no {key!r} in the batch (keys: {sorted(batch)})")
+            data = np.asarray(batch.get("data"))
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                raise ValueError(f"{where}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+            # Each row holds the R, G and B planes of a 32x32 image, row-major: exactly (3, 32, 32).
+            xs.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
             ys.append(torch.as_tensor(np.asarray(batch[key], dtype=np.int64)))
         x, y = torch.cat(xs), torch.cat(ys)
         if len(y) != len(x) or (len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes))):

@@ -29,8 +29,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return im.convert("RGB")
 
 
@@ -73,13 +72,11 @@ class ImageFolder(torch.utils.data.Dataset):
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-        if classes is None:
-            classes = found
-        else:
-            extra = sorted(set(found) - set(classes))
-            if extra:
-                raise ValueError(f"{root}: class folder(s) {', '.join(extra[:5])} are not among the "
-                                 f"{len(classes)} training classes")
+        classes = found if classes is None else classes
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ValueError(f"{root}: class folder(s) {', '.join(extra[:5])} are not among the "
+                             f"{len(classes)} training classes")
         if not classes:
             raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
         self.root, self.classes = root, list(classes)
@@ -129,11 +126,9 @@ class ImageFolder(torch.utils.data.Dataset):
 
 def _collate(items):
     """(x uint8 (b, 3, S, S) or None, y int64 (b,), paths of the skipped images)."""
-    good = [(x, y) for x, y in items if x is not None]
-    skipped = [path for x, path in items if x is None]
-    if not good:
-        return None, torch.zeros(0, dtype=torch.int64), skipped
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.int64), skipped
+    xs = [x for x, _ in items if x is not None]
+    ys = torch.tensor([label for x, label in items if x is not None], dtype=torch.int64)
+    return (torch.stack(xs) if xs else None), ys, [path for x, path in items if x is None]
 
 
 def folder_batches(folder: ImageFolder, batch_size: int, *, num_workers: int = 0,

@@ -64,23 +64,18 @@ class Normalization:
         """Explicit per-channel values on the 0..1 scale, e.g. ``IMAGENET_MEAN, IMAGENET_STD``."""
         return cls(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32), "channel")
 
-    def _params(self, device, dtype=torch.float32, hw: tuple[int, int] | None = None):
-        """(scale, shift) so that ``x_uint8 * scale - shift`` = ``(x / 255 - mean) / std``; with ``hw``, both
-        are full contiguous ``(C, H, W)`` tensors (an elementwise op on equal shapes runs faster on the CPU
-        than one that broadcasts a ``(C, 1, 1)``)."""
+    def _params(self, device, dtype, hw: tuple[int, int]):
+        """(scale, shift) so that ``x_uint8 * scale - shift`` = ``(x / 255 - mean) / std``, both full contiguous
+        ``(C, H, W)`` tensors (an elementwise op on equal shapes runs faster on the CPU than one that broadcasts
+        a ``(C, 1, 1)``)."""
         key = (str(device), dtype, hw)
         if key not in self._cache:
             mean, std = self.mean.double(), self.std.double()
             if self.mode == "channel":
                 mean, std = mean[:, None, None], std[:, None, None]
-            scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype)
-            shift = (mean / std).to(device=device, dtype=dtype)
-            if scale.dim() == 0:
-                scale = scale.reshape(1, 1, 1)
-            if hw is not None:
-                c = len(self.mean) if self.mode == "channel" else self.mean.shape[0]
-                scale = scale.expand(c, *hw).contiguous()
-                shift = shift.expand(c, *hw).contiguous()
+            shape = (self.mean.shape[0], *hw)
+            scale = (1.0 / (255.0 * std)).to(device=device, dtype=dtype).expand(shape).contiguous()
+            shift = (mean / std).to(device=device, dtype=dtype).expand(shape).contiguous()
             self._cache[key] = (scale, shift)
         return self._cache[key]
 
@@ -93,11 +88,9 @@ class Normalization:
                              f"got {tuple(x.shape[1:])}")
         if self.mode == "channel" and x.shape[1] != len(self.mean):
             raise ValueError(f"normalization has {len(self.mean)} channels, images have {x.shape[1]}")
-        if x.is_floating_point():
-            scale, shift = self._params(x.device, x.dtype, tuple(x.shape[-2:]))
-            return x.mul(scale * 255.0).sub_(shift)
-        scale, shift = self._params(x.device, torch.float32, tuple(x.shape[-2:]))
-        return x.float().mul_(scale).sub_(shift)
+        floating = x.is_floating_point()
+        scale, shift = self._params(x.device, x.dtype if floating else torch.float32, tuple(x.shape[-2:]))
+        return x.mul(scale * 255.0).sub_(shift) if floating else x.float().mul_(scale).sub_(shift)
 
     def state_dict(self) -> dict:
         """``{"mode": str, "mean": tensor, "std": tensor}`` (fits a weights_only checkpoint)."""
@@ -156,7 +149,7 @@ class TrainStream:
         _, c, h, w = data.x.shape
         p = self.pad
         hp, wp = h + 2 * p, w + 2 * p
-        self.shape, self._hw_pad = (c, h, w), (hp, wp)
+        self.shape, self._wp = (c, h, w), wp
 
         def padded(images: torch.Tensor) -> torch.Tensor:  # (2N, C, H+2p, W+2p): padded images, then mirrors
             out = images.new_zeros((2 * len(images), c, hp, wp))
@@ -177,10 +170,9 @@ class TrainStream:
         if padding == "mean":
             # The normalisation shift (mean / std) laid out like a padded image and its mirror, 0 in the
             # border: out = raw * scale - shift_crop is then 0 (the mean colour) in the border.
-            _, shift = self.normalization._params("cpu")
-            self._norm_shift = runs(padded(shift.expand(1, c, h, w).to(self.device)))
+            _, shift = self.normalization._params("cpu", torch.float32, (h, w))
+            self._norm_shift = runs(padded(shift[None].to(self.device)))
         self._epoch, self._order = None, None
-        self._pin = self.device.type == "cuda"
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -215,20 +207,17 @@ class TrainStream:
         idx = self.indices(step)
         dy, dx, flip = self.augmentation(step)
         c, h, w = self.shape
-        wp = self._hw_pad[1]
-        flip = flip.long()
         # The mirror of the crop at column dx of image i is the crop at column 2p - dx of image N + i.
-        col = torch.where(flip.bool(), 2 * self.pad - dx, dx)
-        corner = dy * wp + col                                          # (B,)
+        corner = dy * self._wp + torch.where(flip, 2 * self.pad - dx, dx)     # (B,)
+        flip = flip.long()
         start = ((idx + self.n * flip) * self._img_stride + corner)[:, None, None] + self._rel   # (B, C, H)
         parts = [start.view(-1), self.y[idx]]
         if self._norm_shift is not None:
             parts.append(((flip * self._img_stride + corner)[:, None, None] + self._rel).view(-1))
         packed = torch.cat(parts)
         if self.device.type != "cpu":
-            packed = (packed.pin_memory() if self._pin else packed).to(self.device, non_blocking=True)
-        nr = start.numel()
-        b = len(idx)
+            packed = (packed.pin_memory() if self.device.type == "cuda" else packed).to(self.device, non_blocking=True)
+        nr, b = start.numel(), len(idx)
         raw = self._runs.index_select(0, packed[:nr]).view(b, c, h, w)
         y = packed[nr:nr + b]
         if self._norm_shift is None:
