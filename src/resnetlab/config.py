@@ -123,9 +123,7 @@ def _convert(where: str, annotation, value):
 
 def _model_class(cls) -> type | None:
     """The config class that ``cls`` nests as its field ``model``, if any."""
-    if "model" not in {f.name for f in dataclasses.fields(cls)}:
-        return None
-    base = _strip(typing.get_type_hints(cls, include_extras=True)["model"])[0]
+    base = _strip(typing.get_type_hints(cls, include_extras=True).get("model"))[0]
     return base if dataclasses.is_dataclass(base) else None
 
 
@@ -262,8 +260,8 @@ def _flag_names(argv: list[str]) -> set[str]:
             break
         if a.startswith("--"):
             name = a[2:].partition("=")[0]
-            head, _, last = name.rpartition(".")
-            names.add(((head + ".") if head else "") + last.removeprefix("no-").replace("-", "_"))
+            head, dot, last = name.rpartition(".")
+            names.add(head + dot + last.removeprefix("no-").replace("-", "_"))
     return names
 
 

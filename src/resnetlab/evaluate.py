@@ -74,8 +74,7 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     meta = None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     net.eval()
     return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
-                       image_size=image_size, family=family, path=path, description=_describe(net),
-                       checkpoint=meta)
+                       image_size=image_size, family=family, path=path, description=_describe(net), checkpoint=meta)
 
 
 # -------------------------------------------------------------------------------------------- evaluation

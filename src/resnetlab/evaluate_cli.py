@@ -156,12 +156,11 @@ def _resolve_data(cfg: EvalConfig, first_ckpt: dict | None) -> EvalConfig:
 
 def _class_count(cfg: EvalConfig) -> int | None:
     """The dataset's class count without loading it (the default classifier size for --model)."""
-    if cfg.data == "folder":
+    if cfg.data == "folder" and cfg.data_dir:
         for split in ("train", cfg.split):
-            folder = os.path.join(cfg.data_dir or "", split)
-            if cfg.data_dir and os.path.isdir(folder):
+            folder = os.path.join(cfg.data_dir, split)
+            if os.path.isdir(folder):
                 return sum(1 for e in os.scandir(folder) if e.is_dir())
-        return None
     return {"cifar10": 10, "cifar100": 100, "synthetic": len(datalib.SYNTHETIC_CLASSES)}.get(cfg.data)
 
 
@@ -293,9 +292,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.pixel_mean:
         if train is None:
             raise ValueError(f"--pixel-mean needs the training split of {cfg.data}")
-        images = (x for x, _ in raw_image_batches(train, cfg.batch_size, cfg.workers, [], False)) \
-            if isinstance(train, ImageFolder) else train.x  # an image folder is read batch by batch
-        pixel = Normalization.fit(images, "pixel")
+        images = (x for x, _ in raw_image_batches(train, cfg.batch_size, cfg.workers, [], False))
+        pixel = Normalization.fit(images, "pixel")  # batch by batch: its float64 sums of uint8 are exact
         for m in members:
             if m.normalization is not None:
                 warnings.warn(f"{m.path}: replacing the normalization recorded in the checkpoint by the "

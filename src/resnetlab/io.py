@@ -27,12 +27,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 """What ``--precision`` accepts: ``auto`` decides by the hardware (see :func:`resnetlab.runtime.resolve_precision`)."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -49,11 +43,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=os.path.splitext(path)[1],
-                               dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; honour the umask as open() would
+        mask = os.umask(0)  # os.umask is the only way to read the umask: set it and put it back
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; honour the umask as open() would
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)

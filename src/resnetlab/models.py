@@ -43,11 +43,6 @@ class ModelSpec:
         return per_block * sum(self.layers) + 2
 
 
-Shortcut = Literal[SHORTCUTS]
-Transition = Literal[TRANSITIONS]
-StrideAt = Literal[STRIDE_AT]
-ZeroPad = Literal[ZERO_PADS]
-
 # Sanity bounds checked before anything is allocated: a recorded config (a checkpoint's, a file's) is input.
 MAX_WIDTH, MAX_CLASSES, MAX_IN_CHANNELS, MAX_DEPTH = 4096, 100_000, 64, 2000
 
@@ -59,16 +54,16 @@ class ModelConfig:
 
     name: str = "resnet20"
     """model name: resnet18/34/50/101/152, resnet20/32/44/56/110/1202 or any resnet<6n+2>, preact-resnet110/164/1001"""
-    shortcut: Optional[Shortcut] = None
+    shortcut: Optional[Literal[SHORTCUTS]] = None
     """shortcut option: A (zero-pad identity), B (projection where shapes change), C (projection everywhere), none (the plain net); default: the model's"""
-    transition: Optional[Transition] = None
+    transition: Optional[Literal[TRANSITIONS]] = None
     """shortcut where the shape changes: zero-pad (A's), projection (B's), avgpool-projection (ResNet-D) or
     none; default: as the shortcut option says"""
-    stride_at: Optional[StrideAt] = None
+    stride_at: Optional[Literal[STRIDE_AT]] = None
     """bottleneck stride on the 3x3 (torchvision v1.5) or on the first 1x1 (the paper); default: the model's"""
     preact: Optional[bool] = None
     """pre-activation blocks (He et al. 2016); default: the model's"""
-    zero_pad: ZeroPad = "split"
+    zero_pad: Literal[ZERO_PADS] = "split"
     """option A channel padding: split (akamaster) or end (fb.resnet.torch)"""
     zero_init_residual: bool = False
     """zero the last BN (pre-activation: the last conv) of every residual branch"""
@@ -85,12 +80,11 @@ class ModelConfig:
 
     def __post_init__(self):
         get_spec(self.name)  # an unknown name or depth fails here, before anything is built
-        if self.shortcut is not None:
-            _check_choice("shortcut option", self.shortcut, SHORTCUTS)
-        if self.transition is not None:
-            _check_choice("transition", self.transition, TRANSITIONS)
-        if self.stride_at is not None:
-            _check_choice("stride_at", self.stride_at, STRIDE_AT)
+        choices = (("shortcut option", self.shortcut, SHORTCUTS), ("transition", self.transition, TRANSITIONS),
+                   ("stride_at", self.stride_at, STRIDE_AT))
+        for what, value, valid in choices:
+            if value is not None:
+                _check_choice(what, value, valid)
         _check_choice("zero_pad", self.zero_pad, ZERO_PADS)
         for what, most in (("num_classes", MAX_CLASSES), ("width", MAX_WIDTH), ("in_channels", MAX_IN_CHANNELS)):
             value = getattr(self, what)
@@ -149,10 +143,9 @@ _IMAGENET = dict(family="imagenet", widths=(64, 128, 256, 512), shortcut="B", nu
 _CIFAR = dict(family="cifar", widths=(16, 32, 64), num_classes=10, image_size=32)
 
 
-def _cifar(depth: int, name: str | None = None) -> ModelSpec:
+def _cifar(depth: int) -> ModelSpec:
     n = (depth - 2) // 6
-    return ModelSpec(name or f"resnet{depth}", block="basic", layers=(n, n, n), shortcut="A",
-                     **_CIFAR)
+    return ModelSpec(f"resnet{depth}", block="basic", layers=(n, n, n), shortcut="A", **_CIFAR)
 
 
 def _preact_cifar(depth: int, block: str) -> ModelSpec:
@@ -220,10 +213,8 @@ class ResNet(nn.Module):
 
         # Stem. ImageNet: 7x7/2 conv + 3x3/2 max-pool; CIFAR: 3x3 conv. A pre-activated CIFAR net has no
         # BN-ReLU here: the first block pre-activates its input.
-        if spec.family == "imagenet":
-            self.conv1 = nn.Conv2d(options.in_channels, stem_width, 7, 2, 3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(options.in_channels, stem_width, 3, 1, 1, bias=False)
+        kernel, stride, padding = (7, 2, 3) if spec.family == "imagenet" else (3, 1, 1)
+        self.conv1 = nn.Conv2d(options.in_channels, stem_width, kernel, stride, padding, bias=False)
         self.stem_norm = not (preact and spec.family == "cifar")
         if self.stem_norm:
             self.bn1 = nn.BatchNorm2d(stem_width)
@@ -236,15 +227,13 @@ class ResNet(nn.Module):
         if spec.block == "bottleneck":
             kwargs["stride_at"] = stride_at
         in_ch = stem_width
-        self.stage_names = []
+        self.stage_names = [f"layer{i + 1}" for i in range(len(spec.layers))]
         for i, (n, planes) in enumerate(zip(spec.layers, widths)):
-            stride = 1 if i == 0 else 2
             blocks = []
-            for j in range(n):
-                blocks.append(block(in_ch, planes, stride if j == 0 else 1, **kwargs))
+            for j in range(n):  # the first block of every later stage halves the resolution
+                blocks.append(block(in_ch, planes, 2 if i > 0 and j == 0 else 1, **kwargs))
                 in_ch = planes * block.expansion
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            self.stage_names.append(f"layer{i + 1}")
+            setattr(self, self.stage_names[i], nn.Sequential(*blocks))
         if preact:  # the last block's output has not been normalised yet
             self.final_bn = nn.BatchNorm2d(in_ch)
             self.final_relu = nn.ReLU()

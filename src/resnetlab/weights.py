@@ -216,11 +216,10 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) ->
     renamed = {}
     for k, v in sd.items():
         new = k
-        if new not in own:
-            for pattern, repl in _RENAMES:
-                new = pattern.sub(repl, new)
-            if new not in own:
-                new = k  # renaming did not help: keep the original name in the error
+        for pattern, repl in _RENAMES:
+            new = pattern.sub(repl, new)
+        if k in own or new not in own:
+            new = k  # the name fits already, or renaming did not help: keep it (for the error)
         renamed[k if new in renamed else new] = v
     # BatchNorm's step counter is unused in eval and by momentum-based training; old PyTorch and some
     # projects do not save it. It is the only thing allowed to be missing.
@@ -330,8 +329,7 @@ def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn
     recorded = _safetensors_config(path) if model is None and _is_safetensors(path) else {}
     if model is None and not recorded.get("name"):
         if unreadable is not None:
-            raise ValueError(f"{path} could not be read safely with torch.load(weights_only=True): "
-                             f"{unreadable}")
+            raise ValueError(f"{path} could not be read safely with torch.load(weights_only=True): {unreadable}")
         raise ValueError(f"{path} is not a resnetlab checkpoint and records no architecture; for weights "
                          f"from another project (torchvision .pth, akamaster .th, .safetensors) name the "
                          f"architecture to load them into (--model NAME [--shortcut A|B|C|none])")
