@@ -59,12 +59,13 @@ def test_landscape_origin_equals_the_model_loss_and_weights_are_restored_bit_for
     x, y = _xy()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
+    model.layer1[0].bn1.eval()  # one BN layer frozen by its user: every module's own mode comes back
     dirs = L.random_directions(model, seed=0)
     r2 = L.landscape_2d(model, x, y, dirs, span=0.5, steps=3, batch_size=10, bn="eval")
     r1 = L.landscape_1d(model, x, y, dirs[0], span=0.5, steps=3, batch_size=7, bn="eval")
     L.landscape_1d(model, x, y, dirs[0], span=0.5, steps=3, batch_size=7, bn="recompute")
     L.hessian_top_eigs(model, x, y, k=1, iters=3)
-    assert model.training  # mode restored
+    assert model.training and not model.layer1[0].bn1.training and model.layer1[0].bn2.training  # modes restored
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from resnetlab import plots
@@ -73,3 +74,17 @@ def test_curves_of_repeats_are_drawn_as_mean_with_their_min_max_band():
     plots._line_with_band(ax, np.arange(3), values[0], {"color": "tab:blue"})  # one run: a line, no band
     assert len(ax.lines) == 1 and not ax.collections
     plt.close(fig)
+
+
+def test_cli_contours_are_log_spaced_so_the_basin_shows_beside_the_walls(tmp_path):
+    # A plain-net-like landscape: a basin near 0.5 whose walls reach 1e6 at the corners.
+    axis = np.linspace(-1, 1, 9)
+    a, b = np.meshgrid(axis, axis, indexing="ij")
+    loss = 0.5 * np.exp(14.5 * (a ** 2 + b ** 2) / 2)
+    paths = [str(tmp_path / "contour.png"), str(tmp_path / "surface.png")]
+    levels = plots.plot_2d({"alphas": axis, "betas": axis, "loss": loss}, *paths, "plain")
+    assert levels[0] == pytest.approx(loss.min()) and levels[-1] == pytest.approx(loss.max())
+    ratios = levels[1:] / levels[:-1]
+    assert np.allclose(ratios, ratios[0])  # evenly spaced in log scale
+    assert (levels < 10 * loss.min()).sum() >= 3  # linear levels would put none in the basin
+    assert all(open(p, "rb").read(8) == PNG_MAGIC for p in paths)

@@ -120,8 +120,7 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
     state = {k: v.detach().clone() for k, v in model.named_buffers()}  # BN writes into these, not the model's
     state.update(params if params is not None else {k: p.detach() for k, p in model.named_parameters()})
     norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    saved = [(m, m.training, m.momentum) for m in norms.values()]
-    was = model.training
+    modes, momenta = [(m, m.training) for m in model.modules()], [(m, m.momentum) for m in norms.values()]
     try:
         model.eval()
         if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
@@ -141,10 +140,11 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
             correct += (logits.argmax(1) == yb).sum().item()
             total += yb.numel()
-    finally:
-        for m, training, momentum in saved:
-            m.training, m.momentum = training, momentum
-        model.train(was)
+    finally:  # every module's own mode back (a model may hold some BN layers frozen in eval mode)
+        for m, training in modes:
+            m.training = training
+        for m, momentum in momenta:
+            m.momentum = momentum
     return loss_sum / total, correct / total
 
 
@@ -232,13 +232,14 @@ def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             total += torch.cat([h.reshape(-1) for h in hv]).double()
         return total
 
-    was = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
         yield hvp, sum(p.numel() for p in params), dev
     finally:
-        model.train(was)
+        for m, training in modes:
+            m.training = training
 
 
 class _Lanczos:

@@ -155,6 +155,17 @@ def path_ratios(curves, path: str) -> str:
     return save_figure(fig, path, REPORT_DPI)
 
 
+def log_levels(losses, n: int) -> np.ndarray:
+    """``n`` contour levels spaced evenly in log scale from the smallest to the largest positive finite
+    value of ``losses`` (arrays)."""
+    # Losses far from the minimum reach 1e4-1e7 for a plain net while the basin sits near 1: log-spaced
+    # levels show the basin and the walls alike, where linear ones would all sit on the walls.
+    allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in losses])
+    allv = allv[np.isfinite(allv) & (allv > 0)]
+    lo, hi = float(allv.min()), float(allv.max())
+    return np.geomspace(lo, max(hi, lo * 1.01), n)
+
+
 @_report_style
 def landscape_contours(nets, path: str) -> str:
     """Loss contours of networks side by side on shared levels: ``nets`` holds ``(label, result)``, the
@@ -162,12 +173,8 @@ def landscape_contours(nets, path: str) -> str:
     plt = pyplot()
     from matplotlib.colors import LogNorm
     fig, axes = plt.subplots(1, len(nets), figsize=(4.0 * len(nets) + 1.2, 4.0), squeeze=False, layout="constrained")
-    allv = np.concatenate([np.asarray(res["loss"], dtype=np.float64).ravel() for _, res in nets])
-    allv = allv[np.isfinite(allv) & (allv > 0)]
-    # Losses far from the minimum reach 1e4-1e7 for a plain net while the basin sits near 1: log-spaced
-    # levels, shared by both panels, show the basin and the walls alike.
-    lo, hi = float(allv.min()), float(allv.max())
-    levels = np.geomspace(lo, max(hi, lo * 1.01), 16)
+    levels = log_levels([res["loss"] for _, res in nets], 16)  # shared by both panels
+    lo, hi = levels[0], levels[-1]
     for ax, (label, res) in zip(axes[0], nets):
         a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
         loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi).reshape(len(a), len(b))
@@ -273,15 +280,18 @@ def plot_1d(res: dict, path: str, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None:
-    """The loss over a plane of two directions: contours into one PNG, a 3-D surface into another."""
+def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> np.ndarray:
+    """The loss over a plane of two directions: contours on log-spaced levels (:func:`log_levels`, as in the
+    report) into one PNG, a 3-D surface into another. Returns the contour levels."""
     plt = pyplot()
+    from matplotlib.colors import LogNorm
     a, b = np.meshgrid(res["alphas"], res["betas"], indexing="ij")
-    loss = np.asarray(res["loss"])
+    loss = np.asarray(res["loss"], dtype=np.float64)
+    levels = log_levels([loss], 25)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10 * max(np.ptp(loss) / 10, 1e-6)), 25)
-    cs = ax.contour(a, b, loss, levels=levels, cmap="viridis")
-    ax.clabel(cs, inline=True, fontsize=6, fmt="%.2f")
+    cs = ax.contour(a, b, np.clip(loss, levels[0], levels[-1]), levels=levels, cmap="viridis",
+                    norm=LogNorm(vmin=levels[0], vmax=levels[-1]))
+    ax.clabel(cs, cs.levels[::4], inline=True, fontsize=6, fmt="%.3g")
     ax.plot([0], [0], "r+", ms=10, label="the model")
     ax.set(xlabel="direction 1", ylabel="direction 2", title=title + ": loss contours")
     ax.legend(fontsize=8)
@@ -294,3 +304,4 @@ def plot_2d(res: dict, contour_path: str, surface_path: str, title: str) -> None
     ax.set(xlabel="direction 1", ylabel="direction 2", zlabel="loss", title=title + ": loss surface")
     fig.colorbar(surf, ax=ax, shrink=0.6, label="loss")
     save_figure(fig, surface_path)
+    return levels
