@@ -11,8 +11,10 @@ import numpy as np
 
 from .io import atomic_path
 
-DPI = 120  # the analyze and landscape figures
-REPORT_DPI = 110  # the report's figures (they are embedded in report.html)
+DPI = 120
+"""Resolution of the analyze and landscape figures."""
+REPORT_DPI = 110
+"""Resolution of the report's figures (they are embedded in ``report.html``)."""
 REPORT_STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.dpi": REPORT_DPI}
 
 
