@@ -13,6 +13,7 @@ import torch
 from resnetlab import cli, report, study
 from resnetlab.io import FolderLock
 from resnetlab.models import ModelConfig
+from resnetlab.runtime import resolve_precision
 from resnetlab.study import StudyConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -202,6 +203,33 @@ def test_resume_skips_finished_and_continues_interrupted(tiny_study, capsys):
     # Other settings in the same folder: a clear error, nothing retrained.
     with pytest.raises(ValueError, match="other settings"):
         study.run_study(StudyConfig(out=cfg.out, **{**TINY, "iterations": 13}))
+
+
+def test_a_grid_keeps_the_arithmetic_its_runs_were_trained_in(tmp_path, capsys):
+    """``auto`` resolves per machine (bf16 on AMX CPUs, else fp32) and grids are trained over several
+    sessions: once a folder holds runs, later runs train in the precision those record, so twins share it;
+    an explicit other precision is refused, and so is reporting a folder that mixes them."""
+    auto_bf16, _ = resolve_precision("auto", torch.device("cpu"), None)
+    other = "fp32" if auto_bf16 else "bf16"  # what this machine's auto would NOT choose
+    small = {**TINY, "depths": (8,), "iterations": 4, "eval_every": 4, "log_every": 2, "checkpoint_every": 4,
+             "grad_steps": (0,), "landscape": False}
+    runtime = lambda name: json.load(open(tmp_path / "runs" / name / "config.json"))["runtime"]  # noqa: E731
+    study.train_grid(StudyConfig(out=str(tmp_path), **{**small, "options": ("none",), "precision": other}))
+    assert runtime("resnet8-none-r0")["bf16_autocast"] is (other == "bf16")
+    both = {**small, "options": ("none", "A")}
+    with pytest.raises(ValueError, match=f"trained in {other}"):
+        study.train_grid(StudyConfig(out=str(tmp_path), **{**both, "precision": "bf16" if auto_bf16 else "fp32"}))
+    assert not (tmp_path / "runs" / "resnet8-A-r0").exists()
+    study.train_grid(StudyConfig(out=str(tmp_path), **{**both, "precision": "auto"}))
+    assert f"precision {other}, as the runs already in" in capsys.readouterr().err
+    assert runtime("resnet8-A-r0")["bf16_autocast"] is (other == "bf16")
+    # A folder whose runs disagree (trained before this rule) cannot be reported as twins.
+    a = tmp_path / "runs" / "resnet8-A-r0" / "config.json"
+    rec = json.load(open(a))
+    rec["runtime"]["bf16_autocast"] = not rec["runtime"]["bf16_autocast"]
+    a.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="mix bf16"):
+        study.train_grid(StudyConfig(out=str(tmp_path), **{**both, "report_only": True}))
 
 
 def test_processes_share_a_grid_a_run_in_use_is_skipped(tiny_study, capsys):

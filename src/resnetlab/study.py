@@ -29,7 +29,7 @@ from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
 from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
-from .io import FolderInUse, FolderLock, cache_dir, read_json, resolve_device, write_json
+from .io import PRECISIONS, FolderInUse, FolderLock, cache_dir, read_json, resolve_device, write_json
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
@@ -107,8 +107,9 @@ class StudyConfig:
     landscape --help)"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N, mps"""
-    precision: Literal[("auto", "fp32", "bf16")] = "auto"
-    """auto (train's choice), fp32 or bf16"""
+    precision: Literal[PRECISIONS] = "auto"
+    """auto (train's choice for this machine, or, once the folder holds runs, the arithmetic they were trained
+    in, so that twins trained on different machines share it), fp32 or bf16"""
     threads: Optional[int] = None
     """CPU threads (default: train's, the physical cores; 1 is faster for tiny models on a busy machine)"""
     quiet: bool = False
@@ -212,6 +213,30 @@ def _check_same_run(run: RunSpec, tcfg) -> None:
                          f"or delete that run folder to retrain it")
 
 
+def grid_precision(cfg: StudyConfig, runs: list[RunSpec]) -> str:
+    """The precision every run of the grid trains in. Twins must share their arithmetic, but ``auto``
+    resolves per machine (bf16 on AMX CPUs, fp32 elsewhere), and a grid is often trained over several
+    sessions: so once run folders exist, ``auto`` means the precision they record, and an explicit one that
+    differs is refused."""
+    used = {}
+    for r in runs:
+        path = os.path.join(r.dir, "config.json")
+        runtime = read_json(path).get("runtime", {}) if os.path.isfile(path) else {}
+        if "bf16_autocast" in runtime:
+            used.setdefault("bf16" if runtime["bf16_autocast"] else "fp32", []).append(r.name)
+    if len(used) > 1:
+        raise ValueError(f"the runs in {cfg.out} mix bf16 ({', '.join(used['bf16'])}) and fp32 "
+                         f"({', '.join(used['fp32'])}); delete the runs of one kind to retrain them")
+    if not used:
+        return cfg.precision
+    (recorded, names), = used.items()
+    if cfg.precision not in ("auto", recorded):
+        raise ValueError(f"the runs in {cfg.out} were trained in {recorded} ({names[0]}, ...); --precision "
+                         f"{cfg.precision} would make their twins differ in arithmetic: use --precision "
+                         f"{recorded} or another --out")
+    return recorded
+
+
 def run_state(run: RunSpec) -> str:
     """``"done"`` (final.json), ``"partial"`` (last.pt, resumable) or ``"new"``."""
     if os.path.isfile(os.path.join(run.dir, "final.json")):
@@ -231,8 +256,13 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
     configs = {r.name: train_config(cfg, r) for r in runs}
     for r in runs:  # before training anything: every existing run folder must match the study's settings
         _check_same_run(r, configs[r.name])
-    if cfg.report_only:
+    if cfg.report_only:  # a report needs no precision, but must not pair twins of different arithmetic
+        grid_precision(dataclasses.replace(cfg, precision="auto"), runs)
         return runs, [], [r.name for r in runs]
+    precision = grid_precision(cfg, runs)
+    if precision != cfg.precision:
+        _log(f"precision {precision}, as the runs already in {cfg.out} were trained")
+        configs = {n: dataclasses.replace(c, precision=precision) for n, c in configs.items()}
     failed, busy = [], []
     b = budget(cfg)
     # Progress: seconds per unit of work, a unit being one iteration of one layer plus a fixed overhead.
