@@ -39,7 +39,9 @@ fi
 depths=${2:?depths, e.g. 20 or 20,56}
 [ -d "$DATA/cifar-10-batches-py" ] || "$PY" "$ROOT/../shared/tools/cifar10_fixture.py" batches "$DATA"
 GRID=(--depths "$depths" --options none,A,B,A:none --repeats 3 --data cifar10 --data-dir "$DATA" --out "$OUT"
-      --budget short --iterations 2000 --batch-size 128 --val-split 5000 --eval-every 500 --threads 1 --quiet)
+      --budget short --iterations 2000 --batch-size 128 --val-split 5000 --eval-every 500 --threads 1 --precision fp32 --quiet)
+# --precision fp32: every run so far trained in fp32; the frozen code's `auto` would pick bf16 on a CPU with
+# AMX (a session's machine had it), which would make twins differ in arithmetic (the study now refuses that).
 export OMP_WAIT_POLICY=PASSIVE
 if [ "$mode" = train ]; then
   [ -d "$CODE" ] || git -C "$ROOT" worktree add --detach "$CODE" "$COMMIT"
