@@ -225,6 +225,30 @@ def test_fused_channels_last_path_resumes_bit_identically(tmp_path):
     assert ta == [(e["step"], e["loss"]) for e in events(cut) if e["kind"] == "train"]
 
 
+def test_auto_precision_resumes_in_the_arithmetic_the_run_began_in(tmp_path):
+    """``--precision auto`` resolves per machine (bf16 on AMX CPUs, fp32 elsewhere). A run begun with auto on a
+    machine that chose the other arithmetic than this one resumes in *that* arithmetic, bit-identically."""
+    auto_bf16, _ = resolve_precision("auto", torch.device("cpu"), None)
+    other = "fp32" if auto_bf16 else "bf16"
+    cfg = dict(TINY, precision=other, iterations=8, log_every=2, checkpoint_every=8, save_at=(4,), eval_every=1000)
+    ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+    train(TrainConfig(**cfg, out=ref))
+    os.makedirs(cut)
+    shutil.copy(os.path.join(ref, "metrics.jsonl"), cut)
+    shutil.copy(os.path.join(ref, "step_4.pt"), os.path.join(cut, "last.pt"))
+    with open(os.path.join(ref, "config.json")) as fh:
+        record = json.load(fh)
+    record["config"]["precision"] = "auto"  # what the other machine wrote: auto, resolved to `other` there
+    with open(os.path.join(cut, "config.json"), "w") as fh:
+        json.dump(record, fh)
+    train(TrainConfig(**{**cfg, "precision": "auto"}, out=cut, resume=True))
+    with open(os.path.join(cut, "config.json")) as fh:
+        assert json.load(fh)["runtime"]["bf16_autocast"] is (other == "bf16")
+    a, b = load_checkpoint(os.path.join(ref, "last.pt")), load_checkpoint(os.path.join(cut, "last.pt"))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 # ------------------------------------------------------------------ precision: what the hardware gets
 
 

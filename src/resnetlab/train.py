@@ -367,6 +367,12 @@ def train(config: TrainConfig) -> dict:
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
     bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
+    if cfg.resume and cfg.precision == "auto" and os.path.isfile(os.path.join(out, "config.json")):
+        # auto resolves per machine (bf16 on AMX CPUs): a run resumed on another keeps the arithmetic and
+        # layout it started with, or the resume would not be exact.
+        began = read_json(os.path.join(out, "config.json")).get("runtime", {})
+        bf16 = began.get("bf16_autocast", bf16)
+        channels_last = began.get("channels_last", channels_last) if cfg.channels_last is None else channels_last
     stream = TrainStream(train_set, cfg.batch_size, device=device, seed=cfg.seed, normalization=normalization,
                          augment=cfg.augment, channels_last=channels_last, padding=cfg.padding)
     if cfg.batch_size % dist.world_size:
