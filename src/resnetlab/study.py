@@ -33,7 +33,7 @@ from .io import PRECISIONS, FolderInUse, FolderLock, cache_dir, read_json, resol
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
-from .train import TrainConfig, TrainingDiverged, resolve_config, train
+from .train import TrainConfig, TrainingDiverged, recorded_runtime, resolve_config, train
 from .weights import load_checkpoint, model_from_checkpoint
 
 BUDGETS = ("smoke", "short", "paper")
@@ -220,8 +220,7 @@ def grid_precision(cfg: StudyConfig, runs: list[RunSpec]) -> str:
     differs is refused."""
     used = {}
     for r in runs:
-        path = os.path.join(r.dir, "config.json")
-        runtime = read_json(path).get("runtime", {}) if os.path.isfile(path) else {}
+        runtime = recorded_runtime(r.dir)
         if "bf16_autocast" in runtime:
             used.setdefault("bf16" if runtime["bf16_autocast"] else "fp32", []).append(r.name)
     if len(used) > 1:

@@ -342,6 +342,12 @@ def _enable_fused(cfg: TrainConfig, model: nn.Module, device, bf16: bool, channe
     return False
 
 
+def recorded_runtime(out: str) -> dict:
+    """What a run folder's ``config.json`` records under ``runtime`` (precision, layout, ...); ``{}`` if none."""
+    path = os.path.join(out, "config.json")
+    return read_json(path).get("runtime", {}) if os.path.isfile(path) else {}
+
+
 def _refuse_existing_run(cfg: TrainConfig, out: str) -> None:
     if not cfg.resume and any(os.path.exists(os.path.join(out, f)) for f in (RESUMABLE, "final.json")):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -367,10 +373,10 @@ def train(config: TrainConfig) -> dict:
     train_set = data["train"]
     normalization = Normalization.fit(train_set.x, cfg.normalization)
     bf16, channels_last = resolve_precision(cfg.precision, device, cfg.channels_last)
-    if cfg.resume and cfg.precision == "auto" and os.path.isfile(os.path.join(out, "config.json")):
+    if cfg.resume and cfg.precision == "auto":
         # auto resolves per machine (bf16 on AMX CPUs): a run resumed on another keeps the arithmetic and
         # layout it started with, or the resume would not be exact.
-        began = read_json(os.path.join(out, "config.json")).get("runtime", {})
+        began = recorded_runtime(out)
         bf16 = began.get("bf16_autocast", bf16)
         channels_last = began.get("channels_last", channels_last) if cfg.channels_last is None else channels_last
     stream = TrainStream(train_set, cfg.batch_size, device=device, seed=cfg.seed, normalization=normalization,
