@@ -25,7 +25,7 @@ _HE2016 = dict(
 RECIPES: dict[str, dict] = {
     "he2016-cifar": _HE2016,
     # he2016-cifar with the two divisions at 75% and 90% of the run: in a run of a few hundred iterations
-    # (the demo's) the deeper nets need most of it at lr 0.1 to get anywhere.
+    # (the demo's) the deeper nets need most of it at the full lr to get anywhere.
     "he2016-short": {**_HE2016, "milestones": (48000, 57600)},
     "modern-cifar": dict(
         iterations=64000, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,

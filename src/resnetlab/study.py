@@ -547,10 +547,10 @@ class DemoConfig:
     """auto: CIFAR-10 when --data-dir is given or it is in the cache, else synthetic"""
     data_dir: Optional[str] = None
     """CIFAR-10 folder or .tar.gz"""
-    iterations: int = 400
+    iterations: int = 200
     """training iterations per run"""
-    batch_size: int = 64
-    """batch size"""
+    batch_size: int = 128
+    """batch size (the paper's 128, with its lr 0.1)"""
     synthetic_size: int = 16
     """side of the synthetic images (16: a quarter of the arithmetic of 32x32)"""
     recipe: Literal[tuple(RECIPES)] = "he2016-short"
