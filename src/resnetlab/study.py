@@ -9,7 +9,7 @@ landscape) and the report written (:mod:`resnetlab.report`). Rerunning the same 
 are skipped, interrupted ones continue from their ``last.pt``, and the report is rebuilt from the run folders.
 
     resnetlab study shortcuts --depths 20,56 --options A,B,C,none --budget short --out study-20-56
-    resnetlab demo                       # small offline study on synthetic data, about 2 minutes on 2 idle CPU cores
+    resnetlab demo                       # small offline study on synthetic data, under a minute on 2 idle CPU cores
 """
 from __future__ import annotations
 
