@@ -290,7 +290,7 @@ def figure6_checks(records) -> dict:
     True/False, or None when the grid lacks the nets; ``errors`` holds the numbers they were judged on."""
     agg = _train_means(records)
     depths = sorted({d for d, _ in agg})
-    residual = sorted({o for _, o in agg if o != "none"}, key=_option_rank)
+    residual = family_order(o for _, o in agg if o != "none")
     out = {"degradation": None, "residual_beats_plain": None, "deeper_residual": None,
            "errors": {net_label(d, o): e for (d, o), e in agg.items()}}
     if not depths:
@@ -398,7 +398,7 @@ def figure_training_curves(records, path) -> str:
     return plots.training_curves(panels, path)
 
 
-def _curves(records, get, residual_only=False) -> list[tuple[dict, np.ndarray]]:
+def _curves(records, get) -> list[tuple[dict, np.ndarray]]:
     """``(style, values)`` of each (depth, option) whose runs have a per-layer list ``get(run)`` of
     ``(name, value)``: one row of ``values`` per repeat (of the first one's length); the figures draw the mean
     and the spread."""
@@ -406,8 +406,7 @@ def _curves(records, get, residual_only=False) -> list[tuple[dict, np.ndarray]]:
     depths = sorted({d for d, _ in groups})
     curves = []
     for (depth, option), runs in groups.items():
-        lists = [l for l in map(get, runs) if l]
-        if lists and not (residual_only and option == "none"):
+        if lists := [l for l in map(get, runs) if l]:
             values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(lists[0])])
             curves.append((_style(depth, option, depths), values))
     return curves
@@ -461,10 +460,9 @@ def figure_first_layer(records, path) -> str:
 
 
 def figure_path_ratios(records, path) -> str | None:
-    """||F(x)|| / ||shortcut(x)|| per residual block at the final checkpoint."""
+    """||F(x)|| / ||shortcut(x)|| per residual block at the final checkpoint (plain blocks have no ratio)."""
     curves = _curves(records, lambda r: [(p.get("block"), p.get("ratio")) for p in _analysis(r).get("path_stats") or []
-                                         if p.get("ratio") is not None and math.isfinite(p["ratio"])],
-                     residual_only=True)
+                                         if p.get("ratio") is not None and math.isfinite(p["ratio"])])
     return plots.path_ratios(curves, path) if curves else None
 
 
@@ -614,8 +612,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
     doc.p("Networks: " + "; ".join(f"{'plain' if o == 'none' else o}: {describe_option(o)}"
                                    for o in family_order(r["option"] for r in records)) + ".")
 
-    paired = paired_rows(records)
-    if paired:
+    if paired := paired_rows(records):
         doc.h("Paired differences between twins")
         doc.p("Twins share the seed (initial weights and batches), so each repeat gives one paired difference. "
               "Rows: the first network's error minus the second's, in percentage points, mean over repeats "
@@ -666,8 +663,7 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
               "passes its input on and adds a small correction.")
         doc.image(rel, "Ratio of residual-branch to shortcut output norms per block")
 
-    proj = [(r, p) for r in records for p in _analysis(r).get("projection_stats") or [] if r["repeat"] == 0]
-    if proj:
+    if proj := [(r, p) for r in records for p in _analysis(r).get("projection_stats") or [] if r["repeat"] == 0]:
         doc.h("Projection shortcuts (options B/C)")
         doc.p("Each learned 1x1 projection with its BN folded in, compared with the map option A would apply "
               "(identity on the old channels, zeros on the new): `identity_energy` is the share of its squared "
