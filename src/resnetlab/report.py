@@ -153,9 +153,7 @@ def paired_interval(a, b) -> dict | None:
 def paired_rows(records) -> list[dict]:
     """For each depth, every residual option against the plain net and the residual options against each
     other: paired differences (by repeat) of the training and test error."""
-    by = {}
-    for r in records:
-        by.setdefault((r["depth"], r["option"]), {})[r["repeat"]] = r["final"]
+    by = {k: {r["repeat"]: r["final"] for r in runs} for k, runs in _groups(records).items()}
     rows = []
     for depth in sorted({d for d, _ in by}):
         residual = family_order(o for d, o in by if d == depth and o != "none")
@@ -225,8 +223,7 @@ def summary_rows(records) -> list[dict]:
 
 def results_table(records) -> tuple[list[str], list[list[str]]]:
     """The main table: errors in %, mean ± std over repeats; test error as best (mean±std)."""
-    head = ["depth", "network", "params", "train error (%)", "val error (%)", "test error (%)",
-            "wall time (s)", "runs"]
+    head = ["depth", "network", "params", "train error (%)", "val error (%)", "test error (%)", "wall time (s)", "runs"]
     rows = []
     for (depth, option), runs in _groups(records).items():
         finals = [r["final"] for r in runs]
