@@ -277,8 +277,7 @@ def plot_1d(res: dict, path: str, title: str) -> None:
     ax2 = ax1.twinx()
     ax2.plot(res["alphas"], 100 * np.asarray(res["acc"]), "--", color="tab:red", label="accuracy")
     ax2.set_ylabel("accuracy (%)")
-    lines = ax1.get_lines() + ax2.get_lines()
-    ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper center", fontsize=8)
+    ax1.legend(handles=ax1.get_lines() + ax2.get_lines(), loc="upper center", fontsize=8)  # both axes' lines
     save_figure(fig, path)
 
 
