@@ -180,8 +180,7 @@ def landscape_contours(nets, path: str) -> str:
     for ax, (label, res) in zip(axes[0], nets):
         a, b = np.asarray(res["alphas"], dtype=np.float64), np.asarray(res["betas"], dtype=np.float64)
         loss = np.clip(np.asarray(res["loss"], dtype=np.float64), lo, hi).reshape(len(a), len(b))
-        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9,
-                        norm=LogNorm(vmin=lo, vmax=levels[-1]))
+        cs = ax.contour(a, b, loss.T, levels=levels, cmap="viridis", linewidths=0.9, norm=LogNorm(vmin=lo, vmax=hi))
         ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
         ax.plot([0], [0], "r+", markersize=8)
         ax.set(title=label, xlabel="direction 1 (α)", aspect="equal")

@@ -559,10 +559,9 @@ def write_results(out_dir, records) -> tuple[str, str]:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["run"])
         w.writeheader()
         w.writerows(rows)
-    first = first_layer_norms(records)
     payload = {"runs": rows, "summary": summary_rows(records), "paired": paired_rows(records),
                "first_layer_grad_norm": {step: [{"depth": d, "option": o, "norm": v} for (d, o), v in per.items()]
-                                         for step, per in first.items()}}
+                                         for step, per in first_layer_norms(records).items()}}
     write_json(json_path, payload, indent=1)
     return csv_path, json_path
 
