@@ -406,6 +406,29 @@ def test_config_file_reaches_the_study(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_option_order_does_not_depend_on_input_order():
+    # two transition variants of one option used to tie, so reports listed them in the order a set gave
+    options = ["B", "A:none", "none", "A:avgpool-projection", "A", "C"]
+    expected = ["none", "A", "A:avgpool-projection", "A:none", "B", "C"]
+    assert report.family_order(options) == expected
+    assert sorted(options, key=report._option_rank) == sorted(options[::-1], key=report._option_rank) == expected
+
+
+def test_report_with_the_signal_measured_but_no_weight_gradients(tmp_path):
+    # analysis.json files that hold the back-propagated signal only (no weight-gradient norms)
+    recs = []
+    for option, sig in (("none", [["input", 0.2], ["layer1.0", 1.0]]), ("A", [["input", 3.0], ["layer1.0", 1.5]])):
+        recs.append({"name": f"resnet8-{option}-r0", "model": "resnet8", "depth": 8, "option": option, "repeat": 0,
+                     "seed": 0, "dir": f"runs/resnet8-{option}-r0", "analysis": {"signal": {"0": sig}},
+                     "events": [{"kind": "train", "step": s, "error": 0.3} for s in (1, 2)],
+                     "final": {"params": 10, "train_error": 0.3, "test_error": 0.3, "wall_time_s": 1.0}})
+    paths = report.write_report(str(tmp_path), recs, title="signal only")
+    assert [os.path.basename(f) for f in paths["figures"]] == ["training_curves.png", "signal_flow.png"]
+    md = open(paths["md"], encoding="utf-8").read()
+    assert "## Gradient flow" in md and "signal_flow.png" in md
+    assert "with respect to each block's parameters" not in md and "first_layer_gradient" not in md
+
+
 def test_paired_intervals_against_hand_computed_values():
     from resnetlab.report import paired_interval, paired_rows, t975
     # differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, n 3 -> half-width t(0.975, 2) * 0.01 / sqrt(3)

@@ -77,10 +77,12 @@ def net_label(depth: int, option: str) -> str:
 OPTION_ORDER = ("none", "A", "B", "C")  # plain first, then the residual options
 
 
-def _option_rank(option: str) -> float:
+def _option_rank(option: str) -> tuple[int, bool, str]:
     base, _, transition = option.partition(":")
     rank = OPTION_ORDER.index(base) if base in OPTION_ORDER else len(OPTION_ORDER)
-    return rank + (0.5 if transition else 0.0)  # a transition variant right after its option
+    # transition variants right after their option; ties broken by name, so that the order of the report's
+    # rows and figures never depends on the order (or the string hashing) of a set of options
+    return rank, bool(transition), option
 
 
 def family_order(options) -> list[str]:
@@ -638,20 +640,21 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
                   "argument is about: how much of the loss's signal reaches each depth.")
             doc.image(rel, "||dL/dx|| at the input (left end) and after each block (log scale); colour = family, "
                            "line style = depth")
-        doc.p("Norm of the training-loss gradient with respect to each block's parameters, same batch and steps. "
-              "Under BN this scales as 1/||W|| (scaling a conv by c leaves the function unchanged and divides "
-              "its gradient by c), so it mixes the signal with how large the weights have grown.")
-        rel = figure(figure_per_block, "gradient_flow.png", records, "grad_norms", "weight-gradient norm per block")
-        doc.image(rel, "Gradient norm per block (log scale); colour = family, line style = depth")
-        rel = figure(figure_first_layer, "first_layer_gradient.png", records)
-        doc.image(rel, "The first layer's gradient norm against depth")
         first = first_layer_norms(records)
-        depths = sorted({d for per in first.values() for d, _ in per})
-        opts = family_order({o for per in first.values() for _, o in per})
-        trows = [[step, "plain" if o == "none" else f"residual {o}"]
-                 + [f"{first[step][(d, o)]:.3g}" if (d, o) in first[step] else "" for d in depths]
-                 for step in first for o in opts]
-        doc.table(["step", "network"] + [f"depth {d}" for d in depths], trows)
+        if any(first.values()):  # weight-gradient norms were measured, not only the signal
+            doc.p("Norm of the training-loss gradient with respect to each block's parameters, same batch and steps. "
+                  "Under BN this scales as 1/||W|| (scaling a conv by c leaves the function unchanged and divides "
+                  "its gradient by c), so it mixes the signal with how large the weights have grown.")
+            rel = figure(figure_per_block, "gradient_flow.png", records, "grad_norms", "weight-gradient norm per block")
+            doc.image(rel, "Gradient norm per block (log scale); colour = family, line style = depth")
+            rel = figure(figure_first_layer, "first_layer_gradient.png", records)
+            doc.image(rel, "The first layer's gradient norm against depth")
+            depths = sorted({d for per in first.values() for d, _ in per})
+            opts = family_order({o for per in first.values() for _, o in per})
+            trows = [[step, "plain" if o == "none" else f"residual {o}"]
+                     + [f"{first[step][(d, o)]:.3g}" if (d, o) in first[step] else "" for d in depths]
+                     for step in first for o in opts]
+            doc.table(["step", "network"] + [f"depth {d}" for d in depths], trows)
 
     if rel := figure(figure_path_ratios, "path_ratios.png", records):
         doc.h("Residual paths")
