@@ -303,12 +303,11 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     conv_name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
-    expected = conv.in_channels if conv is not None else None
     if in_channels is None:
-        in_channels = expected if expected is not None else 3
-    elif expected is not None and in_channels != expected:
-        raise ValueError(f"{label} takes {expected}-channel input (its first convolution {conv_name} has "
-                         f"in_channels={expected}), got {in_channels} channels")
+        in_channels = conv.in_channels if conv is not None else 3
+    elif conv is not None and in_channels != conv.in_channels:
+        raise ValueError(f"{label} takes {conv.in_channels}-channel input (its first convolution {conv_name} has "
+                         f"in_channels={conv.in_channels}), got {in_channels} channels")
     shape = (batch, in_channels, h, w)
 
     trace = _Trace(model, _units(model), label, shape)
