@@ -418,9 +418,8 @@ class Diff(_Report):
         head = ["layer"] + [f"A {t}" for t, _, _ in cols] + [f"B {t}" for t, _, _ in cols]
         cells = [[name] + [("-" if r is None else fmt(getattr(r, attr))) for r in (ra, rb)  # all A, then B
                            for _, attr, fmt in cols] for name, ra, rb in self.rows]
-        n = len(cols)
         right = [i + 1 for i, (t, _, _) in enumerate(cols) if t in ("stride", "params", "MACs")]
-        right += [i + n for i in right]
+        right += [i + len(cols) for i in right]  # the same columns of B
         return format_table(head, cells, right=tuple(right), markdown=markdown)
 
     @staticmethod
@@ -438,8 +437,8 @@ class Diff(_Report):
     def _params_lines(self) -> list[str]:
         """The parameter tensors that differ, then the totals, one line each."""
         lines = []
-        for title, items, other in (("only in A", self.only_a, self._names_b), ("only in B", self.only_b,
-                                                                                  self._names_a)):
+        for title, items, other in (("only in A", self.only_a, self._names_b),
+                                    ("only in B", self.only_b, self._names_a)):
             if items:
                 listed = ", ".join(f"{k} ({v:,})" for k, v in self._groups(items, other).items())
                 lines.append(f"parameters {title}: {self._numel(items):,} in {len(items)} tensors: {listed}")
