@@ -303,12 +303,11 @@ def summarize(model: nn.Module, image_size: int | tuple[int, int] | None = None,
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     conv_name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
-    expected = conv.in_channels if conv is not None else None
     if in_channels is None:
-        in_channels = expected if expected is not None else 3
-    elif expected is not None and in_channels != expected:
-        raise ValueError(f"{label} takes {expected}-channel input (its first convolution {conv_name} has "
-                         f"in_channels={expected}), got {in_channels} channels")
+        in_channels = conv.in_channels if conv is not None else 3
+    elif conv is not None and in_channels != conv.in_channels:
+        raise ValueError(f"{label} takes {conv.in_channels}-channel input (its first convolution {conv_name} has "
+                         f"in_channels={conv.in_channels}), got {in_channels} channels")
     shape = (batch, in_channels, h, w)
 
     trace = _Trace(model, _units(model), label, shape)
@@ -419,9 +418,8 @@ class Diff(_Report):
         head = ["layer"] + [f"A {t}" for t, _, _ in cols] + [f"B {t}" for t, _, _ in cols]
         cells = [[name] + [("-" if r is None else fmt(getattr(r, attr))) for r in (ra, rb)  # all A, then B
                            for _, attr, fmt in cols] for name, ra, rb in self.rows]
-        n = len(cols)
         right = [i + 1 for i, (t, _, _) in enumerate(cols) if t in ("stride", "params", "MACs")]
-        right += [i + n for i in right]
+        right += [i + len(cols) for i in right]  # the same columns of B
         return format_table(head, cells, right=tuple(right), markdown=markdown)
 
     @staticmethod
@@ -439,8 +437,8 @@ class Diff(_Report):
     def _params_lines(self) -> list[str]:
         """The parameter tensors that differ, then the totals, one line each."""
         lines = []
-        for title, items, other in (("only in A", self.only_a, self._names_b), ("only in B", self.only_b,
-                                                                                  self._names_a)):
+        for title, items, other in (("only in A", self.only_a, self._names_b),
+                                    ("only in B", self.only_b, self._names_a)):
             if items:
                 listed = ", ".join(f"{k} ({v:,})" for k, v in self._groups(items, other).items())
                 lines.append(f"parameters {title}: {self._numel(items):,} in {len(items)} tensors: {listed}")
