@@ -97,11 +97,6 @@ def _groups(records) -> dict[tuple[int, str], list[dict]]:
     return dict(out)
 
 
-def _style(depth: int, option: str, depths: list[int]) -> dict:
-    return dict(color=FAMILY_COLORS.get(family(option), "tab:purple"),
-                linestyle=DEPTH_STYLES[sorted(depths).index(depth) % len(DEPTH_STYLES)], label=net_label(depth, option))
-
-
 # --------------------------------------------------------------------------------------------- numbers
 
 TAIL_FRACTION = 0.1  # the report's training error: the logged intervals of the last 10% of the iterations
@@ -407,7 +402,10 @@ def _curves(records, get) -> list[tuple[dict, np.ndarray]]:
     for (depth, option), runs in groups.items():
         if lists := [l for l in map(get, runs) if l]:
             values = np.array([[float(v) for _, v in l] for l in lists if len(l) == len(lists[0])])
-            curves.append((_style(depth, option, depths), values))
+            style = dict(color=FAMILY_COLORS.get(family(option), "tab:purple"),
+                         linestyle=DEPTH_STYLES[depths.index(depth) % len(DEPTH_STYLES)],
+                         label=net_label(depth, option))
+            curves.append((style, values))
     return curves
 
 
@@ -477,11 +475,6 @@ def landscape_table(landscape: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([n["label"], *(_fmt_mean([f.get(m) for f in per], scale=1.0, digits=4) for m, _ in metrics),
                      f"{radius:g}" if radius is not None else "", str(len(per))])
     return ["network", *(label for _, label in metrics), "r", "landscapes"], rows
-
-
-def figure_landscape(landscape: dict, path) -> str:
-    """Loss contours of the deepest plain vs residual pair along two filter-normalised random directions."""
-    return plots.landscape_contours([(n["label"], n["result"]) for n in landscape["nets"]], path)
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -675,7 +668,8 @@ def write_report(out_dir, records, *, title="Shortcut study", settings: dict | N
         if landscape.get("note"):
             doc.p(landscape["note"])
         doc.table(*landscape_table(landscape))
-        rel = figure(figure_landscape, "landscape.png", landscape)
+        nets = [(n["label"], n["result"]) for n in landscape["nets"]]
+        rel = figure(plots.landscape_contours, "landscape.png", nets)
         doc.image(rel, "Loss contours around the final weights, deepest plain vs residual net")
 
     if shapes_md:
