@@ -99,7 +99,7 @@ def _groups(records) -> dict[tuple[int, str], list[dict]]:
 
 # --------------------------------------------------------------------------------------------- numbers
 
-TAIL_FRACTION = 0.1  # the report's training error: the logged intervals of the last 10% of the iterations
+TAIL_FRACTION = 0.1  # the report's training error: the logged intervals of this last fraction of the iterations
 
 
 def tail_train_error(events, steps: int, fraction: float = TAIL_FRACTION) -> float | None:
@@ -197,7 +197,7 @@ def results_rows(records) -> list[dict]:
     return [{"run": r["name"], "model": r["model"], "depth": r["depth"], "option": r["option"],
              "family": family(r["option"]), "repeat": r["repeat"], "seed": r["seed"],
              **{k: r["final"].get(k) for k in _FINAL_KEYS}, "dir": r["dir"]}
-            for r in sorted(records, key=lambda r: (r["depth"], _option_rank(r["option"]), r["repeat"]))]
+            for runs in _groups(records).values() for r in runs]
 
 
 def summary_rows(records) -> list[dict]:
@@ -486,8 +486,8 @@ class Doc:
     def __init__(self, title: str):
         self.title, self.blocks = title, []
 
-    def h(self, text, level=2):
-        self.blocks.append("#" * level + " " + text)
+    def h(self, text):
+        self.blocks.append("## " + text)
 
     def p(self, *texts):
         self.blocks += texts
