@@ -177,19 +177,15 @@ class TrainStream:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def order(self, epoch: int) -> torch.Tensor:
-        """The permutation of epoch ``epoch`` (CPU; the current one is cached)."""
-        if self._epoch != epoch:
-            self._order = torch.randperm(self.n, generator=seeded_generator(self.seed, TAG_ORDER, epoch))
-            self._epoch = epoch
-        return self._order
-
     def indices(self, step: int) -> torch.Tensor:
         """Dataset positions of the images of batch ``step`` (CPU int64)."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, i = divmod(int(step), self.steps_per_epoch)
-        return self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        if self._epoch != epoch:  # the permutation of the current epoch is cached
+            self._order = torch.randperm(self.n, generator=seeded_generator(self.seed, TAG_ORDER, epoch))
+            self._epoch = epoch
+        return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
     def augmentation(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(dy, dx, flip)`` of each image of batch ``step``: the crop's top-left corner in the padded

@@ -481,6 +481,12 @@ def train(config: TrainConfig) -> dict:
         if not math.isfinite(value):
             raise diverged(f"at step {step}: {what} = {value}")
 
+    def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(t)
+            t /= dist.world_size
+        return t
+
     steps_per_epoch = stream.steps_per_epoch
     say(f"{cfg.model.name} on {cfg.data}: {len(train_set)} training images, batch {cfg.batch_size}, "
         f"{steps_per_epoch} steps/epoch; {cfg.iterations} iterations = {cfg.iterations / steps_per_epoch:.1f} epochs")
@@ -514,20 +520,14 @@ def train(config: TrainConfig) -> dict:
             if cfg.warmup == "he2016" and warmup_end is None and schedule.in_warmup(done):
                 warm_err += error
                 if done % 10 == 0:
-                    if dist.world_size > 1:  # every process must end the warm-up at the same step
-                        torch.distributed.all_reduce(warm_err)
-                        warm_err /= dist.world_size
+                    mean_over_processes(warm_err)  # every process must end the warm-up at the same step
                     if warm_err.item() / 10 < cfg.warmup_error:
                         warmup_end = done
                         say(f"warm-up over at step {done}: training error {warm_err.item() / 10:.1%}")
                     warm_err.zero_()
 
             if done % cfg.log_every == 0 or done == cfg.iterations:
-                sums = torch.stack([loss_sum, err_sum])
-                if dist.world_size > 1:
-                    torch.distributed.all_reduce(sums)
-                    sums /= dist.world_size
-                train_loss, train_error = (sums / seen).tolist()
+                train_loss, train_error = (mean_over_processes(torch.stack([loss_sum, err_sum])) / seen).tolist()
                 check_loss(done, train_loss, f"mean training loss since step {done - seen}")
                 now = time.perf_counter()
                 rate = (done - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
