@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .analysis import _mode
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, atomic_write, progress, resolve_device, write_json
 from .models import model_config, named_generator
@@ -120,31 +121,29 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
     state = {k: v.detach().clone() for k, v in model.named_buffers()}  # BN writes into these, not the model's
     state.update(params if params is not None else {k: p.detach() for k, p in model.named_parameters()})
     norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    modes, momenta = [(m, m.training) for m in model.modules()], [(m, m.momentum) for m in norms.values()]
-    try:
-        model.eval()
-        if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
-            for name, m in norms.items():
-                state[f"{name}.running_mean"].zero_()
-                state[f"{name}.running_var"].fill_(1.0)
-                state[f"{name}.num_batches_tracked"].zero_()
-                m.train()
-                m.momentum = None
-            for xb, _ in batches:
-                functional_call(model, state, (xb,))
-        for m in norms.values():
-            m.train(bn == "batch")  # batch statistics, or the running ones (recomputed or the checkpoint's)
-        loss_sum, correct, total = 0.0, 0, 0
-        for xb, yb in batches:
-            logits = functional_call(model, state, (xb,))
-            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
-            correct += (logits.argmax(1) == yb).sum().item()
-            total += yb.numel()
-    finally:  # every module's own mode back (a model may hold some BN layers frozen in eval mode)
-        for m, training in modes:
-            m.training = training
-        for m, momentum in momenta:
-            m.momentum = momentum
+    momenta = [(m, m.momentum) for m in norms.values()]
+    with _mode(model):  # every module's own mode comes back (a model may hold some BN layers frozen in eval)
+        try:
+            if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
+                for name, m in norms.items():
+                    state[f"{name}.running_mean"].zero_()
+                    state[f"{name}.running_var"].fill_(1.0)
+                    state[f"{name}.num_batches_tracked"].zero_()
+                    m.train()
+                    m.momentum = None
+                for xb, _ in batches:
+                    functional_call(model, state, (xb,))
+            for m in norms.values():
+                m.train(bn == "batch")  # batch statistics, or the running ones (recomputed or the checkpoint's)
+            loss_sum, correct, total = 0.0, 0, 0
+            for xb, yb in batches:
+                logits = functional_call(model, state, (xb,))
+                loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+                correct += (logits.argmax(1) == yb).sum().item()
+                total += yb.numel()
+        finally:
+            for m, momentum in momenta:
+                m.momentum = momentum
     return loss_sum / total, correct / total
 
 
@@ -232,14 +231,9 @@ def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             total += torch.cat([h.reshape(-1) for h in hv]).double()
         return total
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with _mode(model):
         cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
         yield hvp, sum(p.numel() for p in params), dev
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class _Lanczos:
