@@ -51,11 +51,8 @@ def _cflags() -> list[str]:
 def _build_tag() -> str:
     """Names the build after everything it depends on, so one cache folder can hold several."""
     flags = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        flags = next((line for line in fh if line.startswith("flags")), "")
     with open(_SOURCE, "rb") as fh:
         source = fh.read()
     key = b"|".join([source, torch.__version__.encode(), platform.python_version().encode(),
@@ -68,11 +65,9 @@ def _ninja_on_path():
     """PyTorch's builder runs ``ninja`` from PATH; the pip package's binary is not there when the venv's
     python is called without activating the venv."""
     path = os.environ.get("PATH", "")
-    try:
+    with contextlib.suppress(ImportError):
         import ninja
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
-    except ImportError:
-        pass
     try:
         yield
     finally:
@@ -94,8 +89,6 @@ def extension():
     """The compiled extension module, building it on first call; ``None`` if it cannot be built
     (:func:`unavailable_reason` says why)."""
     global _ext, _error
-    if _ext is not None or _error is not None:
-        return _ext
     with _lock:
         if _ext is not None or _error is not None:
             return _ext
@@ -135,7 +128,6 @@ def _global_hooks() -> bool:
 
 
 def _fits(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a tensor the kernel takes: float32, four-dimensional, channels_last, on the CPU."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last))
 
@@ -201,7 +193,6 @@ def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor 
 
 
 def _bn_relu(bn: nn.BatchNorm2d, relu: nn.ReLU, x: torch.Tensor) -> torch.Tensor:
-    """``relu(bn(x))``: one kernel call when ``x`` fits it, else the two modules."""
     if _fits(x):
         return batch_norm_relu(bn, x)
     return relu(bn(x))
@@ -209,7 +200,6 @@ def _bn_relu(bn: nn.BatchNorm2d, relu: nn.ReLU, x: torch.Tensor) -> torch.Tensor
 
 def _bn_add_relu(bn: nn.BatchNorm2d, add: ResidualAdd, relu: nn.ReLU, branch: torch.Tensor,
                  shortcut: torch.Tensor | None) -> torch.Tensor:
-    """``relu(add(bn(branch), shortcut))``: one kernel call when ``branch`` fits it, else the modules."""
     if not _fits(branch):
         return relu(add(bn(branch), shortcut))
     if shortcut is not None and add.scale != 1.0:
@@ -300,15 +290,10 @@ def enable(model: nn.Module, on: bool = True) -> int:
     if on and extension() is None:
         raise RuntimeError(f"the fused batch-norm extension could not be built ({_error})")
     swap, done = (_FUSED, _UNFUSED) if on else (_UNFUSED, _FUSED)
-    count = 0
     for module in model.modules():
-        cls = type(module)
-        if cls in swap:
-            module.__class__ = swap[cls]
-            count += 1
-        elif cls in done:
-            count += 1
-    return count
+        if type(module) in swap:
+            module.__class__ = swap[type(module)]
+    return sum(type(m) in done for m in model.modules())
 
 
 def disable(model: nn.Module) -> int:
