@@ -318,8 +318,7 @@ def _read_events(run_dir: str) -> list[dict]:
 
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
-    b = budget(cfg)
-    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"], image_size=cfg.synthetic_size,
+    ds = load_dataset(cfg.data, cfg.data_dir, val_split=budget(cfg)["val_split"], image_size=cfg.synthetic_size,
                       hint=DATA_DIR_HINT)["train"]
     n = min(cfg.analysis_images, len(ds))
     norm = Normalization.from_state_dict(normalization_state)
