@@ -39,9 +39,8 @@ from .weights import load_checkpoint, model_from_checkpoint
 BUDGETS = ("smoke", "short", "paper")
 STUDIES = ("shortcuts",)
 
-# What each budget sets when the flags leave it open. "paper" is the he2016-cifar recipe in full (64k
-# iterations, batch 128, the 45k/5k split): hours per run on a GPU. "short" keeps the recipe's schedule,
-# shrunk to 3000 iterations. "smoke" checks the whole pipeline in minutes on a CPU.
+# What each budget sets when the flags leave it open. "paper" is the he2016-cifar recipe in full: hours per run
+# on a GPU. "short" keeps the recipe's schedule, shrunk. "smoke" checks the whole pipeline in minutes on a CPU.
 BUDGET_SETTINGS = {
     "smoke": dict(iterations=40, batch_size=32, val_split=500, eval_every=10, log_every=5, checkpoint_every=20),
     "short": dict(iterations=3000, batch_size=128, val_split=5000, eval_every=250, log_every=50, checkpoint_every=500),
@@ -319,8 +318,7 @@ def _read_events(run_dir: str) -> list[dict]:
 
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
-    b = budget(cfg)
-    ds = load_dataset(cfg.data, cfg.data_dir, val_split=b["val_split"], image_size=cfg.synthetic_size,
+    ds = load_dataset(cfg.data, cfg.data_dir, val_split=budget(cfg)["val_split"], image_size=cfg.synthetic_size,
                       hint=DATA_DIR_HINT)["train"]
     n = min(cfg.analysis_images, len(ds))
     norm = Normalization.from_state_dict(normalization_state)
