@@ -277,8 +277,7 @@ def given(cfg) -> frozenset[str] | None:
 
 def given_model(cfg):
     """``cfg.model`` if the command line (or its config file) gave any model option, else ``None``: then a
-    checkpoint's own recorded architecture applies. For configs built in Python: if it differs from the
-    default."""
+    checkpoint's recorded architecture applies. For a config built in Python: if it differs from the default."""
     explicit = given(cfg)
     if explicit is None:
         return None if cfg.model == type(cfg.model)() else cfg.model
