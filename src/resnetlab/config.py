@@ -207,18 +207,15 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
     nested = [f.name.replace("_", "-") for f in dataclasses.fields(model_cls)] if model_cls is not None else []
     aliases = {f"--{no}{flag}": f"--model.{no}{flag}" for flag in nested if flag not in own for no in ("", "no-")}
     tristate = _optional_bools(cls)
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
+    out = []
+    for i, a in enumerate(argv):
         if a == "--":
             out += argv[i:]
             break
         name, eq, value = a.partition("=")
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         if name == "--model" and (eq or (nxt is not None and not nxt.startswith("-"))):
-            out += [f"--model.name={value}"] if eq else ["--model.name", nxt]
-            i += 1 if eq else 2
-            continue
+            name = "--model.name"
         name = aliases.get(name, name)
         negated = name.replace(".no-", ".").replace("--no-", "--")
         if not eq and name in tristate and nxt not in ("True", "False", "None"):
@@ -227,7 +224,6 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
             out += [negated, "False"]
         else:
             out.append(name + eq + value)
-        i += 1
     return out
 
 
