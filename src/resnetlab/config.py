@@ -77,13 +77,10 @@ def load_file(path: str | os.PathLike) -> dict:
 # ----------------------------------------------------------------------------------------------- dicts
 
 def _strip(annotation):
-    """``(base annotation, optional?)`` without ``Annotated`` and ``None``."""
-    while typing.get_origin(annotation) is Annotated:
-        annotation = typing.get_args(annotation)[0]
+    """``(base annotation, optional?)`` without ``None`` (``typing.get_type_hints`` drops ``Annotated``)."""
     if typing.get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        base, _ = _strip(args[0])
-        return base, len(args) < len(typing.get_args(annotation))
+        return args[0], len(args) < len(typing.get_args(annotation))
     return annotation, False
 
 
@@ -123,7 +120,7 @@ def _convert(where: str, annotation, value):
 
 def _model_class(cls) -> type | None:
     """The config class that ``cls`` nests as its field ``model``, if any."""
-    base = _strip(typing.get_type_hints(cls, include_extras=True).get("model"))[0]
+    base = _strip(typing.get_type_hints(cls).get("model"))[0]
     return base if dataclasses.is_dataclass(base) else None
 
 
@@ -132,7 +129,7 @@ def from_dict(cls, data: dict, where: str = "config"):
     ones. In a config that nests ``model``, the model's options may also be given flat (``shortcut: B``)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k.replace("-", "_"): v for k, v in data.items()}
     model_cls = _model_class(cls)
@@ -154,7 +151,7 @@ def from_dict(cls, data: dict, where: str = "config"):
 
 def from_strings(cls, values: dict[str, str], base=None, where: str = "config"):
     """Like :func:`from_dict` for values written as text (``"true"``, ``"8"``, ``"B"``), on top of ``base``."""
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     typed = {}
     for key, text in values.items():
@@ -163,8 +160,8 @@ def from_strings(cls, values: dict[str, str], base=None, where: str = "config"):
             raise ValueError(f"{where}: unknown key {key}; valid: {', '.join(sorted(names))}")
         base_type, optional = _strip(hints[key])
         low = text.strip().lower()
-        if optional and low in ("null", "default") or (optional and low == "none" and base_type is not str
-                                                         and typing.get_origin(base_type) is not Literal):
+        if optional and (low in ("null", "default") or low == "none" and base_type is not str
+                         and typing.get_origin(base_type) is not Literal):
             typed[key] = None
         elif base_type is bool:
             if low not in ("true", "yes", "on", "1", "false", "no", "off", "0"):
@@ -191,7 +188,7 @@ def to_dict(cfg) -> dict:
 def _optional_bools(cls, prefix: str = "") -> set[str]:
     """Flags of the ``Optional[bool]`` fields (``None``: "the model's/recipe's default"), nested ones too."""
     out = set()
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         base, optional = _strip(hints[f.name])
         if dataclasses.is_dataclass(base):
@@ -210,18 +207,15 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
     nested = [f.name.replace("_", "-") for f in dataclasses.fields(model_cls)] if model_cls is not None else []
     aliases = {f"--{no}{flag}": f"--model.{no}{flag}" for flag in nested if flag not in own for no in ("", "no-")}
     tristate = _optional_bools(cls)
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
+    out = []
+    for i, a in enumerate(argv):
         if a == "--":
             out += argv[i:]
             break
         name, eq, value = a.partition("=")
         nxt = argv[i + 1] if i + 1 < len(argv) else None
         if name == "--model" and (eq or (nxt is not None and not nxt.startswith("-"))):
-            out += [f"--model.name={value}"] if eq else ["--model.name", nxt]
-            i += 1 if eq else 2
-            continue
+            name = "--model.name"
         name = aliases.get(name, name)
         negated = name.replace(".no-", ".").replace("--no-", "--")
         if not eq and name in tristate and nxt not in ("True", "False", "None"):
@@ -230,7 +224,6 @@ def _rewrite_argv(cls, argv: list[str]) -> list[str]:
             out += [negated, "False"]
         else:
             out.append(name + eq + value)
-        i += 1
     return out
 
 
@@ -280,8 +273,7 @@ def given(cfg) -> frozenset[str] | None:
 
 def given_model(cfg):
     """``cfg.model`` if the command line (or its config file) gave any model option, else ``None``: then a
-    checkpoint's own recorded architecture applies. For configs built in Python: if it differs from the
-    default."""
+    checkpoint's recorded architecture applies. For a config built in Python: if it differs from the default."""
     explicit = given(cfg)
     if explicit is None:
         return None if cfg.model == type(cfg.model)() else cfg.model

@@ -113,10 +113,9 @@ class FolderInUse(ValueError):
     """Raised by :class:`FolderLock` when another process holds the folder."""
 
 
-class FolderLock:
-    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock`` (or ``FOLDER/name``), which holds
-    the owner's pid. The lock goes with the process (a killed run leaves no stale lock); :meth:`release` ends
-    it sooner."""
+class FolderLock(contextlib.AbstractContextManager):
+    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock`` (or ``FOLDER/name``), which holds the
+    owner's pid. The lock ends with the process (a kill leaves no stale one) or sooner at :meth:`release`."""
 
     def __init__(self, folder: str | os.PathLike, name: str = ".lock"):
         self.path = os.path.join(os.fspath(folder), name)
@@ -141,9 +140,6 @@ class FolderLock:
     def release(self) -> None:
         if not self.fh.closed:
             self.fh.close()
-
-    def __enter__(self) -> "FolderLock":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -50,10 +50,9 @@ def _cpu_has(feature: str) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device, channels_last: bool | None) -> tuple[bool, bool]:
-    """``(bf16 autocast?, channels_last?)`` for ``precision`` on ``device``. ``auto``: bf16 + channels_last on
-    CUDA and AMX CPUs; fp32 + channels_last on other AVX-512 CPUs (bf16 convolutions measured slower there,
-    channels_last faster: docs/train.md); fp32 elsewhere. ``bf16``/``fp32`` force it; channels_last then
-    follows bf16 unless given."""
+    """``(bf16 autocast?, channels_last?)`` for ``precision`` on ``device``. ``auto``: bf16 + channels_last on CUDA
+    and AMX CPUs; fp32 + channels_last on other AVX-512 CPUs (bf16 convolutions slower there, channels_last faster:
+    docs/train.md); fp32 elsewhere. ``bf16``/``fp32`` force it; channels_last follows bf16 unless given."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "auto":
