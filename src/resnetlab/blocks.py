@@ -105,11 +105,9 @@ class AvgPoolProjectionShortcut(ProjectionShortcut):
     kind = "avgpool-projection"
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: bool = True):
+        super().__init__(in_channels, out_channels, norm=norm)  # the projection, at stride 1
         pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-        layers = [pool, conv1x1(in_channels, out_channels)]
-        if norm:
-            layers.append(nn.BatchNorm2d(out_channels))
-        nn.Sequential.__init__(self, *layers)
+        self.insert(0, pool)  # in front of it, as downsample.0
 
 
 class ResidualAdd(nn.Module):
