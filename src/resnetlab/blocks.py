@@ -105,11 +105,9 @@ class AvgPoolProjectionShortcut(ProjectionShortcut):
     kind = "avgpool-projection"
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, norm: bool = True):
+        super().__init__(in_channels, out_channels, norm=norm)  # the projection, at stride 1
         pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-        layers = [pool, conv1x1(in_channels, out_channels)]
-        if norm:
-            layers.append(nn.BatchNorm2d(out_channels))
-        nn.Sequential.__init__(self, *layers)
+        self.insert(0, pool)  # in front of it, as downsample.0
 
 
 class ResidualAdd(nn.Module):
@@ -141,14 +139,10 @@ def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     shape_changes = stride != 1 or in_channels != out_channels
-    if shape_changes and transition is not None:
-        if transition == "zero-pad":
-            return ZeroPadShortcut(in_channels, out_channels, stride, zero_pad)
-        if transition == "projection":
-            return ProjectionShortcut(in_channels, out_channels, stride, norm=norm)
-        if transition == "avgpool-projection":
-            return AvgPoolProjectionShortcut(in_channels, out_channels, stride, norm=norm)
-        return NoShortcut()
+    if shape_changes and transition == "avgpool-projection":
+        return AvgPoolProjectionShortcut(in_channels, out_channels, stride, norm=norm)
+    if shape_changes and transition is not None:  # the others give what option A, B or none gives there
+        option = {"zero-pad": "A", "projection": "B", "none": "none"}[transition]
     if option == "none":
         return NoShortcut()
     if option == "C" or (option == "B" and shape_changes):

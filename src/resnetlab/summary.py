@@ -452,8 +452,7 @@ class Diff(_Report):
     def _head(self) -> str:
         return (f"A = {self.a.model}, input {_shape(self.a.input_shape)}\n"
                 f"B = {self.b.model}, input {_shape(self.b.input_shape)}\n"
-                f"{len(self.rows)} of {len(set(r.name for r in self.a.rows) | set(r.name for r in self.b.rows))}"
-                f" rows differ")
+                f"{len(self.rows)} of {len({r.name for r in self.a.rows + self.b.rows})} rows differ")
 
     def to_text(self) -> str:
         table = ["", self._table()] if self.rows else []
@@ -518,9 +517,9 @@ def _parse_model_spec(text: str, base: ModelConfig) -> ModelConfig:
         if not eq:
             raise ValueError(f"--diff {text!r}: expected key=value after the model name, got {item!r}")
         values[key.strip().replace("-", "_")] = value
-    if any(k in _NO_EFFECT for k in values):
-        raise ValueError(f"--diff {text!r}: {', '.join(k for k in values if k in _NO_EFFECT)} does not change "
-                         f"the summary")
+    no_effect = [k for k in values if k in _NO_EFFECT]
+    if no_effect:
+        raise ValueError(f"--diff {text!r}: {', '.join(no_effect)} does not change the summary")
     return from_strings(ModelConfig, values, base, where=f"--diff {text}")
 
 
