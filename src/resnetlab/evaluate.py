@@ -254,9 +254,8 @@ def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tenso
             im = to_rgb(ImageOps.exif_transpose(im))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    if family == "cifar":
-        if im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), getattr(Image, "Resampling", Image).BILINEAR)
+    if family == "cifar":  # (Pillow copies an S x S image unchanged)
+        im = im.resize((image_size, image_size), getattr(Image, "Resampling", Image).BILINEAR)
     else:  # the crop an ImageFolder takes for evaluation, so that eval and predict see the same pixels
         im = center_crop(im, image_size, int(round(image_size * 256 / 224)))
     return to_tensor(im)
@@ -283,7 +282,7 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
     images = [os.fspath(p) for p in images]
     if not images:
         raise ValueError("no image files given")
-    device = resolve_device(device if device is not None else "auto")
+    device = resolve_device(device)
     autocast = use_bf16(device, precision)
     first, decoded, errors = members[0], {}, {}
     for p in images:  # readability does not depend on the preprocessing: decide it once

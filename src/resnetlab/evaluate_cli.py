@@ -182,8 +182,6 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
         options["image_size"] = _input_geometry(cfg, first_ckpt)[0]
     sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed,
                                 hint=datalib.DATA_DIR_HINT, **options)
-    if cfg.split not in sets:
-        raise ValueError(f"{cfg.data} has no {cfg.split!r} split (it has: {', '.join(sets)})")
     return sets[cfg.split], (sets.get("train") if need_train else None)
 
 
@@ -318,15 +316,15 @@ def run_eval(cfg: EvalConfig) -> dict:
                       batch_size=cfg.batch_size, device=device, tta_flip=cfg.tta == "flip",
                       precision=cfg.precision, progress=not cfg.quiet, num_workers=cfg.workers)
     seconds = time.perf_counter() - start
-    autocast = use_bf16(device, cfg.precision)
+    precision = "bf16" if use_bf16(device, cfg.precision) else "fp32"
     header = (f"{cfg.data} {cfg.split}: {result['n']} images, {result['num_classes']} classes | "
-              f"tta: {cfg.tta} | {device} {'bf16' if autocast else 'fp32'} | {seconds:.1f}s")
+              f"tta: {cfg.tta} | {device} {precision} | {seconds:.1f}s")
     names = [f"{m.path} [{m.description}]" for m in members]
     print(format_report(result, names, header))
     for entry, m in zip(result["members"], members):
         entry.update({"path": m.path, "model": m.description})
     result = {"command": "eval", "config": configlib.to_dict(cfg), "data": cfg.data, "split": cfg.split,
-              "device": str(device), "precision": "bf16" if autocast else "fp32", "seconds": seconds, **result}
+              "device": str(device), "precision": precision, "seconds": seconds, **result}
     if cfg.json:
         write_json(cfg.json, result)
         print(f"\nwrote {cfg.json}")
