@@ -591,3 +591,31 @@ def test_predict_on_a_folder_predicts_the_readable_and_names_the_rest(tmp_path, 
     assert "broken.jpg" in err and "huge.png" in err and "c.png" not in err
     predicted = [os.path.basename(p["image"]) for p in json.loads(out.read_text())["predictions"] if "top" in p]
     assert predicted == ["a.png", "b.png"]
+
+
+def test_cli_eval_folder_reads_images_as_a_safetensors_file_records(tmp_path):
+    """A .safetensors file written by save_weights records an ImageNet-style architecture: the folder's images
+    are resized and centre-cropped to its 224x224, as for our checkpoints, not read at CIFAR's 32x32."""
+    from PIL import Image
+    from resnetlab import weights
+    g = torch.Generator().manual_seed(7)
+    for split in ("train", "test"):
+        for c in range(2):
+            os.makedirs(tmp_path / "root" / split / f"c{c}")
+    for i in range(4):
+        pixels = torch.randint(0, 256, (60, 80, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / "root" / "test" / f"c{i % 2}" / f"{i}.png")
+    model = create_model("resnet18", num_classes=2, seed=0).eval()
+    weights.save_weights(model, tmp_path / "net.safetensors")
+    out = tmp_path / "eval.json"
+    code, err = run_cli(["eval", "--weights", str(tmp_path / "net.safetensors"), "--data", "folder",
+                         "--data-dir", str(tmp_path / "root"), "--mean", "0.5", "--std", "0.25", "--workers", "0",
+                         "--json", str(out), "--quiet"])
+    assert code == 0, err
+    assert "images are" not in err  # no image-size mismatch warning
+    folder = ImageFolder(tmp_path / "root" / "test", classes=["c0", "c1"], image_size=224)
+    assert folder.image_size == 224
+    expected = evaluate(model, folder, Normalization.from_values((0.5,) * 3, (0.25,) * 3), num_workers=0)
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 4 and saved["confusion"] == expected["confusion"]
+    assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-5)

@@ -20,10 +20,11 @@ from . import config as configlib
 from . import datasets as datalib
 from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
-from .evaluate import SPLITS, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches, use_bf16
+from .evaluate import (SPLITS, LoadedModel, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches,
+                       use_bf16)
 from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
 from .io import PRECISIONS, resolve_device, write_json
-from .models import ModelConfig, get_spec
+from .models import ModelConfig
 from .sources import resolve_data
 from .stream import Normalization
 from .weights import peek_checkpoint, read_weights
@@ -164,10 +165,11 @@ def _class_count(cfg: EvalConfig) -> int | None:
     return {"cifar10": 10, "cifar100": 100, "synthetic": len(datalib.SYNTHETIC_CLASSES)}.get(cfg.data)
 
 
-def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
-    """(evaluation split, training split or None): ArrayDatasets, or ImageFolders for --data folder."""
+def _load_split(cfg: EvalConfig, first_ckpt: dict | None, first: LoadedModel, need_train: bool):
+    """(evaluation split, training split or None): ArrayDatasets, or ImageFolders for --data folder, at the
+    image size (and resizing) the first model expects."""
     if cfg.data == "folder":
-        return _load_folder_split(cfg, *_input_geometry(cfg, first_ckpt))
+        return _load_folder_split(cfg, first.image_size, first.family)
     recorded = (first_ckpt or {}).get("config") or {}
     val_split = cfg.val_split if cfg.val_split is not None else int(recorded.get("val_split") or 0)
     split_seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("split_seed") or 0)
@@ -179,19 +181,10 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, need_train: bool):
         if cfg.data == "synthetic" and not need_train:
             options["synthetic_train"] = 10  # generated independently of the test images: skip the work
     if cfg.data == "synthetic":  # at the side the model was trained on
-        options["image_size"] = _input_geometry(cfg, first_ckpt)[0]
+        options["image_size"] = first.image_size
     sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed,
                                 hint=datalib.DATA_DIR_HINT, **options)
     return sets[cfg.split], (sets.get("train") if need_train else None)
-
-
-def _input_geometry(cfg: EvalConfig, first_ckpt: dict | None) -> tuple[int, str]:
-    """(image size, family) the first model expects, known before loading it (for image folders)."""
-    name = (given_model(cfg).name if given_model(cfg) else None) or \
-        ((first_ckpt or {}).get("model_config") or {}).get("name")
-    spec = get_spec(name) if name else None
-    size = ((first_ckpt or {}).get("data") or {}).get("image_size") or (spec.image_size if spec else 32)
-    return int(size), (spec.family if spec else "cifar")
 
 
 def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
@@ -284,7 +277,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ValueError(f"no preprocessing known for {', '.join(missing)} (not a resnetlab checkpoint): "
                          f"give --mean R,G,B --std R,G,B (0..1 scale) or --pixel-mean")
 
-    data, train = _load_split(cfg, first_ckpt, need_train=cfg.pixel_mean)
+    data, train = _load_split(cfg, first_ckpt, members[0], need_train=cfg.pixel_mean)
     if counts[0] is not None and counts[0] != len(data.classes):
         raise ValueError(f"{members[0].path} has {counts[0]} classes but {cfg.data} has {len(data.classes)}")
     if cfg.pixel_mean:
