@@ -153,7 +153,7 @@ def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int,
 
 
 def shortcut_kind(block: nn.Module) -> str:
-    """``"identity"``, ``"zero-pad"``, ``"projection"`` or ``"none"``: the ``kind`` of ``block.downsample``."""
+    """The ``kind`` of ``block.downsample``: identity, zero-pad, projection, avgpool-projection or none."""
     return block.downsample.kind
 
 
@@ -177,7 +177,7 @@ class _Block(nn.Module):
 
     @property
     def shortcut_kind(self) -> str:
-        """``"identity"``, ``"zero-pad"``, ``"projection"`` or ``"none"``."""
+        """identity, zero-pad, projection, avgpool-projection or none (the shortcut module's ``kind``)."""
         return shortcut_kind(self)
 
     def last_residual_layer(self) -> nn.Module:

@@ -41,7 +41,7 @@ class Row:
     output_shape: tuple[int, ...]
     kernels: str = ""  # "3x3,32 / 3x3,32"; "1x1,64 / 3x3,64 / 1x1,256"; "3x3 max"; "fc,1000"
     stride: int | None = None
-    shortcut: str = ""  # blocks only: "identity" | "zero-pad" | "projection" | "none"
+    shortcut: str = ""  # blocks only: identity | zero-pad | projection | avgpool-projection | none
     params: int = 0
     macs: int = 0
 
