@@ -619,3 +619,33 @@ def test_cli_eval_folder_reads_images_as_a_safetensors_file_records(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["n"] == 4 and saved["confusion"] == expected["confusion"]
     assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_cli_eval_folder_skips_hidden_class_folders(tmp_path, norm):
+    """A notebook's ".ipynb_checkpoints" folder beside the class folders is not a class: the labels, the class
+    count a foreign state_dict's classifier is sized by, and the result match the folder without it."""
+    from PIL import Image
+    data = tiny_data(12, seed=5, num_classes=2)
+    for split in ("train", "test"):
+        for c in (*data.classes, ".ipynb_checkpoints"):
+            os.makedirs(tmp_path / "root" / split / c)
+        Image.fromarray(data.x[0].permute(1, 2, 0).numpy()).save(tmp_path / "root" / split / ".ipynb_checkpoints"
+                                                                 / "copy.png")
+    for i, (x, y) in enumerate(zip(data.x, data.y)):
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(tmp_path / "root" / "test" / f"c{y}" / f"{i:03d}.png")
+    model = tiny_model(16, num_classes=2)
+    order = sorted(range(12), key=lambda i: (int(data.y[i]), i))
+    expected = evaluate(model, ArrayDataset(data.x[order], data.y[order], data.classes), norm)
+    foreign = tmp_path / "foreign.pth"
+    torch.save(model.state_dict(), foreign)
+    out = tmp_path / "folder.json"
+    mean, std = ([f"{float(v):.9g}" for v in values] for values in (norm.mean, norm.std))
+    for argv in (["--weights", save_ckpt(model, tmp_path / "m.pt", norm, classes=data.classes)],
+                 ["--weights", str(foreign), "--model", "resnet8", "--width", "4", "--mean", *mean, "--std", *std]):
+        code, err = run_cli(["eval", *argv, "--data", "folder", "--data-dir", str(tmp_path / "root"),
+                             "--workers", "0", "--json", str(out), "--quiet"])
+        assert code == 0, err
+        saved = json.loads(out.read_text())
+        assert saved["n"] == 12 and saved["classes"] == data.classes
+        assert saved["confusion"] == expected["confusion"]
+        assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-5)

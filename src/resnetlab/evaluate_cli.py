@@ -22,7 +22,7 @@ from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
 from .evaluate import (SPLITS, LoadedModel, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches,
                        use_bf16)
-from .images import IMAGE_EXTENSIONS, ImageFolder, find_images
+from .images import IMAGE_EXTENSIONS, ImageFolder, find_images, folder_classes
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig
 from .sources import resolve_data
@@ -161,7 +161,7 @@ def _class_count(cfg: EvalConfig) -> int | None:
         for split in ("train", cfg.split):
             folder = os.path.join(cfg.data_dir, split)
             if os.path.isdir(folder):
-                return sum(1 for e in os.scandir(folder) if e.is_dir())
+                return len(folder_classes(folder))
     return {"cifar10": 10, "cifar100": 100, "synthetic": len(datalib.SYNTHETIC_CLASSES)}.get(cfg.data)
 
 
@@ -198,7 +198,7 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
         raise FileNotFoundError(f"{split_dir} not found: --data folder expects the layout "
                                 f"ROOT/{cfg.split}/<class>/<image files> (ROOT = --data-dir)")
     train_dir = os.path.join(cfg.data_dir, "train")
-    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir()) if os.path.isdir(train_dir) else None
+    classes = folder_classes(train_dir) if os.path.isdir(train_dir) else None
     options = dict(classes=classes, image_size=image_size,
                    resize=image_size if family == "cifar" else None, on_bad_image="skip")
     split = ImageFolder(split_dir, **options)

@@ -52,6 +52,11 @@ def find_images(folder: str) -> list[str]:
     return found
 
 
+def folder_classes(root: str) -> list[str]:
+    """The class names of an image folder: its sub-folders, sorted, hidden ones (".ipynb_checkpoints") left out."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """An RGB Pillow image as uint8 ``(3, H, W)``."""
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
@@ -71,7 +76,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder {root} not found")
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-        found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        found = folder_classes(root)
         classes = found if classes is None else classes
         extra = sorted(set(found) - set(classes))
         if extra:
