@@ -519,3 +519,12 @@ def test_curves_carry_the_spread_over_repeats():
     steps, mean, low, high = _mean_curve(runs, "train")
     assert steps.tolist() == [10, 20] and mean == pytest.approx([50.0, 25.0])
     assert low == pytest.approx([40.0, 20.0]) and high == pytest.approx([60.0, 30.0])
+
+
+def test_study_refuses_a_model_seed(tmp_path, capsys):
+    """A model seed would give every repeat the same initial net, while the step-0 measurements rebuild it
+    from the run's seed: the study takes --seed (repeat r: seed + r) and says so, writing nothing."""
+    with pytest.raises(ValueError, match="give --seed, not --model.seed"):
+        study.check_config(StudyConfig(model=ModelConfig(seed=3), out=str(tmp_path / "s")))
+    assert cli.main(["study", "shortcuts", "--model.seed", "3", "--out", str(tmp_path / "s")]) == 2
+    assert "--model.seed" in capsys.readouterr().err and not (tmp_path / "s").exists()

@@ -153,6 +153,8 @@ def check_config(cfg: StudyConfig) -> None:
     if cfg.model.name != ModelConfig().name or cfg.model.shortcut is not None:
         raise ValueError("the grid sets each net's name and shortcut: give them as --depths and --options, "
                          "not as model options")
+    if cfg.model.seed is not None:  # train would give every repeat that one init; init_model, the run's seed
+        raise ValueError("the study seeds each repeat's twins with --seed + repeat: give --seed, not --model.seed")
     resolve_device(cfg.device)
     if cfg.grad_steps and any(s < 0 for s in cfg.grad_steps):
         raise ValueError(f"grad steps must be >= 0, got {cfg.grad_steps}")
