@@ -148,9 +148,10 @@ def test_confusion_rows_and_diagonal(data, norm):
 
 def test_training_flag_restored(data, norm):
     model = tiny_model(0).train()
+    model.layer1[0].bn1.eval()  # one BN layer frozen by its user: every module's own mode comes back
     before = {k: v.clone() for k, v in model.state_dict().items()}
     evaluate(model, data, norm)
-    assert model.training
+    assert model.training and not model.layer1[0].bn1.training and model.layer1[0].bn2.training
     # eval mode during evaluation: BN running statistics are untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

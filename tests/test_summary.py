@@ -146,9 +146,10 @@ def test_preact_final_bn_row():
 def test_real_forward_matches_shape_only_pass_and_leaves_the_model_alone():
     model = create_model("resnet20", shortcut="B", seed=0)
     model.train()
+    model.layer1[0].bn1.eval()  # one BN layer frozen by its user: every module's own mode comes back
     before = {k: v.clone() for k, v in model.state_dict().items()}
     real = summarize(model, shape_only=False)
-    assert model.training
+    assert model.training and not model.layer1[0].bn1.training and model.layer1[0].bn2.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BN stats untouched
     assert real.rows == summarize(model).rows == summarize(build_model("resnet20", shortcut="B")).rows
 

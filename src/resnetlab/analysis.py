@@ -19,7 +19,7 @@ from .blocks import BLOCKS, ProjectionShortcut
 from .config import Positional, given_model, name_given, parse
 from .io import format_table as io_format_table
 from .io import progress, resolve_device, write_json
-from .models import model_config
+from .models import in_mode, model_config
 from .plots import plot_results
 from .sources import SourceOptions, labelled_batches, load_data, load_model, resolve_data, seeded_subset
 
@@ -38,24 +38,6 @@ def _batches(x) -> Iterator[torch.Tensor]:
     """A tensor, or an iterable of tensors or of ``(x, y)`` pairs, as a stream of input tensors."""
     for item in [x] if isinstance(x, torch.Tensor) else x:
         yield item[0] if isinstance(item, (tuple, list)) else item
-
-
-@contextlib.contextmanager
-def _mode(model: nn.Module, train: bool = False):
-    """``model`` in eval (or train) mode; on exit every module's mode is restored and, after train mode,
-    every buffer (BN's running statistics) too."""
-    modes = [(m, m.training) for m in model.modules()]
-    saved = {k: v.detach().clone() for k, v in model.named_buffers()} if train else {}
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        buffers = dict(model.named_buffers())
-        with torch.no_grad():
-            for k, v in saved.items():
-                buffers[k].copy_(v)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -87,7 +69,7 @@ def path_stats(model: nn.Module, x) -> list[dict]:
         a["numel"] += f.numel()
 
     device = _device_of(model)
-    with contextlib.ExitStack() as hooks, _mode(model):
+    with contextlib.ExitStack() as hooks, in_mode(model):
         for name, block in blocks:
             if block.shortcut_kind != "none":
                 hooks.enter_context(block.add.register_forward_hook(functools.partial(hook, name)))
@@ -168,7 +150,7 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
     def keep(name, module, grad_input, grad_output):
         seen[name] = grad_output[0].detach()
 
-    with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
+    with contextlib.ExitStack() as hooks, in_mode(model, train=True), torch.enable_grad():
         for name, b in blocks:
             hooks.enter_context(b.register_full_backward_hook(functools.partial(keep, name)))
         loss = F.cross_entropy(model(x), y)
@@ -183,7 +165,7 @@ def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dic
     x, y = x.to(device), y.to(device)
     order: list[str] = []
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    with contextlib.ExitStack() as hooks, _mode(model, train=True), torch.enable_grad():
+    with contextlib.ExitStack() as hooks, in_mode(model, train=True), torch.enable_grad():
         for mname, m in model.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 hooks.enter_context(m.register_forward_hook(
@@ -241,7 +223,7 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
     device = torch.device(device) if device is not None else _device_of(model)
     batches = list(labelled_batches(data, normalization, batch_size, device, max_batches))
     rows = []
-    with _mode(model):
+    with in_mode(model):
         baseline = _accuracy(model, batches)
         for name, block in progress(model_blocks(model), desc="lesion", unit="block", quiet=quiet):
             row = {"block": name, "kind": block.shortcut_kind, "baseline": baseline, "accuracy": None, "delta": None}
@@ -282,7 +264,7 @@ def layer_response_stats(model: nn.Module, x) -> list[dict]:
             chosen[hit[0]] = (norms[mod], out)
 
     device = _device_of(model)
-    with contextlib.ExitStack() as hooks, _mode(model):
+    with contextlib.ExitStack() as hooks, in_mode(model):
         for m in [*convs, *norms]:
             hooks.enter_context(m.register_forward_hook(conv_hook if m in convs else bn_hook))
         for xb in _batches(x):

@@ -7,6 +7,7 @@ The commands are in :mod:`resnetlab.evaluate_cli`; docs/evaluate.md describes th
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -21,6 +22,7 @@ from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
 from .io import PRECISIONS, resolve_device
 from .io import progress as progress_bar
 from .stream import Normalization, eval_input, raw_batches
+from .models import in_mode
 from .weights import model_from_checkpoint, unwrap
 
 SPLITS = ("test", "val", "train")
@@ -194,35 +196,31 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
     else:
         device = resolve_device(device)
     autocast = use_bf16(device, precision)
-    was_training = [m.training for m in models]
-    for m in models:
-        m.to(device).eval()
     norms = [n.to(device) for n in norms]
 
     members = [_Tally(num_classes, device) for _ in models]
     ensemble = _Tally(num_classes, device, confusion=True)
     bar = progress_bar(total=len(labels), desc="eval", unit="img", quiet=not progress)
     skipped: list[str] = []
-    try:
-        with torch.inference_mode():
-            for xb, yb in raw_image_batches(data, batch_size, num_workers, skipped, device.type == "cuda"):
-                xb = xb.to(device, non_blocking=True)
-                yb = yb.to(device, non_blocking=True).long()
-                logps = []
-                for model, norm, tally in zip(models, norms, members):
-                    x = eval_input(xb, device, norm, channels_last=channels_last)
-                    logp = _log_probs(model, x, tta_flip, autocast)
-                    tally.add(logp, yb)
-                    logps.append(logp)
-                if len(logps) > 1:
-                    # the ensemble's probabilities are the mean of the members' probabilities
-                    logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
-                ensemble.add(logp, yb)
-                bar.update(len(yb))
-    finally:
-        bar.close()
-        for m, flag in zip(models, was_training):
-            m.train(flag)
+    with contextlib.ExitStack() as restore:
+        for m in models:  # moved outside inference mode: parameters made inside it could not be trained again
+            restore.enter_context(in_mode(m.to(device)))
+        restore.callback(bar.close)
+        restore.enter_context(torch.inference_mode())
+        for xb, yb in raw_image_batches(data, batch_size, num_workers, skipped, device.type == "cuda"):
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True).long()
+            logps = []
+            for model, norm, tally in zip(models, norms, members):
+                x = eval_input(xb, device, norm, channels_last=channels_last)
+                logp = _log_probs(model, x, tta_flip, autocast)
+                tally.add(logp, yb)
+                logps.append(logp)
+            if len(logps) > 1:
+                # the ensemble's probabilities are the mean of the members' probabilities
+                logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+            ensemble.add(logp, yb)
+            bar.update(len(yb))
 
     confusion = ensemble.confusion.cpu()
     counts, correct = confusion.sum(dim=1), confusion.diagonal()

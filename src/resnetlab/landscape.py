@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .analysis import _mode
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, atomic_write, progress, resolve_device, write_json
-from .models import model_config, named_generator
+from .models import in_mode, model_config, named_generator
 from .plots import plot_1d, plot_2d
 from .sources import SourceOptions, load_data, load_model, resolve_data, seeded_subset
 
@@ -122,7 +121,7 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
     state.update(params if params is not None else {k: p.detach() for k, p in model.named_parameters()})
     norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     momenta = [(m, m.momentum) for m in norms.values()]
-    with _mode(model):  # every module's own mode comes back (a model may hold some BN layers frozen in eval)
+    with in_mode(model):  # every module's own mode comes back (a model may hold some BN layers frozen in eval)
         try:
             if bn == "recompute":  # a cumulative average over the whole subset, as the weights are now
                 for name, m in norms.items():
@@ -231,7 +230,7 @@ def _hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             total += torch.cat([h.reshape(-1) for h in hv]).double()
         return total
 
-    with _mode(model):
+    with in_mode(model):
         cached = grads_of(*batches[0]) if len(batches) == 1 else None  # one batch: reuse the graph
         yield hvp, sum(p.numel() for p in params), dev
 

@@ -8,6 +8,7 @@ A variant is an option, not a name: ``create_model("resnet56", shortcut="none")`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -320,6 +321,24 @@ def create_model(config: ModelConfig | str = "resnet20", **options) -> ResNet:
 def model_config(model: ResNet) -> dict:
     """``{"name": ..., **options}``: what :func:`create_model` needs to build this model again."""
     return model.options.to_dict()
+
+
+@contextlib.contextmanager
+def in_mode(model: nn.Module, train: bool = False):
+    """``model`` in eval (or train) mode; on exit every module's mode is restored and, after train mode,
+    every buffer (BN's running statistics) too."""
+    modes = [(m, m.training) for m in model.modules()]
+    saved = {k: v.detach().clone() for k, v in model.named_buffers()} if train else {}
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        buffers = dict(model.named_buffers())
+        with torch.no_grad():
+            for k, v in saved.items():
+                buffers[k].copy_(v)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Positional, from_strings, parse
 from .io import format_table
-from .models import ModelConfig, ResNet, count_parameters, get_spec, list_models, model_config
+from .models import ModelConfig, ResNet, count_parameters, get_spec, in_mode, list_models, model_config
 from .weights import unwrap
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -227,23 +227,18 @@ class _Trace:
     def run(self, meta: bool) -> None:
         self.records, self.stack, self.flops_seen = [], [], {}
         self.counter = FlopCounterMode(display=False)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with contextlib.ExitStack() as hooks, torch.no_grad(), self.counter:
-                for m in self.model.modules():
-                    hooks.enter_context(m.register_forward_pre_hook(self._pre_hook))
-                    hooks.enter_context(m.register_forward_hook(self._post_hook))
-                if meta:
-                    # meta stand-ins for every parameter and buffer: the model's own tensors stay as they are
-                    tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
-                    stand_ins = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
-                    functional_call(self.model, stand_ins, (torch.zeros(self.shape, device="meta"),))
-                else:
-                    device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-                    self.model(torch.zeros(self.shape, device=device))
-        finally:
-            self.model.train(was_training)
+        with contextlib.ExitStack() as hooks, in_mode(self.model), torch.no_grad(), self.counter:
+            for m in self.model.modules():
+                hooks.enter_context(m.register_forward_pre_hook(self._pre_hook))
+                hooks.enter_context(m.register_forward_hook(self._post_hook))
+            if meta:
+                # meta stand-ins for every parameter and buffer: the model's own tensors stay as they are
+                tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+                stand_ins = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+                functional_call(self.model, stand_ins, (torch.zeros(self.shape, device="meta"),))
+            else:
+                device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+                self.model(torch.zeros(self.shape, device=device))
 
     @property
     def failing(self) -> str:
