@@ -418,3 +418,11 @@ def test_resume_with_another_world_size_is_refused_unless_asked(tmp_path):
         train(TrainConfig(**TINY, out=out, iterations=6, resume=True))
     final = train(TrainConfig(**TINY, out=out, iterations=6, resume=True, allow_world_size_change=True))
     assert final["steps"] == 6
+
+
+def test_durations_read_as_the_logs_show_them():
+    """The training ETA and the study's progress share one format: hours and minutes, minutes and seconds, or
+    seconds, rounded to the nearest second and never negative."""
+    from resnetlab.io import format_duration
+    assert [format_duration(s) for s in (5 * 3600 + 30 * 60 + 29, 3599.6, 125.2, 41, 0.4, -3)] == \
+        ["5h30m", "1h00m", "2m05s", "41s", "0s", "0s"]

@@ -19,7 +19,7 @@ from .blocks import BLOCKS, ProjectionShortcut
 from .config import Positional, given_model, name_given, parse
 from .io import format_table as io_format_table
 from .io import progress, resolve_device, write_json
-from .models import in_mode, model_config
+from .models import device_of, in_mode, model_config
 from .plots import plot_results
 from .sources import SourceOptions, labelled_batches, load_data, load_model, resolve_data, seeded_subset
 
@@ -38,11 +38,6 @@ def _batches(x) -> Iterator[torch.Tensor]:
     """A tensor, or an iterable of tensors or of ``(x, y)`` pairs, as a stream of input tensors."""
     for item in [x] if isinstance(x, torch.Tensor) else x:
         yield item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -68,7 +63,7 @@ def path_stats(model: nn.Module, x) -> list[dict]:
         a["n"] += f.shape[0]
         a["numel"] += f.numel()
 
-    device = _device_of(model)
+    device = device_of(model)
     with contextlib.ExitStack() as hooks, in_mode(model):
         for name, block in blocks:
             if block.shortcut_kind != "none":
@@ -142,7 +137,7 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
     the mean cross-entropy in train mode: the back-propagated signal the vanishing-gradient argument is
     about. (Weight-gradient norms are not: under BN, scaling a conv's weight by c divides its gradient by c.)
     """
-    device = _device_of(model)
+    device = device_of(model)
     x, y = x.to(device).detach().requires_grad_(True), y.to(device)
     blocks = model_blocks(model)
     seen: dict[str, torch.Tensor] = {}
@@ -161,7 +156,7 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
 def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, list[str], float]:
     """``({param name: grad}, conv/linear module names in forward order, loss)`` in train mode, BN
     statistics restored, no ``.grad`` written."""
-    device = _device_of(model)
+    device = device_of(model)
     x, y = x.to(device), y.to(device)
     order: list[str] = []
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
@@ -220,7 +215,7 @@ def lesion(model: nn.Module, data, normalization=None, *, batch_size: int = 256,
     """``[{"block", "kind", "accuracy", "baseline", "delta"}, ...]``: the accuracy on ``data`` (an ArrayDataset
     normalised with ``normalization``, or ``(x, y)`` batches) with one block at a time removed at test time
     (Veit et al. 2016): it returns its shortcut (a plain block its input, or ``None`` if the shape changes)."""
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     batches = list(labelled_batches(data, normalization, batch_size, device, max_batches))
     rows = []
     with in_mode(model):
@@ -263,7 +258,7 @@ def layer_response_stats(model: nn.Module, x) -> list[dict]:
         if hit is not None and hit[1] is inp[0]:
             chosen[hit[0]] = (norms[mod], out)
 
-    device = _device_of(model)
+    device = device_of(model)
     with contextlib.ExitStack() as hooks, in_mode(model):
         for m in [*convs, *norms]:
             hooks.enter_context(m.register_forward_hook(conv_hook if m in convs else bn_hook))

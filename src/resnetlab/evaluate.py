@@ -22,7 +22,7 @@ from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
 from .io import PRECISIONS, resolve_device
 from .io import progress as progress_bar
 from .stream import Normalization, eval_input, raw_batches
-from .models import in_mode
+from .models import device_of, in_mode
 from .weights import model_from_checkpoint, unwrap
 
 SPLITS = ("test", "val", "train")
@@ -190,11 +190,7 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
 
-    if device is None:
-        first = next(iter(models[0].parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    else:
-        device = resolve_device(device)
+    device = device_of(models[0]) if device is None else resolve_device(device)
     autocast = use_bf16(device, precision)
     norms = [n.to(device) for n in norms]
 

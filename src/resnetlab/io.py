@@ -178,6 +178,12 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def format_duration(seconds: float) -> str:
+    """``"5h30m"``, ``"2m05s"`` or ``"41s"``."""
+    s = int(round(max(seconds, 0)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def format_table(headers, rows, right=(), markdown: bool = False) -> str:
     """An aligned text table (or a Markdown table); ``right`` holds the indices of right-aligned columns."""
     cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from .config import Positional, given_model, name_given, parse, to_dict
 from .io import atomic_save, atomic_write, progress, resolve_device, write_json
-from .models import in_mode, model_config, named_generator
+from .models import device_of, in_mode, model_config, named_generator
 from .plots import plot_1d, plot_2d
 from .sources import SourceOptions, load_data, load_model, resolve_data, seeded_subset
 
@@ -149,7 +149,7 @@ def _evaluate(model: nn.Module, params: dict | None, batches, bn: str = "batch")
 def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = 256,
                   bn: str = "batch"):
     """``(loss, accuracy)`` of the model as it is, in batches, BN as ``bn`` says (the landscape's origin)."""
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     return _evaluate(model, None, _as_batches(x.to(dev), y.to(dev), batch_size), bn)
 
 
@@ -164,7 +164,7 @@ def _grid(model, x, y, directions, span, steps, batch_size, quiet, bn) -> dict:
     """Loss and accuracy at ``theta + sum_k a_k * d_k`` for every ``a`` of the grid of ``steps`` values in
     ``[-span, span]`` per direction (``loss[i, j]`` at ``(a_i, b_j)``), and at the origin."""
     _check_grid(span, steps)
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     batches = _as_batches(x.to(dev), y.to(dev), batch_size)
     base = {k: p.detach() for k, p in model.named_parameters()}
     dirs = [{k: v.to(dev) for k, v in d.items()} for d in directions]

@@ -341,5 +341,10 @@ def in_mode(model: nn.Module, train: bool = False):
                 buffers[k].copy_(v)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -29,7 +29,8 @@ from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
 from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
-from .io import PRECISIONS, FolderInUse, FolderLock, cache_dir, read_json, resolve_device, write_json
+from .io import (PRECISIONS, FolderInUse, FolderLock, cache_dir, format_duration, read_json, resolve_device,
+                 write_json)
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
@@ -280,7 +281,7 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
                 state = run_state(run)
                 if state == "done":  # finished by another process meanwhile
                     continue
-                eta = (f", about {_duration(spent / done_units * (total_units - done_units))} left for the grid"
+                eta = (f", about {format_duration(spent / done_units * (total_units - done_units))} left for the grid"
                        if done_units else "")
                 _log(f"{i}/{len(runs)} {run.name}: {'resuming' if state == 'partial' else 'training'} "
                      f"(seed {run.seed}){eta}")
@@ -297,11 +298,6 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
         spent += time.perf_counter() - t0
         done_units += (run.depth + 6) * b["iterations"]
     return runs, failed, busy
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 # --------------------------------------------------------------------------------------------- measurements
@@ -594,7 +590,7 @@ def main_demo(argv: list[str] | None = None) -> int:
           f"{', '.join(map(str, DEMO_DEPTHS))} x shortcut {', '.join(DEMO_OPTIONS)}) on {cfg.data}, "
           f"{d.iterations} iterations each", flush=True)
     paths = run_study(cfg, title="resnetlab demo: plain vs residual", shapes=True)
-    print(f"done in {_duration(time.perf_counter() - t0)}. The report: {os.path.abspath(paths['html'])}\n"
+    print(f"done in {format_duration(time.perf_counter() - t0)}. The report: {os.path.abspath(paths['html'])}\n"
           f"(Markdown: {os.path.abspath(paths['md'])}; figures in {os.path.abspath(os.path.join(cfg.out, 'figures'))})")
     return 0
 

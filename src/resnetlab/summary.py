@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Positional, from_strings, parse
 from .io import format_table
-from .models import ModelConfig, ResNet, count_parameters, get_spec, in_mode, list_models, model_config
+from .models import (ModelConfig, ResNet, count_parameters, device_of, get_spec, in_mode, list_models,
+                     model_config)
 from .weights import unwrap
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -237,8 +238,7 @@ class _Trace:
                 stand_ins = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
                 functional_call(self.model, stand_ins, (torch.zeros(self.shape, device="meta"),))
             else:
-                device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-                self.model(torch.zeros(self.shape, device=device))
+                self.model(torch.zeros(self.shape, device=device_of(self.model)))
 
     @property
     def failing(self) -> str:

@@ -26,7 +26,8 @@ from . import fused
 from .config import Ints, parse, to_dict
 from .datasets import DATA_DIR_HINT, load_dataset
 from .evaluate import evaluate
-from .io import PRECISIONS, FolderLock, atomic_save, atomic_write, naming, read_json, remove_litter, write_json
+from .io import (PRECISIONS, FolderLock, atomic_save, atomic_write, format_duration, naming, read_json, remove_litter,
+                 write_json)
 from .models import ModelConfig, count_parameters, create_model, model_config
 from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, \
     sync_batch_norm, versions
@@ -262,12 +263,6 @@ class MetricsLog:
                 if event.get(k) is not None:
                     self.tb.add_scalar(f"{tag}/{k}", event[k], event["step"])
             self.tb.flush()
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
 def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -> None:
@@ -535,7 +530,7 @@ def train(config: TrainConfig) -> dict:
                            "img_per_s": rate, "time": elapsed + now - t0})
                 eta = (cfg.iterations - done) * cfg.batch_size / max(rate, 1e-9)
                 say(f"step {done}/{cfg.iterations} ({done / steps_per_epoch:.1f} ep) loss {train_loss:.4f} "
-                    f"err {train_error:.2%} lr {lr:.4g} | {rate:.0f} img/s | ETA {_fmt_time(eta)}")
+                    f"err {train_error:.2%} lr {lr:.4g} | {rate:.0f} img/s | ETA {format_duration(eta)}")
                 loss_sum.zero_(), err_sum.zero_()
                 seen, t_log, step_log = 0, now, done
 
