@@ -208,7 +208,7 @@ def test_load_for_eval_restores_normalization_and_classes(tmp_path, data, norm):
     path = save_ckpt(model, tmp_path / "m.pt", norm)
     loaded = load_for_eval(path)
     assert loaded.classes == CLASSES and loaded.image_size == 32 and loaded.family == "cifar"
-    assert loaded.num_classes == 10 and loaded.description == "resnet8 (A)"
+    assert loaded.num_classes == 10 and loaded.description == "resnet8 (shortcut=A, width=4)"
     assert torch.equal(loaded.normalization(data.x[:4]), norm(data.x[:4]))
     with torch.no_grad():
         assert torch.equal(loaded.model(norm(data.x[:8])), model(norm(data.x[:8])))
@@ -257,7 +257,7 @@ def test_foreign_state_dict_with_model_and_explicit_preprocessing(tmp_path, data
     # safetensors written by resnetlab record their architecture: no --model needed
     weights.save_weights(model, tmp_path / "ours.safetensors")
     loaded = load_for_eval(tmp_path / "ours.safetensors", normalization=norm)
-    assert loaded.description == "resnet20 (A)"
+    assert loaded.description == "resnet20 (shortcut=A)"
     with torch.no_grad():
         assert torch.equal(loaded.model(norm(data.x[:4])), reference)
 

@@ -22,7 +22,7 @@ from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
 from .io import PRECISIONS, resolve_device
 from .io import progress as progress_bar
 from .stream import Normalization, eval_input, raw_batches
-from .models import device_of, in_mode
+from .models import describe, device_of, in_mode
 from .weights import model_from_checkpoint, unwrap
 
 SPLITS = ("test", "val", "train")
@@ -38,20 +38,12 @@ class LoadedModel:
     image_size: int  # the side the model was trained on (32 for CIFAR, 224 for ImageNet)
     family: str  # "cifar" | "imagenet": how predict resizes images
     path: str
-    description: str  # e.g. "resnet20 (A)"
+    description: str  # e.g. "resnet20 (shortcut=A)"
     checkpoint: dict | None  # our checkpoint's entries without the weights; None for foreign files
 
     @property
     def num_classes(self) -> int | None:
         return _num_outputs(self.model)
-
-
-def _describe(model: nn.Module) -> str:
-    m = unwrap(model)
-    if hasattr(m, "spec"):
-        extra = f"{m.shortcut}" + (", pre-act" if m.preact and not m.spec.preact else "")
-        return f"{m.spec.name} ({extra})"
-    return type(m).__name__
 
 
 def load_for_eval(path, model=None, *, num_classes: int | None = None, normalization=None) -> LoadedModel:
@@ -76,7 +68,8 @@ def load_for_eval(path, model=None, *, num_classes: int | None = None, normaliza
     meta = None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     net.eval()
     return LoadedModel(model=net, normalization=norm, classes=list(classes) if classes is not None else None,
-                       image_size=image_size, family=family, path=path, description=_describe(net), checkpoint=meta)
+                       image_size=image_size, family=family, path=path, description=describe(unwrap(net)),
+                       checkpoint=meta)
 
 
 # -------------------------------------------------------------------------------------------- evaluation

@@ -341,6 +341,24 @@ def in_mode(model: nn.Module, train: bool = False):
                 buffers[k].copy_(v)
 
 
+def describe(model: nn.Module) -> str:
+    """A short label: the registered name and the options that shape the network."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return type(model).__name__
+    o = model.options
+    opts = [f"shortcut={model.shortcut}"] + [text for shown, text in (
+        (o.transition is not None, f"transition={o.transition}"),
+        (spec.block == "bottleneck", f"stride_at={model.stride_at}"),
+        (model.preact != spec.preact or model.preact, "preact" if model.preact else "post-act"),
+        (o.width is not None and o.width != spec.widths[0], f"width={o.width}"),
+        (model.num_classes != spec.num_classes, f"num_classes={model.num_classes}"),
+        (o.in_channels != 3, f"in_channels={o.in_channels}"),
+        (model.shortcut == "A" and o.zero_pad != "split", f"zero_pad={o.zero_pad}"),
+        (o.shortcut_scale != 1.0, f"shortcut_scale={o.shortcut_scale:g}")) if shown]
+    return f"{spec.name} ({', '.join(opts)})"
+
+
 def device_of(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without any)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))

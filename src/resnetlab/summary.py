@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Positional, from_strings, parse
 from .io import format_table
-from .models import (ModelConfig, ResNet, count_parameters, device_of, get_spec, in_mode, list_models,
+from .models import (ModelConfig, ResNet, count_parameters, describe, device_of, get_spec, in_mode, list_models,
                      model_config)
 from .weights import unwrap
 
@@ -131,24 +131,6 @@ class Summary(_Report):
 
 
 # --------------------------------------------------------------------------------------- the forward pass
-
-def describe(model: nn.Module) -> str:
-    """A short label: the registered name and the options that shape the network."""
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        return type(model).__name__
-    o = model.options
-    opts = [f"shortcut={model.shortcut}"] + [text for shown, text in (
-        (o.transition is not None, f"transition={o.transition}"),
-        (spec.block == "bottleneck", f"stride_at={model.stride_at}"),
-        (model.preact != spec.preact or model.preact, "preact" if model.preact else "post-act"),
-        (o.width is not None and o.width != spec.widths[0], f"width={o.width}"),
-        (model.num_classes != spec.num_classes, f"num_classes={model.num_classes}"),
-        (o.in_channels != 3, f"in_channels={o.in_channels}"),
-        (model.shortcut == "A" and o.zero_pad != "split", f"zero_pad={o.zero_pad}"),
-        (o.shortcut_scale != 1.0, f"shortcut_scale={o.shortcut_scale:g}")) if shown]
-    return f"{spec.name} ({', '.join(opts)})"
-
 
 def _is_block(m: nn.Module) -> bool:
     return hasattr(m, "downsample") and hasattr(m, "shortcut_kind")
