@@ -1,6 +1,7 @@
 """Config dataclasses -> CLI (tyro), files as defaults, flags override, unknown keys are errors."""
 import ast
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -173,3 +174,16 @@ def test_python_dash_m_and_help_do_not_import_torch():
              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("NO-TORCH"), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["models"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv):
+    # `resnetlab --help | head -1`: the reader closes the pipe; the command exits 0 without a traceback
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run([sys.executable, "-m", "resnetlab", *argv], stdout=write, stderr=subprocess.PIPE,
+                             text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert out.returncode == 0 and out.stderr == "", out.stderr

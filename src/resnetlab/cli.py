@@ -5,6 +5,7 @@ Subcommands are imported only when used, so ``resnetlab --help`` answers at once
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, summary). The module's ``main_<name>(argv: list[str]) -> int`` runs the command.
@@ -27,8 +28,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
     if not argv:
         print(_usage(), file=sys.stderr)
         return 2
@@ -39,18 +39,23 @@ def main(argv: list[str] | None = None) -> int:
         from . import __version__
         print(f"resnetlab {__version__}")
         return 0
-    name = argv[0]
-    if name not in COMMANDS:
-        print(f"resnetlab: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+    if argv[0] not in COMMANDS:
+        print(f"resnetlab: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    entry = getattr(module, f"main_{name}")
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(getattr(module, f"main_{argv[0]}")(argv[1:]) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv else ""
     try:
-        return int(entry(argv[1:]) or 0)
+        return _dispatch(argv)
     except SystemExit as e:  # argparse: --help (0) or a bad flag (2, message already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except BrokenPipeError:  # e.g. `resnetlab summary resnet152 | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # the reader went away, e.g. `resnetlab summary resnet152 | head`
+        # point stdout at /dev/null so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as e:
         print(f"resnetlab {name}: {str(e) or 'interrupted'}", file=sys.stderr)
@@ -62,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"resnetlab {name}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
