@@ -13,7 +13,6 @@ are skipped, interrupted ones continue from their ``last.pt``, and the report is
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -34,7 +33,7 @@ from .io import (PRECISIONS, FolderInUse, FolderLock, cache_dir, format_duration
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
-from .train import TrainConfig, TrainingDiverged, recorded_runtime, resolve_config, train
+from .train import MetricsLog, TrainConfig, TrainingDiverged, recorded_runtime, resolve_config, train
 from .weights import load_checkpoint, model_from_checkpoint
 
 BUDGETS = ("smoke", "short", "paper")
@@ -302,18 +301,6 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
 
 # --------------------------------------------------------------------------------------------- measurements
 
-def _read_events(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    events = []
-    with open(path) as fh:
-        for line in filter(None, map(str.strip, fh)):
-            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by an interruption
-                events.append(json.loads(line))
-    return events
-
-
 def analysis_batch(cfg: StudyConfig, normalization_state: dict):
     """The fixed measurement batch: the first ``analysis_images`` training images, normalised as in training."""
     ds = load_dataset(cfg.data, cfg.data_dir, val_split=budget(cfg)["val_split"], image_size=cfg.synthetic_size,
@@ -390,7 +377,7 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
             continue
         final = read_json(os.path.join(run.dir, "final.json"))
         analysis = _cached(os.path.join(run.dir, "analysis.json"), key, final, "analysis", lambda: measure(run))
-        events = _read_events(run.dir)
+        events = MetricsLog(run.dir).events()
         # The report's training error: the last 10% of the iterations, not the last log interval alone.
         final = {**final, "train_error_last": final.get("train_error"),
                  "train_error": report_mod.tail_train_error(events, int(final.get("steps") or 0))}
