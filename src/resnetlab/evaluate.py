@@ -125,9 +125,9 @@ class _Tally:
             self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view(self.num_classes, -1)
 
     def summary(self) -> dict:
-        n = max(self.n, 1)
-        top1, top5 = self.correct1.item() / n, self.correct5.item() / n
-        return {"top1": top1, "top5": top5, "error": 1.0 - top1, "top5_error": 1.0 - top5,
+        n, c1, c5 = max(self.n, 1), self.correct1.item(), self.correct5.item()
+        # errors from the counts, not 1 - accuracy: 715 wrong of 1000 is 0.715, not 1 - 0.285 = 0.7150000000000001
+        return {"top1": c1 / n, "top5": c5 / n, "error": (n - c1) / n, "top5_error": (n - c5) / n,
                 "loss": self.nll.item() / n}
 
 
