@@ -426,3 +426,11 @@ def test_durations_read_as_the_logs_show_them():
     from resnetlab.io import format_duration
     assert [format_duration(s) for s in (5 * 3600 + 30 * 60 + 29, 3599.6, 125.2, 41, 0.4, -3)] == \
         ["5h30m", "1h00m", "2m05s", "41s", "0s", "0s"]
+
+
+def test_progress_in_a_log_has_no_line_for_work_that_ends_at_once(capsys):
+    """stderr is not a terminal here (a log file): a bar that ends within its first 30 s writes nothing, where it
+    used to leave a lone '0%' line, as if the work had stalled."""
+    from resnetlab.io import progress
+    assert sum(progress(range(1000), desc="eval", unit="img")) == 499_500
+    assert capsys.readouterr().err == ""
