@@ -480,7 +480,8 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
                 "threads": cfg.threads or "train's default (the physical cores)", "torch": torch.__version__}
     notes = ["Matched twins: for each depth and repeat every shortcut option starts from the same seed "
              "(shared parameters bit-identical) and sees the same batches; only the shortcut differs. "
-             "The same seed, thread count and PyTorch build give the same numbers. "
+             "The same seed, thread count, PyTorch build and CPU give the same numbers; another CPU rounds "
+             "differently, which can move a single run by points (an unstable plain net by more). "
              "Study settings: [study.json](study.json)."]
     notes += [f"**Diverged** (left out of the results): {f}" for f in failed]
     if busy:
@@ -546,7 +547,7 @@ class DemoConfig:
     """auto, cpu, cuda, cuda:N, mps"""
     threads: int = 2
     """CPU threads; fixed, not chosen by the machine's load, because the thread count changes the last bits
-    of PyTorch's CPU reductions: the same seed and thread count give the same numbers (on a busy machine,
+    of PyTorch's CPU reductions: the same seed, thread count and CPU give the same numbers (on a busy machine,
     --threads 1 is faster for these small models)"""
     quiet: bool = True
     """no per-run training progress (the study still reports each run)"""
