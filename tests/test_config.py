@@ -107,6 +107,12 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
     bad.write_text("lr = = 1")
     with pytest.raises(ValueError, match="could not be parsed"):
         load_file(bad)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nsteps: [20\n")
+    with pytest.raises(ValueError) as e:  # one line naming where, not PyYAML's four-line excerpt
+        load_file(bad)
+    assert "could not be parsed" in str(e.value) and "at line 3, column 1" in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_none_is_a_value_of_string_fields():

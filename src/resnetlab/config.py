@@ -68,6 +68,8 @@ def load_file(path: str | os.PathLike) -> dict:
         else:
             data = yaml.safe_load(raw) or {}
     except (ValueError, yaml.YAMLError, UnicodeDecodeError) as e:  # TOMLDecodeError is a ValueError
+        if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:  # one line, not PyYAML's excerpt
+            e = f"{e.problem} at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
         raise ValueError(f"config file {path} could not be parsed: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
