@@ -652,3 +652,17 @@ def test_cli_eval_folder_skips_hidden_class_folders(tmp_path, norm):
         assert saved["n"] == 12 and saved["classes"] == data.classes
         assert saved["confusion"] == expected["confusion"]
         assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_a_folder_given_for_the_synthetic_set_is_refused_not_ignored(tmp_path, norm):
+    """`eval --weights CKPT --data-dir DIR` of a checkpoint trained on the synthetic set used to evaluate the
+    shapes and ignore DIR; train, analyze and the demo did the same with --data synthetic --data-dir DIR."""
+    (tmp_path / "pics" / "test" / "c0").mkdir(parents=True)
+    ckpt = save_ckpt(tiny_model(0), tmp_path / "m.pt", norm)
+    for argv in (["eval", "--weights", ckpt, "--data-dir", str(tmp_path / "pics")],
+                 ["analyze", "paths", ckpt, "--data-dir", str(tmp_path / "pics")],
+                 ["train", "--data", "synthetic", "--data-dir", str(tmp_path / "pics"), "--out", str(tmp_path / "t")],
+                 ["demo", "--data", "synthetic", "--data-dir", str(tmp_path / "pics"), "--out", str(tmp_path / "d")]):
+        code, err = run_cli(argv)
+        assert code == 2 and "the synthetic set is generated, not read" in err, (argv, err)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "d").exists()  # nothing written

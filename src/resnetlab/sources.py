@@ -62,9 +62,9 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, nam
 
 
 @functools.cache
-def _synthetic(size: int = 32) -> dict:
+def _synthetic(size: int = 32, data_dir: str | None = None) -> dict:
     """The synthetic set at ``size`` pixels, generated once per process (it is deterministic)."""
-    return load_dataset("synthetic", image_size=size)
+    return load_dataset("synthetic", data_dir, image_size=size)
 
 
 def resolve_data(name: str | None, data_dir: str | None, ckpt: dict | None,
@@ -94,7 +94,7 @@ def load_data(name: str, data_dir: str | None, ckpt: dict | None):
     """``(splits, normalization)``: the data set and the checkpoint's normalisation (or, for a fresh model,
     per-channel mean/std fitted on the training split)."""
     size = int(((ckpt or {}).get("data") or {}).get("image_size") or 32)  # the side it was trained on
-    splits = _synthetic(size) if name == "synthetic" else load_dataset(name, data_dir, hint=DATA_DIR_HINT)
+    splits = _synthetic(size, data_dir) if name == "synthetic" else load_dataset(name, data_dir, hint=DATA_DIR_HINT)
     state = (ckpt or {}).get("normalization")
     norm = Normalization.from_state_dict(state) if state else Normalization.fit(splits["train"].x, mode="channel")
     return splits, norm

@@ -27,7 +27,7 @@ from . import analysis, landscape, summary
 from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
-from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
+from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset, no_folder_for_synthetic
 from .io import (PRECISIONS, FolderInUse, FolderLock, cache_dir, format_duration, read_json, resolve_device,
                  write_json)
 from .models import ModelConfig, create_model
@@ -459,7 +459,9 @@ def shapes_markdown(cfg: StudyConfig) -> str:
 def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = False) -> dict:
     """Train the grid (resuming), measure every run and write the report. Returns report paths."""
     check_config(cfg)
-    if cfg.data != "synthetic":  # the data first: a study that cannot read it writes nothing
+    if cfg.data == "synthetic":  # the data first: a study that cannot read it writes nothing
+        no_folder_for_synthetic(cfg.data_dir)
+    else:
         find_cifar(cfg.data, cfg.data_dir if cfg.data_dir is not None else cache_dir())
     t0 = time.perf_counter()
     os.makedirs(cfg.out, exist_ok=True)
