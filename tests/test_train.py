@@ -397,6 +397,8 @@ def test_disk_errors_are_one_line_naming_the_path(tmp_path, capsys):
 @pytest.mark.parametrize("flags,message", [
     (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
     (dict(milestones=(10, 500), iterations=100), "milestones must lie between 0 and iterations"),
+    (dict(save_at=(50, 500), iterations=100), r"save_at steps must lie between 1 and iterations \(100\)"),
+    (dict(save_at=(0,), iterations=100), "save_at steps must lie between 1"),
     (dict(weight_decay=-1e-4), "weight_decay must be >= 0"),
 ])
 def test_nonsense_values_are_refused_with_the_valid_range(flags, message):

@@ -178,6 +178,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         (cfg.gamma > 0, f"gamma must be > 0, got {cfg.gamma}"),
         (all(0 <= m <= cfg.iterations for m in cfg.milestones),  # (the recipe's are scaled to fit)
          f"milestones must lie between 0 and iterations ({cfg.iterations}), got {tuple(cfg.milestones)}"),
+        (all(1 <= s <= cfg.iterations for s in cfg.save_at),  # a step the run never reaches saves nothing
+         f"save_at steps must lie between 1 and iterations ({cfg.iterations}), got {tuple(cfg.save_at)}"),
         (cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}"),
         (cfg.normalization in ("pixel", "channel"), f"normalization must be pixel or channel, got {cfg.normalization!r}"),
         (cfg.padding in ("black", "mean"), f"padding must be black or mean, got {cfg.padding!r}"),
