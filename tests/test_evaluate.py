@@ -666,3 +666,13 @@ def test_a_folder_given_for_the_synthetic_set_is_refused_not_ignored(tmp_path, n
         code, err = run_cli(argv)
         assert code == 2 and "the synthetic set is generated, not read" in err, (argv, err)
     assert not (tmp_path / "t").exists() and not (tmp_path / "d").exists()  # nothing written
+
+
+def test_an_ensemble_member_given_twice_is_refused(tmp_path, norm):
+    """`eval --weights A ./A` evaluated an "ensemble of 2" that was one model counted twice."""
+    ckpt = save_ckpt(tiny_model(0), tmp_path / "m.pt", norm)
+    twice = os.path.join(os.path.dirname(ckpt), ".", "m.pt")
+    code, err = run_cli(["eval", "--weights", ckpt, twice, "--data", "synthetic"])
+    assert code == 2 and f"checkpoint {twice} is given twice (also as {ckpt})" in err, err
+    code, err = run_cli(["predict", str(tmp_path / "x.png"), "--weights", ckpt, "--weights", ckpt])
+    assert code == 2 and f"checkpoint {ckpt} is given twice: list each ensemble member once" in err, err

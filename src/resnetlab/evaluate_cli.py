@@ -125,9 +125,14 @@ def _given_model(cfg):
 def _check_files(paths) -> list[str]:
     if not paths:
         raise ValueError("give at least one checkpoint: --weights CKPT [CKPT ...]")
+    seen = {}
     for p in paths:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"checkpoint not found: {p}")
+        if (real := os.path.realpath(p)) in seen:  # it would weigh twice in the ensemble
+            also = "" if seen[real] == p else f" (also as {seen[real]})"
+            raise ValueError(f"checkpoint {p} is given twice{also}: list each ensemble member once")
+        seen[real] = p
     return list(paths)
 
 
