@@ -266,6 +266,15 @@ def test_cli_gradients_with_lesion(tmp_path):
     assert (tmp_path / "g.png").exists()
 
 
+
+def test_cli_gradients_over_the_whole_training_split(tmp_path, capsys):
+    """`--batches 0` is the whole split, as for paths and the lesion: the synthetic training split (5,000
+    images) in batches of 2500 is 2 batches. It used to measure one batch and print "mean over 0 batch(es)"."""
+    assert cli_main(["analyze", "gradients", "resnet8", "--width", "2", "--batches", "0", "--batch-size", "2500",
+                     "--quiet", "--json", str(tmp_path / "g.json")]) == 0
+    assert "mean over 2 batch(es)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "g.json").read_text())["data"]["measured_batches"] == 2
+
 @pytest.mark.parametrize("argv,message", [
     (["analyze", "shortcuts", "resnet8"], "unknown analysis 'shortcuts'"),
     (["analyze", "paths", "resnet7"], "6n+2"),

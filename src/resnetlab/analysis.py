@@ -310,7 +310,7 @@ class AnalyzeConfig(SourceOptions):
     sources: Positional[tuple[str, ...]] = ()
     """model names (fresh models) or checkpoint paths; several (twins) are measured and drawn together"""
     batches: int = 4
-    """batches of data to measure on (lesion: 0 = the whole test split)"""
+    """batches of data to measure on (0: the whole split, test or, for gradients, train)"""
     batch_size: int = 128
     """images per batch"""
     seed: int = 0
@@ -370,7 +370,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         result["responses"] = rows = layer_response_stats(model, batches)
         result["sorted"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["std"])]
     else:  # gradients: train split, train-mode BN, mean over batches of the per-batch norms
-        train = seeded_subset(splits["train"], cfg.batch_size * max(cfg.batches, 1), cfg.seed)
+        train = seeded_subset(splits["train"], cfg.batch_size * cfg.batches or len(splits["train"].y), cfg.seed)
         losses, layers, groups, signals = [], [], [], []
         for xb, yb in labelled_batches(train, norm, cfg.batch_size, device, None):
             grads, order, loss = _loss_grads(model, xb, yb)
@@ -379,7 +379,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
             groups.append(_group_norms(model, grads))
             signals.append(signal_norms(model, xb, yb))
         weights = dict(model.named_parameters())
-        result["loss"] = sum(losses) / len(losses)
+        result["loss"], result["data"]["measured_batches"] = sum(losses) / len(losses), len(losses)
         result["signal"] = [{"at": k, "grad_norm": v} for k, v in _mean_over_batches(signals).items()]
         result["layers"] = [{"param": k, "grad_norm": v, "relative": v / max(weights[k].detach().norm().item(), 1e-30)}
                             for k, v in _mean_over_batches(layers).items()]
@@ -414,7 +414,7 @@ def format_result(result: dict) -> str:
                                          ("std", "std", ".4f"), ("channel_std", "channel std", ".4f")]))
         parts.append("sorted by std: " + ", ".join(result["sorted"]))
     else:
-        parts.append(f"loss {result['loss']:.4f} (train mode, mean over {result['data']['batches']} batch(es))")
+        parts.append(f"loss {result['loss']:.4f} (train mode, mean over {result['data']['measured_batches']} batch(es))")
         parts.append("back-propagated signal ||dL/dx|| at the input and at each block's output:")
         parts.append(format_table(result["signal"], [("at", "at", ""), ("grad_norm", "||dL/dx||", ".3e")]))
         parts.append(format_table(result["layers"], [("param", "weight", ""), ("grad_norm", "grad norm", ".3e"),
