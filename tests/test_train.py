@@ -47,7 +47,7 @@ def test_run_folder_contract(finished_run):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "config.json")) as fh:
         cfg = json.load(fh)
-    assert set(cfg) == {"config", "model_config", "versions", "runtime"}
+    assert set(cfg) == {"config", "model_config", "versions", "runtime", "resumes"} and cfg["resumes"] == []
     assert cfg["runtime"]["fused_bn"] is False and cfg["runtime"]["channels_last"] is False  # fp32 -> NCHW
     assert cfg["config"]["milestones"] == [20, 30] and cfg["config"]["lr"] == 0.1  # resolved recipe, scaled
     assert cfg["model_config"]["name"] == "resnet8" and cfg["model_config"]["width"] == 4
@@ -437,3 +437,27 @@ def test_progress_in_a_log_ends_with_its_last_state(capsys):
     assert sum(progress(range(1000), desc="eval", unit="img")) == 499_500
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "0/1000" in lines[0] and "100%" in lines[1] and "1000/1000" in lines[1], lines
+
+
+def test_resume_records_what_it_changes_and_refuses_changes_no_step_would_use(tmp_path, capsys):
+    """config.json holds the settings in effect at the end; `resumes` says from which step each change
+    applied. A complete run resumed with another --lr used to rewrite config.json with an lr no step ran with.
+    A different model is one line naming the difference."""
+    out = str(tmp_path / "run")
+    base = ["train", *TINY_FLAGS, "--quiet", "--log-every", "2", "--checkpoint-every", "2", "--eval-every", "100"]
+    assert cli_main([*base, "--iterations", "4", "--out", out]) == 0
+    assert cli_main(["train", "--out", out, "--resume", "--iterations", "6", "--lr", "0.05"]) == 0
+    assert cli_main(["train", "--out", out, "--resume", "--iterations", "8"]) == 0
+    record = json.loads(open(os.path.join(out, "config.json")).read())
+    assert record["resumes"] == [{"step": 4, "changed": ["iterations 4 -> 6", "lr 0.1 -> 0.05"]},
+                                 {"step": 6, "changed": ["iterations 6 -> 8"]}]
+    assert record["config"]["lr"] == 0.05 and record["config"]["iterations"] == 8
+    before = {f: open(os.path.join(out, f), "rb").read() for f in ("config.json", "final.json", "last.pt")}
+    capsys.readouterr()
+    assert cli_main(["train", "--out", out, "--resume", "--lr", "0.2"]) == 2
+    assert f"{out} is complete (8 of 8 iterations): no step would run with the changed settings (lr 0.05 -> 0.2)" \
+        in capsys.readouterr().err
+    assert cli_main(["train", "--out", out, "--resume", "--width", "8", "--iterations", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "width: 4 in the checkpoint vs 8 now" in err and "\n" not in err, err
+    assert {f: open(os.path.join(out, f), "rb").read() for f in before} == before  # nothing rewritten

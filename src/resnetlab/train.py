@@ -274,8 +274,8 @@ def _check_resumable(ckpt: dict, model_cfg: dict, cfg: TrainConfig, path: str) -
     diff = [f"{k}: {then.get(k)!r} in the checkpoint vs {now.get(k)!r} now"
             for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
     if diff:
-        raise ValueError(f"cannot resume {path}: it was trained with a different model or data:\n  "
-                         + "\n  ".join(diff) + "\nuse another --out for a new run")
+        raise ValueError(f"cannot resume {path}: it was trained with a different model or data ({'; '.join(diff)}); "
+                         f"use another --out for a new run")
 
 
 # ---------------------------------------------------------------------------------------- The training loop
@@ -358,7 +358,7 @@ def train(config: TrainConfig) -> dict:
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (main and not cfg.quiet) else (lambda *a: None)
     _runtime_setup(cfg, device)
     out = os.fspath(cfg.out)
-    last_path = os.path.join(out, RESUMABLE)
+    last_path, config_path = os.path.join(out, RESUMABLE), os.path.join(out, "config.json")
     _refuse_existing_run(cfg, out)
     if cfg.data != "synthetic" and cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise FileNotFoundError(f"data folder not found: {cfg.data_dir}")
@@ -411,6 +411,7 @@ def train(config: TrainConfig) -> dict:
             raise
         remove_litter(out)
     log = MetricsLog(out, enabled=main, tensorboard=cfg.tensorboard and main)
+    resumes = []  # config.json's record of the resumes that changed settings: {"step", "changed"}
     if cfg.resume:
         ck = load_checkpoint(last_path, map_location="cpu")
         _check_resumable(ck, model_config(model), cfg, last_path)
@@ -428,19 +429,27 @@ def train(config: TrainConfig) -> dict:
         seen = acc["seen"]
         log.keep_until(start)
         changed = _changed_settings(ck["config"], to_dict(cfg))
+        if changed and start >= cfg.iterations:  # nothing would train with them, yet config.json would record them
+            raise ValueError(f"{out} is complete ({start} of {cfg.iterations} iterations): no step would run with "
+                             f"the changed settings ({', '.join(changed)}); give --iterations above {start} to "
+                             f"train on")
         say(f"resuming {last_path} at step {start}" + (f" with changed settings: {', '.join(changed)}"
                                                        if changed else ""))
+        # config.json holds the settings in effect from here on; the steps before ran with those of the record
+        resumes = read_json(config_path).get("resumes", []) if os.path.isfile(config_path) else []
+        resumes += [{"step": start, "changed": changed}] if changed else []
         if main and os.path.exists(os.path.join(out, "final.json")):
             os.remove(os.path.join(out, "final.json"))
     elif main:
         os.makedirs(out, exist_ok=True)
         log.keep_until(-1)
     if main:
-        write_json(os.path.join(out, "config.json"),
+        write_json(config_path,
                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
                     "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
                                 "fused_bn": fused_on, "world_size": dist.world_size, "sync_bn": synced,
-                                "threads": torch.get_num_threads() if device.type == "cpu" else None}})
+                                "threads": torch.get_num_threads() if device.type == "cpu" else None},
+                    "resumes": resumes})
 
     # 4. Wrappers: DDP across processes, torch.compile. Checkpoints always save the plain `model`.
     net = model
@@ -584,10 +593,11 @@ def train(config: TrainConfig) -> dict:
 
 
 def _changed_settings(then: dict, now: dict, prefix: str = "") -> list[str]:
-    """``["lr 0.1 -> 0.05", "model.width 16 -> 8", ...]``: what a resume changes (``resume`` aside)."""
+    """``["lr 0.1 -> 0.05", "model.width 16 -> 8", ...]``: what a resume changes in training (not ``resume``,
+    ``quiet``, nor ``out``: a run folder may have been moved)."""
     changed = []
     for k, v in now.items():
-        if k == "resume":
+        if k in ("resume", "quiet", "out"):
             continue
         old = then.get(k)
         if isinstance(v, dict) and isinstance(old, dict):
