@@ -158,13 +158,13 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict, source: str = "st
     misshaped = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
                  for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if missing or unexpected or misshaped:
-        parts = [f"{source} does not match {type(model).__name__}"
-                 f"{' ' + model.spec.name if hasattr(model, 'spec') else ''}:"]
+        parts = []
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if keys:
                 shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-                parts.append(f"  {title} keys ({len(keys)}): {shown}")
-        raise ValueError("\n".join(parts))
+                parts.append(f"{title} keys ({len(keys)}): {shown}")
+        raise ValueError(f"{source} does not match {type(model).__name__}"
+                         f"{' ' + model.spec.name if hasattr(model, 'spec') else ''}: {'; '.join(parts)}")
     with torch.no_grad():
         model.load_state_dict(state_dict, strict=True)
 
