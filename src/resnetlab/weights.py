@@ -323,7 +323,7 @@ def model_from_checkpoint(path: str | os.PathLike, model: str | ModelConfig | nn
         try:
             load_state_dict_strict(unwrap(net), ckpt["model"], source=path)
         except ValueError as e:
-            raise ValueError(f"{e}\n  (the checkpoint was trained as {_config_text(recorded)})") from None
+            raise ValueError(f"{e} (the checkpoint was trained as {_config_text(recorded)})") from None
         check_same_architecture(unwrap(net), recorded, path)
         return net, ckpt
     recorded = _safetensors_config(path) if model is None and _is_safetensors(path) else {}
