@@ -461,3 +461,13 @@ def test_resume_records_what_it_changes_and_refuses_changes_no_step_would_use(tm
     err = capsys.readouterr().err.strip()
     assert "width: 4 in the checkpoint vs 8 now" in err and "\n" not in err, err
     assert {f: open(os.path.join(out, f), "rb").read() for f in before} == before  # nothing rewritten
+
+
+def test_tensorboard_without_the_package_is_refused_before_the_run_folder_exists(tmp_path):
+    """It was refused after the folder and its lock file had been created, leaving an empty run folder."""
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(ValueError, match="--tensorboard needs the tensorboard package"):
+        train(TrainConfig(**TINY, out=str(tmp_path / "run"), iterations=2, tensorboard=True))
+    assert not (tmp_path / "run").exists()

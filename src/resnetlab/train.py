@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -191,6 +192,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         (8 <= cfg.synthetic_size <= 512, f"synthetic_size must be in [8, 512], got {cfg.synthetic_size}"),
         (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
         (cfg.out is not None and str(cfg.out).strip() != "", "a run folder is required: --out RUN_DIR"),
+        (not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None,  # before the folder exists
+         "--tensorboard needs the tensorboard package (pip install tensorboard)"),
     ]
     for ok, message in checks:
         if not ok:
