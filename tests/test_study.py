@@ -528,3 +528,11 @@ def test_study_refuses_a_model_seed(tmp_path, capsys):
         study.check_config(StudyConfig(model=ModelConfig(seed=3), out=str(tmp_path / "s")))
     assert cli.main(["study", "shortcuts", "--model.seed", "3", "--out", str(tmp_path / "s")]) == 2
     assert "--model.seed" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_report_only_with_nothing_finished_writes_nothing(tmp_path, capsys):
+    """`--report-only` on a folder without finished runs is refused before study.json is written (it was
+    written, and then the report refused)."""
+    assert cli.main(["study", "shortcuts", "--report-only", "--out", str(tmp_path / "s")]) == 2
+    assert "no finished runs of this grid to report on" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -463,6 +463,8 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
         no_folder_for_synthetic(cfg.data_dir)
     else:
         find_cifar(cfg.data, cfg.data_dir if cfg.data_dir is not None else cache_dir())
+    if cfg.report_only and not any(run_state(r) == "done" for r in grid(cfg)):  # before writing study.json
+        raise ValueError(f"no finished runs of this grid to report on in {cfg.out}")
     t0 = time.perf_counter()
     os.makedirs(cfg.out, exist_ok=True)
     write_json(os.path.join(cfg.out, "study.json"),
