@@ -286,6 +286,28 @@ def test_direction_seeds_give_flatness_mean_and_spread(tmp_path, checkpoint, cap
     assert cli_main(["landscape", checkpoint, "--direction-seeds", "0", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_the_direction_seeds_are_recorded_and_follow_a_direction_file(tmp_path, checkpoint):
+    """flatness.json names the seeds of its direction pairs. With a direction file drawn at seed 0 and --seed 5,
+    the pairs were seed 0 (the file's), then 6 and 7, and nothing recorded it; now 0, 1, 2, as the file's twin."""
+    common = [checkpoint, "--data", "synthetic", "--subset", "16", "--steps", "3", "--dims", "1",
+              "--hessian-iters", "0", "--direction-seeds", "3", "--quiet"]
+    dirs = str(tmp_path / "dirs.pt")
+    assert cli_main(["landscape", *common, "--out", str(tmp_path / "a"), "--directions", dirs]) == 0
+    assert cli_main(["landscape", *common, "--out", str(tmp_path / "b"), "--directions", dirs, "--seed", "5"]) == 0
+    assert cli_main(["landscape", *common, "--out", str(tmp_path / "c"), "--seed", "5"]) == 0
+    read = {k: json.loads((tmp_path / k / "flatness.json").read_text()) for k in "abc"}
+    assert [read[k]["settings"]["direction_seeds"] for k in "abc"] == [[0, 1, 2], [0, 1, 2], [5, 6, 7]]
+    # b's second pair is seed 1's on seed 5's subset: what a run on that subset gets from a file drawn at seed 1
+    dirs1 = str(tmp_path / "dirs1.pt")
+    one = [*common[:-3], "--direction-seeds", "1", "--quiet"]
+    assert cli_main(["landscape", *one, "--out", str(tmp_path / "e"), "--directions", dirs1, "--seed", "1"]) == 0
+    assert cli_main(["landscape", *one, "--out", str(tmp_path / "f"), "--directions", dirs1, "--seed", "5"]) == 0
+    f = json.loads((tmp_path / "f" / "flatness.json").read_text())
+    assert f["settings"]["direction_seeds"] == [1]
+    assert read["b"]["flatness_per_direction_seed"][1]["1d"]["rise_at_r"] == \
+        pytest.approx(f["flatness"]["1d"]["rise_at_r"], rel=1e-6)
+
+
 def test_radius_beyond_the_grid_is_refused(checkpoint, tmp_path, capsys):
     assert cli_main(["landscape", checkpoint, "--radius", "5", "--span", "1", "--out", str(tmp_path / "x")]) == 2
     assert "--radius must be in (0, span]" in capsys.readouterr().err

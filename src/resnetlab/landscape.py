@@ -409,7 +409,7 @@ class LandscapeConfig(SourceOptions):
     seed: int = 0
     """seed of the subset and of the directions (and of a fresh model)"""
     direction_seeds: int = 3
-    """direction pairs (seeds SEED, SEED+1, ...) for flatness mean +- std; grids and plots are the first's"""
+    """direction pairs (seeds SEED, SEED+1, ...; with a --directions file, its seed and on) for flatness mean +- std; grids and plots are the first's"""
     bn: Literal[BN_MODES] = "batch"
     """BN at each grid point: batch statistics, recompute (re-estimated for the shifted weights), eval (the checkpoint's)"""
     dims: int = 2
@@ -470,8 +470,11 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
             out["2d"] = landscape_2d(model, x, y, dirs, cfg.span, cfg.steps, cfg.batch_size, cfg.quiet, cfg.bn)
         return out
 
+    # the pairs' seeds: the first pair's (the file's, when one is read), then the next ones
+    seeds = [directions_seed + k for k in range(cfg.direction_seeds)]
     settings = {"source": source, "seed": cfg.seed, "span": cfg.span, "steps": cfg.steps, "subset": len(y),
                 "dims": cfg.dims, "bn": cfg.bn, "data": data_name, "directions_file": directions_from,
+                "direction_seeds": seeds,
                 "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),
                 "config": to_dict(cfg)}
     result = {"settings": settings,
@@ -481,11 +484,11 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
         result["hessian"] = {**hessian_extremes(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
                                                 batch_size=cfg.batch_size), "samples": m}
     result["flatness"] = flatness(result, cfg.radius)
-    # More direction pairs: a flatness figure from one random pair moves a lot from pair to pair. Seeds
-    # seed+1, seed+2, ... draw by parameter name, so twins get the same directions for shared filters.
+    # More direction pairs: a flatness figure from one random pair moves a lot from pair to pair. They
+    # draw by parameter name, so twins get the same directions for shared filters.
     per_seed = [result["flatness"]]
-    for k in range(1, cfg.direction_seeds):
-        per_seed.append(flatness(surfaces(random_directions(model, cfg.seed + k, cfg.dims)), cfg.radius))
+    for seed in seeds[1:]:
+        per_seed.append(flatness(surfaces(random_directions(model, seed, cfg.dims)), cfg.radius))
     result["flatness_seeds"] = per_seed
     result["flatness_spread"] = flatness_spread(per_seed)
     # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
