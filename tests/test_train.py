@@ -446,7 +446,15 @@ def test_resume_records_what_it_changes_and_refuses_changes_no_step_would_use(tm
     out = str(tmp_path / "run")
     base = ["train", *TINY_FLAGS, "--quiet", "--log-every", "2", "--checkpoint-every", "2", "--eval-every", "100"]
     assert cli_main([*base, "--iterations", "4", "--out", out]) == 0
+    step4 = open(os.path.join(out, "last.pt"), "rb").read()
     assert cli_main(["train", "--out", out, "--resume", "--iterations", "6", "--lr", "0.05"]) == 0
+    # as if that resume had died before its first checkpoint: resumed again from step 4, it is recorded once
+    with open(os.path.join(out, "last.pt"), "wb") as fh:
+        fh.write(step4)
+    os.remove(os.path.join(out, "final.json"))
+    assert cli_main(["train", "--out", out, "--resume"]) == 0
+    assert json.loads(open(os.path.join(out, "config.json")).read())["resumes"] == \
+        [{"step": 4, "changed": ["iterations 4 -> 6", "lr 0.1 -> 0.05"]}]
     assert cli_main(["train", "--out", out, "--resume", "--iterations", "8"]) == 0
     record = json.loads(open(os.path.join(out, "config.json")).read())
     assert record["resumes"] == [{"step": 4, "changed": ["iterations 4 -> 6", "lr 0.1 -> 0.05"]},

@@ -439,8 +439,9 @@ def train(config: TrainConfig) -> dict:
         say(f"resuming {last_path} at step {start}" + (f" with changed settings: {', '.join(changed)}"
                                                        if changed else ""))
         # config.json holds the settings in effect from here on; the steps before ran with those of the record
+        # (a resume recorded at or after this step is undone: those steps are trained again from here)
         resumes = read_json(config_path).get("resumes", []) if os.path.isfile(config_path) else []
-        resumes += [{"step": start, "changed": changed}] if changed else []
+        resumes = [r for r in resumes if r["step"] < start] + ([{"step": start, "changed": changed}] if changed else [])
         if main and os.path.exists(os.path.join(out, "final.json")):
             os.remove(os.path.join(out, "final.json"))
     elif main:
