@@ -68,5 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnetlab {name}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

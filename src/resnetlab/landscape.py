@@ -409,7 +409,8 @@ class LandscapeConfig(SourceOptions):
     seed: int = 0
     """seed of the subset and of the directions (and of a fresh model)"""
     direction_seeds: int = 3
-    """direction pairs (seeds SEED, SEED+1, ...; with a --directions file, its seed and on) for flatness mean +- std; grids and plots are the first's"""
+    """direction pairs for flatness mean +- std, at seeds SEED, SEED+1, ... (with a --directions file: the
+    file's seed and on); grids and plots are the first's"""
     bn: Literal[BN_MODES] = "batch"
     """BN at each grid point: batch statistics, recompute (re-estimated for the shifted weights), eval (the checkpoint's)"""
     dims: int = 2
