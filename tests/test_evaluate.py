@@ -676,3 +676,19 @@ def test_an_ensemble_member_given_twice_is_refused(tmp_path, norm):
     assert code == 2 and f"checkpoint {twice} is given twice (also as {ckpt})" in err, err
     code, err = run_cli(["predict", str(tmp_path / "x.png"), "--weights", ckpt, "--weights", ckpt])
     assert code == 2 and f"checkpoint {ckpt} is given twice: list each ensemble member once" in err, err
+
+
+def test_eval_and_predict_take_a_run_folder_as_analyze_does(tmp_path, norm, capsys):
+    """A run folder means its last.pt, as for analyze and landscape; eval and predict said "checkpoint not
+    found" for a folder that exists."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = save_ckpt(tiny_model(0), run / "last.pt", norm)
+    out = tmp_path / "r.json"
+    code, err = run_cli(["eval", "--weights", str(run), "--data", "synthetic", "--quiet", "--json", str(out)])
+    assert code == 0, err
+    assert json.loads(out.read_text())["members"][0]["top1"] == \
+        evaluate(load_for_eval(ckpt).model, load_dataset("synthetic")["test"], norm)["top1"]
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(["predict", str(tmp_path / "x.png"), "--weights", str(tmp_path / "empty")])
+    assert code == 2 and "is a folder without a last.pt checkpoint" in err, err

@@ -27,7 +27,7 @@ from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig
 from .sources import resolve_data
 from .stream import Normalization
-from .weights import peek_checkpoint, read_weights
+from .weights import checkpoint_file, peek_checkpoint, read_weights
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _given_model(cfg):
 def _check_files(paths) -> list[str]:
     if not paths:
         raise ValueError("give at least one checkpoint: --weights CKPT [CKPT ...]")
-    seen = {}
+    seen, paths = {}, [checkpoint_file(p) for p in paths]  # a run folder: its last.pt
     for p in paths:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"checkpoint not found: {p}")
@@ -133,7 +133,7 @@ def _check_files(paths) -> list[str]:
             also = "" if seen[real] == p else f" (also as {seen[real]})"
             raise ValueError(f"checkpoint {p} is given twice{also}: list each ensemble member once")
         seen[real] = p
-    return list(paths)
+    return paths
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import torch
 from .datasets import DATA_DIR_HINT, NAMED_DATASETS, load_dataset
 from .models import ModelConfig, create_model
 from .stream import Normalization, eval_batches
-from .weights import check_same_architecture, load_checkpoint, load_state_dict_strict
+from .weights import check_same_architecture, checkpoint_file, load_checkpoint, load_state_dict_strict
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,7 @@ def load_model(source: str, model: ModelConfig | None = None, seed: int = 0, nam
                              f"not a checkpoint path")
         config = dataclasses.replace(model or ModelConfig(), name=source)
         return create_model(config, seed=seed if config.seed is None else config.seed), None
-    if os.path.isdir(source):  # a training run folder: its latest checkpoint
-        if not os.path.isfile(os.path.join(source, "last.pt")):
-            raise FileNotFoundError(f"{source} is a folder without a last.pt checkpoint")
-        source = os.path.join(source, "last.pt")
+    source = checkpoint_file(source)  # a training run folder: its latest checkpoint
     ckpt = load_checkpoint(source)
     recorded = ModelConfig.from_dict(dict(ckpt.get("model_config") or {}), where=source)
     if model is not None and not name_given:

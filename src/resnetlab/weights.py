@@ -129,6 +129,15 @@ def _verify(ckpt: dict, path: str) -> None:
                          f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; it cannot be used")
 
 
+def checkpoint_file(path: str) -> str:
+    """``path`` itself, or for a training run folder its latest checkpoint, ``last.pt``."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "last.pt")):
+            raise FileNotFoundError(f"{path} is a folder without a last.pt checkpoint")
+        return os.path.join(path, "last.pt")
+    return path
+
+
 def peek_checkpoint(path: str | os.PathLike) -> dict | None:
     """Our checkpoint in ``path``, or ``None`` when it is another kind of file, unreadable or missing."""
     path = os.fspath(path)
