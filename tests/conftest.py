@@ -13,7 +13,7 @@ SLOW_TESTS = {
                        "test_disk_faults_refused_with_the_path", "test_damaged_and_nonfinite_checkpoints_refused",
                        "test_second_writer_refused"),  # child processes that train
     "test_analysis.py": ("test_cli_gradients_over_the_whole_training_split",),  # 5,000 images, twice backward
-    "test_study.py": ("test_demo_end_to_end",),
+    "test_study.py": ("test_demo_end_to_end", "test_ctrl_c_in_a_study_says_to_rerun_the_study"),
     "test_train.py": ("test_resume_after_sigkill_is_bit_identical", "test_he2016_warmup_ends_on_training_error"),
     "test_distributed.py": ("test_sync_batch_norm_is_batch_norm_of_the_whole_batch",  # processes importing torch
                             "test_two_processes_with_sync_bn_match_one_process_of_the_same_batch",

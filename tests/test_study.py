@@ -536,3 +536,29 @@ def test_report_only_with_nothing_finished_writes_nothing(tmp_path, capsys):
     assert cli.main(["study", "shortcuts", "--report-only", "--out", str(tmp_path / "s")]) == 2
     assert "no finished runs of this grid to report on" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_ctrl_c_in_a_study_says_to_rerun_the_study(tmp_path, monkeypatch, capsys):
+    """Interrupted inside one of its runs, the study named that run's `resnetlab train --resume`, which finishes
+    the run but not the grid; the advice is the same command, which resumes it (as checked here)."""
+    import resnetlab.train as T
+    calls, real = {"n": 0}, T.train_step
+
+    def interrupted_at_7(*args, **kwargs):  # the key press, in the first run's 7th step
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", interrupted_at_7)
+    argv = ["study", "shortcuts", "--depths", "8", "--options", "A", "--iterations", "12", "--batch-size", "16",
+            "--checkpoint-every", "5", "--width", "2", "--threads", "1", "--precision", "fp32",
+            "--analysis-images", "16", "--out", str(tmp_path / "s")]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "resnet8-A-r0 interrupted at step 7; the last checkpoint is" in err and "(step 5)" in err
+    assert "continue with: the same command (finished runs are skipped, this one resumes" in err
+    assert "resnetlab train --out" not in err
+    monkeypatch.setattr(T, "train_step", real)
+    assert cli.main(argv) == 0
+    assert "1/1 resnet8-A-r0: resuming" in capsys.readouterr().err

@@ -33,7 +33,8 @@ from .io import (PRECISIONS, FolderInUse, FolderLock, cache_dir, format_duration
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
-from .train import MetricsLog, TrainConfig, TrainingDiverged, recorded_runtime, resolve_config, train
+from .train import (MetricsLog, TrainConfig, TrainingDiverged, TrainingInterrupted, recorded_runtime,
+                    resolve_config, train)
 from .weights import load_checkpoint, model_from_checkpoint
 
 BUDGETS = ("smoke", "short", "paper")
@@ -287,6 +288,9 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
                 t0 = time.perf_counter()
                 # A partial run continues from last.pt (train checks that it belongs to this config).
                 train(dataclasses.replace(configs[run.name], resume=state == "partial"))
+        except TrainingInterrupted as e:  # what continues is the grid, not this one run
+            raise TrainingInterrupted(f"{run.name} {e.progress}", "the same command (finished runs are skipped, "
+                                      "this one resumes from its last checkpoint)") from None
         except TrainingDiverged as e:  # one diverged run should not sink the study: report it
             _log(f"{run.name} diverged: {e}")
             failed.append(f"{run.name}: {e}")

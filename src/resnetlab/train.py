@@ -40,7 +40,12 @@ RESUMABLE = "last.pt"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: the message says at which step, where the last checkpoint is, how to resume."""
+    """Ctrl-C during training: the message says at which step, where the last checkpoint is (``progress``), and
+    how to resume."""
+
+    def __init__(self, progress: str, resume: str):
+        super().__init__(f"{progress}; continue with: {resume}")
+        self.progress = progress
 
 
 class TrainingDiverged(ValueError):
@@ -576,8 +581,8 @@ def train(config: TrainConfig) -> dict:
             raise
         where = f"the last checkpoint is {last_path} (step {saved[0]})" if saved[0] is not None else \
             "no checkpoint was written yet"
-        raise TrainingInterrupted(f"interrupted at step {step}; {where}; continue with: resnetlab train --out "
-                                  f"{out} --resume") from None
+        raise TrainingInterrupted(f"interrupted at step {step}; {where}", f"resnetlab train --out {out} --resume") \
+            from None
 
     # 6. Final metrics, written last: final.json means "finished".
     events = log.events() if main else []
