@@ -362,6 +362,24 @@ def test_one_writer_per_run_folder_and_no_litter(tmp_path):
     assert [e["step"] for e in events if e["kind"] == "train"] == [2, 4, 6]  # the history kept whole
 
 
+def test_a_second_writer_names_the_holder_even_before_it_wrote_its_pid(tmp_path):
+    """The holder writes its pid just after taking the lock; two runs started at once read the file in
+    between and said "pid unknown" (seen in CI). The refusal waits for the pid."""
+    import threading
+    fcntl = pytest.importorskip("fcntl")
+    from resnetlab.io import FolderInUse, FolderLock
+    (tmp_path / "run").mkdir()
+    fh = open(tmp_path / "run" / ".lock", "a+")
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, the pid not written yet
+    timer = threading.Timer(0.2, lambda: (fh.write("4242\n"), fh.flush()))
+    timer.start()
+    try:
+        with pytest.raises(FolderInUse, match=r"in use by another run \(pid 4242\)"):
+            FolderLock(tmp_path / "run")
+    finally:
+        timer.join()
+        fh.close()
+
 def test_ctrl_c_names_the_step_the_checkpoint_and_the_resume_command(tmp_path, monkeypatch, capsys):
     import resnetlab.train as T
     calls = {"n": 0}

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 try:
     import fcntl
@@ -126,9 +127,13 @@ class FolderLock(contextlib.AbstractContextManager):
         try:
             fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "unknown"
+            for _ in range(50):  # the holder writes its pid just after it takes the lock: wait up to 1 s for it
+                self.fh.seek(0)
+                if holder := self.fh.read().strip():
+                    break
+                time.sleep(0.02)
             self.fh.close()
+            holder = holder or "unknown"
             raise FolderInUse(f"{os.fspath(folder)} is in use by another run (pid {holder}); wait for it to "
                              f"finish or choose another --out") from None
         with naming(self.path):
