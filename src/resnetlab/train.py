@@ -231,11 +231,8 @@ class MetricsLog:
     def __init__(self, folder: str, enabled: bool = True, tensorboard: bool = False):
         self.jsonl, self.csv = os.path.join(folder, "metrics.jsonl"), os.path.join(folder, "metrics.csv")
         self.enabled, self.tb = enabled, None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ValueError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+        if enabled and tensorboard:  # resolve_config has checked that the package is there
+            from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(os.path.join(folder, "tb"))
 
     def events(self) -> list[dict]:
