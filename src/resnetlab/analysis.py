@@ -370,7 +370,7 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         result["responses"] = rows = layer_response_stats(model, batches)
         result["sorted"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["std"])]
     else:  # gradients: train split, train-mode BN, mean over batches of the per-batch norms
-        train = seeded_subset(splits["train"], cfg.batch_size * cfg.batches or len(splits["train"].y), cfg.seed)
+        train = seeded_subset(splits["train"], (cfg.batch_size * cfg.batches) or len(splits["train"].y), cfg.seed)
         losses, layers, groups, signals = [], [], [], []
         for xb, yb in labelled_batches(train, norm, cfg.batch_size, device, None):
             grads, order, loss = _loss_grads(model, xb, yb)

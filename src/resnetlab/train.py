@@ -34,9 +34,8 @@ from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state
     sync_batch_norm, versions
 from .stream import Normalization, TrainStream
 from .schedule import RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, scale_milestones
-from .weights import load_checkpoint, make_checkpoint, nonfinite_entries
+from .weights import RESUMABLE, load_checkpoint, make_checkpoint, nonfinite_entries
 
-RESUMABLE = "last.pt"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -344,10 +343,15 @@ def _enable_fused(cfg: TrainConfig, model: nn.Module, device, bf16: bool, channe
     return False
 
 
+def recorded(out: str) -> dict:
+    """A run folder's ``config.json`` (config, runtime, resumes, ...); ``{}`` if it has none."""
+    path = os.path.join(out, "config.json")
+    return read_json(path) if os.path.isfile(path) else {}
+
+
 def recorded_runtime(out: str) -> dict:
     """What a run folder's ``config.json`` records under ``runtime`` (precision, layout, ...); ``{}`` if none."""
-    path = os.path.join(out, "config.json")
-    return read_json(path).get("runtime", {}) if os.path.isfile(path) else {}
+    return recorded(out).get("runtime", {})
 
 
 def _refuse_existing_run(cfg: TrainConfig, out: str) -> None:
@@ -363,7 +367,7 @@ def train(config: TrainConfig) -> dict:
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (main and not cfg.quiet) else (lambda *a: None)
     _runtime_setup(cfg, device)
     out = os.fspath(cfg.out)
-    last_path, config_path = os.path.join(out, RESUMABLE), os.path.join(out, "config.json")
+    last_path = os.path.join(out, RESUMABLE)
     _refuse_existing_run(cfg, out)
     if cfg.data != "synthetic" and cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise FileNotFoundError(f"data folder not found: {cfg.data_dir}")
@@ -420,6 +424,11 @@ def train(config: TrainConfig) -> dict:
     if cfg.resume:
         ck = load_checkpoint(last_path, map_location="cpu")
         _check_resumable(ck, model_config(model), cfg, last_path)
+        changed = _changed_settings(ck["config"], to_dict(cfg))
+        if changed and ck["step"] >= cfg.iterations:  # no step would train with them, yet config.json would say so
+            raise ValueError(f"{out} is complete ({ck['step']} of {cfg.iterations} iterations): no step would run "
+                             f"with the changed settings ({', '.join(changed)}); give --iterations above "
+                             f"{ck['step']} to train on")
         if ck.get("world_size", dist.world_size) != dist.world_size and not cfg.allow_world_size_change:
             raise ValueError(f"cannot resume {last_path} with {dist.world_size} process(es): it was trained with "
                              f"{ck['world_size']}, and each process's batch (and its BN statistics) would change; "
@@ -433,24 +442,19 @@ def train(config: TrainConfig) -> dict:
         loss_sum.fill_(acc["loss_sum"]), err_sum.fill_(acc["err_sum"]), warm_err.fill_(acc["warm_err"])
         seen = acc["seen"]
         log.keep_until(start)
-        changed = _changed_settings(ck["config"], to_dict(cfg))
-        if changed and start >= cfg.iterations:  # nothing would train with them, yet config.json would record them
-            raise ValueError(f"{out} is complete ({start} of {cfg.iterations} iterations): no step would run with "
-                             f"the changed settings ({', '.join(changed)}); give --iterations above {start} to "
-                             f"train on")
         say(f"resuming {last_path} at step {start}" + (f" with changed settings: {', '.join(changed)}"
                                                        if changed else ""))
         # config.json holds the settings in effect from here on; the steps before ran with those of the record
         # (a resume recorded at or after this step is undone: those steps are trained again from here)
-        resumes = read_json(config_path).get("resumes", []) if os.path.isfile(config_path) else []
-        resumes = [r for r in resumes if r["step"] < start] + ([{"step": start, "changed": changed}] if changed else [])
+        resumes = [r for r in recorded(out).get("resumes", []) if r["step"] < start]
+        resumes += [{"step": start, "changed": changed}] if changed else []
         if main and os.path.exists(os.path.join(out, "final.json")):
             os.remove(os.path.join(out, "final.json"))
     elif main:
         os.makedirs(out, exist_ok=True)
         log.keep_until(-1)
     if main:
-        write_json(config_path,
+        write_json(os.path.join(out, "config.json"),
                    {"config": to_dict(cfg), "model_config": model_config(model), "versions": versions(),
                     "runtime": {"device": str(device), "bf16_autocast": bf16, "channels_last": channels_last,
                                 "fused_bn": fused_on, "world_size": dist.world_size, "sync_bn": synced,

@@ -129,12 +129,15 @@ def _verify(ckpt: dict, path: str) -> None:
                          f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; it cannot be used")
 
 
+RESUMABLE = "last.pt"  # a training run folder's latest checkpoint, the one a resume continues from
+
+
 def checkpoint_file(path: str) -> str:
-    """``path`` itself, or for a training run folder its latest checkpoint, ``last.pt``."""
+    """``path`` itself, or for a training run folder its latest checkpoint (:data:`RESUMABLE`)."""
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "last.pt")):
-            raise FileNotFoundError(f"{path} is a folder without a last.pt checkpoint")
-        return os.path.join(path, "last.pt")
+        if not os.path.isfile(os.path.join(path, RESUMABLE)):
+            raise FileNotFoundError(f"{path} is a folder without a {RESUMABLE} checkpoint")
+        return os.path.join(path, RESUMABLE)
     return path
 
 
