@@ -16,7 +16,7 @@ from torch import nn
 
 from resnetlab import create_model
 from resnetlab.models import ModelConfig
-from resnetlab.runtime import SyncBatchNorm2d, sync_batch_norm
+from resnetlab.runtime import Dist, SyncBatchNorm2d, end_distributed, sync_batch_norm
 from resnetlab.train import TrainConfig, train
 from resnetlab.weights import load_checkpoint
 
@@ -93,6 +93,24 @@ def _torchrun(*args: str) -> subprocess.Popen:
                              "-m", "resnetlab", "train", *FLAGS, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
+
+def _ending_worker(rank: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    busy_until = time.time() + (1.0 if rank == 0 else 0.0)
+    time.sleep(max(0.0, busy_until - time.time()))  # rank 0 writing the last checkpoint and final.json
+    end_distributed(Dist(rank, 2, rank, torch.device("cpu")))
+    with open(os.path.join(out, f"{rank}.json"), "w") as fh:
+        json.dump({"busy_until": busy_until, "ended": time.time(), "open": torch.distributed.is_initialized()}, fh)
+
+
+def test_every_process_ends_training_together_and_closes_its_group(tmp_path):
+    """The other ranks are through the loop while rank 0 still saves; one that exited tore its gloo group down
+    under rank 0 and aborted ("terminate called without an active exception", twice in CI), and torchrun then
+    killed rank 0 before final.json. end_distributed waits for rank 0, then closes the group."""
+    mp.spawn(_ending_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    ended = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert ended[1]["ended"] >= ended[0]["busy_until"]  # rank 1 waited for rank 0
+    assert not ended[0]["open"] and not ended[1]["open"]
 
 def test_two_processes_with_sync_bn_match_one_process_of_the_same_batch(tmp_path):
     runs = {name: _torchrun("--iterations", "10", "--out", str(tmp_path / name), *extra)

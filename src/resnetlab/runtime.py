@@ -99,6 +99,16 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, local, dev)
 
 
+def end_distributed(dist: Dist) -> None:
+    """Wait until every process is done (rank 0 writes the last checkpoint and final.json while the others
+    are already through the loop), then close the process group. A worker that simply exited tore its gloo
+    group down under rank 0 and aborted ("terminate called without an active exception"); torchrun then
+    killed rank 0 before it had written final.json."""
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _interrupt_once(signum, frame):
     # A dying multi-threaded parent sends the death signal once per thread the child is handed to: stop once.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -30,8 +30,8 @@ from .evaluate import evaluate
 from .io import (PRECISIONS, FolderLock, atomic_save, atomic_write, format_duration, naming, read_json, remove_litter,
                  write_json)
 from .models import ModelConfig, count_parameters, create_model, model_config
-from .runtime import physical_cores, resolve_precision, rng_state, set_rng_state, setup_distributed, \
-    sync_batch_norm, versions
+from .runtime import (end_distributed, physical_cores, resolve_precision, rng_state, set_rng_state,
+                      setup_distributed, sync_batch_norm, versions)
 from .stream import Normalization, TrainStream
 from .schedule import RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve_warmup, scale_milestones
 from .weights import RESUMABLE, load_checkpoint, make_checkpoint, nonfinite_entries
@@ -599,6 +599,7 @@ def train(config: TrainConfig) -> dict:
         log.tb.close()
     if lock is not None:
         lock.release()
+    end_distributed(dist)
     return final
 
 
