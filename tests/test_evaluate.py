@@ -356,6 +356,25 @@ def test_predict_foreign_weights_cli(tmp_path, data):
     assert top["index"] == expected and top["class"] == str(expected)  # no class names: indices
 
 
+def test_predict_sees_the_pixels_that_eval_of_a_folder_sees(tmp_path):
+    """A non-square photo for a CIFAR model: predict squashed the whole image to 32x32 while `eval --data
+    folder` (and training from a folder) kept the centre square, and only predict turned it as its EXIF
+    orientation says. Now both keep the centre square of the image as a viewer shows it."""
+    from PIL import Image
+    from resnetlab.evaluate_cli import EvalConfig, _load_folder_split
+    arr = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)  # stored 48 wide, 32 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown turned 90 degrees clockwise
+    os.makedirs(tmp_path / "test" / "c0")
+    path = tmp_path / "test" / "c0" / "photo.png"
+    Image.fromarray(arr).save(path, exif=exif)
+    shown = np.rot90(arr, -1)  # 48 high, 32 wide: the shorter side is already 32, so the crop is exact
+    expected = torch.from_numpy(shown[8:40].copy()).permute(2, 0, 1)
+    assert torch.equal(load_image(path, 32, "cifar"), expected)
+    folder, _ = _load_folder_split(EvalConfig(data="folder", data_dir=str(tmp_path)), 32, "cifar")
+    assert torch.equal(folder.load(0), expected)
+
+
 def test_load_image_resizing(tmp_path):
     from PIL import Image
     yy, xx = np.mgrid[0:300, 0:400]  # a smooth picture, so that resampling methods nearly agree

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .images import ImageFolder, center_crop, folder_batches, to_rgb, to_tensor
+from .images import ImageFolder, center_crop, folder_batches, open_rgb, resize_side, to_tensor
 from .io import PRECISIONS, resolve_device
 from .io import progress as progress_bar
 from .stream import Normalization, eval_input, raw_batches
@@ -227,25 +226,13 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
 # ----------------------------------------------------------------------------- prediction on image files
 
 def load_image(path, image_size: int = 32, family: str = "cifar") -> torch.Tensor:
-    """Decode an image file (any mode -> RGB) into uint8 (3, S, S), S = ``image_size``.
-
-    CIFAR-style models: the whole image is resized to S x S. ImageNet-style: the shorter side is resized
-    to S * 256 / 224 and the centre S x S is cropped (the usual single-crop evaluation).
-    """
+    """Decode an image file (:func:`resnetlab.images.open_rgb`) into uint8 (3, S, S), S = ``image_size``, as
+    ``eval --data folder`` does: the shorter side resized to :func:`resnetlab.images.resize_side` (S for
+    CIFAR-style models, S * 256 / 224 for ImageNet-style ones), the centre S x S kept."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = to_rgb(ImageOps.exif_transpose(im))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    if family == "cifar":  # (Pillow copies an S x S image unchanged)
-        im = im.resize((image_size, image_size), getattr(Image, "Resampling", Image).BILINEAR)
-    else:  # the crop an ImageFolder takes for evaluation, so that eval and predict see the same pixels
-        im = center_crop(im, image_size, int(round(image_size * 256 / 224)))
-    return to_tensor(im)
+    return to_tensor(center_crop(open_rgb(path), image_size, resize_side(image_size, family)))
 
 
 def predict(models, images, *, top_k: int = 5, device=None, precision: str = "auto",

@@ -22,7 +22,7 @@ from .config import Floats, Positional, given_model, name_given
 from .datasets import DATASETS
 from .evaluate import (SPLITS, LoadedModel, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches,
                        use_bf16)
-from .images import IMAGE_EXTENSIONS, ImageFolder, find_images, folder_classes
+from .images import IMAGE_EXTENSIONS, ImageFolder, find_images, folder_classes, resize_side
 from .io import PRECISIONS, resolve_device, write_json
 from .models import ModelConfig
 from .sources import resolve_data
@@ -194,8 +194,7 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, first: LoadedModel, ne
 
 def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
     """``ROOT/<split>/<class>/<images>`` as an ImageFolder (decoded lazily, in workers), with the classes
-    of ``ROOT/train`` when it exists. CIFAR-style models: shorter side resized to the image size (CIFAR-sized
-    files pass unchanged); ImageNet-style: shorter side to size * 256 / 224, centre crop."""
+    of ``ROOT/train`` when it exists, cropped as :func:`resnetlab.images.resize_side` says for the model."""
     if cfg.data_dir is None:
         raise ValueError("--data folder needs --data-dir ROOT (with ROOT/<split>/<class>/<image files>)")
     split_dir = os.path.join(cfg.data_dir, cfg.split)
@@ -205,7 +204,7 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
     train_dir = os.path.join(cfg.data_dir, "train")
     classes = folder_classes(train_dir) if os.path.isdir(train_dir) else None
     options = dict(classes=classes, image_size=image_size,
-                   resize=image_size if family == "cifar" else None, on_bad_image="skip")
+                   resize=resize_side(image_size, family), on_bad_image="skip")
     split = ImageFolder(split_dir, **options)
     train = None
     if cfg.pixel_mean and cfg.split != "train" and os.path.isdir(train_dir):

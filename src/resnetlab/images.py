@@ -1,7 +1,7 @@
 """Image files decoded with Pillow: RGB conversion, the centre crop, and image-folder trees.
 
-:func:`to_rgb` and :func:`center_crop` are the one place where a file's pixels become a network's input
-pixels, for the image-folder datasets (:class:`ImageFolder`) and for ``resnetlab predict`` alike.
+:func:`open_rgb`, :func:`resize_side` and :func:`center_crop` are the one place where a file's pixels become
+a network's input pixels, for the image-folder datasets (:class:`ImageFolder`) and ``resnetlab predict`` alike.
 :func:`folder_batches` decodes a folder in order, in DataLoader workers, reporting unreadable files.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
@@ -31,6 +31,24 @@ def to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def open_rgb(path: str) -> Image.Image:
+    """An image file decoded now (a truncated file fails here, with its path known), turned as its EXIF
+    orientation says (as a viewer shows it), then :func:`to_rgb`; ``ValueError`` naming an unreadable file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def resize_side(image_size: int, family: str = "imagenet") -> int:
+    """What an image's shorter side is resized to before its centre ``image_size`` square is kept: that side
+    for CIFAR-style models (a CIFAR-sized file passes unchanged), 256/224 of it for ImageNet-style ones (the
+    usual single-crop evaluation)."""
+    return int(image_size) if family == "cifar" else int(round(image_size * 256 / 224))
 
 
 def center_crop(im: Image.Image, size: int, resize: int) -> Image.Image:
@@ -64,8 +82,8 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
 
 class ImageFolder(torch.utils.data.Dataset):
     """Images in ``root/<class>/<file>`` (classes: the sorted sub-folder names, or ``classes``) as items
-    ``(uint8 (3, S, S), label)``: :func:`to_rgb`, then :func:`center_crop` to ``S = image_size`` from
-    ``resize`` (default ``S * 256 / 224``, the usual single-crop evaluation). An unreadable file raises
+    ``(uint8 (3, S, S), label)``: :func:`open_rgb`, then :func:`center_crop` to ``S = image_size`` from
+    ``resize`` (default :func:`resize_side`: ``S * 256 / 224``). An unreadable file raises
     ``ValueError`` naming it, or with ``on_bad_image="skip"`` gives the item ``(None, path)`` that
     :func:`folder_batches` leaves out and reports."""
 
@@ -100,7 +118,7 @@ class ImageFolder(torch.utils.data.Dataset):
         if not self.samples:
             raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
         self.image_size, self.on_bad_image = int(image_size), on_bad_image
-        self.resize = int(resize) if resize else int(round(image_size * 256 / 224))
+        self.resize = int(resize) if resize else resize_side(image_size)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -111,14 +129,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` transformed: uint8 ``(3, S, S)`` (raises ``ValueError`` with the path if broken)."""
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as img:
-                img.load()   # decode now: a truncated file fails here, with its path known
-                img = to_rgb(img)
-        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for broken files
-            raise ValueError(f"unreadable image {path}: {type(e).__name__}: {e}") from None
-        return to_tensor(center_crop(img, self.image_size, self.resize))
+        return to_tensor(center_crop(open_rgb(self.samples[index][0]), self.image_size, self.resize))
 
     def __getitem__(self, index: int):
         try:
