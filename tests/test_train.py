@@ -425,6 +425,24 @@ def test_nonsense_values_are_refused_with_the_valid_range(flags, message):
         resolve_config(TrainConfig(**{**TINY, **flags}, out="x"))
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--schedule", "cosine", "--milestones", "5"], "--milestones applies to --schedule step, and this run's schedule is cosine"),
+    (["--recipe", "modern-cifar", "--gamma", "0.2"], "--gamma applies to --schedule step"),
+    (["--warmup-error", "0.5"], r"--warmup-error applies to --warmup he2016, and this run's warmup is none \(auto"),
+    (["--warmup", "none", "--warmup-lr", "0.05"], "--warmup-lr applies to --warmup he2016 or linear"),
+])
+def test_a_flag_this_run_would_never_read_is_refused(tmp_path, flags, message):
+    """--schedule cosine --milestones 5 trained with cosine and recorded milestones no step used."""
+    from resnetlab.config import parse
+    from resnetlab.train import resolve_config
+    argv = ["--model", "resnet8", "--iterations", "10", "--out", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=message):
+        resolve_config(parse(TrainConfig, argv + flags, prog="resnetlab train"))
+    resolve_config(parse(TrainConfig, argv + ["--schedule", "step", "--milestones", "5", "--gamma", "0.2",
+                                              "--warmup", "linear", "--warmup-lr", "0.01"], prog="resnetlab train"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_another_world_size_is_refused_unless_asked(tmp_path):
     from resnetlab.weights import checksum, load_checkpoint
     out = str(tmp_path / "run")
