@@ -440,6 +440,10 @@ def test_a_flag_this_run_would_never_read_is_refused(tmp_path, flags, message):
         resolve_config(parse(TrainConfig, argv + flags, prog="resnetlab train"))
     resolve_config(parse(TrainConfig, argv + ["--schedule", "step", "--milestones", "5", "--gamma", "0.2",
                                               "--warmup", "linear", "--warmup-lr", "0.01"], prog="resnetlab train"))
+    # a recorded run's settings given back as a file hold the recipe's values, which are no mistake
+    (tmp_path / "recorded.json").write_text(json.dumps({"schedule": "cosine", "milestones": [5, 8], "gamma": 0.1,
+                                                         "warmup_lr": 0.01, "warmup_error": 0.8}))
+    resolve_config(parse(TrainConfig, argv + ["--config", str(tmp_path / "recorded.json")], prog="resnetlab train"))
     assert not (tmp_path / "run").exists()
 
 

@@ -203,15 +203,16 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    for key, (by, kinds) in _READ_ONLY_BY.items():  # a flag that this run's schedule or warm-up never reads
-        if key in explicit and getattr(cfg, by) not in kinds:
+    for key, (by, kinds) in _READ_ONLY_BY.items():  # a value that this run's schedule or warm-up never reads
+        if key in explicit and getattr(cfg, by) not in kinds and getattr(cfg, key) != recipe[key]:
             raise ValueError(f"--{key.replace('_', '-')} applies to --{by} {' or '.join(kinds)}, and this run's "
                              f"{by} is {getattr(cfg, by)}" + (" (auto: he2016 from depth 110)"
                                                              if by == "warmup" and asked_warmup in (None, "auto") else ""))
     return cfg
 
 
-# Settings that only some schedules or warm-ups read: given for another, they would be ignored silently.
+# Settings that only some schedules or warm-ups read: given for another, they would be ignored silently
+# (unless they are the recipe's, as in a recorded config given back as --config).
 _READ_ONLY_BY = {"milestones": ("schedule", ("step",)), "gamma": ("schedule", ("step",)),
                  "warmup_lr": ("warmup", ("he2016", "linear")), "warmup_steps": ("warmup", ("he2016", "linear")),
                  "warmup_error": ("warmup", ("he2016",))}
