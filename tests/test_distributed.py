@@ -2,9 +2,12 @@
 2-process ``torchrun`` with ``--sync-bn`` matches a 1-process run of the same global batch, and killing the
 launcher stops its workers.
 """
+import contextlib
+import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,9 +92,31 @@ def test_sync_batch_norm_is_batch_norm_of_the_whole_batch(tmp_path):
 
 
 def _torchrun(*args: str) -> subprocess.Popen:
+    # PYTHONFAULTHANDLER: a worker sent SIGABRT prints every thread's Python stack (see _finish)
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "resnetlab", "train", *FLAGS, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             "-m", "resnetlab", "train", *FLAGS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
+
+
+def _finish(launcher: subprocess.Popen, timeout: float) -> str:
+    """The launcher's stderr once it has exited with 0. If it has not exited within ``timeout`` (one CI run
+    hung here after rank 0 had printed its final metrics), the workers still running are made to print their
+    Python stacks, and the test fails with them."""
+    try:
+        _, err = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        alive = {w: _state(w) for w in _children(launcher.pid)}
+        launcher.send_signal(signal.SIGSTOP)  # it would stop the other workers when the first one aborts
+        for w in alive:  # one at a time, so that their stacks do not interleave
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGABRT)
+            time.sleep(1)
+        launcher.kill()
+        out, err = launcher.communicate()
+        pytest.fail(f"torchrun did not exit within {timeout:.0f} s; workers still there (pid: state): {alive}\n"
+                    f"stdout: {out[-1000:]}\nstderr: {err[-8000:]}")
+    assert launcher.returncode == 0, err
+    return err
 
 
 def _ending_worker(rank: int, init: str, out: str) -> None:
@@ -112,15 +137,45 @@ def test_every_process_ends_training_together_and_closes_its_group(tmp_path):
     assert ended[1]["ended"] >= ended[0]["busy_until"]  # rank 1 waited for rank 0
     assert not ended[0]["open"] and not ended[1]["open"]
 
+def _training_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    destroy, alive = torch.distributed.destroy_process_group, []
+
+    def spy(*args, **kwargs):  # which DDP wrappers still exist when the group goes
+        alive.append(sum(isinstance(o, nn.parallel.DistributedDataParallel) for o in gc.get_objects()))
+        return destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = spy
+    train(TrainConfig(model=ModelConfig("resnet8", width=4), data="synthetic", batch_size=16, precision="fp32",
+                      fused_bn="off", threads=1, iterations=4, log_every=2, eval_every=1000, quiet=True,
+                      out=os.path.join(out, "run")))
+    with open(os.path.join(out, f"{rank}.json"), "w") as fh:
+        json.dump({"alive": alive}, fh)
+
+
+def test_the_process_group_outlives_the_ddp_wrapper(tmp_path):
+    """DDP's reducer freed last a gloo group while holding the GIL, and gloo's destructor waited for a worker
+    thread that waited for the GIL: torchrun hung at the end of training (4 of 64 runs of a stress test, one CI
+    run; gdb: Reducer::~Reducer -> ProcessGroupGloo::~ProcessGroupGloo -> thread join). train() now lets the
+    wrapper go first, so the group's own destructor, which releases the GIL, frees it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_training_worker, args=(port, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"{rank}.json").read_text())["alive"] == [0]
+    assert (tmp_path / "run" / "final.json").exists()
+
+
 def test_two_processes_with_sync_bn_match_one_process_of_the_same_batch(tmp_path):
     runs = {name: _torchrun("--iterations", "10", "--out", str(tmp_path / name), *extra)
             for name, extra in (("synced", ["--sync-bn"]), ("local", []))}
     train(TrainConfig(model=ModelConfig("resnet8", width=4), data="synthetic", batch_size=16, precision="fp32",
                       fused_bn="off", threads=1, log_every=5, eval_every=1000, quiet=True, iterations=10,
                       out=str(tmp_path / "one")))
-    for name, p in runs.items():
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    for p in runs.values():
+        _finish(p, timeout=180)
     one = load_checkpoint(str(tmp_path / "one" / "last.pt"))["model"]
     diff = {}
     for name in runs:
@@ -151,13 +206,18 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie waiting for its new parent to reap it."""
+def _state(pid: int) -> str:
+    """The process's state letter (R running, S sleeping, Z zombie, ...), "" once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return fh.read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its new parent to reap it."""
+    return _state(pid) not in ("", "Z")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")

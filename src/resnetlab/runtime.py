@@ -5,6 +5,7 @@ the versions a run records.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import platform
 import random
@@ -103,8 +104,14 @@ def end_distributed(dist: Dist) -> None:
     """Wait until every process is done (rank 0 writes the last checkpoint and final.json while the others
     are already through the loop), then close the process group. A worker that simply exited tore its gloo
     group down under rank 0 and aborted ("terminate called without an active exception"); torchrun then
-    killed rank 0 before it had written final.json."""
+    killed rank 0 before it had written final.json.
+
+    Call it once the DDP wrapper is gone: a group freed last by DDP's reducer is destroyed while holding the
+    GIL, and gloo's destructor then joins its worker threads, one of which may be waiting for the GIL to free
+    a finished collective's tensors: a deadlock (4 of 64 two-process runs in a stress test, one CI run).
+    Freed last here, the group's own destructor releases the GIL first."""
     if dist.world_size > 1 and torch.distributed.is_initialized():
+        gc.collect()  # a wrapper in a reference cycle goes now, while the group still has its other owners
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

@@ -612,6 +612,7 @@ def train(config: TrainConfig) -> dict:
         log.tb.close()
     if lock is not None:
         lock.release()
+    del net  # before the process group goes: see end_distributed
     end_distributed(dist)
     return final
 
