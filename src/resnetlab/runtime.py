@@ -108,8 +108,8 @@ def end_distributed(dist: Dist) -> None:
 
     Call it once the DDP wrapper is gone: a group freed last by DDP's reducer is destroyed while holding the
     GIL, and gloo's destructor then joins its worker threads, one of which may be waiting for the GIL to free
-    a finished collective's tensors: a deadlock (4 of 64 two-process runs in a stress test, one CI run).
-    Freed last here, the group's own destructor releases the GIL first."""
+    a finished collective's tensors: a deadlock now and then (``benchmarks/stress_distributed.py``). Freed
+    last here, the group's own destructor releases the GIL first."""
     if dist.world_size > 1 and torch.distributed.is_initialized():
         gc.collect()  # a wrapper in a reference cycle goes now, while the group still has its other owners
         torch.distributed.barrier()
