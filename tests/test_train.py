@@ -444,6 +444,8 @@ def test_a_flag_this_run_would_never_read_is_refused(tmp_path, flags, message):
     (tmp_path / "recorded.json").write_text(json.dumps({"schedule": "cosine", "milestones": [5, 8], "gamma": 0.1,
                                                          "warmup_lr": 0.01, "warmup_error": 0.8}))
     resolve_config(parse(TrainConfig, argv + ["--config", str(tmp_path / "recorded.json")], prog="resnetlab train"))
+    with pytest.raises(ValueError, match="--milestones applies to --schedule step"):  # the Python API alike
+        resolve_config(TrainConfig(out="x", schedule="constant", milestones=(3,)))
     assert not (tmp_path / "run").exists()
 
 

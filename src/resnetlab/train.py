@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
-from .config import Ints, given, parse, to_dict
+from .config import Ints, parse, to_dict
 from .datasets import DATA_DIR_HINT, load_dataset
 from .evaluate import evaluate
 from .io import (PRECISIONS, FolderLock, atomic_save, atomic_write, format_duration, naming, read_json, remove_litter,
@@ -162,7 +162,7 @@ class TrainConfig:
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the ``None`` fields from the recipe (scaling its milestones and warm-up length to ``iterations``)
     and validate."""
-    explicit, asked_warmup = given(cfg) or (), cfg.warmup  # (as parsed: replace() drops what was given)
+    asked_warmup = cfg.warmup
     recipe = get_recipe(cfg.recipe)
     length = recipe["iterations"]
     iterations = cfg.iterations if cfg.iterations is not None else length
@@ -204,15 +204,15 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         if not ok:
             raise ValueError(message)
     for key, (by, kinds) in _READ_ONLY_BY.items():  # a value that this run's schedule or warm-up never reads
-        if key in explicit and getattr(cfg, by) not in kinds and getattr(cfg, key) != recipe[key]:
+        if getattr(cfg, by) not in kinds and getattr(cfg, key) != recipe[key]:
             raise ValueError(f"--{key.replace('_', '-')} applies to --{by} {' or '.join(kinds)}, and this run's "
                              f"{by} is {getattr(cfg, by)}" + (" (auto: he2016 from depth 110)"
                                                              if by == "warmup" and asked_warmup in (None, "auto") else ""))
     return cfg
 
 
-# Settings that only some schedules or warm-ups read: given for another, they would be ignored silently
-# (unless they are the recipe's, as in a recorded config given back as --config).
+# Settings that only some schedules or warm-ups read: set for another, they would be ignored silently (the
+# recipe's own values are no mistake: a recorded config given back as --config holds them).
 _READ_ONLY_BY = {"milestones": ("schedule", ("step",)), "gamma": ("schedule", ("step",)),
                  "warmup_lr": ("warmup", ("he2016", "linear")), "warmup_steps": ("warmup", ("he2016", "linear")),
                  "warmup_error": ("warmup", ("he2016",))}
