@@ -5,7 +5,6 @@ the versions a run records.
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import platform
 import random
@@ -111,7 +110,6 @@ def end_distributed(dist: Dist) -> None:
     a finished collective's tensors: a deadlock now and then (``benchmarks/stress_distributed.py``). Freed
     last here, the group's own destructor releases the GIL first."""
     if dist.world_size > 1 and torch.distributed.is_initialized():
-        gc.collect()  # a wrapper in a reference cycle goes now, while the group still has its other owners
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

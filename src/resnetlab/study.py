@@ -35,7 +35,7 @@ from .schedule import RECIPES
 from .stream import Normalization
 from .train import (MetricsLog, TrainConfig, TrainingDiverged, TrainingInterrupted, recorded_runtime,
                     resolve_config, train)
-from .weights import load_checkpoint, model_from_checkpoint
+from .weights import RESUMABLE, load_checkpoint, model_from_checkpoint
 
 BUDGETS = ("smoke", "short", "paper")
 STUDIES = ("shortcuts",)
@@ -242,7 +242,7 @@ def run_state(run: RunSpec) -> str:
     """``"done"`` (final.json), ``"partial"`` (last.pt, resumable) or ``"new"``."""
     if os.path.isfile(os.path.join(run.dir, "final.json")):
         return "done"
-    return "partial" if os.path.isfile(os.path.join(run.dir, "last.pt")) else "new"
+    return "partial" if os.path.isfile(os.path.join(run.dir, RESUMABLE)) else "new"
 
 
 def _log(msg: str) -> None:
@@ -328,7 +328,7 @@ def measure_run(cfg: StudyConfig, run: RunSpec, x: torch.Tensor, y: torch.Tensor
     """Layer responses, path and projection stats on the final checkpoint; the back-propagated signal
     ``||dL/dx||`` per block and the block weight-gradient norms at the initialisation (the fresh model with
     the run's seed) and at every saved step of ``grad_steps``."""
-    final_model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
+    final_model, ckpt = model_from_checkpoint(os.path.join(run.dir, RESUMABLE))
     final_steps = int(ckpt.get("step", budget(cfg)["iterations"]))
     final_model.to(device)
     xd, yd = x.to(device), y.to(device)
@@ -372,7 +372,7 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
     def measure(run):
         nonlocal batch
         if batch is None:  # loaded once, and only when a run is not cached
-            batch = analysis_batch(cfg, load_checkpoint(os.path.join(run.dir, "last.pt")).get("normalization"))
+            batch = analysis_batch(cfg, load_checkpoint(os.path.join(run.dir, RESUMABLE)).get("normalization"))
         _log(f"measuring {run.name}")
         return measure_run(cfg, run, *batch, device)
 
@@ -410,7 +410,7 @@ def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | N
         nonlocal batch
         _log(f"landscape of {run.name}: {len(seeds)} direction pair(s), "
              f"{cfg.landscape_steps}x{cfg.landscape_steps} points, BN {cfg.landscape_bn}")
-        model, ckpt = model_from_checkpoint(os.path.join(run.dir, "last.pt"))
+        model, ckpt = model_from_checkpoint(os.path.join(run.dir, RESUMABLE))
         if batch is None:
             batch = [t.to(device) for t in analysis_batch(cfg, ckpt.get("normalization"))]
         model.to(device)
