@@ -530,6 +530,15 @@ def test_study_refuses_a_model_seed(tmp_path, capsys):
     assert "--model.seed" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
+def test_a_budget_holding_out_the_whole_training_set_writes_nothing(tmp_path, capsys):
+    """A dataset no larger than the budget's validation split is refused before the first run starts (it was
+    refused by the first run's training, after study.json and the run's folder were written)."""
+    out = tmp_path / "s"
+    assert cli.main(["study", "shortcuts", "--data", "synthetic", "--val-split", "5000", "--out", str(out)]) == 2
+    assert "holds out 5000 training images for validation, but this synthetic has 5000" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_report_only_with_nothing_finished_writes_nothing(tmp_path, capsys):
     """`--report-only` on a folder without finished runs is refused before study.json is written (it was
     written, and then the report refused)."""

@@ -27,7 +27,7 @@ from . import analysis, landscape, summary
 from . import report as report_mod
 from .blocks import SHORTCUTS
 from .config import Ints, Strs, parse, to_dict
-from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset, no_folder_for_synthetic
+from .datasets import DATA_DIR_HINT, NAMED_DATASETS as DATASETS, find_cifar, load_dataset
 from .io import (PRECISIONS, FolderInUse, FolderLock, cache_dir, format_duration, read_json, resolve_device,
                  write_json)
 from .models import ModelConfig, create_model
@@ -164,6 +164,15 @@ def check_config(cfg: StudyConfig) -> None:
 def budget(cfg: StudyConfig) -> dict:
     """The training settings the study uses: the budget's, overridden by the flags that were given."""
     return {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in BUDGET_SETTINGS[cfg.budget].items()}
+
+
+def check_data(cfg: StudyConfig) -> None:
+    """The data before anything is written: a study that cannot read it, or whose budget would hold out all
+    of its training images for validation, writes nothing."""
+    n = len(load_dataset(cfg.data, cfg.data_dir, image_size=cfg.synthetic_size, hint=DATA_DIR_HINT)["train"])
+    if (held_out := budget(cfg)["val_split"]) >= n:
+        raise ValueError(f"the {cfg.budget} budget holds out {held_out} training images for validation, but "
+                         f"this {cfg.data} has {n}: give --val-split below {n}")
 
 
 def grad_steps(cfg: StudyConfig) -> tuple[int, ...]:
@@ -463,10 +472,7 @@ def shapes_markdown(cfg: StudyConfig) -> str:
 def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = False) -> dict:
     """Train the grid (resuming), measure every run and write the report. Returns report paths."""
     check_config(cfg)
-    if cfg.data == "synthetic":  # the data first: a study that cannot read it writes nothing
-        no_folder_for_synthetic(cfg.data_dir)
-    else:
-        find_cifar(cfg.data, cfg.data_dir if cfg.data_dir is not None else cache_dir())
+    check_data(cfg)
     if cfg.report_only and not any(run_state(r) == "done" for r in grid(cfg)):  # before writing study.json
         raise ValueError(f"no finished runs of this grid to report on in {cfg.out}")
     t0 = time.perf_counter()
