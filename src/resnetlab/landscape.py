@@ -487,10 +487,8 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     result["flatness"] = flatness(result, cfg.radius)
     # More direction pairs: a flatness figure from one random pair moves a lot from pair to pair. They
     # draw by parameter name, so twins get the same directions for shared filters.
-    per_seed = [result["flatness"]]
-    for seed in seeds[1:]:
-        per_seed.append(flatness(surfaces(random_directions(model, seed, cfg.dims)), cfg.radius))
-    result["flatness_seeds"] = per_seed
+    result["flatness_seeds"] = per_seed = [result["flatness"]] + [
+        flatness(surfaces(random_directions(model, seed, cfg.dims)), cfg.radius) for seed in seeds[1:]]
     result["flatness_spread"] = flatness_spread(per_seed)
     # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
     raw = raw_directions(model, directions_seed, cfg.dims)

@@ -595,6 +595,3 @@ def main_demo(argv: list[str] | None = None) -> int:
     print(f"done in {format_duration(time.perf_counter() - t0)}. The report: {os.path.abspath(paths['html'])}\n"
           f"(Markdown: {os.path.abspath(paths['md'])}; figures in {os.path.abspath(os.path.join(cfg.out, 'figures'))})")
     return 0
-
-
-main = main_study

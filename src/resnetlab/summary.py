@@ -70,8 +70,6 @@ class _Report:
     def to_json(self, indent: int | None = 2) -> str:
         """JSON with short lists of numbers (shapes) kept on one line."""
         text = json.dumps(self.to_dict(), indent=indent)
-        if indent is None:
-            return text
         return re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
 
     def format(self, fmt: str = "text") -> str:
