@@ -171,21 +171,16 @@ def _interval_text(iv) -> str:
     return "n/a" if iv is None else f"{100 * iv['mean']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
 
 
-def _fmt_mean(values, scale=100.0, digits=2) -> str:
+def _fmt_mean(values, scale=100.0, digits=2, best=False) -> str:
+    """Mean ± std over repeats, or with ``best`` the paper's "best (mean±std)" for errors; a single value when
+    there is one run."""
     vals = [v for v in values if v is not None]
     if len(vals) < 2:
         return f"{scale * float(vals[0]):.{digits}f}" if vals else "n/a"
     m, s = mean_std(vals)
+    if best:
+        return f"{scale * min(vals):.{digits}f} ({scale * m:.{digits}f}±{scale * s:.{digits}f})"
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
-
-
-def _fmt_best(values) -> str:
-    """The paper's "best (mean±std)" for errors over repeats; a single value when there is one run."""
-    vals = [v for v in values if v is not None]
-    if len(vals) < 2:
-        return _fmt_mean(vals)
-    m, s = mean_std(vals)
-    return f"{100 * min(vals):.2f} ({100 * m:.2f}±{100 * s:.2f})"
 
 
 _FINAL_KEYS = ("params", "steps", "train_loss", "train_error", "train_error_last", "val_error", "test_error",
@@ -228,7 +223,7 @@ def results_table(records) -> tuple[list[str], list[list[str]]]:
         rows.append([str(depth), net_label(depth, option), f"{params:,}" if params is not None else "n/a",
                      _fmt_mean([f.get("train_error") for f in finals]),
                      _fmt_mean([f.get("val_error") for f in finals]),
-                     _fmt_best([f.get("test_error") for f in finals]),
+                     _fmt_mean([f.get("test_error") for f in finals], best=True),
                      _fmt_mean([f.get("wall_time_s") for f in finals], scale=1.0, digits=1),
                      ", ".join(f"[{r['name']}]({r['dir']}/)" for r in runs)])
     return head, rows
