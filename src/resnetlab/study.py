@@ -33,7 +33,7 @@ from .io import (PRECISIONS, FolderInUse, FolderLock, cache_dir, format_duration
 from .models import ModelConfig, create_model
 from .schedule import RECIPES
 from .stream import Normalization
-from .train import (MetricsLog, TrainConfig, TrainingDiverged, TrainingInterrupted, recorded_runtime,
+from .train import (MetricsLog, TrainConfig, TrainingDiverged, TrainingInterrupted, recorded, recorded_runtime,
                     resolve_config, train)
 from .weights import RESUMABLE, load_checkpoint, model_from_checkpoint
 
@@ -211,10 +211,7 @@ _VOLATILE = {"out", "quiet", "device", "resume", "data_dir", "download", "precis
 
 def _check_same_run(run: RunSpec, tcfg) -> None:
     """Refuse to resume a run folder that was made with other settings (another budget, shortcut, ...)."""
-    path = os.path.join(run.dir, "config.json")
-    if not os.path.isfile(path):
-        return
-    old = read_json(path).get("config", {})
+    old = recorded(run.dir).get("config", {})
     new = to_dict(resolve_config(tcfg))
     diff = sorted(k for k in new if k not in _VOLATILE and k in old and old[k] != new[k]
                   and not (old[k] is None or new[k] is None))
@@ -239,12 +236,12 @@ def grid_precision(cfg: StudyConfig, runs: list[RunSpec]) -> str:
                          f"({', '.join(used['fp32'])}); delete the runs of one kind to retrain them")
     if not used:
         return cfg.precision
-    (recorded, names), = used.items()
-    if cfg.precision not in ("auto", recorded):
-        raise ValueError(f"the runs in {cfg.out} were trained in {recorded} ({names[0]}, ...); --precision "
+    (precision, names), = used.items()
+    if cfg.precision not in ("auto", precision):
+        raise ValueError(f"the runs in {cfg.out} were trained in {precision} ({names[0]}, ...); --precision "
                          f"{cfg.precision} would make their twins differ in arithmetic: use --precision "
-                         f"{recorded} or another --out")
-    return recorded
+                         f"{precision} or another --out")
+    return precision
 
 
 def run_state(run: RunSpec) -> str:
@@ -263,16 +260,15 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
     another process is training (several processes running the same command share the grid's runs).
     With ``report_only`` it trains nothing, and every run counts as being trained elsewhere."""
     runs = grid(cfg)
-    configs = {r.name: train_config(cfg, r) for r in runs}
     for r in runs:  # before training anything: every existing run folder must match the study's settings
-        _check_same_run(r, configs[r.name])
+        _check_same_run(r, train_config(cfg, r))
     if cfg.report_only:  # a report needs no precision, but must not pair twins of different arithmetic
         grid_precision(dataclasses.replace(cfg, precision="auto"), runs)
         return runs, [], [r.name for r in runs]
     precision = grid_precision(cfg, runs)
     if precision != cfg.precision:
         _log(f"precision {precision}, as the runs already in {cfg.out} were trained")
-        configs = {n: dataclasses.replace(c, precision=precision) for n, c in configs.items()}
+        cfg = dataclasses.replace(cfg, precision=precision)
     failed, busy = [], []
     b = budget(cfg)
     # Progress: seconds per unit of work, a unit being one iteration of one layer plus a fixed overhead.
@@ -296,7 +292,7 @@ def train_grid(cfg: StudyConfig) -> tuple[list[RunSpec], list[str], list[str]]:
                      f"(seed {run.seed}){eta}")
                 t0 = time.perf_counter()
                 # A partial run continues from last.pt (train checks that it belongs to this config).
-                train(dataclasses.replace(configs[run.name], resume=state == "partial"))
+                train(dataclasses.replace(train_config(cfg, run), resume=state == "partial"))
         except TrainingInterrupted as e:  # what continues is the grid, not this one run
             raise TrainingInterrupted(f"{run.name} {e.progress}", "the same command (finished runs are skipped, "
                                       "this one resumes from its last checkpoint)") from None
