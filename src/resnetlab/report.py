@@ -253,17 +253,16 @@ def degradation_text(records) -> list[str]:
             continue
         ea, eb = 100 * means[(lo, option)], 100 * means[(hi, option)]
         name_a, name_b = net_label(lo, option), net_label(hi, option)
-        if option == "none":
-            if eb > ea:
-                lines.append(f"**Degradation:** the deeper plain net {name_b} ends with a *higher* training error "
-                             f"than {name_a} ({eb:.2f}% vs {ea:.2f}%): the extra layers made the plain net "
-                             f"harder to optimise, the pattern of the paper's Figure 6 (left).")
-            else:
-                lines.append(f"No degradation at this budget: {name_b} trains as well as or better than {name_a} "
-                             f"({eb:.2f}% vs {ea:.2f}% training error).")
-        else:
+        if option != "none":
             verdict = "better" if eb < ea else "worse" if eb > ea else "the same"
             lines.append(f"With shortcut option {option}, the deeper {name_b} trains {verdict} than {name_a} "
+                         f"({eb:.2f}% vs {ea:.2f}% training error).")
+        elif eb > ea:
+            lines.append(f"**Degradation:** the deeper plain net {name_b} ends with a *higher* training error "
+                         f"than {name_a} ({eb:.2f}% vs {ea:.2f}%): the extra layers made the plain net "
+                         f"harder to optimise, the pattern of the paper's Figure 6 (left).")
+        else:
+            lines.append(f"No degradation at this budget: {name_b} trains as well as or better than {name_a} "
                          f"({eb:.2f}% vs {ea:.2f}% training error).")
     if lines and max(len(v) for v in groups.values()) == 1:
         lines.append("(One run per network: differences of a point or two can be noise between seeds; "
