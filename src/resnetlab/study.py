@@ -390,9 +390,7 @@ def collect(cfg: StudyConfig, runs: list[RunSpec], device) -> list[dict]:
         # The report's training error: the last 10% of the iterations, not the last log interval alone.
         final = {**final, "train_error_last": final.get("train_error"),
                  "train_error": report_mod.tail_train_error(events, int(final.get("steps") or 0))}
-        records.append({"name": run.name, "model": run.model, "depth": run.depth, "option": run.option,
-                        "repeat": run.repeat, "seed": run.seed,
-                        "dir": os.path.relpath(run.dir, os.path.abspath(cfg.out)),
+        records.append({**dataclasses.asdict(run), "dir": os.path.relpath(run.dir, os.path.abspath(cfg.out)),
                         "final": final, "events": events, "analysis": analysis})
     return records
 
@@ -426,15 +424,12 @@ def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | N
 
     nets = []
     for option in report_mod.family_order({o for d, o, _ in done if d == depth}):
-        per, first = [], None
-        for repeat in sorted(k[2] for k in done if k[:2] == (depth, option)):
-            run = done[(depth, option, repeat)]
-            final = read_json(os.path.join(run.dir, "final.json"))
-            results = _cached(os.path.join(run.dir, "landscape.json"), key, final, "results", lambda: measure(run))
-            first = first or {"run": run.name, "result": results[0]}
-            per += [{"repeat": repeat, "direction_seed": s, "flatness": landscape.flatness(r)}
-                    for s, r in zip(seeds, results)]
-        nets.append({"run": first["run"], "label": report_mod.net_label(depth, option), "result": first["result"],
+        reps = [done[k] for k in sorted(done) if k[:2] == (depth, option)]  # by repeat
+        results = [_cached(os.path.join(run.dir, "landscape.json"), key, read_json(os.path.join(run.dir, "final.json")),
+                           "results", lambda: measure(run)) for run in reps]
+        per = [{"repeat": run.repeat, "direction_seed": s, "flatness": landscape.flatness(r)}
+               for run, seeded in zip(reps, results) for s, r in zip(seeds, seeded)]
+        nets.append({"run": reps[0].name, "label": report_mod.net_label(depth, option), "result": results[0][0],
                      "per": per, "flatness": landscape.flatness_spread([p["flatness"] for p in per])})
     n_rep = len({p["repeat"] for p in nets[0]["per"]})
     out = {"nets": nets, "bn": cfg.landscape_bn,
