@@ -466,7 +466,6 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     check_data(cfg)
     if cfg.report_only and not any(run_state(r) == "done" for r in grid(cfg)):  # before writing study.json
         raise ValueError(f"no finished runs of this grid to report on in {cfg.out}")
-    t0 = time.perf_counter()
     os.makedirs(cfg.out, exist_ok=True)
     write_json(os.path.join(cfg.out, "study.json"),
                {"study": to_dict(cfg), "budget": budget(cfg), "grad_steps": list(grad_steps(cfg))}, indent=1)
@@ -497,11 +496,9 @@ def run_study(cfg: StudyConfig, *, title: str | None = None, shapes: bool = Fals
     if missing:
         notes.append("Gradient norms missing (no step checkpoint in the run folder, trained before that step "
                      "was asked for): " + ", ".join(f"{n} step {s}" for n, s in missing))
-    paths = report_mod.write_report(cfg.out, records, title=title or "Shortcut study: plain vs residual",
-                                    settings=settings, landscape=land,
-                                    shapes_md=shapes_markdown(cfg) if shapes else None, notes=notes)
-    paths["elapsed_s"] = time.perf_counter() - t0
-    return paths
+    return report_mod.write_report(cfg.out, records, title=title or "Shortcut study: plain vs residual",
+                                   settings=settings, landscape=land,
+                                   shapes_md=shapes_markdown(cfg) if shapes else None, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------- commands
