@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -106,11 +107,6 @@ def seeded_subset(ds, n: int, seed: int):
 def labelled_batches(data, normalization, batch_size, device, max_batches=None):
     """Batches ``(x, y)`` on ``device`` from an ArrayDataset or from an iterable of ``(x, y)`` pairs."""
     if hasattr(data, "x") and hasattr(data, "y"):
-        norm = normalization.to(device) if normalization is not None else None
-        source = eval_batches(data, batch_size, device=device, normalization=norm)
-    else:
-        source = data
-    for i, (xb, yb) in enumerate(source):
-        if max_batches is not None and i >= max_batches:
-            break
+        data = eval_batches(data, batch_size, device=device, normalization=normalization.to(device))
+    for xb, yb in itertools.islice(data, max_batches):
         yield xb.to(device), yb.to(device)
