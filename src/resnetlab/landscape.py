@@ -31,10 +31,24 @@ DIRECTIONS_FORMAT = "resnetlab-directions"
 
 # --------------------------------------------------------------------------------------- directions
 
-def raw_directions(model: nn.Module, seed: int, n: int = 2) -> list[dict[str, torch.Tensor]]:
-    """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name."""
-    return [{name: torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
-             for name, p in model.named_parameters() if p.requires_grad} for i in range(n)]
+def raw_directions(model: nn.Module, seed: int, n: int = 2,
+                   base: list[dict[str, torch.Tensor]] | None = None) -> list[dict[str, torch.Tensor]]:
+    """``n`` Gaussian directions (CPU float32), one tensor per trainable parameter, seeded by name; with
+    ``base`` (from :func:`load_directions`), all its tensors replace or join the draws (what a direction
+    file stores)."""
+    raw = [{name: torch.randn(p.shape, generator=named_generator(seed, f"{name}#direction{i}"))
+            for name, p in model.named_parameters() if p.requires_grad} for i in range(n)]
+    if base is not None:
+        if len(base) < n:
+            raise ValueError(f"the direction file holds {len(base)} direction(s); {n} are needed")
+        shapes = {k: p.shape for k, p in model.named_parameters()}
+        for draws, stored in zip(raw, base):
+            for name, t in stored.items():
+                if name in shapes and tuple(t.shape) != tuple(shapes[name]):
+                    raise ValueError(f"stored direction for {name!r} has shape {tuple(t.shape)}, "
+                                     f"the model's parameter {tuple(shapes[name])}: not a twin of this model")
+            draws.update(stored)
+    return raw
 
 
 @torch.no_grad()
@@ -62,18 +76,7 @@ def random_directions(model: nn.Module, seed: int, n: int = 2, base: list[dict[s
                       base_seed: int | None = None) -> list[dict[str, torch.Tensor]]:
     """``n`` filter-normalised random directions for ``model``; with ``base`` (from :func:`load_directions`),
     the parameters it names take its tensors, the others the draw for their name with ``base_seed``."""
-    raw = raw_directions(model, seed if base_seed is None else base_seed, n)
-    if base is not None:
-        if len(base) < n:
-            raise ValueError(f"the direction file holds {len(base)} direction(s); {n} are needed")
-        shapes = {k: p.shape for k, p in model.named_parameters()}
-        for i in range(n):
-            for name, t in base[i].items():
-                if name in shapes:
-                    if tuple(t.shape) != tuple(shapes[name]):
-                        raise ValueError(f"stored direction for {name!r} has shape {tuple(t.shape)}, "
-                                         f"the model's parameter {tuple(shapes[name])}: not a twin of this model")
-                    raw[i][name] = t
+    raw = raw_directions(model, seed if base_seed is None else base_seed, n, base)
     return [filter_normalize(d, model) for d in raw]
 
 
@@ -102,7 +105,7 @@ def load_directions(path: str) -> tuple[list[dict[str, torch.Tensor]], int | Non
 def _as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None):
     if batch_size is None or batch_size >= len(y):
         return [(x, y)]
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    return list(zip(x.split(batch_size), y.split(batch_size)))
 
 
 BN_MODES = ("batch", "recompute", "eval")
@@ -386,15 +389,11 @@ def flatness_spread(per_seed: list[dict]) -> dict:
     ``ddof=1``; 0 for a single seed)."""
     out = {}
     for key in ("1d", "2d"):
-        rows = [f[key] for f in per_seed if key in f]
-        if not rows:
-            continue
-        out[key] = {}
-        for metric in ("rise_at_r", "mean_rise_within_r", "max_rise"):
-            vals = [float(r[metric]) for r in rows if r.get(metric) is not None]
-            if vals:
-                out[key][metric] = {"mean": float(np.mean(vals)), "values": vals,
-                                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+        if rows := [f[key] for f in per_seed if key in f]:
+            values = {m: [float(r[m]) for r in rows if r.get(m) is not None]
+                      for m in ("rise_at_r", "mean_rise_within_r", "max_rise")}
+            out[key] = {m: {"mean": float(np.mean(v)), "values": v,
+                            "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for m, v in values.items() if v}
     return out
 
 
@@ -478,8 +477,9 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
                 "direction_seeds": seeds,
                 "model_config": model_config(model), "shortcut": getattr(model, "shortcut", None),
                 "config": to_dict(cfg)}
-    result = {"settings": settings,
-              **surfaces(random_directions(model, cfg.seed, cfg.dims, base=base, base_seed=directions_seed))}
+    # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
+    raw = raw_directions(model, directions_seed, cfg.dims, base)
+    result = {"settings": settings, **surfaces([filter_normalize(d, model) for d in raw])}
     if cfg.hessian_iters:
         m = min(cfg.hessian_samples, len(y))
         result["hessian"] = {**hessian_extremes(model, x[:m], y[:m], iters=cfg.hessian_iters, seed=cfg.seed,
@@ -490,11 +490,6 @@ def run_landscape(cfg: LandscapeConfig, source: str) -> dict:
     result["flatness_seeds"] = per_seed = [result["flatness"]] + [
         flatness(surfaces(random_directions(model, seed, cfg.dims)), cfg.radius) for seed in seeds[1:]]
     result["flatness_spread"] = flatness_spread(per_seed)
-    # What the direction file stores: the raw draws for this model's parameters (stored ones kept).
-    raw = raw_directions(model, directions_seed, cfg.dims)
-    if base is not None:
-        for i in range(cfg.dims):
-            raw[i].update(base[i])
     result.update(raw_directions=raw, directions_seed=directions_seed)
     return result
 
