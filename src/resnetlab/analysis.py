@@ -105,11 +105,10 @@ def folded_projection(shortcut: ProjectionShortcut) -> tuple[torch.Tensor, torch
     return w, torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
 
 
-def projection_stats(model: nn.Module, zero_pad: str | None = None) -> list[dict]:
+def projection_stats(model: nn.Module) -> list[dict]:
     """For every block with a 1x1 projection shortcut (options B/C): how identity-like its folded map
     ``W_eff`` is, against the entries an option-A shortcut carries (:func:`identity_mask`; docs/analysis.md)."""
-    if zero_pad is None:
-        zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
+    zero_pad = getattr(getattr(model, "options", None), "zero_pad", "split")
     rows = []
     for name, block in model_blocks(model):
         if block.shortcut_kind != "projection":  # the 1x1 map alone (not ResNet-D's pooled one)

@@ -356,10 +356,9 @@ def flatness(result: dict, radius: float | None = None) -> dict:
     ``rise_at_r``, ``mean_rise_within_r`` and ``max_rise`` (``r`` defaults to ``span / 2``; docs/analysis.md),
     and with Hessian values ``hessian_max``, ``hessian_min`` and ``hessian_min_max_ratio = |min / max|``."""
     out: dict = {}
-    parts = {"1d": result.get("1d"), "2d": result.get("2d")} if "kind" not in result else {result["kind"]: result}
+    parts = ({result["kind"]: result} if "kind" in result
+             else {k: result[k] for k in ("1d", "2d") if result.get(k) is not None})
     for key, res in parts.items():
-        if res is None:
-            continue
         r = float(radius if radius is not None else res["span"] / 2)
         loss, loss0 = np.asarray(res["loss"]), res["loss0"]
         if key == "1d":
