@@ -136,8 +136,17 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
     the mean cross-entropy in train mode: the back-propagated signal the vanishing-gradient argument is
     about. (Weight-gradient norms are not: under BN, scaling a conv's weight by c divides its gradient by c.)
     """
+    return _loss_grads(model, x, y)[3]
+
+
+def _loss_grads(model: nn.Module, x: torch.Tensor,
+                y: torch.Tensor) -> tuple[dict, list[str], float, list[tuple[str, float]]]:
+    """``({param name: grad}, conv/linear module names in forward order, loss, signal norms)`` from one
+    forward and backward pass in train mode (:func:`signal_norms`), BN statistics restored, no ``.grad`` written."""
     device = device_of(model)
     x, y = x.to(device).detach().requires_grad_(True), y.to(device)
+    order: list[str] = []
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     blocks = model_blocks(model)
     seen: dict[str, torch.Tensor] = {}
 
@@ -145,35 +154,23 @@ def signal_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tup
         seen[name] = grad_output[0].detach()
 
     with contextlib.ExitStack() as hooks, in_mode(model, train=True), torch.enable_grad():
-        for name, b in blocks:
-            hooks.enter_context(b.register_full_backward_hook(functools.partial(keep, name)))
-        loss = F.cross_entropy(model(x), y)
-        (gx,) = torch.autograd.grad(loss, [x])
-    return [("input", gx.norm().item())] + [(name, seen[name].norm().item()) for name, _ in blocks]
-
-
-def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, list[str], float]:
-    """``({param name: grad}, conv/linear module names in forward order, loss)`` in train mode, BN
-    statistics restored, no ``.grad`` written."""
-    device = device_of(model)
-    x, y = x.to(device), y.to(device)
-    order: list[str] = []
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    with contextlib.ExitStack() as hooks, in_mode(model, train=True), torch.enable_grad():
         for mname, m in model.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 hooks.enter_context(m.register_forward_hook(
                     lambda mod, inp, out, mname=mname: order.append(mname) if mname not in order else None))
+        for name, b in blocks:
+            hooks.enter_context(b.register_full_backward_hook(functools.partial(keep, name)))
         loss = F.cross_entropy(model(x), y)
-        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        gx, *grads = torch.autograd.grad(loss, [x] + [p for _, p in named], allow_unused=True)
     out = {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(named, grads)}
-    return out, order, loss.item()
+    signal = [("input", gx.norm().item())] + [(name, seen[name].norm().item()) for name, _ in blocks]
+    return out, order, loss.item(), signal
 
 
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """``{"conv1.weight": norm, ...}``: the loss gradient's norm for every conv/linear weight in forward order
     (train mode)."""
-    grads, order, _ = _loss_grads(model, x, y)
+    grads, order, _, _ = _loss_grads(model, x, y)
     return dict(_weight_norms(grads, order))
 
 
@@ -196,7 +193,7 @@ def _group_norms(model: nn.Module, grads: dict[str, torch.Tensor]) -> list[tuple
 def block_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
     """Gradient norm of all parameters of each group, in forward order: ``"stem"`` (conv1/bn1), every block
     (all its convs, BNs and projection), ``"final_bn"`` (pre-activation nets) and ``"fc"``. Train mode."""
-    grads, _, _ = _loss_grads(model, x, y)
+    grads = _loss_grads(model, x, y)[0]
     return _group_norms(model, grads)
 
 
@@ -372,11 +369,11 @@ def run_analysis(name: str, cfg: AnalyzeConfig, source: str) -> dict:
         train = seeded_subset(splits["train"], (cfg.batch_size * cfg.batches) or len(splits["train"].y), cfg.seed)
         losses, layers, groups, signals = [], [], [], []
         for xb, yb in labelled_batches(train, norm, cfg.batch_size, device, None):
-            grads, order, loss = _loss_grads(model, xb, yb)
+            grads, order, loss, signal = _loss_grads(model, xb, yb)
             losses.append(loss)
             layers.append(_weight_norms(grads, order))
             groups.append(_group_norms(model, grads))
-            signals.append(signal_norms(model, xb, yb))
+            signals.append(signal)
         weights = dict(model.named_parameters())
         result["loss"], result["data"]["measured_batches"] = sum(losses) / len(losses), len(losses)
         result["signal"] = [{"at": k, "grad_norm": v} for k, v in _mean_over_batches(signals).items()]
