@@ -405,9 +405,8 @@ def format_result(result: dict) -> str:
                 ("identity_mean", "mean id entry", ".4f"), ("identity_distance", "|W-M|/|M|", ".4f"),
                 ("sv_max", "sv max", ".4f"), ("sv_min", "sv min", ".4f")]))
     elif name == "responses":
-        rows = result["responses"]
-        parts.append(format_table(rows, [("layer", "3x3 layer", ""), ("source", "response of", ""),
-                                         ("std", "std", ".4f"), ("channel_std", "channel std", ".4f")]))
+        parts.append(format_table(result["responses"], [("layer", "3x3 layer", ""), ("source", "response of", ""),
+                                                        ("std", "std", ".4f"), ("channel_std", "channel std", ".4f")]))
         parts.append("sorted by std: " + ", ".join(result["sorted"]))
     else:
         parts.append(f"loss {result['loss']:.4f} (train mode, mean over {result['data']['measured_batches']} batch(es))")
