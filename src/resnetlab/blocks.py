@@ -34,13 +34,10 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
 
 
-class IdentityShortcut(nn.Module):
+class IdentityShortcut(nn.Identity):
     """Shortcut that passes its input through unchanged (options A and B where shapes match)."""
 
     kind = "identity"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 class ZeroPadShortcut(nn.Module):
@@ -162,7 +159,8 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def _check_channels(self, in_channels, out_channels, stride):
+    def __init__(self, in_channels, out_channels, stride):
+        super().__init__()
         for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -194,8 +192,7 @@ class BasicBlock(_Block):
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0, transition: str | None = None):
-        super().__init__()
-        self._check_channels(in_channels, planes, stride)
+        super().__init__(in_channels, planes, stride)
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU()
@@ -230,18 +227,16 @@ class Bottleneck(_Block):
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0, stride_at: str = "3x3",
                  transition: str | None = None):
-        super().__init__()
         _check_choice("stride_at", stride_at, STRIDE_AT)
-        out_channels = planes * self.expansion
-        self._check_channels(in_channels, out_channels, stride)
+        super().__init__(in_channels, planes * self.expansion, stride)
         self.stride_at = stride_at
         s1, s3 = (stride, 1) if stride_at == "1x1" else (1, stride)
         self.conv1 = conv1x1(in_channels, planes, s1)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, s3)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.conv3 = conv1x1(planes, self.out_channels)
+        self.bn3 = nn.BatchNorm2d(self.out_channels)
         self.relu = nn.ReLU()
         self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=True, transition=transition)
 
@@ -272,8 +267,7 @@ class PreActBasicBlock(_Block):
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0, transition: str | None = None):
-        super().__init__()
-        self._check_channels(in_channels, planes, stride)
+        super().__init__(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU()
         self.conv1 = conv3x3(in_channels, planes, stride)
@@ -306,10 +300,8 @@ class PreActBottleneck(_Block):
     def __init__(self, in_channels: int, planes: int, stride: int = 1, shortcut: str = "B",
                  zero_pad: str = "split", shortcut_scale: float = 1.0, stride_at: str = "3x3",
                  transition: str | None = None):
-        super().__init__()
         _check_choice("stride_at", stride_at, STRIDE_AT)
-        out_channels = planes * self.expansion
-        self._check_channels(in_channels, out_channels, stride)
+        super().__init__(in_channels, planes * self.expansion, stride)
         self.stride_at = stride_at
         s1, s3 = (stride, 1) if stride_at == "1x1" else (1, stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
@@ -318,7 +310,7 @@ class PreActBottleneck(_Block):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, s3)
         self.bn3 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_channels)
+        self.conv3 = conv1x1(planes, self.out_channels)
         self._set_shortcut(shortcut, zero_pad, shortcut_scale, norm=False, transition=transition)
 
     def last_residual_layer(self) -> nn.Module:
