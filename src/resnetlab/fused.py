@@ -115,16 +115,11 @@ def unavailable_reason() -> str | None:
     return _error
 
 
-def _hooked(module: nn.Module) -> bool:
-    # The dictionaries nn.Module.__call__ reads to decide whether to run hooks (no public query exists).
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
-
-
-def _global_hooks() -> bool:
-    m = _torch_module
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-                or m._global_backward_pre_hooks)
+def _hooked(module, prefix: str = "_") -> bool:
+    # The dictionaries nn.Module.__call__ reads to decide whether to run hooks (no public query exists):
+    # a module's own, or with prefix="_global_" (module: torch.nn.modules.module) those of every module.
+    kinds = ("forward", "forward_pre", "backward", "backward_pre")
+    return any(getattr(module, f"{prefix}{kind}_hooks") for kind in kinds)
 
 
 def _fits(x: torch.Tensor) -> bool:
@@ -142,7 +137,7 @@ def _free() -> bool:
     """The extension is loaded and nothing (autocast, compilation, tracing, a global hook) needs the
     modules run one by one."""
     return not (_ext is None or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
-                or torch.jit.is_tracing() or _global_hooks())
+                or torch.jit.is_tracing() or _hooked(_torch_module, "_global_"))
 
 
 def _may_fuse(norms, relu: nn.Module, add: nn.Module | None = None, shortcut: nn.Module | None = None) -> bool:
@@ -193,9 +188,7 @@ def batch_norm_relu(bn: nn.BatchNorm2d, x: torch.Tensor, shortcut: torch.Tensor 
 
 
 def _bn_relu(bn: nn.BatchNorm2d, relu: nn.ReLU, x: torch.Tensor) -> torch.Tensor:
-    if _fits(x):
-        return batch_norm_relu(bn, x)
-    return relu(bn(x))
+    return batch_norm_relu(bn, x) if _fits(x) else relu(bn(x))
 
 
 def _bn_add_relu(bn: nn.BatchNorm2d, add: ResidualAdd, relu: nn.ReLU, branch: torch.Tensor,
