@@ -201,8 +201,6 @@ class _Trace:
     def __init__(self, model: nn.Module, units: dict[str, nn.Module], label: str, shape: tuple[int, ...]):
         self.model, self.label, self.shape = model, label, shape
         self.unit_name = {m: n for n, m in units.items()}
-        # FlopCounterMode names a module by the class name of the model, then the module's path
-        self.flop_key = {m: f"{type(model).__name__}.{n}" for n, m in units.items()}
         self.names = {m: n for n, m in model.named_modules()}
 
     def run(self, meta: bool) -> None:
@@ -244,7 +242,8 @@ class _Trace:
         x, y = _first_tensor(args), _first_tensor(out)
         if name is None or x is None or y is None:
             return
-        flops = sum(self.counter.flop_counts.get(self.flop_key[m], {}).values())
+        # FlopCounterMode names a module by the class name of the model, then the module's path
+        flops = sum(self.counter.flop_counts.get(f"{type(self.model).__name__}.{name}", {}).values())
         macs = (flops - self.flops_seen.get(m, 0)) // (2 * self.shape[0])  # two FLOPs per multiply-add
         self.flops_seen[m] = flops
         self.records.append((name, m, tuple(x.shape), tuple(y.shape), macs))
