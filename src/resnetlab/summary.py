@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Positional, from_strings, parse
+from .config import Positional, from_strings, parse, to_dict as json_ready
 from .io import format_table
 from .models import (ModelConfig, ResNet, count_parameters, describe, device_of, get_spec, in_mode, list_models,
                      model_config)
@@ -45,11 +45,6 @@ class Row:
     shortcut: str = ""  # blocks only: identity | zero-pad | projection | avgpool-projection | none
     params: int = 0
     macs: int = 0
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["input_shape"], d["output_shape"] = list(self.input_shape), list(self.output_shape)
-        return d
 
 
 def human(n: int | float) -> str:
@@ -123,7 +118,7 @@ class Summary(_Report):
 
     def to_dict(self) -> dict:
         return {"model": self.model, "config": self.config, "input_shape": list(self.input_shape),
-                "rows": [r.to_dict() for r in self.rows], "total_params": self.total_params,
+                "rows": [json_ready(r) for r in self.rows], "total_params": self.total_params,
                 "total_macs": self.total_macs, "macs_counted": "conv + linear multiply-adds per image",
                 "notes": list(self.notes)}
 
@@ -439,7 +434,7 @@ class Diff(_Report):
 
     def to_dict(self) -> dict:
         return {"a": self.a.model, "b": self.b.model,
-                "rows": [{"name": n, "a": ra.to_dict() if ra else None, "b": rb.to_dict() if rb else None}
+                "rows": [{"name": n, "a": json_ready(ra) if ra else None, "b": json_ready(rb) if rb else None}
                          for n, ra, rb in self.rows],
                 "params_only_a": [{"name": n, "shape": list(s)} for n, s in self.only_a],
                 "params_only_b": [{"name": n, "shape": list(s)} for n, s in self.only_b],
