@@ -202,31 +202,30 @@ class ResNet(nn.Module):
     def __init__(self, spec: ModelSpec, options: ModelConfig):
         super().__init__()
         self.spec, self.options = spec, options
-        preact = spec.preact if options.preact is None else options.preact
-        shortcut = spec.shortcut if options.shortcut is None else options.shortcut
-        stride_at = spec.stride_at if options.stride_at is None else options.stride_at
-        num_classes = spec.num_classes if options.num_classes is None else options.num_classes
+        self.preact = spec.preact if options.preact is None else options.preact
+        self.shortcut = spec.shortcut if options.shortcut is None else options.shortcut
+        self.stride_at = spec.stride_at if options.stride_at is None else options.stride_at
+        self.num_classes = spec.num_classes if options.num_classes is None else options.num_classes
         widths = spec.widths if options.width is None else tuple(options.width * 2 ** i for i in range(len(spec.widths)))
         block = {("basic", False): BasicBlock, ("bottleneck", False): Bottleneck,
-                 ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}[(spec.block, preact)]
-        self.preact, self.shortcut, self.stride_at, self.num_classes = preact, shortcut, stride_at, num_classes
+                 ("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck}[(spec.block, self.preact)]
         stem_width = widths[0]
 
         # Stem. ImageNet: 7x7/2 conv + 3x3/2 max-pool; CIFAR: 3x3 conv. A pre-activated CIFAR net has no
         # BN-ReLU here: the first block pre-activates its input.
         kernel, stride, padding = (7, 2, 3) if spec.family == "imagenet" else (3, 1, 1)
         self.conv1 = nn.Conv2d(options.in_channels, stem_width, kernel, stride, padding, bias=False)
-        self.stem_norm = not (preact and spec.family == "cifar")
+        self.stem_norm = not (self.preact and spec.family == "cifar")
         if self.stem_norm:
             self.bn1 = nn.BatchNorm2d(stem_width)
             self.relu = nn.ReLU()
         if spec.family == "imagenet":
             self.maxpool = nn.MaxPool2d(3, 2, 1)
 
-        kwargs = dict(shortcut=shortcut, zero_pad=options.zero_pad, shortcut_scale=options.shortcut_scale,
+        kwargs = dict(shortcut=self.shortcut, zero_pad=options.zero_pad, shortcut_scale=options.shortcut_scale,
                       transition=options.transition)
         if spec.block == "bottleneck":
-            kwargs["stride_at"] = stride_at
+            kwargs["stride_at"] = self.stride_at
         in_ch = stem_width
         self.stage_names = [f"layer{i + 1}" for i in range(len(spec.layers))]
         for i, (n, planes) in enumerate(zip(spec.layers, widths)):
@@ -235,11 +234,11 @@ class ResNet(nn.Module):
                 blocks.append(block(in_ch, planes, 2 if i > 0 and j == 0 else 1, **kwargs))
                 in_ch = planes * block.expansion
             setattr(self, self.stage_names[i], nn.Sequential(*blocks))
-        if preact:  # the last block's output has not been normalised yet
+        if self.preact:  # the last block's output has not been normalised yet
             self.final_bn = nn.BatchNorm2d(in_ch)
             self.final_relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(in_ch, self.num_classes)
 
     @property
     def stages(self) -> list[nn.Sequential]:
