@@ -370,11 +370,7 @@ class Diff(_Report):
     @property
     def numel_only_b(self) -> int:
         """Number of parameter values in tensors that only model B has."""
-        return self._numel(self.only_b)
-
-    @staticmethod
-    def _numel(params) -> int:
-        return sum(math.prod(shape) for _, shape in params)
+        return sum(math.prod(shape) for _, shape in self.only_b)
 
     _FIELDS = (("type", "type", str), ("output", "output_shape", _shape), ("kernels", "kernels", str),
                ("stride", "stride", str), ("shortcut", "shortcut", str), ("params", "params", human),
@@ -409,8 +405,9 @@ class Diff(_Report):
         for title, items, other in (("only in A", self.only_a, self._names_b),
                                     ("only in B", self.only_b, self._names_a)):
             if items:
-                listed = ", ".join(f"{k} ({v:,})" for k, v in self._groups(items, other).items())
-                lines.append(f"parameters {title}: {self._numel(items):,} in {len(items)} tensors: {listed}")
+                groups = self._groups(items, other)  # they add up to every value of the items
+                listed = ", ".join(f"{k} ({v:,})" for k, v in groups.items())
+                lines.append(f"parameters {title}: {sum(groups.values()):,} in {len(items)} tensors: {listed}")
         for n, sa, sb in self.reshaped:
             lines.append(f"parameter {n}: {_shape(sa)} in A, {_shape(sb)} in B")
         if not lines:
