@@ -117,7 +117,7 @@ def unavailable_reason() -> str | None:
 
 def _hooked(module, prefix: str = "_") -> bool:
     # The dictionaries nn.Module.__call__ reads to decide whether to run hooks (no public query exists):
-    # a module's own, or with prefix="_global_" (module: torch.nn.modules.module) those of every module.
+    # a module's own, or (prefix "_global_" on torch.nn.modules.module) those that run for every module.
     kinds = ("forward", "forward_pre", "backward", "backward_pre")
     return any(getattr(module, f"{prefix}{kind}_hooks") for kind in kinds)
 
