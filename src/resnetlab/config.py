@@ -249,15 +249,9 @@ CONFIG_HELP = ("--config FILE: a YAML, TOML or JSON file of defaults (the keys a
 
 def _flag_names(argv: list[str]) -> set[str]:
     """The field paths (``lr``, ``model.shortcut``) that the rewritten flags in ``argv`` set."""
-    names = set()
-    for a in argv:
-        if a == "--":
-            break
-        if a.startswith("--"):
-            name = a[2:].partition("=")[0]
-            head, dot, last = name.rpartition(".")
-            names.add(head + dot + last.removeprefix("no-").replace("-", "_"))
-    return names
+    flags = argv[:argv.index("--")] if "--" in argv else argv
+    paths = (a[2:].partition("=")[0].rpartition(".") for a in flags if a.startswith("--"))
+    return {head + dot + last.removeprefix("no-").replace("-", "_") for head, dot, last in paths}
 
 
 def _key_paths(data: dict, prefix: str = "") -> set[str]:
@@ -267,16 +261,10 @@ def _key_paths(data: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def given(cfg) -> frozenset[str] | None:
-    """The field paths that the command line or its ``--config`` file set explicitly (``{"lr",
-    "model.name"}``), for a config made by :func:`parse`; ``None`` for one built otherwise."""
-    return getattr(cfg, "_given", None)
-
-
 def given_model(cfg):
     """``cfg.model`` if the command line (or its config file) gave any model option, else ``None``: then a
     checkpoint's recorded architecture applies. For a config built in Python: if it differs from the default."""
-    explicit = given(cfg)
+    explicit = getattr(cfg, "_given", None)  # the field paths parse saw set, e.g. {"lr", "model.name"}
     if explicit is None:
         return None if cfg.model == type(cfg.model)() else cfg.model
     return cfg.model if any(k == "model" or k.startswith("model.") for k in explicit) else None
@@ -284,7 +272,7 @@ def given_model(cfg):
 
 def name_given(cfg) -> bool | None:
     """Whether ``cfg.model.name`` was set explicitly (``--model NAME``); ``None`` if unknown."""
-    explicit = given(cfg)
+    explicit = getattr(cfg, "_given", None)
     return None if explicit is None else ("model.name" in explicit or "model" in explicit)
 
 
@@ -292,8 +280,7 @@ def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = N
     """Resolve ``cls`` from (1) field defaults, (2) ``base``, (3) ``--config FILE``, (4) the flags given."""
     path, argv = _pop_config_file(sys.argv[1:] if argv is None else argv)
     from_file = load_file(path) if path is not None else {}
-    data = {**(base or {}), **from_file}
-    default = from_dict(cls, data) if data else cls()
+    default = from_dict(cls, {**(base or {}), **from_file})
     nests_model = _model_class(cls) is not None
     text = (description or (cls.__doc__ or "").strip().split("\n\n")[0]) + "\n\n" + CONFIG_HELP
     if nests_model:
@@ -316,12 +303,9 @@ def parse(cls, argv: list[str] | None, *, prog: str, description: str | None = N
 
 def _one_line(text: str, prog: str) -> str:
     """tyro's boxed, multi-line error as one line: what is wrong, then where to read more."""
-    keep = []
     lines = text.splitlines()
-    for line in lines[1:] if len(lines) > 3 else lines:  # the first is the box's title
-        line = line.strip().strip("│╭╮╰╯─").strip()
-        if not line or set(line) <= set("─-═ ") or line.startswith("For full helptext"):
-            continue
-        keep.append(line)
+    lines = lines[1:] if len(lines) > 3 else lines  # the first is the box's title
+    keep = [s for s in (line.strip().strip("│╭╮╰╯─").strip() for line in lines)
+            if s and not set(s) <= set("─-═ ") and not s.startswith("For full helptext")]
     return " ".join(keep).replace("  ", " ") + f" (see {prog} --help)"
 
