@@ -28,29 +28,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _dispatch(argv: list[str]) -> int:
-    if not argv:
-        print(_usage(), file=sys.stderr)
-        return 2
-    if argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0
-    if argv[0] in ("-V", "--version"):
-        from . import __version__
-        print(f"resnetlab {__version__}")
-        return 0
-    if argv[0] not in COMMANDS:
-        print(f"resnetlab: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(getattr(module, f"main_{argv[0]}")(argv[1:]) or 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name = argv[0] if argv else ""
     try:
-        return _dispatch(argv)
+        if not argv:
+            print(_usage(), file=sys.stderr)
+            return 2
+        if name in ("-h", "--help", "help"):
+            print(_usage())
+            return 0
+        if name in ("-V", "--version"):
+            from . import __version__
+            print(f"resnetlab {__version__}")
+            return 0
+        if name not in COMMANDS:
+            print(f"resnetlab: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(getattr(module, f"main_{name}")(argv[1:]) or 0)
     except SystemExit as e:  # argparse: --help (0) or a bad flag (2, message already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except BrokenPipeError:  # the reader went away, e.g. `resnetlab summary resnet152 | head`

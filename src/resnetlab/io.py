@@ -133,9 +133,8 @@ class FolderLock(contextlib.AbstractContextManager):
                     break
                 time.sleep(0.02)
             self.fh.close()
-            holder = holder or "unknown"
-            raise FolderInUse(f"{os.fspath(folder)} is in use by another run (pid {holder}); wait for it to "
-                             f"finish or choose another --out") from None
+            raise FolderInUse(f"{os.fspath(folder)} is in use by another run (pid {holder or 'unknown'}); wait "
+                              f"for it to finish or choose another --out") from None
         with naming(self.path):
             self.fh.seek(0)
             self.fh.truncate()
@@ -220,10 +219,9 @@ class _Lines:
         sys.stderr.flush()
 
 
-def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             quiet: bool = False, **kwargs) -> tqdm:
-    """A tqdm bar on stderr: redrawn in place on a terminal, otherwise a log line at the start, every 30 s and
-    at the end (so that a log shows the work finished, not only its 0% line)."""
+def progress(iterable=None, *, quiet: bool = False, **kwargs) -> tqdm:
+    """A tqdm bar (``kwargs``: ``total``, ``desc``, ``unit``, ...) on stderr: redrawn in place on a terminal,
+    otherwise a log line at the start, every 30 s and at the end (so that a log shows its work finished)."""
     tty = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr if tty else _Lines(),
-                mininterval=0.5 if tty else 30.0, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, disable=quiet, file=sys.stderr if tty else _Lines(), mininterval=0.5 if tty else 30.0,
+                dynamic_ncols=True, **kwargs)
