@@ -197,14 +197,11 @@ def format_table(headers, rows, right=(), markdown: bool = False) -> str:
         parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts).rstrip()
 
-    lines = [line(cells[0])]
     if markdown:
-        lines.append("|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                                    for i, w in enumerate(widths)) + "|")
+        rule = "|" + "|".join("-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     else:
-        lines.append("  ".join("-" * w for w in widths))
-    lines += [line(r) for r in cells[1:]]
-    return "\n".join(lines)
+        rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
 
 
 class _Lines:
