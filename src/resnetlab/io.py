@@ -142,23 +142,19 @@ class FolderLock(contextlib.AbstractContextManager):
             self.fh.flush()
 
     def release(self) -> None:
-        if not self.fh.closed:
-            self.fh.close()
+        self.fh.close()  # a second close is a no-op
 
     def __exit__(self, *exc) -> None:
         self.release()
 
 
-def remove_litter(folder: str | os.PathLike) -> list[str]:
+def remove_litter(folder: str | os.PathLike) -> None:
     """Delete the temporary files an interrupted :func:`atomic_write` left in ``folder`` (a kill between the
-    write and the rename); call it only while holding the folder's lock. Returns what was removed."""
-    removed = []
+    write and the rename); call it only while holding the folder's lock."""
     for name in os.listdir(folder):
         if name.startswith(".tmp-"):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
-                removed.append(name)
-    return removed
 
 
 def cache_dir() -> str:
