@@ -103,16 +103,10 @@ class ImageFolder(torch.utils.data.Dataset):
         if not classes:
             raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
         self.root, self.classes = root, list(classes)
-        self.samples: list[tuple[str, int]] = []
-        empty = []
-        for label, name in enumerate(self.classes):
-            folder = os.path.join(root, name)
-            if not os.path.isdir(folder):
-                continue
-            files = find_images(folder)
-            self.samples += [(f, label) for f in files]
-            if not files:
-                empty.append(name)
+        files = {name: find_images(os.path.join(root, name)) for name in self.classes
+                 if os.path.isdir(os.path.join(root, name))}  # a class folder may be missing (not empty)
+        self.samples = [(f, label) for label, name in enumerate(self.classes) for f in files.get(name, [])]
+        empty = [name for name in files if not files[name]]
         if empty:  # as torchvision's ImageFolder: an empty class would shift nothing but train nothing
             raise ValueError(f"{root}: class folder(s) without image files: {', '.join(empty[:5])}")
         if not self.samples:
