@@ -266,14 +266,6 @@ def load_cifar(name: str, path: str | os.PathLike, *, labels: str = "fine") -> d
     return out
 
 
-def no_folder_for_synthetic(data_dir) -> None:
-    """The synthetic set is generated: a folder given with it is refused, not ignored (ignored, a run would
-    train or measure on the shapes where the user meant the folder)."""
-    if data_dir is not None:
-        raise ValueError(f"the synthetic set is generated, not read: {os.fspath(data_dir)} is not used by it; "
-                         f"name the dataset in that folder instead (--data cifar10, cifar100 or folder)")
-
-
 DATA_DIR_HINT = "pass its folder or .tar.gz with --data-dir"  # the hint of the commands without --download
 
 
@@ -291,7 +283,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     (:class:`resnetlab.images.ImageFolder`).
     """
     if name == "synthetic":
-        no_folder_for_synthetic(data_dir)
+        if data_dir is not None:  # refused, not ignored: a run would use the shapes where the user meant the folder
+            raise ValueError(f"the synthetic set is generated, not read: {os.fspath(data_dir)} is not used by it; "
+                             f"name the dataset in that folder instead (--data cifar10, cifar100 or folder)")
         out = {"train": make_synthetic(synthetic_train, seed=synthetic_seed, image_size=image_size),
                "test": make_synthetic(synthetic_test, seed=synthetic_seed + 1_000_003, image_size=image_size)}
     elif name in CIFAR_FOLDERS:
