@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .images import ImageFolder, center_crop, folder_batches, open_rgb, resize_side, to_tensor
-from .io import PRECISIONS, resolve_device
-from .io import progress as progress_bar
+from .io import PRECISIONS, progress as progress_bar, resolve_device
 from .stream import Normalization, eval_input, raw_batches
 from .models import describe, device_of, in_mode
 from .weights import model_from_checkpoint, unwrap
@@ -188,12 +187,11 @@ def evaluate(models, data, normalization, *, batch_size: int = 1000, device=None
 
     members = [_Tally(num_classes, device) for _ in models]
     ensemble = _Tally(num_classes, device, confusion=True)
-    bar = progress_bar(total=len(labels), desc="eval", unit="img", quiet=not progress)
     skipped: list[str] = []
     with contextlib.ExitStack() as restore:
         for m in models:  # moved outside inference mode: parameters made inside it could not be trained again
             restore.enter_context(in_mode(m.to(device)))
-        restore.callback(bar.close)
+        bar = restore.enter_context(progress_bar(total=len(labels), desc="eval", unit="img", quiet=not progress))
         restore.enter_context(torch.inference_mode())
         for xb, yb in raw_image_batches(data, batch_size, num_workers, skipped, device.type == "cuda"):
             xb = xb.to(device, non_blocking=True)
