@@ -17,9 +17,8 @@ from typing import Annotated, Literal, Optional
 import tyro
 
 from . import config as configlib
-from . import datasets as datalib
 from .config import Floats, Positional, given_model, name_given
-from .datasets import DATASETS
+from .datasets import DATA_DIR_HINT, DATASETS, SYNTHETIC_CLASSES, load_dataset
 from .evaluate import (SPLITS, LoadedModel, check_same_classes, evaluate, load_for_eval, predict, raw_image_batches,
                        use_bf16)
 from .images import IMAGE_EXTENSIONS, ImageFolder, find_images, folder_classes, resize_side
@@ -167,7 +166,7 @@ def _class_count(cfg: EvalConfig) -> int | None:
             folder = os.path.join(cfg.data_dir, split)
             if os.path.isdir(folder):
                 return len(folder_classes(folder))
-    return {"cifar10": 10, "cifar100": 100, "synthetic": len(datalib.SYNTHETIC_CLASSES)}.get(cfg.data)
+    return {"cifar10": 10, "cifar100": 100, "synthetic": len(SYNTHETIC_CLASSES)}.get(cfg.data)
 
 
 def _load_split(cfg: EvalConfig, first_ckpt: dict | None, first: LoadedModel, need_train: bool):
@@ -187,8 +186,8 @@ def _load_split(cfg: EvalConfig, first_ckpt: dict | None, first: LoadedModel, ne
             options["synthetic_train"] = 10  # generated independently of the test images: skip the work
     if cfg.data == "synthetic":  # at the side the model was trained on
         options["image_size"] = first.image_size
-    sets = datalib.load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed,
-                                hint=datalib.DATA_DIR_HINT, **options)
+    sets = load_dataset(cfg.data, cfg.data_dir, val_split=val_split, split_seed=split_seed, hint=DATA_DIR_HINT,
+                        **options)
     return sets[cfg.split], (sets.get("train") if need_train else None)
 
 
@@ -202,14 +201,12 @@ def _load_folder_split(cfg: EvalConfig, image_size: int, family: str):
         raise FileNotFoundError(f"{split_dir} not found: --data folder expects the layout "
                                 f"ROOT/{cfg.split}/<class>/<image files> (ROOT = --data-dir)")
     train_dir = os.path.join(cfg.data_dir, "train")
-    classes = folder_classes(train_dir) if os.path.isdir(train_dir) else None
-    options = dict(classes=classes, image_size=image_size,
-                   resize=resize_side(image_size, family), on_bad_image="skip")
-    split = ImageFolder(split_dir, **options)
-    train = None
-    if cfg.pixel_mean and cfg.split != "train" and os.path.isdir(train_dir):
-        train = ImageFolder(train_dir, **{**options, "classes": split.classes})
-    return split, (split if cfg.split == "train" else train)
+    options = dict(image_size=image_size, resize=resize_side(image_size, family), on_bad_image="skip")
+    split = ImageFolder(split_dir, classes=folder_classes(train_dir) if os.path.isdir(train_dir) else None, **options)
+    train = split if cfg.split == "train" else None
+    if train is None and cfg.pixel_mean and os.path.isdir(train_dir):
+        train = ImageFolder(train_dir, classes=split.classes, **options)
+    return split, train
 
 
 def _pct(v) -> str:
