@@ -266,21 +266,20 @@ def predict(models, images, *, top_k: int = 5, device=None, precision: str = "au
             errors[p] = str(e)
     if not decoded:
         raise ValueError(f"none of the {len(images)} image file(s) could be read: " + "; ".join(errors.values()))
-    readable = list(decoded)
     cache = {(first.image_size, first.family): torch.stack(list(decoded.values()))}
     probs = 0
     with torch.inference_mode():
         for m in members:
             key = (m.image_size, m.family)
             if key not in cache:  # decode each image once per preprocessing
-                cache[key] = torch.stack([load_image(p, *key) for p in readable])
+                cache[key] = torch.stack([load_image(p, *key) for p in decoded])
             norm, model = m.normalization.to(device), m.model.to(device).eval()
             probs = probs + torch.cat([_log_probs(model, norm(chunk.to(device)), False, autocast).exp().cpu()
                                        for chunk in cache[key].split(batch_size)])
     probs = probs / len(members)
     classes = next((m.classes for m in members if m.classes is not None), None)
     k = min(top_k, probs.shape[1])
-    rows = dict(zip(readable, probs))
+    rows = dict(zip(decoded, probs))
     results = []
     for path in images:
         if path in errors:
