@@ -115,11 +115,16 @@ def unavailable_reason() -> str | None:
     return _error
 
 
-def _hooked(module, prefix: str = "_") -> bool:
-    # The dictionaries nn.Module.__call__ reads to decide whether to run hooks (no public query exists):
-    # a module's own, or (prefix "_global_" on torch.nn.modules.module) those that run for every module.
-    kinds = ("forward", "forward_pre", "backward", "backward_pre")
-    return any(getattr(module, f"{prefix}{kind}_hooks") for kind in kinds)
+def _hooked(module: nn.Module) -> bool:
+    # The dictionaries nn.Module.__call__ reads to decide whether to run hooks (no public query exists).
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    m = _torch_module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
 
 
 def _fits(x: torch.Tensor) -> bool:
@@ -137,7 +142,7 @@ def _free() -> bool:
     """The extension is loaded and nothing (autocast, compilation, tracing, a global hook) needs the
     modules run one by one."""
     return not (_ext is None or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
-                or torch.jit.is_tracing() or _hooked(_torch_module, "_global_"))
+                or torch.jit.is_tracing() or _global_hooks())
 
 
 def _may_fuse(norms, relu: nn.Module, add: nn.Module | None = None, shortcut: nn.Module | None = None) -> bool:

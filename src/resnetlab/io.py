@@ -212,9 +212,10 @@ class _Lines:
         sys.stderr.flush()
 
 
-def progress(iterable=None, *, quiet: bool = False, **kwargs) -> tqdm:
-    """A tqdm bar (``kwargs``: ``total``, ``desc``, ``unit``, ...) on stderr: redrawn in place on a terminal,
-    otherwise a log line at the start, every 30 s and at the end (so that a log shows its work finished)."""
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             quiet: bool = False, **kwargs) -> tqdm:
+    """A tqdm bar on stderr: redrawn in place on a terminal, otherwise a log line at the start, every 30 s and
+    at the end (so that a log shows the work finished, not only its 0% line)."""
     tty = sys.stderr.isatty()
-    return tqdm(iterable, disable=quiet, file=sys.stderr if tty else _Lines(), mininterval=0.5 if tty else 30.0,
-                dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr if tty else _Lines(),
+                mininterval=0.5 if tty else 30.0, dynamic_ncols=True, **kwargs)
