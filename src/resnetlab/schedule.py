@@ -61,11 +61,11 @@ def resolve_warmup(warmup: str, depth: int) -> str:
 class Schedule:
     """The learning rate at every step of a run.
 
-    schedule: ``"step"`` (times ``gamma`` at each milestone), ``"cosine"`` (``lr`` to ``min_lr`` after the
-    warm-up), ``"onecycle"`` (PyTorch's ``OneCycleLR``: cosine up from ``lr/div`` over ``pct_start`` of the
-    run, then down to ``lr/(div*final_div)``) or ``"constant"``. warmup: ``"he2016"`` is ``warmup_lr`` until
-    the run reports ``warmup_end`` (training error below the threshold), capped at ``warmup_steps`` if
-    positive; ``"linear"`` ramps from ``warmup_lr`` to ``lr`` over ``warmup_steps``.
+    schedule: ``"step"`` (times ``gamma`` at each milestone), ``"cosine"`` (``lr`` to 0 after the warm-up),
+    ``"onecycle"`` (PyTorch's ``OneCycleLR`` with its defaults: cosine up from ``lr/25`` over 30% of the run,
+    then down to ``lr/25e4``) or ``"constant"``. warmup: ``"he2016"`` is ``warmup_lr`` until the run reports
+    ``warmup_end`` (training error below the threshold), capped at ``warmup_steps`` if positive; ``"linear"``
+    ramps from ``warmup_lr`` to ``lr`` over ``warmup_steps``.
     """
 
     lr: float
@@ -76,10 +76,6 @@ class Schedule:
     warmup: str = "none"
     warmup_lr: float = 0.01
     warmup_steps: int = 0
-    min_lr: float = 0.0
-    pct_start: float = 0.3
-    div: float = 25.0
-    final_div: float = 1e4
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -113,14 +109,13 @@ class Schedule:
         if self.schedule == "cosine":
             start = self.warmup_steps if self.warmup == "linear" else 0
             t = min(max(step - start, 0) / max(self.iterations - start, 1), 1.0)
-            return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-        # onecycle, as torch.optim.lr_scheduler.OneCycleLR (two phases, cosine annealing)
-        initial, final = self.lr / self.div, self.lr / (self.div * self.final_div)
-        up_end = float(self.pct_start * self.iterations) - 1
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+        # onecycle, as torch.optim.lr_scheduler.OneCycleLR's defaults (two phases, cosine annealing)
+        up_end = float(0.3 * self.iterations) - 1
         down_end = float(self.iterations - 1)
         if step <= up_end:
-            start, end, pct = initial, self.lr, step / up_end if up_end > 0 else 1.0
+            start, end, pct = self.lr / 25.0, self.lr, step / up_end if up_end > 0 else 1.0
         else:
-            start, end = self.lr, final
+            start, end = self.lr, self.lr / 25e4
             pct = min((step - up_end) / max(down_end - up_end, 1e-12), 1.0)
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
