@@ -174,9 +174,6 @@ class TrainStream:
             self._norm_shift = runs(padded(shift[None].to(self.device)))
         self._epoch, self._order = None, None
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
     def indices(self, step: int) -> torch.Tensor:
         """Dataset positions of the images of batch ``step`` (CPU int64)."""
         if step < 0:
@@ -233,9 +230,8 @@ def raw_batches(data: ArrayDataset, batch_size: int, *,
     ``pin_memory``); the last one may be smaller."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for i in range(0, len(data), batch_size):
-        x = data.x[i:i + batch_size]
-        yield (x.pin_memory() if pin_memory else x), data.y[i:i + batch_size]
+    for x, y in zip(data.x.split(batch_size), data.y.split(batch_size)):
+        yield (x.pin_memory() if pin_memory else x), y
 
 
 def eval_input(raw: torch.Tensor, device, normalization: Normalization, *, flip: bool = False,
