@@ -37,7 +37,6 @@ from .schedule import RECIPES, SCHEDULES, WARMUPS, Schedule, get_recipe, resolve
 from .weights import RESUMABLE, load_checkpoint, make_checkpoint, nonfinite_entries
 
 
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the message says at which step, where the last checkpoint is (``progress``), and
     how to resume."""
@@ -636,10 +635,9 @@ def main_train(argv: list[str] | None = None) -> int:
     """``resnetlab train``: train a model; ``--resume`` continues the run in ``--out``."""
     options = dict(prog="resnetlab train", description=(__doc__ or "").split("\n\n")[0])
     cfg = parse(TrainConfig, argv, **options)
-    saved = os.path.join(cfg.out or "", "config.json")
-    if cfg.resume and cfg.out and os.path.exists(saved):
+    if cfg.resume and cfg.out and (run := recorded(cfg.out)):
         # Resuming: the run's own resolved config is the base; the flags (and --config file) given now override it.
-        cfg = parse(TrainConfig, argv, **options, base=read_json(saved)["config"])
+        cfg = parse(TrainConfig, argv, **options, base=run["config"])
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(final))
