@@ -75,10 +75,6 @@ class Dist:
     local_rank: int
     device: torch.device
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
 
 def setup_distributed(device: str = "auto") -> Dist:
     """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by ``torchrun``), start the process group when there

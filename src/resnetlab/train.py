@@ -375,7 +375,7 @@ def train(config: TrainConfig) -> dict:
     """Train as ``config`` says, writing the run folder ``config.out``; returns the final metrics."""
     cfg = resolve_config(config)
     dist = setup_distributed(cfg.device)
-    device, main = dist.device, dist.main
+    device, main = dist.device, dist.rank == 0
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if (main and not cfg.quiet) else (lambda *a: None)
     _runtime_setup(cfg, device)
     out = os.fspath(cfg.out)
