@@ -425,8 +425,11 @@ def measure_landscape(cfg: StudyConfig, runs: list[RunSpec], device) -> dict | N
     nets = []
     for option in report_mod.family_order({o for d, o, _ in done if d == depth}):
         reps = [done[k] for k in sorted(done) if k[:2] == (depth, option)]  # by repeat
-        results = [_cached(os.path.join(run.dir, "landscape.json"), key, read_json(os.path.join(run.dir, "final.json")),
-                           "results", lambda: measure(run)) for run in reps]
+        results = []  # per repeat, a landscape per direction seed
+        for run in reps:
+            final = read_json(os.path.join(run.dir, "final.json"))
+            cache = os.path.join(run.dir, "landscape.json")
+            results.append(_cached(cache, key, final, "results", lambda: measure(run)))
         per = [{"repeat": run.repeat, "direction_seed": s, "flatness": landscape.flatness(r)}
                for run, seeded in zip(reps, results) for s, r in zip(seeds, seeded)]
         nets.append({"run": reps[0].name, "label": report_mod.net_label(depth, option), "result": results[0][0],
