@@ -405,9 +405,9 @@ class Diff(_Report):
         for title, items, other in (("only in A", self.only_a, self._names_b),
                                     ("only in B", self.only_b, self._names_a)):
             if items:
-                groups = self._groups(items, other)  # they add up to every value of the items
-                listed = ", ".join(f"{k} ({v:,})" for k, v in groups.items())
-                lines.append(f"parameters {title}: {sum(groups.values()):,} in {len(items)} tensors: {listed}")
+                total = sum(math.prod(shape) for _, shape in items)
+                listed = ", ".join(f"{k} ({v:,})" for k, v in self._groups(items, other).items())
+                lines.append(f"parameters {title}: {total:,} in {len(items)} tensors: {listed}")
         for n, sa, sb in self.reshaped:
             lines.append(f"parameter {n}: {_shape(sa)} in A, {_shape(sb)} in B")
         if not lines:
